@@ -1,0 +1,190 @@
+"""Hessian metrics of L = (1/(2n)) sum_i ||r_i||^2, matrix-free unless asked for the dense matrix.
+
+    H = G + R,  G = (1/n) J^T J  (Gauss-Newton),  R = (1/n) sum_i r_i . grad^2 f_i  (residual part)
+    tr G = (1/n) sum_i ||grad f_i||^2 = (1/n) ||J||_F^2,   R = 0 on the zero-loss manifold.
+
+Vectors are flat, in the order of `Problem.ravel`. Every function takes `(problem, params, ...)`, so the
+scalar ones serve as flow metrics (`metrics={"trace": hessian.trace}`).
+"""
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from models import Problem, checks
+
+_CHUNK = 128  # Hessian-vector products evaluated together when sweeping a basis
+
+
+def operator(problem: Problem, params: PyTree) -> lx.FunctionLinearOperator:
+    """H as a symmetric lineax operator; `.mv(v)` is one Hessian-vector product (forward over reverse,
+    linearised once so repeated products reuse the primal pass)."""
+    flat, unravel = problem.ravel(params)
+    _, hvp = jax.linearize(jax.grad(lambda v: problem.loss(unravel(v))), flat)
+    return lx.FunctionLinearOperator(hvp, jax.ShapeDtypeStruct(flat.shape, flat.dtype), lx.symmetric_tag)
+
+
+def hvp(problem: Problem, params: PyTree, v: Float[Array, " p"]) -> Float[Array, " p"]:
+    """H v."""
+    return operator(problem, params).mv(v)
+
+
+def dense(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
+    """The dense Hessian (small p only)."""
+    flat, unravel = problem.ravel(params)
+    return jax.hessian(lambda v: problem.loss(unravel(v)))(flat)
+
+
+def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
+    """The dense Gauss-Newton part G = (1/n) J^T J (small p only); H - G is the residual part R."""
+    J = problem.jacobian(params)
+    return J.T @ J / problem.n
+
+
+def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
+    """All eigenvalues of H, ascending (dense; small p only)."""
+    return jnp.linalg.eigvalsh(dense(problem, params))
+
+
+def trace_gauss_newton(problem: Problem, params: PyTree) -> Float[Array, ""]:
+    """tr G = (1/n) ||J||_F^2, exact from the per-example output gradients."""
+    return jnp.sum(problem.jacobian(params) ** 2) / problem.n
+
+
+def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
+    """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: the Laplacian of phi = (1/n) sum_i sg(r_i) . f_i,
+    one Hessian-vector product per coordinate. Zero on the zero-loss manifold."""
+    flat, unravel = problem.ravel(params)
+    r = lax.stop_gradient(problem.residuals(params))
+
+    def phi(v):
+        return jnp.sum(r * problem.outputs(unravel(v))) / problem.n
+
+    _, hvp_phi = jax.linearize(jax.grad(phi), flat)
+    return _sum_over_basis(lambda j, e: hvp_phi(e)[j], flat)
+
+
+def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
+    """tr H = tr G + tr R, exact."""
+    return trace_gauss_newton(problem, params) + trace_residual(problem, params)
+
+
+def trace_hutchinson(
+    problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Hutchinson's estimate of tr H = E[z^T H z], z Rademacher: (mean, standard error) over `num_samples`."""
+    num_samples = checks.positive_int("num_samples", num_samples)
+    z = _rademacher(key, problem, params, num_samples)
+    H = operator(problem, params)
+    q = jax.vmap(lambda v: v @ H.mv(v))(z)
+    return q.mean(), q.std(ddof=1) / jnp.sqrt(num_samples)
+
+
+def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
+    """||H||_F = sqrt(sum_j ||H e_j||^2), exact: p Hessian-vector products (small to moderate p)."""
+    H = operator(problem, params)
+    flat, _ = problem.ravel(params)
+    return jnp.sqrt(_sum_over_basis(lambda j, e: jnp.sum(H.mv(e) ** 2), flat))
+
+
+def frobenius_norm_hutchinson(
+    problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Estimate of ||H||_F from ||H||_F^2 = E ||H z||^2, z Rademacher: (estimate, standard error by the
+    delta method) over `num_samples`."""
+    num_samples = checks.positive_int("num_samples", num_samples)
+    z = _rademacher(key, problem, params, num_samples)
+    H = operator(problem, params)
+    q = jax.vmap(lambda v: jnp.sum(H.mv(v) ** 2))(z)
+    f = jnp.sqrt(q.mean())
+    return f, q.std(ddof=1) / jnp.sqrt(num_samples) / (2 * f)
+
+
+def top_eigenvalues(
+    problem: Problem,
+    params: PyTree,
+    k: int = 1,
+    *,
+    key: PRNGKeyArray,
+    num_iter: int | None = None,
+    return_vectors: bool = False,
+):
+    """The k largest eigenvalues of H (descending) by Lanczos on Hessian-vector products.
+
+    `num_iter` Lanczos steps (default min(p, max(4k, 60))) with full reorthogonalisation; with
+    `return_vectors`, also the Ritz vectors as the columns of a (p, k) array.
+    """
+    flat, _ = problem.ravel(params)
+    return lanczos(
+        operator(problem, params).mv,
+        flat.shape[0],
+        k,
+        key=key,
+        num_iter=num_iter,
+        dtype=flat.dtype,
+        return_vectors=return_vectors,
+    )
+
+
+def lanczos(
+    matvec,
+    dim: int,
+    k: int,
+    *,
+    key: PRNGKeyArray,
+    num_iter=None,
+    dtype=jnp.float32,
+    return_vectors: bool = False,
+):
+    """The k largest eigenvalues of the symmetric operator `matvec` on R^dim (descending), by Lanczos with
+    full reorthogonalisation. An invariant subspace found early (beta ~ 0) restarts from a fresh random
+    vector orthogonal to the basis, so the tridiagonal matrix stays block-exact."""
+    k = checks.positive_int("k", k)
+    if k > dim:
+        raise ValueError(f"k must be <= the dimension {dim}, got {k}")
+    m = min(dim, max(4 * k, 60)) if num_iter is None else checks.positive_int("num_iter", num_iter)
+    m = min(m, dim)
+    keys = jax.random.split(key, m + 1)
+
+    def orthonormal(w, Q):
+        for _ in range(2):  # twice is enough (Kahan, Parlett)
+            w = w - Q.T @ (Q @ w)
+        return w
+
+    def body(j, state):
+        Q, alpha, beta = state
+        w = matvec(Q[j])
+        a = w @ Q[j]
+        w = orthonormal(w, Q)
+        b = jnp.linalg.norm(w)
+        scale = jnp.maximum(jnp.abs(alpha).max(), jnp.abs(a))
+        restart = b <= 1e3 * jnp.finfo(dtype).eps * jnp.maximum(scale, 1.0)
+        fresh = orthonormal(jax.random.normal(keys[j + 1], (dim,), dtype), Q)
+        nxt = jnp.where(restart, fresh / jnp.linalg.norm(fresh), w / jnp.where(restart, 1.0, b))
+        return Q.at[j + 1].set(nxt), alpha.at[j].set(a), beta.at[j].set(jnp.where(restart, 0.0, b))
+
+    v0 = jax.random.normal(keys[0], (dim,), dtype)
+    Q = jnp.zeros((m + 1, dim), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    Q, alpha, beta = lax.fori_loop(0, m, body, (Q, jnp.zeros(m, dtype), jnp.zeros(m, dtype)))
+    T = jnp.diag(alpha) + jnp.diag(beta[: m - 1], 1) + jnp.diag(beta[: m - 1], -1)
+    evals, evecs = jnp.linalg.eigh(T)
+    top = evals[::-1][:k]
+    if not return_vectors:
+        return top
+    return top, Q[:m].T @ evecs[:, ::-1][:, :k]
+
+
+def _rademacher(key, problem, params, num_samples):
+    flat, _ = problem.ravel(params)
+    return jax.random.rademacher(key, (num_samples, flat.shape[0]), flat.dtype)
+
+
+def _sum_over_basis(fn, flat):
+    """sum_j fn(j, e_j) over the standard basis of R^p, evaluated `_CHUNK` coordinates at a time."""
+    p = flat.shape[0]
+    terms = lax.map(
+        lambda j: fn(j, jnp.zeros_like(flat).at[j].set(1.0)), jnp.arange(p), batch_size=min(p, _CHUNK)
+    )
+    return jnp.sum(terms)

@@ -1,0 +1,54 @@
+"""Matplotlib helpers: one style for every figure of the library."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STYLE = {
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "font.size": 9,
+}
+
+
+def figure(ncols: int = 1, nrows: int = 1, *, width: float = 3.6, height: float = 3.0):
+    """A figure with `nrows x ncols` panels; returns (fig, flat array of axes). Applies `STYLE` to
+    matplotlib's rcParams, so labels and legends drawn afterwards share it."""
+    plt.rcParams.update(STYLE)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained"
+    )
+    return fig, axes.ravel()
+
+
+def band(ax, t, mean, half_width=None, *, label=None, color=None, **kw):
+    """A line with a shaded band mean +- half_width (e.g. a 95% confidence half-width)."""
+    (line,) = ax.plot(t, mean, label=label, color=color, **kw)
+    if half_width is not None:
+        ax.fill_between(
+            t,
+            np.asarray(mean) - half_width,
+            np.asarray(mean) + half_width,
+            color=line.get_color(),
+            alpha=0.2,
+            linewidth=0,
+        )
+    return line
+
+
+def save(fig, path) -> Path:
+    """Save as PNG (creating the folder), close the figure, and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

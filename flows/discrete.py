@@ -1,0 +1,246 @@
+"""Discrete dynamics: GD, minibatch SGD and label-noise SGD, each one `lax.scan` over steps.
+
+All three are the step theta_{k+1} = theta_k - eta g_k (an `optax.sgd` update) with
+
+- GD:                g_k = grad L(theta_k), the full-batch gradient.
+- SGD:               g_k = (1/B) sum_{i in batch_k} g_i, a minibatch of B examples drawn with
+                     replacement (or without, `replace=False`), g_i = J_i^T r_i.
+- label-noise SGD:   g_k is the gradient of (1/(2B)) sum_{i in batch_k} (f(x_i) - y_i - eps_i)^2 with
+                     fresh eps_i ~ N(0, sigma^2) every step (or +-sigma, `noise="rademacher"`); full batch
+                     by default.
+
+Step k draws its randomness from `jax.random.fold_in(key, k)`: the same key gives the same bits, and an
+ensemble is `jax.vmap` over keys. Parameters are
+saved every `save_every` steps, at t = eta * k (`flows.timescale`), together with the metrics (the
+full-batch loss, and any given). A run whose loss becomes non-finite raises `FloatingPointError` naming the
+step, unless `raise_on_divergence=False`.
+"""
+
+from collections.abc import Mapping
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jaxtyping import PRNGKeyArray, PyTree
+
+from models import Problem, checks
+
+from . import timescale
+from .trajectory import Metric, Trajectory, default_metrics, evaluate
+
+
+def gd(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    steps: int,
+    eta,
+    save_every: int = 1,
+    metrics: Mapping[str, Metric] | None = None,
+    save_params: bool = True,
+    raise_on_divergence: bool = True,
+) -> Trajectory:
+    """Full-batch gradient descent theta_{k+1} = theta_k - eta grad L(theta_k), saved at t = eta * k.
+
+    **Arguments:** `problem`, `params0` (a pytree shaped like `problem.params`), `steps` (a multiple of
+    `save_every`), step size `eta > 0`, `metrics` (name -> `fn(problem, params)`, the loss is always
+    recorded), `save_params` (keep the parameters or only the metrics).
+
+    **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
+    """
+    return _discrete(
+        "gd",
+        problem,
+        params0,
+        None,
+        eta,
+        None,
+        steps=steps,
+        save_every=save_every,
+        batch_size=None,
+        replace=True,
+        noise="gaussian",
+        metrics=metrics,
+        save_params=save_params,
+        raise_on_divergence=raise_on_divergence,
+    )
+
+
+def sgd(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    steps: int,
+    eta,
+    batch_size: int,
+    key: PRNGKeyArray,
+    replace: bool = True,
+    save_every: int = 1,
+    metrics: Mapping[str, Metric] | None = None,
+    save_params: bool = True,
+    raise_on_divergence: bool = True,
+) -> Trajectory:
+    """Minibatch SGD: g_k = (1/B) sum_{i in batch_k} g_i, B = `batch_size` in 1..n, drawn with replacement
+    (or without, `replace=False`) afresh every step from `key`. Arguments otherwise as `gd`."""
+    return _discrete(
+        "sgd",
+        problem,
+        params0,
+        key,
+        eta,
+        None,
+        steps=steps,
+        save_every=save_every,
+        batch_size=batch_size,
+        replace=replace,
+        noise="gaussian",
+        metrics=metrics,
+        save_params=save_params,
+        raise_on_divergence=raise_on_divergence,
+    )
+
+
+def label_noise_sgd(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    steps: int,
+    eta,
+    sigma,
+    key: PRNGKeyArray,
+    batch_size: int | None = None,
+    noise: Literal["gaussian", "rademacher"] = "gaussian",
+    replace: bool = True,
+    save_every: int = 1,
+    metrics: Mapping[str, Metric] | None = None,
+    save_params: bool = True,
+    raise_on_divergence: bool = True,
+) -> Trajectory:
+    """Label-noise SGD: every step the labels are y_i + eps_i with fresh eps_i ~ N(0, sigma^2)
+    (`noise="gaussian"`) or uniform on {-sigma, +sigma} (`"rademacher"`); both have variance sigma^2.
+    Full batch (label-noise GD) unless `batch_size` is given. Arguments otherwise as `sgd`."""
+    return _discrete(
+        "label_noise_sgd",
+        problem,
+        params0,
+        key,
+        eta,
+        sigma,
+        steps=steps,
+        save_every=save_every,
+        batch_size=batch_size,
+        replace=replace,
+        noise=noise,
+        metrics=metrics,
+        save_params=save_params,
+        raise_on_divergence=raise_on_divergence,
+    )
+
+
+def _discrete(
+    name,
+    problem,
+    params0,
+    key,
+    eta,
+    sigma,
+    *,
+    steps,
+    save_every,
+    batch_size,
+    replace,
+    noise,
+    metrics,
+    save_params,
+    raise_on_divergence,
+) -> Trajectory:
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a models.Problem, got {type(problem).__name__}")
+    checks.same_structure("params0", params0, problem.params, "problem.params")
+    params0 = checks.finite_tree("params0", params0)
+    eta = checks.positive("eta", eta)
+    if sigma is not None:
+        sigma = checks.non_negative("sigma", sigma)
+    steps = checks.positive_int("steps", steps)
+    save_every = checks.positive_int("save_every", save_every)
+    if steps % save_every:
+        raise ValueError(f"steps ({steps}) must be a multiple of save_every ({save_every})")
+    batch_size = checks.batch_size(batch_size, problem.n)
+    if noise not in ("gaussian", "rademacher"):
+        raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+    if key is None and (sigma is not None or batch_size < problem.n):
+        raise ValueError(f"{name} needs a PRNG key")
+    traj, first_bad = _scan(
+        problem,
+        params0,
+        key,
+        eta,
+        sigma,
+        steps=steps,
+        save_every=save_every,
+        batch_size=batch_size,
+        replace=replace,
+        noise=noise,
+        metrics=default_metrics(metrics),
+        save_params=save_params,
+    )
+    if not raise_on_divergence:
+        return traj
+    if checks.is_concrete(first_bad):
+        if first_bad >= 0:
+            k = int(first_bad)
+            raise FloatingPointError(
+                f"{name} diverged: the loss became non-finite at step {k} (t = eta * k = "
+                f"{float(timescale.flow_time(k, eta)):.4g}) with eta = {float(eta):.4g}; reduce eta"
+            )
+        return traj
+    return eqx.error_if(traj, first_bad >= 0, f"{name} diverged: the loss became non-finite; reduce eta")
+
+
+@eqx.filter_jit
+def _scan(
+    problem, params0, key, eta, sigma, *, steps, save_every, batch_size, replace, noise, metrics, save_params
+):
+    n = problem.n
+    opt = optax.sgd(eta)
+
+    def minibatch_loss(params, k):
+        X, y = problem.X, problem.y
+        if key is None:
+            return problem.loss(params, X, y)
+        k_batch, k_noise = jax.random.split(jax.random.fold_in(key, k))
+        if batch_size < n:
+            idx = (
+                jax.random.randint(k_batch, (batch_size,), 0, n)
+                if replace
+                else jax.random.choice(k_batch, n, (batch_size,), replace=False)
+            )
+            X, y = X[idx], y[idx]
+        if sigma is not None:
+            draw = jax.random.normal if noise == "gaussian" else jax.random.rademacher
+            y = y + sigma * draw(k_noise, y.shape, y.dtype)
+        return problem.loss(params, X, y)
+
+    def step(carry, _):
+        params, state, k, first_bad = carry
+        loss, g = jax.value_and_grad(minibatch_loss)(params, k)
+        updates, state = opt.update(g, state)
+        params = optax.apply_updates(params, updates)
+        first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), k, first_bad)
+        return (params, state, k + 1, first_bad), None
+
+    def record(params):
+        return (params if save_params else None), evaluate(problem, params, metrics)
+
+    def chunk(carry, _):
+        carry, _ = lax.scan(step, carry, None, length=save_every)
+        return carry, record(carry[0])
+
+    init = (params0, opt.init(params0), jnp.asarray(0), jnp.asarray(-1))
+    (_, _, _, first_bad), saved = lax.scan(chunk, init, None, length=steps // save_every)
+    saved = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(params0), saved)
+    ts = timescale.flow_time(jnp.arange(0, steps + 1, save_every), eta)
+    return Trajectory(ts=ts, params=saved[0], stats=saved[1], clock="t"), first_bad

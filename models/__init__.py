@@ -1,0 +1,11 @@
+"""Problems (model + data + square loss) and the models and data sets they are built from."""
+
+from . import checks as checks
+from . import data as data
+from .activations import cubic as cubic
+from .linear import Linear as Linear
+from .linear import QuadraticParam as QuadraticParam
+from .linear import RandomFeatures as RandomFeatures
+from .matrix import MatrixFactorization as MatrixFactorization
+from .problem import Problem as Problem
+from .two_layer import TwoLayerNet as TwoLayerNet

@@ -1,0 +1,31 @@
+"""Activations by name. `cubic` is z + z^3/3 (sigma''' = 2 > 0), as in Gatmiry et al. (2024)."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def cubic(z):
+    return z + z**3 / 3
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "cubic": cubic,
+    "sinh": jnp.sinh,
+    "softplus": jax.nn.softplus,
+    "identity": lambda z: z,
+}
+
+
+def resolve(activation: str | Callable) -> Callable:
+    if callable(activation):
+        return activation
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {activation!r}"
+        ) from None

@@ -1,0 +1,78 @@
+"""Argument checks shared by every package.
+
+Concrete values (Python numbers, NumPy arrays, JAX arrays outside `jit`) are checked on the host and raise
+`ValueError` naming the argument. Traced values (inside a user's `jit` or `vmap`) are checked with
+`eqx.error_if`, so the error survives compilation.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def positive(name: str, value):
+    """`value > 0`, returned as a JAX array (so sweeps over it do not recompile)."""
+    return _check(name, value, lambda v: v > 0, "must be > 0")
+
+
+def non_negative(name: str, value):
+    """`value >= 0`, returned as a JAX array."""
+    return _check(name, value, lambda v: v >= 0, "must be >= 0")
+
+
+def _check(name, value, ok, what):
+    if value is None:
+        raise ValueError(f"{name} is required")
+    if is_concrete(value):
+        v = np.asarray(value)
+        if v.ndim != 0:
+            raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
+        if not np.isfinite(v) or not ok(v):
+            raise ValueError(f"{name} {what}, got {v.item()}")
+        return jnp.asarray(value)
+    value = jnp.asarray(value)
+    return eqx.error_if(value, ~(jnp.isfinite(value) & ok(value)), f"{name} {what}")
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def batch_size(value, n: int) -> int:
+    """A minibatch size in 1..n; `None` means the full batch n."""
+    if value is None:
+        return n
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= value <= n:
+        raise ValueError(f"batch_size must be an integer in 1..n = 1..{n}, got {value!r}")
+    return int(value)
+
+
+def finite_tree(name: str, tree):
+    """Every array leaf of `tree` finite; returns `tree` (wrapped in `eqx.error_if` when traced)."""
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if eqx.is_array(leaf)]
+    if is_concrete(leaves):
+        for leaf in leaves:
+            if not np.all(np.isfinite(np.asarray(leaf))):
+                raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        return tree
+    bad = jnp.any(jnp.stack([~jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    return eqx.error_if(tree, bad, f"{name} contains non-finite values (NaN or inf)")
+
+
+def same_structure(name: str, tree, reference, reference_name: str):
+    """`tree` has the structure, shapes and dtypes of `reference`."""
+    a, b = jax.tree.structure(tree), jax.tree.structure(reference)
+    if a != b:
+        raise ValueError(f"{name} has pytree structure {a}, expected that of {reference_name}: {b}")
+    for x, y in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
+        if jnp.shape(x) != jnp.shape(y):
+            raise ValueError(
+                f"{name} has a leaf of shape {jnp.shape(x)} where {reference_name} has {jnp.shape(y)}"
+            )

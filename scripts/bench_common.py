@@ -1,0 +1,30 @@
+"""Timing for the scripts/bench_*.py benchmarks: medians of repeated runs, printed as ratios."""
+
+import statistics
+import time
+
+import jax
+
+
+def median_time(fn, *, repeats: int = 7, warmup: int = 1) -> float:
+    """Median wall time of `fn()` in seconds (JAX results waited for), after `warmup` calls (compilation)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def table(title: str, rows: list[tuple[str, float]], baseline: str) -> list[dict]:
+    """Print `rows` (name, seconds) with each one's ratio to the `baseline` row; return them as dicts."""
+    base = dict(rows)[baseline]
+    print(f"\n{title}")
+    print(f"{'':34s} {'median s':>10s} {'vs ' + baseline:>22s}")
+    out = []
+    for name, t in rows:
+        print(f"{name:34s} {t:10.4f} {t / base:21.2f}x")
+        out.append({"benchmark": title, "run": name, "seconds": t, "baseline": baseline, "ratio": t / base})
+    return out

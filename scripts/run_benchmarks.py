@@ -1,0 +1,22 @@
+"""Run every scripts/bench_*.py (`make bench`) and write their ratios as one markdown table."""
+
+import importlib
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+sys.path.insert(0, str(here))
+rows = []
+for path in sorted(here.glob("bench_*.py")):
+    if path.stem == "bench_common":
+        continue
+    print(f"== {path.stem}", flush=True)
+    rows += importlib.import_module(path.stem).main([])
+out = here.parent / "benchmarks.md"
+lines = ["| benchmark | run | median s | ratio | baseline |", "|---|---|---:|---:|---|"]
+lines += [
+    f"| {r['benchmark']} | {r['run']} | {r['seconds']:.4f} | {r['ratio']:.2f}x | {r['baseline']} |"
+    for r in rows
+]
+out.write_text("\n".join(lines) + "\n")
+print(f"table: {out}")

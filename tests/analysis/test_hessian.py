@@ -1,0 +1,86 @@
+"""Every Hessian metric against jax.hessian + numpy.linalg.eigvalsh on small two-layer problems."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from analysis import hessian
+from tests.conftest import two_layer
+
+
+@pytest.fixture(params=["tanh", "cubic"])
+def problem(request):
+    return two_layer(n=7, d=3, width=6, activation=request.param)
+
+
+def _dense(P):
+    flat, unravel = P.ravel(P.params)
+    return np.asarray(jax.hessian(lambda v: P.loss(unravel(v)))(flat))
+
+
+def test_dense_hvp_and_spectrum(problem):
+    H = _dense(problem)
+    np.testing.assert_allclose(hessian.dense(problem, problem.params), H, rtol=1e-10, atol=1e-12)
+    v = jax.random.normal(jax.random.key(1), (H.shape[0],))
+    np.testing.assert_allclose(hessian.hvp(problem, problem.params, v), H @ v, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hessian.spectrum(problem, problem.params), np.linalg.eigvalsh(H), atol=1e-10)
+
+
+def test_exact_trace_and_the_gauss_newton_residual_split(problem):
+    H = _dense(problem)
+    J = np.asarray(problem.jacobian(problem.params))
+    G = J.T @ J / problem.n
+    assert abs(float(problem.loss(problem.params))) > 1e-3  # off the manifold: the residual part matters
+    np.testing.assert_allclose(hessian.gauss_newton(problem, problem.params), G, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hessian.trace_gauss_newton(problem, problem.params), np.trace(G), rtol=1e-10)
+    np.testing.assert_allclose(
+        hessian.trace_residual(problem, problem.params), np.trace(H - G), rtol=1e-8, atol=1e-12
+    )
+    np.testing.assert_allclose(hessian.trace(problem, problem.params), np.trace(H), rtol=1e-10)
+
+
+def test_lanczos_top_eigenvalues_to_1e_6(problem):
+    evals = np.linalg.eigvalsh(_dense(problem))[::-1]
+    top, vecs = hessian.top_eigenvalues(
+        problem, problem.params, 3, key=jax.random.key(0), return_vectors=True
+    )
+    np.testing.assert_allclose(top, evals[:3], rtol=1e-6)
+    H = _dense(problem)
+    np.testing.assert_allclose(H @ vecs, vecs * top, atol=1e-6 * evals[0])
+
+
+def test_lanczos_with_few_iterations_still_finds_the_top_eigenvalue():
+    P = two_layer(n=10, d=6, width=12)  # p = 84
+    evals = np.linalg.eigvalsh(_dense(P))
+    top = hessian.top_eigenvalues(P, P.params, key=jax.random.key(2), num_iter=40)
+    np.testing.assert_allclose(top, evals[-1:], rtol=1e-6)
+
+
+def test_lanczos_survives_an_invariant_subspace():
+    """A diagonal operator with repeated eigenvalues: Krylov breaks down after 3 steps and must restart."""
+    d = jnp.array([5.0, 5.0, 5.0, 3.0, 3.0, 1.0, 1.0, 1.0, -2.0, -2.0])
+    top = hessian.lanczos(lambda v: d * v, 10, 5, key=jax.random.key(0), dtype=jnp.float64)
+    np.testing.assert_allclose(top, [5.0, 5.0, 5.0, 3.0, 3.0], rtol=1e-10)
+
+
+def test_frobenius_norm_exact_and_estimated(problem):
+    H = _dense(problem)
+    fro = np.linalg.norm(H, "fro")
+    np.testing.assert_allclose(hessian.frobenius_norm(problem, problem.params), fro, rtol=1e-10)
+    est, se = hessian.frobenius_norm_hutchinson(problem, problem.params, jax.random.key(3), num_samples=400)
+    assert abs(est - fro) < 4 * se, (est, se, fro)
+
+
+def test_hutchinson_trace_within_its_confidence_interval(problem):
+    tr = np.trace(_dense(problem))
+    est, se = hessian.trace_hutchinson(problem, problem.params, jax.random.key(4), num_samples=400)
+    assert abs(est - tr) < 4 * se, (est, se, tr)
+    assert se > 0
+
+
+def test_metrics_compile_and_vmap(problem):
+    traces = jax.jit(
+        jax.vmap(lambda s: hessian.trace(problem, jax.tree.map(lambda x: s * x, problem.params)))
+    )(jnp.array([0.5, 1.0]))
+    np.testing.assert_allclose(traces[1], np.trace(_dense(problem)), rtol=1e-10)

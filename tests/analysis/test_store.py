@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from analysis import store
+
+
+def test_round_trip_and_key_independent_of_order(tmp_path):
+    cfg = {"eta": 0.1, "n": 3, "etas": (0.1, 0.2)}
+    path = store.save(tmp_path, "run", cfg, {"a": np.arange(3), "b": np.eye(2)})
+    assert path.name.startswith("run-") and (path / "config.json").exists()
+    got = store.load(tmp_path, "run", {"n": 3, "etas": [0.1, 0.2], "eta": 0.1})
+    np.testing.assert_array_equal(got["a"], np.arange(3))
+    assert store.load(tmp_path, "run", {**cfg, "eta": 0.2}) is None
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary folder left behind
+
+
+def test_cached_computes_once_and_recompute_overwrites(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": np.full(2, len(calls))}
+
+    cfg = {"seed": 1}
+    assert store.cached(tmp_path, "c", cfg, compute)["x"][0] == 1
+    assert store.cached(tmp_path, "c", cfg, compute)["x"][0] == 1
+    assert len(calls) == 1
+    assert store.cached(tmp_path, "c", cfg, compute, recompute=True)["x"][0] == 2
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_foreign_result_is_refused(tmp_path):
+    cfg = {"seed": 1}
+    path = store.save(tmp_path, "c", cfg, {"x": np.zeros(1)})
+    (path / "config.json").write_text('{"seed": 2}')
+    with pytest.raises(ValueError, match="holds a result for another config"):
+        store.load(tmp_path, "c", cfg)
+
+
+def test_bad_config_and_name(tmp_path):
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        store.key({"f": object()})
+    with pytest.raises(ValueError, match="name"):
+        store.path(tmp_path, "a/b", {})

@@ -1,0 +1,161 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flows import gd, gradient_flow, label_noise_sgd, sgd
+from tests.conftest import linear_regression, tree_allclose, two_layer
+
+
+def test_gd_on_linear_regression_matches_the_closed_form():
+    """theta_k - theta* = (I - eta H)^k (theta_0 - theta*), H = X^T X / n."""
+    P = linear_regression()
+    H = P.X.T @ P.X / P.n
+    w_star = jnp.linalg.solve(P.X.T @ P.X, P.X.T @ P.y)
+    eta, steps = 0.1, 50
+    traj = gd(P, P.params, steps=steps, eta=eta, save_every=10)
+    for i, k in enumerate(range(0, steps + 1, 10)):
+        expect = w_star + jnp.linalg.matrix_power(jnp.eye(4) - eta * H, k) @ (P.params.w - w_star)
+        np.testing.assert_allclose(traj.params.w[i], expect, rtol=1e-10)
+    np.testing.assert_allclose(traj.ts, eta * jnp.arange(0, steps + 1, 10), rtol=1e-12)
+    assert traj.stats["loss"].shape == (6,)
+
+
+def test_gd_converges_to_gradient_flow_at_first_order():
+    """||theta_GD(T) - theta_GF(T)|| = O(eta): the fitted log-log slope over three step sizes is ~1."""
+    P = two_layer()
+    T = 2.0
+    ref = gradient_flow(P, P.params, t1=T, ts=jnp.array([0.0, T]), rtol=1e-11, atol=1e-12).final
+    etas = np.array([0.04, 0.02, 0.01])
+    errs = [
+        jnp.linalg.norm(
+            P.ravel(gd(P, P.params, steps=round(T / e), eta=e, save_every=round(T / e)).final)[0]
+            - P.ravel(ref)[0]
+        )
+        for e in etas
+    ]
+    slope = np.polyfit(np.log(etas), np.log(errs), 1)[0]
+    assert 0.9 < slope < 1.1, slope
+
+
+def _one_step(P, key, **kw):
+    run = kw.pop("run")
+    return P.ravel(run(P, P.params, steps=1, key=key, **kw).final)[0]
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_minibatch_gradient_is_unbiased(replace):
+    """theta_1 = theta_0 - eta g_B: the mean of g_B over N draws is grad L within 5 standard errors."""
+    P = two_layer(n=8)
+    eta, N = 0.5, 4000
+    keys = jax.random.split(jax.random.key(1), N)
+    theta0, _ = P.ravel(P.params)
+    g = jax.vmap(lambda k: (theta0 - _one_step(P, k, run=sgd, eta=eta, batch_size=3, replace=replace)) / eta)(
+        keys
+    )
+    grad, _ = P.ravel(P.grad(P.params))
+    se = g.std(0) / np.sqrt(N)
+    assert np.all(np.abs(g.mean(0) - grad) < 5 * se + 1e-12)
+    assert np.any(se > 0)
+
+
+def test_sampling_without_replacement_of_the_full_batch_is_gd():
+    P = two_layer(n=8)
+    a = sgd(P, P.params, steps=5, eta=0.1, batch_size=8, replace=False, key=jax.random.key(0))
+    b = gd(P, P.params, steps=5, eta=0.1)
+    assert tree_allclose(a.params, b.params, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_label_noise_has_the_stated_variance(noise):
+    """On a linear model one label-noise GD step deviates from GD by eta X^T eps / n:
+    covariance eta^2 sigma^2 X^T X / n^2. Compared entrywise within 5 standard errors."""
+    P = linear_regression(n=6, d=3)
+    eta, sigma, N = 0.2, 0.3, 20000
+    keys = jax.random.split(jax.random.key(2), N)
+    w1 = jax.vmap(lambda k: _one_step(P, k, run=label_noise_sgd, eta=eta, sigma=sigma, noise=noise))(keys)
+    w_gd = P.ravel(gd(P, P.params, steps=1, eta=eta).final)[0]
+    dev = w1 - w_gd
+    C = dev.T @ dev / N
+    expect = eta**2 * sigma**2 * P.X.T @ P.X / P.n**2
+    # var of a product of two zero-mean entries: E[a^2 b^2] - E[ab]^2 (estimated)
+    se = np.sqrt(np.var(dev[:, :, None] * dev[:, None, :], axis=0) / N)
+    assert np.all(np.abs(C - expect) < 5 * se)
+    assert np.all(np.abs(dev.mean(0)) < 5 * dev.std(0) / np.sqrt(N))
+
+
+def test_same_key_same_bits_other_key_other_path():
+    P = two_layer()
+    kw = dict(steps=20, eta=0.1, sigma=0.5, batch_size=3, save_every=5)
+    a = label_noise_sgd(P, P.params, key=jax.random.key(3), **kw)
+    b = label_noise_sgd(P, P.params, key=jax.random.key(3), **kw)
+    c = label_noise_sgd(P, P.params, key=jax.random.key(4), **kw)
+    assert tree_allclose(a, b, rtol=0, atol=0)
+    assert not np.allclose(a.params.W[-1], c.params.W[-1])
+
+
+def test_an_ensemble_is_a_vmap_over_keys():
+    P = two_layer()
+    kw = dict(steps=20, eta=0.1, sigma=0.5, save_every=10)
+    keys = jax.random.split(jax.random.key(5), 8)
+    ens = jax.vmap(lambda k: label_noise_sgd(P, P.params, key=k, **kw))(keys)
+    for i in range(8):
+        single = label_noise_sgd(P, P.params, key=keys[i], **kw)
+        assert tree_allclose(jax.tree.map(lambda x: x[i], ens), single, rtol=1e-12, atol=1e-14)
+
+
+def test_metrics_on_the_fly_and_without_parameters():
+    P = two_layer()
+    run = gd(
+        P,
+        P.params,
+        steps=10,
+        eta=0.1,
+        save_every=5,
+        save_params=False,
+        metrics={"norm": lambda prob, p: jnp.linalg.norm(prob.ravel(p)[0])},
+    )
+    full = gd(P, P.params, steps=10, eta=0.1, save_every=5)
+    assert run.params is None
+    norms = jax.vmap(lambda p: jnp.linalg.norm(P.ravel(p)[0]))(full.params)
+    np.testing.assert_allclose(run.stats["norm"], norms, rtol=1e-12)
+    np.testing.assert_allclose(run.stats["loss"], jax.vmap(P.loss)(full.params), rtol=1e-12)
+
+
+def test_bad_input_names_the_argument(key):
+    P = two_layer()
+    with pytest.raises(ValueError, match="eta must be > 0, got -0.1"):
+        gd(P, P.params, steps=2, eta=-0.1)
+    with pytest.raises(ValueError, match="eta must be > 0"):
+        gd(P, P.params, steps=2, eta=0.0)
+    with pytest.raises(ValueError, match="batch_size must be an integer in 1..n = 1..6, got 7"):
+        sgd(P, P.params, steps=2, eta=0.1, batch_size=7, key=key)
+    with pytest.raises(ValueError, match="batch_size"):
+        sgd(P, P.params, steps=2, eta=0.1, batch_size=0, key=key)
+    with pytest.raises(ValueError, match="sigma must be >= 0, got -1"):
+        label_noise_sgd(P, P.params, steps=2, eta=0.1, sigma=-1.0, key=key)
+    with pytest.raises(ValueError, match="params0 contains non-finite"):
+        gd(P, jax.tree.map(lambda x: x.at[0].set(jnp.nan), P.params), steps=2, eta=0.1)
+    with pytest.raises(ValueError, match="multiple of save_every"):
+        gd(P, P.params, steps=10, eta=0.1, save_every=3)
+    with pytest.raises(ValueError, match="params0 has a leaf of shape"):
+        gd(P, jax.tree.map(lambda x: x[:2], P.params), steps=2, eta=0.1)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        gd(P, P.params, steps=0, eta=0.1)
+
+
+def test_divergence_raises_naming_the_step():
+    P = linear_regression()
+    with pytest.raises(FloatingPointError, match=r"gd diverged: the loss became non-finite at step \d+"):
+        gd(P, P.params, steps=2000, eta=10.0, save_every=100)
+    run = gd(P, P.params, steps=2000, eta=10.0, save_every=100, raise_on_divergence=False)
+    assert not np.isfinite(run.stats["loss"][-1])
+
+
+def test_divergence_inside_jit_is_still_an_error():
+    P = linear_regression()
+    f = jax.jit(lambda eta: gd(P, P.params, steps=2000, eta=eta, save_every=100).stats["loss"])
+    with pytest.raises(Exception, match="diverged"):
+        jax.block_until_ready(f(10.0))
+    with pytest.raises(Exception, match="eta must be > 0"):
+        jax.block_until_ready(f(-1.0))
