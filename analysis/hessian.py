@@ -50,7 +50,7 @@ def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
 
 def trace_gauss_newton(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr G = (1/n) ||J||_F^2, exact from the per-example output gradients."""
-    return jnp.sum(problem.jacobian(params) ** 2) / problem.n
+    return problem.gauss_newton_trace(params)
 
 
 def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:

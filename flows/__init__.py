@@ -5,4 +5,28 @@ from .discrete import gd as gd
 from .discrete import label_noise_sgd as label_noise_sgd
 from .discrete import sgd as sgd
 from .gradient import gradient_flow as gradient_flow
+from .manifold import (
+    label_noise_objective as label_noise_objective,
+)
+from .manifold import (
+    limit_map as limit_map,
+)
+from .manifold import (
+    retract as retract,
+)
+from .manifold import (
+    riemannian_flow as riemannian_flow,
+)
+from .manifold import (
+    riemannian_grad as riemannian_grad,
+)
+from .manifold import (
+    tangent_projection as tangent_projection,
+)
+from .manifold import (
+    trace_grad as trace_grad,
+)
+from .manifold import (
+    trace_grad_hutchinson as trace_grad_hutchinson,
+)
 from .trajectory import Trajectory as Trajectory

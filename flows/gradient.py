@@ -19,7 +19,12 @@ from .trajectory import Metric, Trajectory, default_metrics, evaluate
 def save_times(t1, ts=None, save_every=None, num_saves: int = 101):
     """Save times: `ts` as given, else 0, save_every, ..., t1, else `num_saves` points evenly in [0, t1]."""
     if ts is not None:
-        return jnp.asarray(ts)
+        ts = jnp.asarray(ts)
+        if checks.is_concrete((ts, t1)) and (
+            ts.ndim != 1 or bool(jnp.any(jnp.diff(ts) < 0)) or ts[0] < 0 or ts[-1] > t1
+        ):
+            raise ValueError(f"ts must be a non-decreasing 1-D array of times in [0, t1 = {float(t1)}]")
+        return ts
     if save_every is not None:
         save_every = checks.positive("save_every", save_every)
         count = int(round(float(t1) / float(save_every)))
@@ -56,16 +61,11 @@ def gradient_flow(
     checks.same_structure("params0", params0, problem.params, "problem.params")
     params0 = checks.finite_tree("params0", params0)
     t1 = checks.positive("t1", t1)
-    ts = save_times(t1, ts, save_every)
-    if checks.is_concrete(ts) and (
-        ts.ndim != 1 or bool(jnp.any(jnp.diff(ts) < 0)) or ts[0] < 0 or ts[-1] > t1
-    ):
-        raise ValueError("ts must be a non-decreasing 1-D array of times in [0, t1]")
     return _solve(
         problem,
         params0,
         t1,
-        ts,
+        save_times(t1, ts, save_every),
         solver or diffrax.Tsit5(),
         rtol,
         atol,

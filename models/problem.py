@@ -115,6 +115,10 @@ class Problem(eqx.Module):
         flat, unravel = self.ravel(params)
         return jax.jacrev(lambda v: self.residuals(unravel(v)).reshape(-1))(flat)
 
+    def gauss_newton_trace(self, params: PyTree) -> Float[Array, ""]:
+        """tr G = (1/n) ||J||_F^2 = (1/n) sum_i ||grad f_i||^2, the trace of H on the zero-loss manifold."""
+        return jnp.sum(self.jacobian(params) ** 2) / self.n
+
     def per_example_grads(self, params: PyTree) -> Float[Array, "n p"]:
         """g_i = J_i^T r_i, the gradient of (1/2)||r_i||^2, shape (n, p); grad L is their mean."""
         flat, unravel = self.ravel(params)

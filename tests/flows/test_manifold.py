@@ -1,0 +1,141 @@
+"""The zero-loss manifold: projection, retraction, Phi, the Riemannian flow of tr H (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+from analysis import hessian
+from flows import (
+    label_noise_objective,
+    limit_map,
+    retract,
+    riemannian_flow,
+    tangent_projection,
+    trace_grad,
+    trace_grad_hutchinson,
+)
+from models import Problem, QuadraticParam, TwoLayerNet, data
+
+
+def gatmiry(activation, seed=0, n=3, d=3, width=10):
+    """Fixed outer layer, n <= d, inputs U[0, 1] (Gatmiry et al. 2024, Figure 1), labels in [0.5, 1]."""
+    kx, ky, kn = jax.random.split(jax.random.key(seed), 3)
+    X = data.uniform(kx, n, d)
+    y = jax.random.uniform(ky, (n,), minval=0.5, maxval=1.0)
+    net = TwoLayerNet(d, width, key=kn, activation=activation, train_outer=False, outer="ones")
+    return Problem(net, X, y)
+
+
+@pytest.mark.parametrize("activation", ["cubic", "sinh", "tanh"])
+def test_long_flow_stays_on_the_manifold_descends_and_ends_stationary(activation):
+    """Loss < 1e-12 throughout, F never increases (beyond round-off), the end is stationary, and the
+    features collapse to rank one exactly when sigma''' > 0 (cubic, sinh) but not for tanh."""
+    P = gatmiry(activation)
+    start = limit_map(P, P.params)
+    taus = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-2, 1e6, 25)])
+    traj = riemannian_flow(P, start, t1=1e6, ts=taus, rtol=1e-11, atol=1e-13)
+    assert traj.clock == "tau"
+    assert float(traj.stats["loss"].max()) < 1e-12
+    F = traj.stats["objective"]
+    assert bool(jnp.all(jnp.diff(F) <= 1e-12 * F[:-1])), jnp.diff(F).max()
+    s = jnp.linalg.svd(traj.final.W @ P.X.T, compute_uv=False)
+    if activation == "tanh":
+        assert s[1] / s[0] > 0.1
+    else:
+        assert float(traj.stats["grad_norm"][-1]) < 1e-8
+        assert s[1] / s[0] < 1e-6
+
+
+def test_trace_gradient_matches_the_dense_gradient():
+    """Off the manifold grad tr G equals the dense gradient of tr(J^T J)/n; on it, P_T grad tr G equals
+    P_T grad tr H with H from jax.hessian; the Hutchinson variant is unbiased."""
+    P = gatmiry("cubic", width=4)
+    flat, unravel = P.ravel(P.params)
+
+    def dense_trace_G(v):
+        J = jax.jacrev(lambda w: P.residuals(unravel(w)))(v)
+        return jnp.sum(J**2) / P.n
+
+    np.testing.assert_allclose(trace_grad(P, P.params), jax.grad(dense_trace_G)(flat), rtol=1e-10)
+
+    on = retract(P, P.params)
+    flat_on, _ = P.ravel(on)
+    dense_trace_H = jax.grad(lambda v: jnp.trace(jax.hessian(lambda w: P.loss(unravel(w)))(v)))(flat_on)
+    np.testing.assert_allclose(
+        tangent_projection(P, on, trace_grad(P, on)), tangent_projection(P, on, dense_trace_H), atol=1e-10
+    )
+    N = 2000
+    est = jax.vmap(lambda k: trace_grad_hutchinson(P, on, k, num_samples=1))(
+        jax.random.split(jax.random.key(0), N)
+    )
+    se = est.std(0) / np.sqrt(N)
+    assert np.all(np.abs(est.mean(0) - trace_grad(P, on)) < 5 * se + 1e-12)
+
+
+def test_tangent_projection_is_the_orthogonal_projector_onto_null_J():
+    P = gatmiry("sinh", width=4)
+    J = np.asarray(P.jacobian(P.params))
+    dense = np.eye(J.shape[1]) - J.T @ np.linalg.solve(J @ J.T, J)
+    V = jax.random.normal(jax.random.key(1), (5, J.shape[1]))
+    PV = jax.vmap(lambda v: tangent_projection(P, P.params, v))(V)
+    np.testing.assert_allclose(PV, V @ dense, atol=1e-12)
+
+
+def test_retraction_and_limit_map():
+    P = gatmiry("cubic")
+    on = retract(P, P.params)
+    assert float(P.loss(on)) < 1e-25
+    phi = limit_map(P, P.params)
+    assert float(P.loss(phi)) < 1e-25
+    # Phi is the gradient flow's limit, not the nearest point: compare with a long gradient flow.
+    from flows import gradient_flow
+
+    far = gradient_flow(P, P.params, t1=2e4, ts=jnp.array([2e4]), rtol=1e-12, atol=1e-14).final
+    np.testing.assert_allclose(P.ravel(phi)[0], P.ravel(far)[0], atol=1e-7)
+    assert float(jnp.linalg.norm(P.ravel(phi)[0] - P.ravel(on)[0])) > 1e-4
+
+
+def test_bad_starting_points_say_which():
+    P = gatmiry("cubic")
+    far = jax.tree.map(lambda x: 1e3 * x, P.params)
+    with pytest.raises(ValueError, match="too far from the manifold"):
+        riemannian_flow(P, far, t1=1.0)
+    with pytest.raises(ValueError, match="params0 contains non-finite"):
+        riemannian_flow(P, jax.tree.map(lambda x: x.at[0, 0].set(jnp.inf), P.params), t1=1.0)
+    # two identical examples: the constraints are dependent, J J^T is singular everywhere
+    twin = Problem(P.model(P.params), P.X.at[1].set(P.X[0]), P.y.at[1].set(P.y[0]))
+    with pytest.raises(ValueError, match="J J\\^T is singular at params0"):
+        riemannian_flow(twin, twin.params, t1=1.0)
+
+
+def test_flow_converges_to_a_sparse_optimum_where_J_loses_rank():
+    """Quadratic parametrisation w = u*u - v*v, n = 3 < d = 5, a 1-sparse teacher. On Gamma,
+    tr H = (4/n) sum_j c_j (u_j^2 + v_j^2), c_j = sum_i x_ij^2, which at the optimum is the weighted l1 norm
+    (4/n) sum_j c_j |w_j| (u_j v_j = 0 there). The flow's end must be the weighted-l1 minimiser subject to
+    X w = y (a linear program, scipy), which is sparse, so J = [2 X diag(u), -2 X diag(v)] drops to rank 1."""
+    kx = jax.random.key(3)
+    X = data.gaussian(kx, 3, 5)
+    y = 1.5 * X[:, 0]
+    P = Problem(QuadraticParam(5, init_scale=1.0), X, y)
+    start = limit_map(P, P.params)
+    traj = riemannian_flow(P, start, t1=1e4, ts=jnp.array([0.0, 1e2, 1e3, 1e4]))
+    w = traj.final.u**2 - traj.final.v**2
+    c = np.asarray(jnp.sum(X**2, axis=0))
+    lp = scipy.optimize.linprog(
+        np.concatenate([c, c]), A_eq=np.hstack([X, -X]), b_eq=np.asarray(y), bounds=(0, None)
+    )
+    w_lp = lp.x[:5] - lp.x[5:]
+    np.testing.assert_allclose(w, w_lp, atol=1e-5)
+    assert np.sum(np.abs(w_lp) > 1e-8) == 1
+    assert float(traj.stats["loss"].max()) < 1e-12
+    s = jnp.linalg.svd(P.jacobian(traj.final), compute_uv=False)
+    assert s[1] / s[0] < 1e-2  # J has (nearly) lost rank, and the flow still converged
+    np.testing.assert_allclose(traj.stats["objective"][-1], np.dot(c, np.abs(w_lp)) / P.n, rtol=1e-5)
+
+
+def test_hessian_trace_objective_matches_analysis_trace_on_the_manifold():
+    P = gatmiry("sinh", width=4)
+    on = retract(P, P.params)
+    np.testing.assert_allclose(4 * label_noise_objective(P, on), hessian.trace(P, on), rtol=1e-10)
