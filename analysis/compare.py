@@ -54,7 +54,8 @@ def label_noise_slow_clock(
 
     From `params0` mapped onto the manifold, every eta runs `seeds` label-noise SGD paths for
     tau1 * B / (eta^2 sigma^2) steps (rounded to a multiple of `num_saves`), saves `num_saves + 1` points,
-    maps each by Phi and evaluates `observable` (default tr H = 4 F). The flow is evaluated at the same tau.
+    maps each by Phi and evaluates `observable` (default tr H, which on the manifold is tr G = 4 F). The
+    flow is evaluated at the same tau.
 
     **Returns:** arrays `tau_{eta}`, `sgd_mean_{eta}`, `sgd_band_{eta}` (95% half-width), `flow_{eta}` and
     `weak_error_{eta}` for each eta, and `order` (the slope of the weak error against eta on log axes).
@@ -62,7 +63,7 @@ def label_noise_slow_clock(
     sigma = float(checks.positive("sigma", sigma))
     seeds = checks.positive_int("seeds", seeds)
     batch = checks.batch_size(batch_size, problem.n)
-    observable = observable or (lambda prob, p: 4 * prob.gauss_newton_trace(p))
+    observable = observable or (lambda prob, p: prob.gauss_newton_trace(p))
     start = limit_map(problem, params0)
     out, errors = {}, []
     for i, eta in enumerate(etas):

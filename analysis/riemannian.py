@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from flows.manifold import Objective, label_noise_objective, riemannian_grad
+
+__all__ = ["grad_norm", "hessian", "min_eigenvalue", "riemannian_grad", "tangent_basis"]
 from models import Problem
 
 

@@ -95,10 +95,15 @@ def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50) -
 
     `tol` defaults to 1e3 eps (1 + max |y|). Raises `ValueError` if it has not converged after `max_iter`
     iterations (the point is too far from the manifold) or went non-finite."""
+    return _retract_checked(problem, params, tol=tol, max_iter=max_iter)[0]
+
+
+def _retract_checked(problem, params, *, tol=None, max_iter=50):
+    """`retract`, also returning the singular values of J at the result."""
     flat, unravel = problem.ravel(params)
     if tol is None:
         tol = 1e3 * jnp.finfo(flat.dtype).eps * (1 + jnp.max(jnp.abs(problem.y)))
-    final, res, ok = _retract(problem, flat, tol, max_iter)
+    final, res, ok, svals = _retract(problem, flat, tol, max_iter)
     message = (
         "retraction onto the zero-loss manifold failed: the start is too far from the manifold "
         "(Gauss-Newton did not reach max|r| <= tol)"
@@ -108,8 +113,8 @@ def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50) -
             raise ValueError(
                 f"{message}; max|r| = {float(res):.3g} after {max_iter} iterations, tol = {float(tol):.3g}"
             )
-        return unravel(final)
-    return unravel(eqx.error_if(final, ~ok, message))
+        return unravel(final), svals
+    return unravel(eqx.error_if(final, ~ok, message)), svals
 
 
 @eqx.filter_jit
@@ -129,7 +134,7 @@ def _retract(problem, flat, tol, max_iter):
         return v, jnp.max(jnp.abs(residual(v))), i + 1
 
     v, res, _ = jax.lax.while_loop(cond, body, (flat, jnp.max(jnp.abs(residual(flat))), 0))
-    return v, res, res <= tol
+    return v, res, res <= tol, jnp.linalg.svd(jax.jacrev(residual)(v), compute_uv=False)
 
 
 def limit_map(
@@ -174,8 +179,8 @@ def riemannian_flow(
     save_every=None,
     stabilize: float = 1.0,
     solver: diffrax.AbstractSolver | None = None,
-    rtol: float = 1e-8,
-    atol: float = 1e-10,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 1_000_000,
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
@@ -185,7 +190,8 @@ def riemannian_flow(
 
     d theta / dtau = -P_T grad F - alpha J^+ r, with F = `objective` (default `label_noise_objective`,
     tr H / 4, whose flow in the slow time tau = eta^2 sigma^2 k / B is the label-noise limit) and
-    alpha = `stabilize`. Solved by `solver` (default Tsit5) with a PID controller; saved at `ts` (default:
+    alpha = `stabilize`. Solved by `solver` (default Tsit5) with a PID controller (`rtol` default 1e-8 in
+    float64, 1e-5 in float32; `atol` default rtol / 100); saved at `ts` (default:
     every `save_every`, else 101 points in [0, t1]). Records `loss`, `objective` and `grad_norm`
     (||P_T grad F||) besides any given `metrics`.
 
@@ -201,21 +207,19 @@ def riemannian_flow(
     params0 = checks.finite_tree("params0", params0)
     t1 = checks.positive("t1", t1)
     stabilize = checks.non_negative("stabilize", stabilize)
-    params0 = retract(problem, params0)
-    if checks.is_concrete(params0):
-        s = jnp.linalg.svd(problem.jacobian(params0), compute_uv=False)
-        if s[-1] <= 1e3 * jnp.finfo(s.dtype).eps * s[0] * max(problem.jacobian(params0).shape):
+    params0, s = _retract_checked(problem, params0)
+    if checks.is_concrete(s):
+        if s[-1] <= 1e3 * jnp.finfo(s.dtype).eps * s[0] * max(problem.y.size, problem.num_params):
             raise ValueError(
                 f"J J^T is singular at params0 (smallest singular value of J {float(s[-1]):.3g}, largest "
                 f"{float(s[0]):.3g}): the constraints r_i = 0 are dependent there, so the zero-loss manifold "
                 "is not smooth at the start; start from a generic point"
             )
     objective = objective or label_noise_objective
-    metrics = {
-        **default_metrics(metrics),
-        "objective": objective,
-        "grad_norm": lambda prob, p: jnp.linalg.norm(riemannian_grad(prob, p, objective)),
-    }
+    if rtol is None:  # below float32's eps a controller cannot meet its tolerance and crawls
+        rtol = 1e-8 if problem.ravel(params0)[0].dtype == jnp.float64 else 1e-5
+    atol = rtol / 100 if atol is None else atol
+    metrics = {**default_metrics(metrics), "objective": objective}
     clock = "tau" if objective is label_noise_objective else "t"
     traj = _riemannian_solve(
         problem,
@@ -261,7 +265,9 @@ def _riemannian_solve(
 
     def save(t, v, args):
         params = unravel(v)
-        return (params if save_params else None), evaluate(problem, params, metrics)
+        stats = evaluate(problem, params, metrics)
+        stats["grad_norm"] = jnp.linalg.norm(riemannian_grad(problem, params, objective))
+        return (params if save_params else None), stats
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),

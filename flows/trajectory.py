@@ -9,9 +9,14 @@ from jaxtyping import Array, Float, PyTree
 Metric = Callable[..., Array]  # metric(problem, params) -> scalar
 
 
+def loss(problem, params) -> Array:
+    return problem.loss(params)
+
+
 def default_metrics(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
-    """The metrics to record: the full-batch loss always, plus any given ones."""
-    return {"loss": lambda problem, params: problem.loss(params), **(metrics or {})}
+    """The metrics to record: the full-batch loss always, plus any given ones. (Module-level functions, not
+    closures: jitted flows key their compilation cache on them, so a fresh closure would recompile.)"""
+    return {"loss": loss, **(metrics or {})}
 
 
 def evaluate(problem, params, metrics: Mapping[str, Metric]) -> dict[str, Array]:
