@@ -84,17 +84,23 @@ def _solve(problem, params0, t1, ts, solver, rtol, atol, max_steps, metrics, sav
     def save(t, params, args):
         return (params if save_params else None), evaluate(problem, params, metrics)
 
+    ts, (params, stats) = solve_ode(field, params0, t1, ts, save, solver, rtol, atol, max_steps, progress)
+    return Trajectory(ts=ts, params=params, stats=stats, clock="t")
+
+
+def solve_ode(field, y0, t1, ts, save, solver, rtol, atol, max_steps, progress):
+    """The one diffrax call of the deterministic flows: d y / dt = field(t, y, None) on [0, t1] with
+    adaptive PID steps, `save(t, y, None)` recorded at `ts`. Returns (ts, saved)."""
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         solver,
         t0=0.0,
         t1=t1,
         dt0=None,
-        y0=params0,
+        y0=y0,
         saveat=diffrax.SaveAt(ts=ts, fn=save),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
     )
-    params, stats = sol.ys
-    return Trajectory(ts=sol.ts, params=params, stats=stats, clock="t")
+    return sol.ts, sol.ys

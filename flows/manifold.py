@@ -35,7 +35,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from models import Problem, checks
 
-from .gradient import save_times
+from .gradient import save_times, solve_ode
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
 Objective = Callable[[Problem, PyTree], Array]
@@ -269,17 +269,5 @@ def _riemannian_solve(
         stats["grad_norm"] = jnp.linalg.norm(riemannian_grad(problem, params, objective))
         return (params if save_params else None), stats
 
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        solver,
-        t0=0.0,
-        t1=t1,
-        dt0=None,
-        y0=flat0,
-        saveat=diffrax.SaveAt(ts=ts, fn=save),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps,
-        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
-    )
-    params, stats = sol.ys
-    return Trajectory(ts=sol.ts, params=params, stats=stats)
+    ts, (params, stats) = solve_ode(field, flat0, t1, ts, save, solver, rtol, atol, max_steps, progress)
+    return Trajectory(ts=ts, params=params, stats=stats)
