@@ -22,9 +22,9 @@ def table(title: str, rows: list[tuple[str, float]], baseline: str) -> list[dict
     """Print `rows` (name, seconds) with each one's ratio to the `baseline` row; return them as dicts."""
     base = dict(rows)[baseline]
     print(f"\n{title}")
-    print(f"{'':34s} {'median s':>10s} {'vs ' + baseline:>22s}")
+    print(f"{'':42s} {'median s':>10s} {'vs ' + baseline:>22s}")
     out = []
     for name, t in rows:
-        print(f"{name:34s} {t:10.4f} {t / base:21.2f}x")
+        print(f"{name:42s} {t:10.4f} {t / base:21.2f}x")
         out.append({"benchmark": title, "run": name, "seconds": t, "baseline": baseline, "ratio": t / base})
     return out
