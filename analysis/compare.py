@@ -1,5 +1,11 @@
 """Discrete runs against their continuous limits: ensemble moments with confidence bands, weak errors.
 
+The fast clock (t = eta * k): SGD and label-noise SGD ensembles against the SDE paths that model them
+(`flows.sgd_sde`, `flows.label_noise_sde`), driven by the same keys. For label-noise GD the SDE's Brownian
+path is built from the SGD run's own draws (`flows.sde.BrownianGrid`), so SGD and SDE are coupled path by
+path and their difference has far less variance than either; for minibatch noise the keys match but the
+noises are independent. Gradient flow is the noiseless baseline.
+
 The slow clock (label noise): label-noise SGD at step eta, noise sigma, batch B is read at
 tau = eta^2 sigma^2 k / B, its iterates mapped onto the zero-loss manifold by Phi (`flows.limit_map`),
 and held against the Riemannian flow of tr H / 4 in tau (`flows.riemannian_flow`).
@@ -8,12 +14,25 @@ and held against the Riemannian flow of tr H / 4 in tau (`flows.riemannian_flow`
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from scipy.stats import norm
 
-from flows import label_noise_sgd, limit_map, riemannian_flow, timescale
+from flows import (
+    Trajectory,
+    gradient_flow,
+    label_noise_sde,
+    label_noise_sgd,
+    limit_map,
+    riemannian_flow,
+    sgd,
+    sgd_sde,
+    timescale,
+)
 from models import Problem, checks
+
+from . import hessian
 
 
 def mean_band(values, axis: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +44,110 @@ def mean_band(values, axis: int = 0, level: float = 0.95) -> tuple[np.ndarray, n
         raise ValueError(f"a confidence band needs at least 2 samples along axis {axis}, got {count}")
     half = norm.ppf((1 + level) / 2) * values.std(axis=axis, ddof=1) / np.sqrt(count)
     return values.mean(axis=axis), half
+
+
+def ensemble(flow: Callable[[PRNGKeyArray], Trajectory], keys, *, chunk: int | None = None, progress=False):
+    """`flow(key)` for every key, `jax.vmap`-ed `chunk` keys at a time (all at once by default), stacked
+    over a leading seed axis. `progress=True` shows a tqdm bar over the chunks."""
+    from tqdm.auto import tqdm
+
+    chunk = chunk or len(keys)
+    starts = range(0, len(keys), chunk)
+    parts = [jax.vmap(flow)(keys[i : i + chunk]) for i in tqdm(starts, disable=not progress, desc="seeds")]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
+def paired_difference(a: Trajectory, b: Trajectory, stat: str, level: float = 0.95):
+    """Mean over seeds of a.stats[stat] - b.stats[stat] at each saved time, and its confidence half-width.
+    `a` and `b` are ensembles (leading seed axis) on the same clock and save times, run with the same keys
+    (coupled where the flows allow it, which shrinks the band)."""
+    if a.clock != b.clock:
+        raise ValueError(f"mismatched clocks: {a.clock!r} against {b.clock!r}")
+    ta, tb = np.asarray(a.ts), np.asarray(b.ts)
+    if ta.shape != tb.shape or not np.allclose(ta, tb, rtol=1e-6, atol=1e-9):
+        raise ValueError(
+            f"mismatched save times: {ta.shape[-1]} times against {tb.shape[-1]}, or different ones"
+        )
+    return mean_band(np.asarray(a.stats[stat]) - np.asarray(b.stats[stat]), level=level)
+
+
+def trace_h(problem, params):
+    """tr H (exact; `analysis.hessian.trace`), a metric for the flows."""
+    return hessian.trace(problem, params)
+
+
+def sde_vs_sgd(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    noise: str,
+    etas,
+    t1: float,
+    key: PRNGKeyArray,
+    seeds: int = 64,
+    sigma: float | None = None,
+    batch_size: int | None = None,
+    substeps: int = 4,
+    num_saves: int = 20,
+    metrics=None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """SGD (`noise="batch"`: `flows.sgd` with `batch_size`) or label-noise SGD (`noise="label"`:
+    `flows.label_noise_sgd` with `sigma`, full batch unless `batch_size`) against its SDE and gradient flow.
+
+    For each eta, `seeds` SGD runs of t1 / eta steps and `seeds` SDE paths (Euler, fixed steps of
+    eta / `substeps`, the same keys) are saved at `num_saves + 1` times in [0, t1]. For each metric (default
+    the loss and tr H): the ensemble means and 95% bands, the paired SGD - SDE difference, the weak error
+    sup_t |E SGD - E SDE| and that of gradient flow, sup_t |E SGD - GF|.
+
+    **Returns:** `t`; `gf_{m}`; per eta `sgd_mean_{m}_{eta}`, `sgd_band_...`, `sde_mean_...`, `sde_band_...`,
+    `diff_mean_...`, `diff_band_...`, `weak_error_{m}_{eta}`, `gf_error_{m}_{eta}`; and with two or more etas
+    `order_{m}` and `gf_order_{m}`, the slopes of the weak errors against eta on log axes.
+    """
+    if noise not in ("batch", "label"):
+        raise ValueError(f"noise must be 'batch' (minibatch SGD) or 'label' (label-noise SGD), got {noise!r}")
+    if noise == "label":
+        sigma = float(checks.positive("sigma", sigma))
+    elif checks.batch_size(batch_size, problem.n) == problem.n:
+        raise ValueError("noise='batch' needs batch_size < n")
+    seeds = checks.positive_int("seeds", seeds)
+    metrics = {"trace_H": trace_h} | dict(metrics or {})
+    keys = jax.random.split(key, seeds)
+    t = np.linspace(0.0, t1, num_saves + 1)
+    gf = gradient_flow(problem, params0, t1=t1, ts=t, save_params=False, metrics=metrics)
+    out = {"t": t} | {f"gf_{m}": np.asarray(v) for m, v in gf.stats.items()}
+    errors = {m: ([], []) for m in gf.stats}
+    noise_args = {"sigma": sigma} if noise == "label" else {}
+    for eta in etas:
+        steps = timescale.steps_for_time(t1, eta)
+        if steps % num_saves:
+            raise ValueError(f"t1 / eta = {steps} steps is not a multiple of num_saves = {num_saves}")
+        common = dict(eta=eta, batch_size=batch_size, save_params=False, metrics=metrics, **noise_args)
+
+        def discrete(k, common=common, steps=steps):
+            run = label_noise_sgd if noise == "label" else sgd
+            return run(problem, params0, key=k, steps=steps, save_every=steps // num_saves, **common)
+
+        def continuous(k, common=common):
+            run = label_noise_sde if noise == "label" else sgd_sde
+            return run(problem, params0, key=k, t1=t1, ts=t, substeps=substeps, **common)
+
+        a = ensemble(discrete, keys, progress=progress)
+        b = ensemble(continuous, keys, progress=progress)
+        for m in gf.stats:
+            tag = f"{m}_{eta}"
+            (out[f"sgd_mean_{tag}"], out[f"sgd_band_{tag}"]) = mean_band(a.stats[m])
+            (out[f"sde_mean_{tag}"], out[f"sde_band_{tag}"]) = mean_band(b.stats[m])
+            (out[f"diff_mean_{tag}"], out[f"diff_band_{tag}"]) = paired_difference(a, b, m)
+            out[f"weak_error_{tag}"] = np.asarray(weak_error(out[f"diff_mean_{tag}"], 0.0))
+            out[f"gf_error_{tag}"] = np.asarray(weak_error(out[f"sgd_mean_{tag}"], out[f"gf_{m}"]))
+            errors[m][0].append(out[f"weak_error_{tag}"])
+            errors[m][1].append(out[f"gf_error_{tag}"])
+    if len(etas) > 1:
+        for m, (sde_err, gf_err) in errors.items():
+            out[f"order_{m}"] = np.asarray(order(etas, sde_err))
+            out[f"gf_order_{m}"] = np.asarray(order(etas, gf_err))
+    return out
 
 
 def weak_error(sample_mean, reference) -> float:

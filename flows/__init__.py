@@ -29,4 +29,6 @@ from .manifold import (
 from .manifold import (
     trace_grad_hutchinson as trace_grad_hutchinson,
 )
+from .sde import label_noise_sde as label_noise_sde
+from .sde import sgd_sde as sgd_sde
 from .trajectory import Trajectory as Trajectory

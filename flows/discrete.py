@@ -9,7 +9,7 @@ All three are the step theta_{k+1} = theta_k - eta g_k (an `optax.sgd` update) w
                      fresh eps_i ~ N(0, sigma^2) every step (or +-sigma, `noise="rademacher"`); full batch
                      by default.
 
-Step k draws its randomness from `jax.random.fold_in(key, k)`: the same key gives the same bits, and an
+Step k draws its randomness from `step_keys(key, k)`: the same key gives the same bits, and an
 ensemble is `jax.vmap` over keys. Parameters are
 saved every `save_every` steps, at t = eta * k (`flows.timescale`), together with the metrics (the
 full-batch loss, and any given). A run whose loss becomes non-finite raises `FloatingPointError` naming the
@@ -140,6 +140,13 @@ def label_noise_sgd(
     )
 
 
+def step_keys(key: PRNGKeyArray, k) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
+    """Step k's keys (batch, label noise, bridge) = `split(fold_in(key, k), 3)`. The minibatch is drawn from
+    the first, the label noise from the second; the third refines the step's Brownian increment in the
+    SDEs (`flows.sde.BrownianGrid`), whose increments are drawn as label-noise SGD draws its noise."""
+    return tuple(jax.random.split(jax.random.fold_in(key, k), 3))
+
+
 def _discrete(
     name,
     problem,
@@ -211,7 +218,7 @@ def _scan(
         X, y = problem.X, problem.y
         if key is None:
             return problem.loss(params, X, y)
-        k_batch, k_noise = jax.random.split(jax.random.fold_in(key, k))
+        k_batch, k_noise, _ = step_keys(key, k)
         if batch_size < n:
             idx = (
                 jax.random.randint(k_batch, (batch_size,), 0, n)

@@ -28,10 +28,12 @@ class Trajectory(eqx.Module):
 
     `ts` is in the flow's clock, `clock`: `"t"` is gradient-flow time t = eta * k (GD, SGD, gradient flow,
     the SDEs), `"tau"` the slow time tau = eta^2 sigma^2 k / B of the flow on the zero-loss manifold
-    (see `flows.timescale`). `params` is `None` when a flow was asked not to keep them.
+    (see `flows.timescale`). `params` is `None` when a flow was asked not to keep them. An ensemble
+    (`jax.vmap` over keys, `analysis.compare.ensemble`) is a Trajectory with a leading seed axis on
+    every array.
     """
 
-    ts: Float[Array, " T"]
+    ts: Float[Array, "*seeds T"]
     params: PyTree | None
     stats: dict[str, Array]
     clock: str = eqx.field(static=True, default="t")
