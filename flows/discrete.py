@@ -27,6 +27,7 @@ from jax import lax
 from jaxtyping import PRNGKeyArray, PyTree
 
 from models import Problem, checks
+from models.problem import check_start
 
 from . import timescale
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
@@ -164,10 +165,7 @@ def _discrete(
     save_params,
     raise_on_divergence,
 ) -> Trajectory:
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a models.Problem, got {type(problem).__name__}")
-    checks.same_structure("params0", params0, problem.params, "problem.params")
-    params0 = checks.finite_tree("params0", params0)
+    params0 = check_start(problem, params0)
     eta = checks.positive("eta", eta)
     if sigma is not None:
         sigma = checks.non_negative("sigma", sigma)

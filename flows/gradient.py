@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from models import Problem, checks
+from models.problem import check_start
 
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
@@ -56,10 +57,7 @@ def gradient_flow(
 
     **Returns:** a `Trajectory` in gradient-flow time t.
     """
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a models.Problem, got {type(problem).__name__}")
-    checks.same_structure("params0", params0, problem.params, "problem.params")
-    params0 = checks.finite_tree("params0", params0)
+    params0 = check_start(problem, params0)
     t1 = checks.positive("t1", t1)
     return _solve(
         problem,

@@ -34,6 +34,7 @@ import lineax as lx
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from models import Problem, checks
+from models.problem import check_start
 
 from .gradient import save_times, solve_ode
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
@@ -201,10 +202,7 @@ def riemannian_flow(
 
     **Returns:** a `Trajectory` with `clock="tau"` for the default objective, `"t"` otherwise.
     """
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a models.Problem, got {type(problem).__name__}")
-    checks.same_structure("params0", params0, problem.params, "problem.params")
-    params0 = checks.finite_tree("params0", params0)
+    params0 = check_start(problem, params0)
     t1 = checks.positive("t1", t1)
     stabilize = checks.non_negative("stabilize", stabilize)
     params0, s = _retract_checked(problem, params0)

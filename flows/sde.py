@@ -47,6 +47,7 @@ from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from models import Problem, checks
+from models.problem import check_start
 
 from .discrete import step_keys
 from .gradient import save_times
@@ -211,6 +212,11 @@ def diffusion(
     return out
 
 
+def noise_dim(parts: dict[str, tuple[int, ...]]) -> int:
+    """m, the dimension of the Brownian motion with these blocks."""
+    return sum(math.prod(shape) for shape in parts.values())
+
+
 def _split(w, parts: dict[str, tuple[int, ...]]) -> dict[str, Array]:
     out, start = {}, 0
     for name, shape in parts.items():
@@ -231,7 +237,7 @@ def ito_correction(
     The label columns alone give (eta sigma^2 / (4B)) grad tr G, tr G = (1/n) sum_i ||grad f_i||^2.
     """
     hyper = dict(eta=eta, sigma=sigma, batch_size=batch_size, replace=replace)
-    m = sum(math.prod(shape) for shape in noise_parts(problem, sigma, batch_size).values())
+    m = noise_dim(noise_parts(problem, sigma, batch_size))
 
     def term(e):
         column = lambda p: diffusion(problem, p, e, **hyper)  # noqa: E731
@@ -262,7 +268,7 @@ class BrownianGrid(diffrax.AbstractBrownianPath):
 
     @property
     def shape(self) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct((sum(math.prod(s) for _, s in self.parts),), self.dtype)
+        return jax.ShapeDtypeStruct((noise_dim(dict(self.parts)),), self.dtype)
 
     @property
     def t0(self):
@@ -322,10 +328,7 @@ def _sde(
     progress,
     raise_on_divergence,
 ) -> Trajectory:
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a models.Problem, got {type(problem).__name__}")
-    checks.same_structure("params0", params0, problem.params, "problem.params")
-    params0 = checks.finite_tree("params0", params0)
+    params0 = check_start(problem, params0)
     eta = checks.positive("eta", eta)
     t1 = checks.positive("t1", t1)
     if key is None:
@@ -461,8 +464,7 @@ def _solve(
         controller, dt0 = diffrax.StepTo(ts=grid), None
     else:
         levy = _levy_class(getattr(solver, "minimal_levy_area", diffrax.BrownianIncrement))
-        m = sum(math.prod(shape) for shape in parts.values())
-        shape = jax.ShapeDtypeStruct((m,), dtype)
+        shape = jax.ShapeDtypeStruct((noise_dim(parts),), dtype)
         path = diffrax.VirtualBrownianTree(0.0, t1, tol=h / 64, shape=shape, key=key, levy_area=levy)
         controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), h
     noise_term = (_ColumnsTerm if isinstance(solver, _MILSTEIN) else diffrax.ControlTerm)(noise, path)

@@ -129,5 +129,15 @@ class Problem(eqx.Module):
         return jax.vmap(g)(self.X, self.y)
 
 
+def check_start(problem: Problem, params0: PyTree) -> PyTree:
+    """The argument checks every flow opens with: `problem` is a `Problem` and `params0` has the structure,
+    shapes and dtypes of `problem.params` and is finite. Returns `params0` (under `eqx.error_if` when
+    traced)."""
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a models.Problem, got {type(problem).__name__}")
+    checks.same_structure("params0", params0, problem.params, "problem.params")
+    return checks.finite_tree("params0", params0)
+
+
 def _none(x) -> bool:
     return x is None
