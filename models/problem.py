@@ -111,9 +111,11 @@ class Problem(eqx.Module):
         return jax.grad(self.loss)(params)
 
     def jacobian(self, params: PyTree) -> Float[Array, "N p"]:
-        """J = d r / d theta, shape (N, p) with N = n * k rows (one per scalar residual, example-major)."""
+        """J = d r / d theta, shape (N, p) with N = n * k rows (one per scalar residual, example-major);
+        reverse mode when N <= p, forward mode otherwise (never an N x N or p x p identity basis)."""
         flat, unravel = self.ravel(params)
-        return jax.jacrev(lambda v: self.residuals(unravel(v)).reshape(-1))(flat)
+        jac = jax.jacrev if self.y.size <= flat.shape[0] else jax.jacfwd
+        return jac(lambda v: self.residuals(unravel(v)).reshape(-1))(flat)
 
     def gauss_newton_trace(self, params: PyTree) -> Float[Array, ""]:
         """tr G = (1/n) ||J||_F^2 = (1/n) sum_i ||grad f_i||^2, the trace of H on the zero-loss manifold."""

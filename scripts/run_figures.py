@@ -6,7 +6,14 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPTS = ["gd_vs_gradient_flow", "sde_vs_sgd", "slow_flow_vs_label_noise", "rank_one_features"]
+SCRIPTS = [
+    "gd_vs_gradient_flow",
+    "sde_vs_sgd",
+    "slow_flow_vs_label_noise",
+    "rank_one_features",
+    "sharpness_vs_lr_batch",
+    "escape",
+]
 
 here = Path(__file__).resolve().parent
 p = argparse.ArgumentParser(description=__doc__)

@@ -10,7 +10,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "name", ["gd_vs_gradient_flow", "sde_vs_sgd", "slow_flow_vs_label_noise", "rank_one_features"]
+    "name",
+    [
+        "gd_vs_gradient_flow",
+        "sde_vs_sgd",
+        "slow_flow_vs_label_noise",
+        "rank_one_features",
+        "sharpness_vs_lr_batch",
+        "escape",
+    ],
 )
 def test_quick_preset_writes_a_figure_and_reuses_results(name, tmp_path):
     cmd = [

@@ -1,0 +1,426 @@
+"""Linear stability of SGD at a global minimum (Wu, Wang & Su 2022), exactly and by their bound.
+
+Near a global minimum theta* (r = 0) SGD with step eta and batch B is, to first order in
+delta = theta - theta*,
+
+    delta_{k+1} = (I - eta H_k) delta_k,    H_k = (1/B) sum_{i in batch_k} J_i^T J_i,
+
+with J_i the Jacobian rows of example i (E H_k = G = (1/n) J^T J = H at the minimum). The linearised
+residuals r = J delta then obey a closed recursion of size N = n k (outputs),
+r_{k+1} = (I - (eta/B) K S_k) r_k, with K = J J^T the Gram matrix and S_k the counts of each example in
+batch k. Their second moment
+R_k = E r_k r_k^T evolves by the linear map
+
+    T(R) = R - (eta/n)(K R + R K) + (eta^2/B^2) K (C o R) K,
+    C_ab = E[c_e(a) c_e(b)] = alpha + beta [e(a) = e(b)]
+
+(o the entrywise product, e(a) the example of residual row a; with replacement alpha = B(B-1)/n^2, beta = B/n;
+without, alpha = B(B-1)/(n(n-1)), beta = B/n - alpha). The loss of the linearised dynamics is
+E L_k = tr R_k / (2n), so theta* is *mean-square (linearly) stable* iff the spectral radius rho(T) <= 1, and
+SGD started near it escapes like rho^k otherwise. Everything is computed on the range of K (directions of
+theta that do not change the outputs are neutral), never with a p x p matrix: p may be large.
+
+Wu et al. bound it through the alignment of the noise with the curvature. With Sigma_1(theta) the covariance
+of one example's gradient g_i = J_i^T r_i and G the Gauss-Newton matrix,
+
+    mu(theta) = tr(Sigma_1 G) / (2 L ||G||_F^2),
+
+and SGD's noise covariance is c_B Sigma_1 (c_B = 1/B with replacement, (n-B)/(B(n-1)) without). Since
+E L_{k+1} >= (eta^2/2) c_B tr(Sigma_1 G) >= eta^2 c_B mu ||G||_F^2 E L_k, a stable minimum satisfies
+
+    ||H||_F <= 1 / (eta sqrt(c_B mu)) = sqrt(B / mu) / eta      (with replacement).
+
+`min_alignment` is the mu of that argument at a minimum (the worst direction of the linearised model).
+Mean-square stability is the strict criterion; a typical run follows the top Lyapunov exponent of the random
+products instead, which is smaller (Jensen), so typical runs stay at some minima that are not mean-square
+stable. `lyapunov_exponent` measures it. The SGD SDE (`flows.sgd_sde`) linearised at the minimum has its own
+mean-square generator, which lacks the eta^2 K R K / n^2 term of the discrete map: `sde_rate` gives its
+growth per step, and it does not see the discrete threshold.
+"""
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from models import Problem, checks
+
+Criterion = Literal["mean_square", "sde", "lyapunov"]
+
+
+# -- the pieces: Gram matrix, batch coefficients, the map on the range of K ------------------------------
+def gram(problem: Problem, params: PyTree) -> Float[Array, "N N"]:
+    """K = J J^T, the (N, N) Gram matrix of the per-output gradients (N = n k rows, example-major)."""
+    J = problem.jacobian(params)
+    return J @ J.T
+
+
+def noise_factor(batch_size: int, n: int, replace: bool = True) -> float:
+    """c_B: the minibatch gradient's covariance is c_B Sigma_1. 1/B with replacement, (n-B)/(B(n-1))
+    without (0 for full-batch GD)."""
+    if replace:
+        return 1.0 / batch_size
+    return 0.0 if n == 1 else (n - batch_size) / (batch_size * (n - 1))
+
+
+def _batch_moments(batch_size: int, n: int, replace: bool) -> tuple[float, float]:
+    """(alpha, beta) with E[c_i c_j] = alpha + beta [i = j] for the counts c of a minibatch."""
+    B = batch_size
+    alpha = B * (B - 1) / n**2 if replace else (B * (B - 1) / (n * (n - 1)) if n > 1 else 0.0)
+    beta = B / n if replace else B / n - alpha
+    return alpha, beta
+
+
+class _Linearised:
+    """The linearised dynamics at a minimum in the eigenbasis of K restricted to its range (host, float64).
+
+    K = U diag(lam) U^T with lam > 0 kept; a residual second moment R = U X U^T is held as X (q, q).
+    """
+
+    def __init__(self, problem, params, batch_size, replace, rcond=1e-9):
+        K = np.asarray(gram(problem, params), np.float64)
+        lam, U = np.linalg.eigh(K)
+        keep = lam > rcond * max(lam.max(), 0.0)
+        if not keep.any():
+            raise ValueError("the Jacobian is zero at params: there is nothing to linearise")
+        self.lam, self.U = lam[keep], U[:, keep]
+        self.n = problem.n
+        k = K.shape[0] // self.n
+        self.example = np.repeat(np.arange(self.n), k)
+        self.B = checks.batch_size(batch_size, self.n)
+        self.alpha, self.beta = _batch_moments(self.B, self.n, replace)
+        self.same = (self.example[:, None] == self.example[None, :]).astype(np.float64)
+        self.normK2 = float(np.sum(lam[keep] ** 2))  # ||K||_F^2
+
+    def noise(self, X):
+        """(1/B^2) Lam U^T (C o (U X U^T)) U Lam, the second-moment term of the minibatch (one matrix)."""
+        Y = self.U @ X @ self.U.T
+        CY = self.alpha * Y + self.beta * self.same * Y
+        L = self.lam
+        return L[:, None] * (self.U.T @ CY @ self.U) * L[None, :] / self.B**2
+
+    def drift(self, X):
+        L = self.lam
+        return -(L[:, None] * X + X * L[None, :]) / self.n
+
+    def gd_square(self, X):
+        L = self.lam
+        return L[:, None] * X * L[None, :] / self.n**2
+
+    def discrete(self, eta):
+        """X -> T(X), the exact one-step map of E r r^T."""
+        return lambda X: X + eta * self.drift(X) + eta**2 * self.noise(X)
+
+    def generator(self, eta):
+        """X -> A(X), the SDE's generator d E r r^T / dt: the discrete map less its GD term, over eta."""
+        return lambda X: self.drift(X) + eta * (self.noise(X) - self.gd_square(X))
+
+    def matrix(self, linear_map):
+        """The (q^2, q^2) matrix of a linear map on (q, q) matrices, column by column."""
+        q = self.lam.shape[0]
+        E = np.eye(q * q).reshape(q * q, q, q)
+        return np.stack([linear_map(e).ravel() for e in E], axis=1)
+
+
+def _check_minimum(problem: Problem, params: PyTree, rtol: float) -> None:
+    loss = float(problem.loss(params))
+    scale = float(jnp.mean(problem.y**2)) / 2 or 1.0
+    if not np.isfinite(loss) or loss > rtol * scale:
+        raise ValueError(
+            f"params is not a global minimum: loss {loss:.3g} > {rtol:g} x mean(y^2)/2; the linear "
+            "stability analysis assumes zero residuals (train further, or use `alignment` along the path)"
+        )
+
+
+# -- rates ------------------------------------------------------------------------------------------------
+def mean_square_rate(
+    problem: Problem,
+    params: PyTree,
+    *,
+    eta,
+    batch_size: int | None = None,
+    replace: bool = True,
+    method: Literal["dense", "power"] | None = None,
+    num_iter: int = 5000,
+    tol: float = 1e-10,
+    min_loss_rtol: float = 1e-4,
+    return_mode: bool = False,
+):
+    """rho(T): the factor by which E L (and E ||r||^2) of linearised SGD grows per step, asymptotically.
+
+    The minimum is mean-square stable iff rho <= 1. `batch_size=None` is the full batch; with
+    `replace=False` and B = n this is GD, rho = max_i (1 - eta lambda_i(G))^2. `method="dense"` takes the
+    eigenvalues of the (q^2, q^2) matrix of T (q = rank K); `"power"` runs power iteration
+    R <- T(R) / tr T(R) from R = I, matrix-free (T maps PSD matrices to PSD matrices, so its spectral radius
+    is the growth of that cone), until the ratio moves less than `tol` (relative). Default: dense for q <= 24.
+
+    With `return_mode`, returns `(rho, R)`: R (N, N), trace one, the second moment of the residuals that
+    grows (or decays slowest) at exactly rho per step, T(R) = rho R. Started there, E L_k = rho^k E L_0.
+    """
+    eta = float(checks.positive("eta", eta))
+    _check_minimum(problem, params, min_loss_rtol)
+    lin = _Linearised(problem, params, batch_size, replace)
+    rho, X = _mean_square_mode(lin, eta, method, checks.positive_int("num_iter", num_iter), tol)
+    if not return_mode:
+        return rho
+    R = lin.U @ X @ lin.U.T
+    return rho, R / np.trace(R)
+
+
+def _mean_square_rate(lin, eta) -> float:
+    return _mean_square_mode(lin, eta)[0]
+
+
+def _mean_square_mode(lin, eta, method=None, num_iter=5000, tol=1e-10) -> tuple[float, np.ndarray]:
+    T = lin.discrete(eta)
+    q = lin.lam.shape[0]
+    method = method or ("dense" if q <= 24 else "power")
+    if method == "dense":
+        w, V = np.linalg.eig(lin.matrix(T))
+        top = np.argmax(np.abs(w))
+        X = np.real(V[:, top]).reshape(q, q)
+        X = (X + X.T) / 2
+        return float(np.abs(w[top])), X / np.trace(X)
+    if method != "power":
+        raise ValueError(f"method must be 'dense' or 'power', got {method!r}")
+    X, rate = np.eye(q) / q, np.inf
+    for _ in range(num_iter):
+        Y = T(X)
+        new = np.trace(Y)
+        X = (Y + Y.T) / (2 * new)
+        if abs(new - rate) <= tol * abs(new):
+            break
+        rate = new
+    return float(new), X
+
+
+def sde_rate(
+    problem: Problem,
+    params: PyTree,
+    *,
+    eta,
+    batch_size: int | None = None,
+    replace: bool = True,
+    min_loss_rtol: float = 1e-4,
+) -> float:
+    """exp(eta a(A)): the growth of E L per step (time eta) for the minibatch-SGD SDE linearised at the
+    minimum, a(A) the spectral abscissa of its mean-square generator
+    A(R) = -(1/n)(K R + R K) + eta [(1/B^2) K (C o R) K - (1/n^2) K R K].
+    Compare with `mean_square_rate`: T = I + eta A + eta^2 K R K / n^2. (Dense; q <= ~40.)"""
+    eta = float(checks.positive("eta", eta))
+    _check_minimum(problem, params, min_loss_rtol)
+    return _sde_rate(_Linearised(problem, params, batch_size, replace), eta)
+
+
+def _sde_rate(lin, eta) -> float:
+    abscissa = np.max(np.linalg.eigvals(lin.matrix(lin.generator(eta))).real)
+    return float(np.exp(min(eta * abscissa, 700.0)))
+
+
+def lyapunov_exponent(
+    problem: Problem,
+    params: PyTree,
+    *,
+    eta,
+    key: PRNGKeyArray,
+    batch_size: int | None = None,
+    replace: bool = True,
+    steps: int = 20_000,
+    min_loss_rtol: float = 1e-4,
+) -> float:
+    """The top Lyapunov exponent (1/k) log ||r_k|| of the random products r_{k+1} = (I - (eta/B) K S_k) r_k
+    (per step, natural log), estimated over `steps` steps with renormalisation. A typical run escapes iff it
+    is > 0; Jensen gives exponent <= (1/2) log rho(T), so this threshold lies above the mean-square one."""
+    eta = checks.positive("eta", eta)
+    _check_minimum(problem, params, min_loss_rtol)
+    lin = _Linearised(problem, params, batch_size, replace)
+    return _lyapunov_exponent(lin, eta, key, checks.positive_int("steps", steps), replace)
+
+
+def _lyapunov_exponent(lin, eta, key, steps, replace) -> float:
+    K = jnp.asarray(lin.U * lin.lam @ lin.U.T)
+    r0 = jnp.asarray(lin.U @ np.ones(lin.lam.shape[0]))
+    example = jnp.asarray(lin.example)
+    return float(_lyapunov(K, r0, example, key, jnp.asarray(eta), lin.B, lin.n, replace, steps))
+
+
+@jax.jit(static_argnames=("B", "n", "replace", "steps"))
+def _lyapunov(K, r0, example, key, eta, B, n, replace, steps):
+    def step(carry, k):
+        r, total = carry
+        kb = jax.random.fold_in(key, k)
+        idx = jax.random.randint(kb, (B,), 0, n) if replace else jax.random.choice(kb, n, (B,), replace=False)
+        counts = jnp.zeros(n, r.dtype).at[idx].add(1.0)[example]
+        r = r - (eta / B) * K @ (counts * r)
+        norm = jnp.linalg.norm(r)
+        return (r / norm, total + jnp.log(norm)), None
+
+    (_, total), _ = lax.scan(step, (r0 / jnp.linalg.norm(r0), 0.0), jnp.arange(steps))
+    return total / steps
+
+
+def threshold(
+    problem: Problem,
+    params: PyTree,
+    *,
+    batch_size: int | None = None,
+    replace: bool = True,
+    criterion: Criterion = "mean_square",
+    key: PRNGKeyArray | None = None,
+    steps: int = 20_000,
+    rtol: float = 1e-4,
+    eta_max: float | None = None,
+) -> float:
+    """The step size at which the minimum stops being stable: the root in eta of rho(T) = 1
+    (`"mean_square"`), of `sde_rate` = 1 (`"sde"`), or of the Lyapunov exponent = 0 (`"lyapunov"`, common
+    random numbers from `key` for every eta), by bisection in log eta to relative `rtol`.
+
+    The bracket's top is `eta_max`, by default 2 / lambda_max(G) (GD's threshold, above which no batch is
+    mean-square stable) for the mean-square criterion and 20 times that for the others; `inf` is returned
+    when the minimum is still stable there (gradient flow is stable at every eta)."""
+    _check_minimum(problem, params, 1e-4)
+    lin = _Linearised(problem, params, batch_size, replace)
+    gd_eta = 2 * lin.n / lin.lam.max()
+    if criterion not in ("mean_square", "sde", "lyapunov"):
+        raise ValueError(f"criterion must be 'mean_square', 'sde' or 'lyapunov', got {criterion!r}")
+    if criterion == "lyapunov" and key is None:
+        raise ValueError("criterion='lyapunov' needs a PRNG key")
+    hi = eta_max or (gd_eta * (1 + 1e-9) if criterion == "mean_square" else 20 * gd_eta)
+    steps = checks.positive_int("steps", steps)
+
+    def unstable(eta) -> bool:
+        if criterion == "mean_square":
+            return _mean_square_rate(lin, eta) > 1
+        if criterion == "sde":
+            return _sde_rate(lin, eta) > 1
+        return _lyapunov_exponent(lin, eta, key, steps, replace) > 0
+
+    if not unstable(hi):
+        return float("inf")
+    lo = hi
+    while unstable(lo):
+        lo /= 2
+        if lo < 1e-12 * hi:
+            raise ValueError("no stable step size found: is params a minimum?")
+    while hi / lo - 1 > rtol:
+        mid = np.sqrt(lo * hi)
+        lo, hi = (lo, mid) if unstable(mid) else (mid, hi)
+    return float(np.sqrt(lo * hi))
+
+
+# -- the bound and the alignment of the noise -------------------------------------------------------------
+def gauss_newton_norms(problem: Problem, params: PyTree) -> tuple[float, float]:
+    """(||G||_F, lambda_max(G)) of G = (1/n) J^T J from the Gram matrix: ||K||_F / n and lambda_max(K) / n.
+    At a global minimum G = H."""
+    lam = np.linalg.eigvalsh(np.asarray(gram(problem, params), np.float64))
+    return float(np.sqrt(np.sum(lam**2)) / problem.n), float(lam[-1] / problem.n)
+
+
+def alignment(problem: Problem, params: PyTree) -> Float[Array, ""]:
+    """mu(theta) = tr(Sigma_1 G) / (2 L ||G||_F^2), the noise-alignment ratio of Wu et al. at any theta.
+
+    Sigma_1 = (1/n) sum_i g_i g_i^T - gbar gbar^T is the covariance of one example's gradient g_i = J_i^T r_i,
+    G = (1/n) J^T J. Computed through the (N, N) Gram matrix K = J J^T when N <= p
+    (mu = [n sum_i ||K_{:,i} r_i||^2 - ||K r||^2] / (||r||^2 ||K||_F^2)), through G (p, p) otherwise."""
+    J = problem.jacobian(params)
+    r = problem.residuals(params).reshape(-1)
+    n = problem.n
+    N, p = J.shape
+    k = N // n
+    if N <= p:
+        K = J @ J.T
+        v = jnp.einsum("aib,ib->ia", K.reshape(N, n, k), r.reshape(n, k))  # v_i = K[:, rows_i] r_i
+        num = n * jnp.sum(v**2) - jnp.sum((K @ r) ** 2)
+        return num / (jnp.sum(r**2) * jnp.sum(K**2))
+    G = J.T @ J / n
+    g = jnp.einsum("ibp,ib->ip", J.reshape(n, k, p), r.reshape(n, k))  # per-example gradients
+    gbar = g.mean(0)
+    tr_sigma_g = jnp.mean(jnp.einsum("ip,pq,iq->i", g, G, g)) - gbar @ G @ gbar
+    return tr_sigma_g / (jnp.sum(r**2) / n * jnp.sum(G**2))
+
+
+def min_alignment(problem: Problem, params: PyTree, *, min_loss_rtol: float = 1e-4) -> float:
+    """mu* = min over linearised residuals r in range(K) of [n sum_i ||K_{:,i} r_i||^2 - ||K r||^2] /
+    (||r||^2 ||K||_F^2): the alignment constant of Wu et al.'s argument at a minimum, exactly (the smallest
+    eigenvalue of (n blockdiag(K^2) - K^2) / ||K||_F^2 on the range of K)."""
+    _check_minimum(problem, params, min_loss_rtol)
+    lin = _Linearised(problem, params, None, True)
+    K = lin.U * lin.lam @ lin.U.T
+    K2 = K @ K
+    M = lin.n * lin.same * K2 - K2
+    return float(np.linalg.eigvalsh(lin.U.T @ M @ lin.U)[0] / lin.normK2)
+
+
+def wu_bound(eta, batch_size: int, *, mu, n: int | None = None, replace: bool = True) -> float:
+    """The largest ||H||_F of a mean-square stable minimum: 1 / (eta sqrt(c_B mu)), i.e. sqrt(B / mu) / eta
+    with replacement; without replacement c_B = (n-B)/(B(n-1)) needs `n`."""
+    eta = float(checks.positive("eta", eta))
+    mu = float(checks.positive("mu", mu))
+    if not replace and n is None:
+        raise ValueError("wu_bound without replacement needs n")
+    c = noise_factor(checks.positive_int("batch_size", batch_size), n or batch_size, replace)
+    return float("inf") if c == 0 else 1.0 / (eta * np.sqrt(c * mu))
+
+
+# -- second moments: the recursion in parameter space, and label noise's stationary level --------------------
+def second_moments(
+    problem: Problem,
+    params: PyTree,
+    cov0: Float[Array, "p p"],
+    *,
+    eta,
+    steps: int,
+    batch_size: int | None = None,
+    replace: bool = True,
+) -> Float[Array, "T p p"]:
+    """M_k = E[(theta_k - theta*)(theta_k - theta*)^T] of linearised SGD from M_0 = `cov0`, exactly:
+    M_{k+1} = M - eta (G M + M G) + (eta^2/B^2) J^T (C o (J M J^T)) J. Parameter space (small p): the check
+    against Monte Carlo; the stability analysis itself works with `mean_square_rate`."""
+    eta = checks.positive("eta", eta)
+    B = checks.batch_size(batch_size, problem.n)
+    J = problem.jacobian(params)
+    n = problem.n
+    example = jnp.repeat(jnp.arange(n), J.shape[0] // n)
+    alpha, beta = _batch_moments(B, n, replace)
+    C = alpha + beta * (example[:, None] == example[None, :])
+    cov0 = jnp.asarray(cov0, J.dtype)
+    if cov0.shape != (J.shape[1],) * 2:
+        raise ValueError(f"cov0 must have shape (p, p) = {(J.shape[1],) * 2}, got {cov0.shape}")
+
+    def step(M, _):
+        JM = J @ M
+        M = M - (eta / n) * (J.T @ JM + JM.T @ J) + (eta**2 / B**2) * J.T @ (C * (JM @ J.T)) @ J
+        return M, M
+
+    _, Ms = lax.scan(step, cov0, None, length=checks.positive_int("steps", steps))
+    return jnp.concatenate([cov0[None], Ms])
+
+
+def label_noise_stationary_loss(
+    problem: Problem,
+    params: PyTree,
+    *,
+    eta,
+    sigma,
+    batch_size: int | None = None,
+    replace: bool = True,
+    min_loss_rtol: float = 1e-4,
+) -> float:
+    """E L at stationarity of linearised label-noise SGD at a minimum (`flows.label_noise_sgd`, labels
+    y_i + eps_i, eps ~ N(0, sigma^2) per drawn example): R* = T(R*) + (eta^2 sigma^2 / (B n)) K^2 and
+    E L = tr R* / (2n).
+    Finite iff the minimum is mean-square stable (rho(T) < 1): label noise keeps SGD hovering at a stable
+    minimum and does not move its threshold. A dense solve on the range of K (q^2 unknowns, q = rank K)."""
+    eta = float(checks.positive("eta", eta))
+    sigma = float(checks.non_negative("sigma", sigma))
+    _check_minimum(problem, params, min_loss_rtol)
+    lin = _Linearised(problem, params, batch_size, replace)
+    if _mean_square_rate(lin, eta) >= 1:
+        return float("inf")
+    q = lin.lam.shape[0]
+    Q = np.diag(eta**2 * sigma**2 / (lin.B * lin.n) * lin.lam**2)
+    X = np.linalg.solve(np.eye(q * q) - lin.matrix(lin.discrete(eta)), Q.ravel()).reshape(q, q)
+    return float(np.trace(X) / (2 * lin.n))

@@ -1,0 +1,197 @@
+"""SGD escapes a sharp minimum exponentially fast past the linear-stability threshold, and stays below it.
+
+A two-layer tanh net (init scale 2) is trained to a sharp global minimum theta* by GD with a small step.
+`analysis.stability` gives, at batch size B, three thresholds on eta: the exact mean-square one (rho(T) = 1),
+the typical-run one (top Lyapunov exponent = 0), and the one the minibatch SDE would predict (its linearised
+mean-square generator); below, Wu et al.'s necessary bound 1 / (||H||_F sqrt(c_B mu*)).
+
+- (a) SGD from theta* + a 1e-5 perturbation at three step sizes (below both thresholds, between, above):
+  the mean loss over seeds (solid) against L_0 rho^k, and the median (dashed) against L_0 exp(2 lambda k),
+  lambda the Lyapunov exponent.
+- (b) label-noise SGD at the same minimum: below the threshold it hovers at the predicted stationary loss
+  (dotted), above it escapes just the same: label noise does not move the threshold.
+- (c) at a step size where SGD escapes, the SGD SDE (Euler, 8 substeps per step, same B) stays: its
+  linearised mean square decays. The SDE does not see the discrete threshold.
+- (d) the fraction of runs that escaped (loss > 100 L_0 by the end) against eta / eta_ms, measured, with the
+  mean-square and typical-run thresholds marked: measured, not tuned to either.
+- (e) the thresholds against B, with the bound.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # perturbations of 1e-5 around a minimum, losses down to 1e-20
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from common import parser, report  # noqa: E402
+
+from analysis import compare, plots, stability, store  # noqa: E402
+from flows import gd, label_noise_sgd, sgd, sgd_sde  # noqa: E402
+from models import Problem, TwoLayerNet, data  # noqa: E402
+
+PRESETS = {
+    "quick": dict(n=32, d=8, width=32, batch=4, sigma=0.1, steps=300, seeds=64, lyap_steps=2000,
+                  factors=[0.8, 1.03, 1.5], sweep=[0.8, 0.95, 1.0, 1.05, 1.1, 1.25],
+                  batch_sizes=[1, 4, 32], gd_eta=0.05, gd_steps=20000),
+    "paper": dict(n=64, d=16, width=64, batch=8, sigma=0.1, steps=1000, seeds=512, lyap_steps=20000,
+                  factors=[0.8, 1.03, 1.5], sweep=list(np.round(np.geomspace(0.7, 2, 15), 3)),
+                  batch_sizes=[1, 2, 4, 8, 16, 32, 64], gd_eta=0.05, gd_steps=50000),
+}  # fmt: skip
+
+
+def sharp_minimum(cfg):
+    kx, kn = jax.random.split(jax.random.key(0))
+    X = data.gaussian(kx, cfg["n"], cfg["d"])
+    P = Problem(
+        TwoLayerNet(cfg["d"], cfg["width"], key=kn, activation="tanh", init_scale=2.0),
+        X,
+        jnp.sin(2 * X[:, 0]),
+    )
+    star = gd(P, P.params, steps=cfg["gd_steps"], eta=cfg["gd_eta"], save_every=cfg["gd_steps"]).final
+    return P, star
+
+
+def perturbed(P, star, size=1e-5):
+    flat, unravel = P.ravel(star)
+    v = jax.random.normal(jax.random.key(99), flat.shape)
+    return unravel(flat + size * jnp.linalg.norm(flat) * v / jnp.linalg.norm(v))
+
+
+def losses(run, keys):
+    out = compare.ensemble(lambda k: run(k).stats["loss"], keys)
+    return np.nan_to_num(np.asarray(out), nan=np.inf)
+
+
+def compute(cfg, progress):
+    P, star = sharp_minimum(cfg)
+    B, key = cfg["batch"], jax.random.key(1)
+    out = {"loss_star": np.asarray(P.loss(star))}
+    th = {
+        c: stability.threshold(
+            P, star, batch_size=B, criterion=c, key=key, steps=cfg["lyap_steps"], rtol=1e-3
+        )
+        for c in ("mean_square", "lyapunov", "sde")
+    }
+    out |= {f"threshold/{c}": np.asarray(v) for c, v in th.items()}
+    fro, _ = stability.gauss_newton_norms(P, star)
+    mu = stability.min_alignment(P, star)
+    start = perturbed(P, star)
+    L0 = out["L0"] = np.asarray(P.loss(start))
+    keys = jax.random.split(jax.random.key(2), cfg["seeds"])
+    kw = dict(steps=cfg["steps"], batch_size=B, save_params=False, raise_on_divergence=False)
+    for f in cfg["factors"]:
+        eta = f * th["mean_square"]
+        out[f"sgd/{f}"] = losses(lambda k: sgd(P, start, eta=eta, key=k, **kw), keys)
+        out[f"label/{f}"] = losses(
+            lambda k: label_noise_sgd(P, start, eta=eta, sigma=cfg["sigma"], key=k, **kw), keys
+        )
+        out[f"rho/{f}"] = np.asarray(stability.mean_square_rate(P, star, eta=eta, batch_size=B))
+        out[f"lyap/{f}"] = np.asarray(
+            stability.lyapunov_exponent(P, star, eta=eta, key=key, batch_size=B, steps=cfg["lyap_steps"])
+        )
+        out[f"stationary/{f}"] = np.asarray(
+            stability.label_noise_stationary_loss(P, star, eta=eta, sigma=cfg["sigma"], batch_size=B)
+        )
+        if progress:
+            print(f"eta = {f} eta_ms: rho {float(out[f'rho/{f}']):.4f}", flush=True)
+    f = cfg["factors"][-1]
+    eta = f * th["mean_square"]
+    ts = eta * np.arange(0, cfg["steps"] + 1, 10)
+    out["sde"] = losses(
+        lambda k: sgd_sde(P, start, t1=float(ts[-1]), eta=eta, batch_size=B, key=k, substeps=8, ts=ts,
+                          save_params=False, raise_on_divergence=False),
+        keys,
+    )  # fmt: skip
+    out["sde_rate"] = np.asarray(stability.sde_rate(P, star, eta=eta, batch_size=B))
+    final = [
+        losses(lambda k: sgd(P, start, eta=s * th["mean_square"], key=k, **kw), keys)[:, -1]
+        for s in cfg["sweep"]
+    ]
+    out["escaped"] = np.asarray([(L > 100 * L0).mean() for L in final])
+    rows = []
+    for b in cfg["batch_sizes"]:
+        kw_b = dict(batch_size=b, key=key, steps=cfg["lyap_steps"], rtol=1e-3)
+        rows.append(
+            [b]
+            + [stability.threshold(P, star, criterion=c, **kw_b) for c in ("mean_square", "lyapunov", "sde")]
+            + [stability.wu_bound(1.0, b, mu=mu) / fro]
+        )
+        if progress:
+            print(f"B = {b}: thresholds {rows[-1][1:]}", flush=True)
+    out["by_batch"] = np.asarray(rows)
+    return out
+
+
+def draw(cfg, r, path):
+    fig, ax = plots.figure(5, 1, width=3.6, height=3.2)
+    k = np.arange(cfg["steps"] + 1)
+    L0 = float(r["L0"])
+    for f in cfg["factors"]:
+        L = r[f"sgd/{f}"]
+        (line,) = ax[0].semilogy(k, L.mean(0), label=f"eta = {f} eta_ms (rho={float(r[f'rho/{f}']):.3f})")
+        ax[0].semilogy(k, np.median(L, 0), "--", color=line.get_color())
+        ax[0].semilogy(k, L0 * float(r[f"rho/{f}"]) ** k, ":", color=line.get_color(), lw=1)
+        ax[0].semilogy(k, L0 * np.exp(2 * float(r[f"lyap/{f}"]) * k), "-.", color=line.get_color(), lw=0.8)
+        (line,) = ax[1].semilogy(k, np.median(r[f"label/{f}"], 0), label=f"eta = {f} eta_ms")
+        if np.isfinite(r[f"stationary/{f}"]):
+            ax[1].axhline(float(r[f"stationary/{f}"]), ls=":", color=line.get_color())
+    ax[0].set(
+        xlabel="step k",
+        ylabel="loss",
+        title="SGD: mean (solid), median (dashed)\nrho^k (dotted), Lyapunov (dash-dot)",
+    )
+    ax[1].set(
+        xlabel="step k",
+        ylabel="median loss",
+        title=f"label-noise SGD (sigma={cfg['sigma']})\npredicted stationary loss dotted",
+    )
+    f = cfg["factors"][-1]
+    ax[2].semilogy(k, np.median(r[f"sgd/{f}"], 0), label="SGD")
+    ax[2].semilogy(
+        np.arange(0, cfg["steps"] + 1, 10),
+        np.median(r["sde"], 0),
+        label=f"SGD SDE (rate {float(r['sde_rate']):.3f}/step)",
+    )
+    ax[2].set(
+        xlabel="step k (t / eta)", ylabel="median loss", title=f"eta = {f} eta_ms: SGD escapes, its SDE stays"
+    )
+    ax[3].plot(cfg["sweep"], r["escaped"], "o-", label="measured (SGD runs)")
+    ms = float(r["threshold/mean_square"])
+    ax[3].axvline(1.0, color="k", ls="--", label="mean-square threshold")
+    ax[3].axvline(float(r["threshold/lyapunov"]) / ms, color="C3", ls=":", label="typical-run (Lyapunov)")
+    ax[3].set(xlabel="eta / eta_ms", ylabel="fraction escaped", title=f"escape at B = {cfg['batch']}")
+    rows = r["by_batch"]
+    for j, label in enumerate(("mean-square", "typical run", "SDE", "Wu bound (necessary)")):
+        ax[4].loglog(rows[:, 0], rows[:, 1 + j], "o-" if j < 3 else "k--", label=label)
+    ax[4].set(xlabel="batch size B", ylabel="largest stable eta", title="thresholds against B")
+    for a in ax[::2][:2]:
+        a.set_ylim(L0 * 1e-6, L0 * 1e8)  # escaped runs leave the linear regime (and may overflow) above
+    ax[1].set_ylim(L0 * 1e-2, 1e2)
+    for a in ax:
+        a.legend(fontsize=6)
+    return plots.save(fig, path)
+
+
+def main(argv=None):
+    args = parser(__doc__).parse_args(argv)
+    cfg = dict(PRESETS[args.preset])
+    cfg["seeds"] = args.seeds or cfg["seeds"]
+    r = store.cached(
+        args.results, "escape", cfg, lambda: compute(cfg, not args.no_progress), recompute=args.recompute
+    )
+    fig = draw(cfg, r, args.out / "escape.png")
+    th = {c: float(r[f"threshold/{c}"]) for c in ("mean_square", "lyapunov", "sde")}
+    print(
+        f"B = {cfg['batch']}: eta thresholds mean-square {th['mean_square']:.4g}, "
+        f"typical run {th['lyapunov']:.4g}, SDE {th['sde']:.4g}"
+    )
+    for f in cfg["factors"]:
+        L = r[f"sgd/{f}"][:, -1]
+        print(f"eta = {f} eta_ms: rho {float(r[f'rho/{f}']):.4f}, Lyapunov {float(r[f'lyap/{f}']):+.4f}; "
+              f"final median loss / L0 {np.median(L) / float(r['L0']):.3g}")  # fmt: skip
+    print("escaped fraction:", dict(zip(cfg["sweep"], np.round(r["escaped"], 2).tolist())))
+    report(fig, [store.path(args.results, "escape", cfg)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The sharpness of the minima SGD finds against sqrt(B)/eta (Wu, Wang & Su 2022, their Figure 1 setting).
+
+For each problem, SGD from one initialisation at every (eta, B) of a grid (and several seeds) runs until
+the loss is below 5e-5 of its scale mean(y^2)/2; runs that diverge (or end above the initial loss) or have
+not converged yet are counted, not drawn. At each minimum found: ||H||_F and lambda_max (of G = H at the
+minimum, from the Gram matrix), the alignment constant mu* and the exact mean-square rate rho of
+`analysis.stability`. Top row: ||H||_F against sqrt(B)/eta on log-log axes with the bound
+||H||_F <= sqrt(B/mu)/eta drawn for the smallest mu* found; bottom: lambda_max. Filled markers: minima the
+exact criterion calls stable (rho <= 1); crosses: minima SGD converged to although they are not
+mean-square stable (heavy tails: a typical run follows the Lyapunov exponent, not the mean square).
+
+Problems: (i) random-features regression (tanh features, only the outer layer trained, so H is the same at
+every minimum and the sweep shows which (eta, B) converge), (ii) a two-layer tanh net (trainable outer
+layer, init scale 2, so GD's minima are sharp), (iii) an MLP (two hidden tanh layers) on scikit-learn's
+digits, 3 vs 8 as a +-1 regression target. Step sizes are multiples of 1 / lambda_max(G) at the
+initialisation.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import parser, report
+
+from analysis import plots, stability, store
+from flows import sgd
+from models import Problem, RandomFeatures, TwoLayerNet, data
+
+PRESETS = {
+    "quick": dict(
+        n=32, d=8, digits_n=64, width=32, rf_width=512, mlp_width=16, steps=6000, seeds=2,
+        eta_factors=[0.25, 0.5, 1.0, 2.0, 3.0], batch_sizes=[2, 8, 32],
+    ),
+    "paper": dict(
+        n=128, d=16, digits_n=256, width=128, rf_width=2048, mlp_width=32, steps=20000, seeds=5,
+        eta_factors=[0.125, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], batch_sizes=[1, 4, 16, 64],
+    ),
+}  # fmt: skip
+PROBLEMS = {"rf": "random features", "net": "two-layer tanh net", "mlp": "MLP on digits (3 vs 8)"}
+
+
+class MLP(eqx.Module):
+    """Scalar-output MLP: eqx.nn.MLP with `depth` hidden tanh layers."""
+
+    mlp: eqx.nn.MLP
+
+    def __init__(self, d, width, depth, *, key):
+        self.mlp = eqx.nn.MLP(d, "scalar", width, depth, activation=jnp.tanh, key=key)
+
+    def __call__(self, x):
+        return self.mlp(x)
+
+
+def problems(cfg) -> dict[str, Problem]:
+    kx, kr, kn, km, ks = jax.random.split(jax.random.key(0), 5)
+    X = data.gaussian(kx, cfg["n"], cfg["d"])
+    y = jnp.sin(2 * X[:, 0]) + 0.5 * X[:, 1]
+    Xd, yd = data.digits(classes=(3, 8))
+    idx = jax.random.permutation(ks, Xd.shape[0])[: cfg["digits_n"]]
+    return {
+        "rf": Problem(RandomFeatures(cfg["d"], cfg["rf_width"], key=kr, activation="tanh"), X, y),
+        "net": Problem(TwoLayerNet(cfg["d"], cfg["width"], key=kn, activation="tanh", init_scale=2.0), X, y),
+        "mlp": Problem(MLP(Xd.shape[1], cfg["mlp_width"], 2, key=km), Xd[idx], yd[idx]),
+    }
+
+
+def compute(cfg, seeds, progress):
+    out = {}
+    for name, P in problems(cfg).items():
+        eta0 = 1.0 / stability.gauss_newton_norms(P, P.params)[1]
+        tol = 5e-5 * float(jnp.mean(P.y**2)) / 2
+        rows = []
+        for B in cfg["batch_sizes"]:
+            for f in cfg["eta_factors"]:
+                eta = f * eta0
+                for seed in range(seeds):
+                    tr = sgd(P, P.params, steps=cfg["steps"], eta=eta, batch_size=B, key=jax.random.key(seed),
+                             save_every=cfg["steps"], raise_on_divergence=False)  # fmt: skip
+                    loss = float(tr.stats["loss"][-1])
+                    row = [B, eta, seed, loss] + [np.nan] * 4
+                    if np.isfinite(loss) and loss < tol:
+                        theta = tr.final
+                        fro, lmax = stability.gauss_newton_norms(P, theta)
+                        mu = stability.min_alignment(P, theta, min_loss_rtol=1e-4)
+                        rho = stability.mean_square_rate(P, theta, eta=eta, batch_size=B)
+                        row[4:] = [fro, lmax, mu, rho]
+                    rows.append(row)
+                    if progress:
+                        print(
+                            f"{name} B={B} eta={eta:.3g} seed={seed}: loss {loss:.2e} rho {row[7]:.4f}",
+                            flush=True,
+                        )
+        out[name] = np.asarray(rows)
+        out[f"{name}/eta0"] = np.asarray(eta0)
+        out[f"{name}/loss0"] = np.asarray(P.loss(P.params))
+    return out
+
+
+COLUMNS = ("B", "eta", "seed", "loss", "fro", "lmax", "mu", "rho")
+
+
+def table(r, name):
+    return {c: r[name][:, i] for i, c in enumerate(COLUMNS)}
+
+
+def draw(cfg, r, path):
+    fig, axes = plots.figure(3, 2, width=3.8)
+    for col, (name, title) in enumerate(PROBLEMS.items()):
+        t = table(r, name)
+        found = np.isfinite(t["fro"])
+        x = np.sqrt(t["B"]) / t["eta"]
+        for row, (key, label) in enumerate((("fro", "||H||_F"), ("lmax", "lambda_max(H)"))):
+            ax = axes[3 * row + col]
+            for B in cfg["batch_sizes"]:
+                sel = found & (t["B"] == B)
+                stable = sel & (t["rho"] <= 1)
+                (line,) = ax.loglog(x[stable], t[key][stable], "o", label=f"B={B}")
+                ax.loglog(x[sel & ~stable], t[key][sel & ~stable], "x", color=line.get_color())
+            if found.any():
+                mu = np.nanmin(t["mu"])
+                grid = np.geomspace(x.min(), x.max(), 50)
+                ax.loglog(grid, grid / np.sqrt(mu), "k--", label=f"sqrt(B/mu)/eta, mu={mu:.2f}")
+            diverged = int((~np.isfinite(t["loss"]) | (t["loss"] > r[f"{name}/loss0"])).sum())
+            slow = int((~found).sum()) - diverged
+            ax.set(
+                xlabel="sqrt(B) / eta",
+                ylabel=label,
+                title=f"{title}\n{diverged} diverged, {slow} not yet converged",
+            )
+            ax.legend(fontsize=7)
+    return plots.save(fig, path)
+
+
+def main(argv=None):
+    args = parser(__doc__).parse_args(argv)
+    cfg = dict(PRESETS[args.preset])
+    seeds = cfg["seeds"] = args.seeds or cfg["seeds"]
+    r = store.cached(
+        args.results,
+        "sharpness_vs_lr_batch",
+        cfg,
+        lambda: compute(cfg, seeds, not args.no_progress),
+        recompute=args.recompute,
+    )
+    fig = draw(cfg, r, args.out / "sharpness_vs_lr_batch.png")
+    for name, title in PROBLEMS.items():
+        t = table(r, name)
+        found = np.isfinite(t["fro"])
+        bound = np.sqrt(t["B"] / t["mu"]) / t["eta"]
+        print(
+            f"{title}: {found.sum()}/{found.size} runs converged; ||H||_F / bound max "
+            f"{np.nanmax(t['fro'] / bound):.2f} (<= 1: the bound holds); "
+            f"{int((found & (t['rho'] > 1)).sum())} minima found are not mean-square stable "
+            f"(max rho {np.nanmax(t['rho']):.4f})"
+        )
+    report(fig, [store.path(args.results, "sharpness_vs_lr_batch", cfg)])
+
+
+if __name__ == "__main__":
+    main()
