@@ -15,12 +15,18 @@ SCRIPTS = [
     "escape",
 ]
 
-here = Path(__file__).resolve().parent
-p = argparse.ArgumentParser(description=__doc__)
-p.add_argument("--preset", choices=("quick", "paper"), default="quick")
-args = p.parse_args()
-for name in SCRIPTS:
-    start = time.perf_counter()
-    print(f"== {name} ({args.preset})", flush=True)
-    subprocess.run([sys.executable, str(here / f"{name}.py"), "--preset", args.preset], check=True)
-    print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+def main():
+    here = Path(__file__).resolve().parent
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    args = p.parse_args()
+    for name in SCRIPTS:
+        start = time.perf_counter()
+        print(f"== {name} ({args.preset})", flush=True)
+        subprocess.run([sys.executable, str(here / f"{name}.py"), "--preset", args.preset], check=True)
+        print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,19 +7,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_figures import SCRIPTS  # noqa: E402
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "gd_vs_gradient_flow",
-        "sde_vs_sgd",
-        "slow_flow_vs_label_noise",
-        "rank_one_features",
-        "sharpness_vs_lr_batch",
-        "escape",
-    ],
-)
+@pytest.mark.parametrize("name", SCRIPTS)  # every script `make figures` runs
 def test_quick_preset_writes_a_figure_and_reuses_results(name, tmp_path):
     cmd = [
         sys.executable,
