@@ -6,6 +6,10 @@ Label-noise SGD minimises tr H on the zero-loss manifold; with the outer layer f
 activation with sigma''' > 0 (e.g. cubic z + z^3/3, sinh), that drives every neuron to the same feature:
 Phi becomes rank one (Gatmiry et al. 2024). `singular_values`, `stable_rank` and `alignment` measure it;
 `min_trace_fixed_outer` computes the minimum of tr H on the manifold without any flow.
+
+ReLU nets from small initialisation (Boursier & Flammarion 2024) first align their neurons with a few
+directions: `neuron_directions`, `extremal_directions` (the directions theory predicts, computed without a
+network), `angles_to`, `count_directions` and `alignment_end` (the end of that phase, read from the loss).
 """
 
 import jax
@@ -86,6 +90,86 @@ def min_trace_fixed_outer(problem: Problem, *, starts: int = 20, seed: int = 0) 
             raise RuntimeError(f"SLSQP found no feasible minimiser for example {i}")
         total += np.sum(X[i] ** 2) * best
     return total / n
+
+
+# -- early alignment of ReLU neurons from small initialisation (Boursier & Flammarion 2024) ---------------
+def neuron_directions(problem: Problem, params: PyTree) -> tuple[Float[Array, "m d"], Float[Array, " m"]]:
+    """(w_j / ||w_j||, ||w_j||): the neurons' directions and norms (a zero neuron gets direction 0)."""
+    W = _net(problem, params).W
+    norms = jnp.linalg.norm(W, axis=1)
+    return W / jnp.where(norms > 0, norms, 1.0)[:, None], norms
+
+
+def extremal_directions(X, y, *, starts: int = 256, steps: int = 2000, seed: int = 0, tol_deg: float = 1.0):
+    """The directions early alignment predicts, for a two-layer ReLU net f = sum_j a_j relu(w_j . x) from
+    small initialisation.
+
+    While the outputs are ~0, dw_j/dt = a_j D(w_j) with D(u) = (1/n) sum_i y_i 1[u . x_i > 0] x_i, the
+    gradient of the positively homogeneous G(u) = (1/n) sum_i y_i relu(u . x_i). So a neuron's direction
+    follows projected gradient ascent of G on the sphere when a_j > 0 (descent when a_j < 0) and ends at an
+    extremal vector: a local maximum of G with G > 0 (minimum with G < 0). Computed here by that ascent
+    (and descent) from `starts` random directions, without any network; duplicates within `tol_deg` merged.
+
+    **Returns:** `(plus, minus)`: arrays (k, d) of unit vectors, the targets of positive and of negative
+    neurons.
+    """
+    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
+
+    def D(U):  # (s, d) -> (s, d)
+        return ((U @ X.T > 0) * y) @ X / X.shape[0]
+
+    def G(U):
+        return np.maximum(U @ X.T, 0) @ y / X.shape[0]
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for sign in (1.0, -1.0):
+        U = rng.standard_normal((starts, X.shape[1]))
+        U /= np.linalg.norm(U, axis=1, keepdims=True)
+        step = 0.5 / max(np.abs(y).mean() * np.linalg.norm(X, axis=1).mean(), 1e-12)
+        for _ in range(steps):
+            g = sign * D(U)
+            g -= np.sum(g * U, axis=1, keepdims=True) * U
+            U = U + step * g
+            U /= np.linalg.norm(U, axis=1, keepdims=True)
+        keep = sign * G(U) > 0
+        out.append(_distinct(U[keep], sign * G(U[keep]), tol_deg))
+    return tuple(out)
+
+
+def angles_to(directions, targets) -> np.ndarray:
+    """The angle in degrees from each direction (m, d) to the nearest of `targets` (k, d); inf if none."""
+    directions, targets = np.asarray(directions), np.asarray(targets)
+    if targets.shape[0] == 0:
+        return np.full(directions.shape[0], np.inf)
+    cos = np.clip(directions @ targets.T, -1.0, 1.0)
+    return np.degrees(np.arccos(cos.max(axis=1)))
+
+
+def count_directions(problem: Problem, params: PyTree, *, tol_deg: float = 5.0, min_norm: float = 0.1) -> int:
+    """The number of distinct directions carried by the active neurons: those with ||w_j|| >= `min_norm`
+    times the largest, grouped greedily (largest first) into cones of half-angle `tol_deg`."""
+    U, norms = (np.asarray(v) for v in neuron_directions(problem, params))
+    active = norms >= min_norm * norms.max()
+    return len(_distinct(U[active], norms[active], tol_deg))
+
+
+def alignment_end(ts, loss, *, rtol: float = 1e-3) -> float:
+    """The end of the early-alignment phase, read from the data: the first saved time at which the loss
+    has fallen by `rtol` of its initial value (until then the outputs are ~0 and only directions move)."""
+    ts, loss = np.asarray(ts), np.asarray(loss)
+    below = np.nonzero(loss < (1 - rtol) * loss[0])[0]
+    return float(ts[below[0]]) if below.size else float("inf")
+
+
+def _distinct(U, weight, tol_deg) -> np.ndarray:
+    """Greedy clustering: the heaviest direction opens a cone of half-angle tol_deg that takes the others."""
+    order = np.argsort(-np.asarray(weight))
+    centres = []
+    for u in U[order]:
+        if all(np.degrees(np.arccos(np.clip(u @ c, -1, 1))) > tol_deg for c in centres):
+            centres.append(u)
+    return np.asarray(centres).reshape(-1, U.shape[1])
 
 
 def _net(problem: Problem, params: PyTree) -> TwoLayerNet:

@@ -13,6 +13,7 @@ SCRIPTS = [
     "rank_one_features",
     "sharpness_vs_lr_batch",
     "escape",
+    "early_alignment",
 ]
 
 

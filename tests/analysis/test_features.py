@@ -70,3 +70,50 @@ def test_min_trace_refuses_models_outside_its_assumptions():
         features.min_trace_fixed_outer(two_layer())
     with pytest.raises(ValueError, match="n <= d"):
         features.min_trace_fixed_outer(gatmiry("cubic", n=5, d=3))
+
+
+def relu_alignment_problem(scale, n=20, m=30):
+    """d = 2, linear teacher y = beta . x, balanced initialisation of scale lambda (Boursier & Flammarion)."""
+    kx, kn = jax.random.split(jax.random.key(0))
+    X = jax.random.normal(kx, (n, 2))
+    net = TwoLayerNet(2, m, key=kn, activation="relu", init_scale=scale, outer="balanced")
+    return Problem(net, X, X @ jnp.array([1.0, 0.5]))
+
+
+def test_extremal_directions_match_a_grid_search_on_the_circle():
+    P = relu_alignment_problem(1e-6)
+    plus, minus = features.extremal_directions(P.X, P.y)
+    theta = np.linspace(0, 2 * np.pi, 36_000, endpoint=False)
+    U = np.stack([np.cos(theta), np.sin(theta)], 1)
+    G = np.maximum(U @ np.asarray(P.X).T, 0) @ np.asarray(P.y) / P.n
+    is_max = (G > np.roll(G, 1)) & (G >= np.roll(G, -1)) & (G > 0)
+    is_min = (G < np.roll(G, 1)) & (G <= np.roll(G, -1)) & (G < 0)
+    for found, grid in ((plus, U[is_max]), (minus, U[is_min])):
+        assert len(found) == len(grid) >= 1
+        assert features.angles_to(found, grid).max() < 0.05
+
+
+def test_neurons_end_early_alignment_at_the_predicted_directions():
+    """Small initialisation, small-step GD (gradient flow up to O(eta)): when the loss first moves, every
+    active neuron lies within 3 degrees of the extremal direction of its sign, and there are two directions;
+    from a large initialisation they do not align."""
+    from flows import gd
+
+    t_end = None
+    for scale, aligned in ((1e-6, True), (1.0, False)):
+        P = relu_alignment_problem(scale)
+        traj = gd(P, P.params, steps=600, eta=0.05, save_every=10)
+        if aligned:  # the large initialisation is read at the same time
+            t_end = features.alignment_end(traj.ts, traj.stats["loss"])
+            assert 5 < t_end < 30
+        params = traj.at(int(np.searchsorted(np.asarray(traj.ts), t_end)))
+        U, norms = (np.asarray(v) for v in features.neuron_directions(P, params))
+        a = np.asarray(params.a)
+        plus, minus = features.extremal_directions(P.X, P.y)
+        active = norms >= 1e-3 * norms.max()  # the two groups grow at different rates |G(u*)|
+        angle = np.where(a > 0, features.angles_to(U, plus), features.angles_to(U, minus))
+        if aligned:
+            assert np.all(angle[active] < 3.0), angle[active]
+            assert features.count_directions(P, params, tol_deg=5.0, min_norm=1e-3) == 2
+        else:
+            assert np.median(angle[active]) > 10.0
