@@ -194,15 +194,13 @@ def _discrete(
     )
     if not raise_on_divergence:
         return traj
-    if checks.is_concrete(first_bad):
-        if first_bad >= 0:
-            k = int(first_bad)
-            raise FloatingPointError(
-                f"{name} diverged: the loss became non-finite at step {k} (t = eta * k = "
-                f"{float(timescale.flow_time(k, eta)):.4g}) with eta = {float(eta):.4g}; reduce eta"
-            )
-        return traj
-    return eqx.error_if(traj, first_bad >= 0, f"{name} diverged: the loss became non-finite; reduce eta")
+
+    def where():
+        k = int(first_bad)
+        t = float(timescale.flow_time(k, eta))
+        return f" at step {k} (t = eta * k = {t:.4g}) with eta = {float(eta):.4g}"
+
+    return checks.diverged(name, traj, first_bad >= 0, where, hint="; reduce eta")
 
 
 @eqx.filter_jit

@@ -381,14 +381,11 @@ def _sde(
     if not raise_on_divergence:
         return traj
     bad = ~jnp.isfinite(traj.stats["loss"])
-    if checks.is_concrete(bad):
-        if bool(jnp.any(bad)):
-            t = float(traj.ts[jnp.argmax(bad)])
-            raise FloatingPointError(
-                f"{name} diverged: the loss became non-finite by t = {t:.4g} with eta = {float(eta):.4g}"
-            )
-        return traj
-    return eqx.error_if(traj, jnp.any(bad), f"{name} diverged: the loss became non-finite")
+
+    def where():
+        return f" by t = {float(traj.ts[jnp.argmax(bad)]):.4g} with eta = {float(eta):.4g}"
+
+    return checks.diverged(name, traj, jnp.any(bad), where)
 
 
 class _ColumnsTerm(diffrax.ControlTerm):

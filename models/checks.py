@@ -76,3 +76,16 @@ def same_structure(name: str, tree, reference, reference_name: str):
             raise ValueError(
                 f"{name} has a leaf of shape {jnp.shape(x)} where {reference_name} has {jnp.shape(y)}"
             )
+
+
+def diverged(name: str, tree, bad, where, hint: str = ""):
+    """The divergence check every flow ends with: `bad` (a boolean scalar) says the loss became non-finite.
+    Concrete: raises `FloatingPointError("{name} diverged: the loss became non-finite{where()}{hint}")`, where
+    `where()` (called only then) says when. Traced: `eqx.error_if` with the message less `where()`. Returns
+    `tree`."""
+    message = f"{name} diverged: the loss became non-finite"
+    if is_concrete(bad):
+        if bool(bad):
+            raise FloatingPointError(message + where() + hint)
+        return tree
+    return eqx.error_if(tree, bad, message + hint)
