@@ -10,6 +10,8 @@ Phi becomes rank one (Gatmiry et al. 2024). `singular_values`, `stable_rank` and
 ReLU nets from small initialisation (Boursier & Flammarion 2024) first align their neurons with a few
 directions: `neuron_directions`, `extremal_directions` (the directions theory predicts, computed without a
 network), `angles_to`, `count_directions` and `alignment_end` (the end of that phase, read from the loss).
+Past the optimization threshold in n the net stops interpolating and lands near the least-squares linear
+predictor: `distance_to_ols` measures how near.
 """
 
 import jax
@@ -160,6 +162,20 @@ def alignment_end(ts, loss, *, rtol: float = 1e-3) -> float:
     ts, loss = np.asarray(ts), np.asarray(loss)
     below = np.nonzero(loss < (1 - rtol) * loss[0])[0]
     return float(ts[below[0]]) if below.size else float("inf")
+
+
+def ols(X: Float[Array, "n d"], y: Float[Array, " n"]) -> Float[Array, " d"]:
+    """The least-squares linear predictor beta = argmin ||X beta - y||^2 (minimum norm when n < d)."""
+    return jnp.linalg.lstsq(X, y)[0]
+
+
+def distance_to_ols(problem: Problem, params: PyTree, X_eval: Float[Array, "k d"]) -> Float[Array, ""]:
+    """sqrt(mean_x (f(x) - beta_ols . x)^2) over the points X_eval: how far the net is from the linear
+    predictor fitted to its own training data. A ReLU net a relu(u . x) - a relu(-u . x) with a u =
+    beta_ols is that predictor exactly (distance 0); Boursier & Flammarion (2024) show gradient flow from
+    small initialisation lands near it past the optimization threshold."""
+    f = problem.outputs(params, X_eval)
+    return jnp.sqrt(jnp.mean((f - X_eval @ ols(problem.X, problem.y)) ** 2))
 
 
 def _distinct(U, weight, tol_deg) -> np.ndarray:

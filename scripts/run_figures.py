@@ -14,6 +14,7 @@ SCRIPTS = [
     "sharpness_vs_lr_batch",
     "escape",
     "early_alignment",
+    "optimization_threshold",
 ]
 
 

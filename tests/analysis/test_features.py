@@ -1,6 +1,7 @@
 """Feature-matrix metrics against dense numpy, and the rank-one collapse of Gatmiry et al. (2024): the slow
 flow of tr H ends at the independently computed minimum of tr H, with rank-one features for sigma''' > 0."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,3 +118,43 @@ def test_neurons_end_early_alignment_at_the_predicted_directions():
             assert features.count_directions(P, params, tol_deg=5.0, min_norm=1e-3) == 2
         else:
             assert np.median(angle[active]) > 10.0
+
+
+def test_distance_to_ols_is_zero_for_the_linear_relu_pair_and_closed_form_otherwise():
+    """relu(b . x) - relu(-b . x) = b . x: the pair W = (b, -b), a = (1, -1) *is* the linear predictor b."""
+    kx, ky, ke = jax.random.split(jax.random.key(3), 3)
+    X, X_eval = jax.random.normal(kx, (30, 3)), jax.random.normal(ke, (500, 3))
+    y = X @ jnp.array([1.0, -2.0, 0.5]) + 0.3 * jax.random.normal(ky, (30,))
+    P = Problem(TwoLayerNet(3, 2, key=kx, activation="relu"), X, y)
+    b = features.ols(X, y)
+    np.testing.assert_allclose(b, np.linalg.lstsq(np.asarray(X), np.asarray(y), rcond=None)[0], rtol=1e-10)
+    for c in (b, b + jnp.array([0.1, 0.0, -0.2])):
+        params = eqx.tree_at(lambda m: (m.W, m.a), P.params, (jnp.stack([c, -c]), jnp.array([1.0, -1.0])))
+        expected = np.sqrt(np.mean((np.asarray(X_eval) @ np.asarray(c - b)) ** 2))
+        assert abs(float(features.distance_to_ols(P, params, X_eval)) - expected) < 1e-12
+
+
+def test_gradient_flow_interpolates_below_the_optimization_threshold_and_not_above():
+    """Boursier & Flammarion (2024): ReLU net, width 50, balanced init lambda = 1e-6, noisy linear teacher in
+    d = 4 (noise s = 0.5), GD with a small step to t = 1000. At n = 6 every seed interpolates (loss < 1e-8);
+    at n = 100 none does: each stops near the noise level s^2 / 2 (1 - d / n) ~ 0.12, which OLS attains, and
+    closer to the OLS predictor than the interpolating nets are."""
+    from flows import gd
+
+    d, X_eval = 4, jax.random.normal(jax.random.key(99), (2000, 4))
+
+    def run(seed, n):
+        kx, ke, kn = jax.random.split(jax.random.key(seed), 3)
+        X = jax.random.normal(kx, (n, d))
+        y = X @ (jnp.ones(d) / 2) + 0.5 * jax.random.normal(ke, (n,))
+        P = Problem(TwoLayerNet(d, 50, key=kn, activation="relu", init_scale=1e-6, outer="balanced"), X, y)
+        final = gd(P, P.params, steps=20_000, eta=0.05, save_every=20_000).final
+        ols_loss = 0.5 * jnp.mean((X @ features.ols(X, y) - y) ** 2)
+        return P.loss(final), ols_loss, features.distance_to_ols(P, final, X_eval)
+
+    seeds = jnp.arange(4)
+    below = [np.asarray(v) for v in jax.vmap(lambda s: run(s, 6))(seeds)]
+    above = [np.asarray(v) for v in jax.vmap(lambda s: run(s, 100))(seeds)]
+    assert np.all(below[0] < 1e-8), below[0]
+    assert np.all(above[0] > 0.05) and np.all(above[0] > 0.7 * above[1]), (above[0], above[1])
+    assert above[2].max() < below[2].min(), (above[2], below[2])
