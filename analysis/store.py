@@ -7,6 +7,9 @@ HASH is the first 16 hex digits of the SHA-256 of the canonical JSON. A folder i
 sibling and renamed into place (atomic on one file system), so a reader never sees half a result. Reading a
 folder whose config differs from the one asked for (a hash collision, a hand edit) raises instead of
 returning a foreign result.
+
+`resumable` runs a long computation chunk by chunk and writes its whole state after each chunk the same
+way, so a killed run re-started with the same config goes on from its last chunk.
 """
 
 import hashlib
@@ -14,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -37,7 +41,18 @@ def path(root, name: str, config: Mapping) -> Path:
 
 def save(root, name: str, config: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write `arrays` under the config's folder, atomically; an existing result for it is replaced."""
-    target = path(root, name, config)
+    return write(path(root, name, config), config, arrays)
+
+
+def load(root, name: str, config: Mapping) -> dict[str, np.ndarray] | None:
+    """The stored arrays for this config, or None if there are none."""
+    return read(path(root, name, config), config)
+
+
+def write(folder, config: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write `config.json` and `arrays.npz` into `folder` atomically: built in a temporary sibling, then
+    renamed into place (an existing folder is swapped out the same way)."""
+    target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -56,16 +71,21 @@ def save(root, name: str, config: Mapping, arrays: Mapping[str, np.ndarray]) -> 
     return target
 
 
-def load(root, name: str, config: Mapping) -> dict[str, np.ndarray] | None:
-    """The stored arrays for this config, or None if there are none."""
-    target = path(root, name, config)
-    if not (target / "arrays.npz").exists():
+def read(folder, config: Mapping) -> dict[str, np.ndarray] | None:
+    """The arrays in `folder`, or None if it holds none. Raises `ValueError` if it holds another config's
+    result (never returned as this one's) or cannot be read back whole."""
+    target = Path(folder)
+    if not target.exists() or not any(target.iterdir()):
         return None
-    stored = json.loads((target / "config.json").read_text())
+    try:
+        stored = json.loads((target / "config.json").read_text())
+        with np.load(target / "arrays.npz") as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{target} is damaged ({type(e).__name__}: {e}); move it away to start over") from e
     if stored != json.loads(canonical(config)):
         raise ValueError(f"{target} holds a result for another config: {stored} (asked for {dict(config)})")
-    with np.load(target / "arrays.npz") as f:
-        return {k: f[k] for k in f.files}
+    return arrays
 
 
 def cached(
@@ -90,3 +110,44 @@ def _to_json(x):
     if isinstance(x, np.ndarray | tuple):
         return np.asarray(x).tolist()
     raise TypeError(f"config values must be JSON-serialisable, got {type(x).__name__}: {x!r}")
+
+
+def resumable(
+    folder,
+    config: Mapping,
+    init: Callable[[], Mapping[str, np.ndarray]],
+    advance: Callable[[dict[str, np.ndarray], int], Mapping[str, np.ndarray]],
+    chunks: int,
+    *,
+    progress: bool = False,
+    save: bool = True,
+) -> dict[str, np.ndarray]:
+    """`state = advance(state, i)` for i = 0 .. chunks - 1 from `state = init()`, writing the state (with
+    the number of chunks done, `"chunks_done"`) atomically to `folder` after every chunk.
+
+    The state is a flat dict of arrays holding everything the run needs to go on: parameters, keys, the step,
+    the metrics so far. If `folder` already holds this config's state, the run resumes after its last chunk
+    (printing where); a pure `advance` then gives the same bits as a run that never stopped. A folder holding
+    another config's state, or one that cannot be read back, raises `ValueError` and is left as it is.
+    In a multi-process run every process runs this, and one (`save=True`) writes.
+    """
+    from tqdm.auto import tqdm
+
+    state = read(folder, config)
+    if state is None:
+        state = {k: np.asarray(v) for k, v in init().items()}
+        done = 0
+    else:
+        done = int(state.pop("chunks_done"))
+        expected = init()
+        if set(state) != set(expected) or not 0 <= done <= chunks:
+            raise ValueError(
+                f"{folder} does not hold a state of this run: arrays {sorted(state)} after {done} chunks, "
+                f"expected {sorted(expected)} and at most {chunks} chunks"
+            )
+        print(f"resuming {folder} after chunk {done} of {chunks}", flush=True)
+    for i in tqdm(range(done, chunks), initial=done, total=chunks, disable=not progress, desc="chunks"):
+        state = {k: np.asarray(v) for k, v in advance(state, i).items()}
+        if save:
+            write(folder, config, {**state, "chunks_done": np.asarray(i + 1)})
+    return state

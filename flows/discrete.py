@@ -22,6 +22,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 from jaxtyping import PRNGKeyArray, PyTree
@@ -43,12 +44,15 @@ def gd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     raise_on_divergence: bool = True,
+    first_step: int = 0,
 ) -> Trajectory:
     """Full-batch gradient descent theta_{k+1} = theta_k - eta grad L(theta_k), saved at t = eta * k.
 
     **Arguments:** `problem`, `params0` (a pytree shaped like `problem.params`), `steps` (a multiple of
     `save_every`), step size `eta > 0`, `metrics` (name -> `fn(problem, params)`, the loss is always
-    recorded), `save_params` (keep the parameters or only the metrics).
+    recorded), `save_params` (keep the parameters or only the metrics), `first_step` (the index k of the
+    first step: a run continued from step k, e.g. a chunk of a long run, draws the same noise and saves at
+    the same times t = eta * k as one that never stopped; `analysis.store.resumable`).
 
     **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
     """
@@ -67,6 +71,7 @@ def gd(
         metrics=metrics,
         save_params=save_params,
         raise_on_divergence=raise_on_divergence,
+        first_step=first_step,
     )
 
 
@@ -83,6 +88,7 @@ def sgd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     raise_on_divergence: bool = True,
+    first_step: int = 0,
 ) -> Trajectory:
     """Minibatch SGD: g_k = (1/B) sum_{i in batch_k} g_i, B = `batch_size` in 1..n, drawn with replacement
     (or without, `replace=False`) afresh every step from `key`. Arguments otherwise as `gd`."""
@@ -101,6 +107,7 @@ def sgd(
         metrics=metrics,
         save_params=save_params,
         raise_on_divergence=raise_on_divergence,
+        first_step=first_step,
     )
 
 
@@ -119,6 +126,7 @@ def label_noise_sgd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     raise_on_divergence: bool = True,
+    first_step: int = 0,
 ) -> Trajectory:
     """Label-noise SGD: every step the labels are y_i + eps_i with fresh eps_i ~ N(0, sigma^2)
     (`noise="gaussian"`) or uniform on {-sigma, +sigma} (`"rademacher"`); both have variance sigma^2.
@@ -138,6 +146,7 @@ def label_noise_sgd(
         metrics=metrics,
         save_params=save_params,
         raise_on_divergence=raise_on_divergence,
+        first_step=first_step,
     )
 
 
@@ -164,8 +173,13 @@ def _discrete(
     metrics,
     save_params,
     raise_on_divergence,
+    first_step,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
+    if checks.is_concrete(first_step) and (
+        np.ndim(first_step) or not np.issubdtype(np.asarray(first_step).dtype, np.integer) or first_step < 0
+    ):
+        raise ValueError(f"first_step must be an integer >= 0, got {first_step!r}")
     eta = checks.positive("eta", eta)
     if sigma is not None:
         sigma = checks.non_negative("sigma", sigma)
@@ -191,6 +205,7 @@ def _discrete(
         noise=noise,
         metrics=default_metrics(metrics),
         save_params=save_params,
+        first_step=jnp.asarray(first_step),
     )
     if not raise_on_divergence:
         return traj
@@ -205,7 +220,20 @@ def _discrete(
 
 @eqx.filter_jit
 def _scan(
-    problem, params0, key, eta, sigma, *, steps, save_every, batch_size, replace, noise, metrics, save_params
+    problem,
+    params0,
+    key,
+    eta,
+    sigma,
+    *,
+    steps,
+    save_every,
+    batch_size,
+    replace,
+    noise,
+    metrics,
+    save_params,
+    first_step,
 ):
     n = problem.n
     opt = optax.sgd(eta)
@@ -242,8 +270,8 @@ def _scan(
         carry, _ = lax.scan(step, carry, None, length=save_every)
         return carry, record(carry[0])
 
-    init = (params0, opt.init(params0), jnp.asarray(0), jnp.asarray(-1))
+    init = (params0, opt.init(params0), first_step, jnp.asarray(-1))
     (_, _, _, first_bad), saved = lax.scan(chunk, init, None, length=steps // save_every)
     saved = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(params0), saved)
-    ts = timescale.flow_time(jnp.arange(0, steps + 1, save_every), eta)
+    ts = timescale.flow_time(first_step + jnp.arange(0, steps + 1, save_every), eta)
     return Trajectory(ts=ts, params=saved[0], stats=saved[1], clock="t"), first_bad

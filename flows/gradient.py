@@ -27,7 +27,7 @@ def save_times(t1, ts=None, save_every=None, num_saves: int = 101):
             raise ValueError(f"ts must be a non-decreasing 1-D array of times in [0, t1 = {float(t1)}]")
         return ts
     if save_every is not None:
-        save_every = checks.positive("save_every", save_every)
+        checks.positive("save_every", save_every)
         count = int(round(float(t1) / float(save_every)))
         return jnp.linspace(0.0, count * float(save_every), count + 1)
     return jnp.linspace(0.0, t1, num_saves)
@@ -58,12 +58,13 @@ def gradient_flow(
     **Returns:** a `Trajectory` in gradient-flow time t.
     """
     params0 = check_start(problem, params0)
+    times = save_times(t1, ts, save_every)  # from t1 as given: the number of saves is static
     t1 = checks.positive("t1", t1)
     return _solve(
         problem,
         params0,
         t1,
-        save_times(t1, ts, save_every),
+        times,
         solver or diffrax.Tsit5(),
         rtol,
         atol,

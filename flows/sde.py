@@ -329,6 +329,7 @@ def _sde(
     raise_on_divergence,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
+    eta_given, t1_given = eta, t1  # the step count is static: read it before they become (traced) arrays
     eta = checks.positive("eta", eta)
     t1 = checks.positive("t1", t1)
     if key is None:
@@ -337,8 +338,9 @@ def _sde(
     if substeps & (substeps - 1):
         raise ValueError(f"substeps must be a power of two, got {substeps}")
     steps = _whole(
-        float(t1) * substeps / float(eta),
-        f"t1 = {float(t1)} is not a whole number of steps eta / substeps = {float(eta) / substeps}",
+        float(t1_given) * substeps / float(eta_given),
+        f"t1 = {float(t1_given)} is not a whole number of steps eta / substeps = "
+        f"{float(eta_given) / substeps}",
     )
     solver = solver or diffrax.Euler()
     if isinstance(solver, _ADDITIVE_ONLY):
@@ -365,7 +367,7 @@ def _sde(
         eta,
         sigma,
         t1,
-        save_times(t1, ts, save_every),
+        save_times(t1_given, ts, save_every),
         batch_size=batch_size,
         replace=replace,
         steps=steps,

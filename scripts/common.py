@@ -22,6 +22,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def no_seeds(args) -> None:
+    """For a deterministic figure: refuse --seeds rather than ignore it."""
+    if args.seeds is not None:
+        raise SystemExit("this figure is deterministic (no random seeds): drop --seeds")
+
+
 def report(figure_path: Path, result_paths) -> None:
     print(f"figure: {figure_path}")
     for r in result_paths:

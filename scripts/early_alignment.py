@@ -24,7 +24,7 @@ jax.config.update("jax_enable_x64", True)  # norms from 1e-6 upward
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import parser, report  # noqa: E402
+from common import no_seeds, parser, report  # noqa: E402
 
 from analysis import features, plots, store  # noqa: E402
 from flows import gd  # noqa: E402
@@ -113,6 +113,7 @@ def draw(cfg, r, path):
 
 def main(argv=None):
     args = parser(__doc__).parse_args(argv)
+    no_seeds(args)
     cfg = dict(PRESETS[args.preset])
     r = store.cached(
         args.results,

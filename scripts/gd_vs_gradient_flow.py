@@ -6,7 +6,7 @@ Panels: the loss, tr H and the distance ||theta_GD(t) - theta_GF(t)||, which shr
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import parser, report
+from common import no_seeds, parser, report
 
 from analysis import hessian, plots, store
 from flows import gd, gradient_flow, timescale
@@ -70,6 +70,7 @@ def draw(cfg, r, path):
 
 def main(argv=None):
     args = parser(__doc__).parse_args(argv)
+    no_seeds(args)
     cfg = PRESETS[args.preset]
     r = store.cached(args.results, "gd_vs_gradient_flow", cfg, lambda: compute(cfg), recompute=args.recompute)
     fig = draw(cfg, r, args.out / "gd_vs_gradient_flow.png")
