@@ -82,7 +82,10 @@ def read(folder, config: Mapping) -> dict[str, np.ndarray] | None:
         with np.load(target / "arrays.npz") as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{target} is damaged ({type(e).__name__}: {e}); move it away to start over") from e
+        raise ValueError(
+            f"{target} is damaged or not a stored result ({type(e).__name__}: {e}); "
+            "move it away to start again"
+        ) from e
     if stored != json.loads(canonical(config)):
         raise ValueError(f"{target} holds a result for another config: {stored} (asked for {dict(config)})")
     return arrays
