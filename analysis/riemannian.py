@@ -10,16 +10,18 @@ space of J, from an SVD) it is the symmetric (p - rank J) matrix Z^T grad^2 (F -
 eigenvalue > 0 at a stationary point means F is locally geodesically convex there.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from flows.manifold import Objective, label_noise_objective, riemannian_grad
-
-__all__ = ["grad_norm", "hessian", "min_eigenvalue", "riemannian_grad", "tangent_basis"]
 from models import Problem
 
+__all__ = ["grad_norm", "hessian", "min_eigenvalue", "riemannian_grad", "tangent_basis"]
 
+
+@eqx.filter_jit
 def grad_norm(problem: Problem, params: PyTree, objective: Objective | None = None) -> Float[Array, ""]:
     """||P_T grad F||: zero exactly at the stationary points of F on the manifold."""
     return jnp.linalg.norm(riemannian_grad(problem, params, objective))
@@ -35,7 +37,12 @@ def tangent_basis(problem: Problem, params: PyTree) -> Float[Array, "p q"]:
 
 def hessian(problem: Problem, params: PyTree, objective: Objective | None = None) -> Float[Array, "q q"]:
     """The Riemannian Hessian of F on the tangent basis `tangent_basis` (dense; small p)."""
-    objective = objective or label_noise_objective
+    return _hessian_on(problem, params, tangent_basis(problem, params), objective or label_noise_objective)
+
+
+@eqx.filter_jit
+def _hessian_on(problem, params, Z, objective):
+    """Z^T grad^2 (F - lambda . r) Z, compiled once per shape of the basis Z."""
     flat, unravel = problem.ravel(params)
 
     def F(v):
@@ -47,7 +54,6 @@ def hessian(problem: Problem, params: PyTree, objective: Objective | None = None
     def lagrangian(v):
         return F(v) - lam @ problem.residuals(unravel(v)).reshape(-1)
 
-    Z = tangent_basis(problem, params)
     HZ = jax.vmap(lambda z: jax.jvp(jax.grad(lagrangian), (flat,), (z,))[1], in_axes=1, out_axes=1)(Z)
     M = Z.T @ HZ
     return (M + M.T) / 2

@@ -1,29 +1,37 @@
 """Label-noise SGD finds rank-one features in two-layer nets (Gatmiry, Li, Reddi & Jegelka 2024, Fig. 1).
 
-Setting of the paper's Figure 1: m = 10 neurons, d = n = 3, inputs i.i.d. U[0, 1], label-noise SGD at
-eta = 0.05 (sigma = 0.03 in the paper preset). Not stated there, chosen inside the theorem: the outer layer
-fixed at a_j = 1/m, labels i.i.d. U[0.5, 1], activations cubic z + z^3/3 and sinh (sigma''' > 0), with tanh
-as the contrast. From several random starts (mapped onto the zero-loss manifold by Phi), the Riemannian
-flow of tr H / 4 and label-noise GD (iterates mapped by Phi), against the slow time tau:
+Setting of the paper's Figure 1: m = 10 neurons, d = n = 3, inputs i.i.d. U[0, 1]. Not stated there, chosen
+inside the theorem: the outer layer fixed at a_j = 1/m, labels i.i.d. U[0.5, 1], activations cubic
+z + z^3/3 and sinh (third derivative > 0), with tanh as the contrast. From several random starts (mapped
+onto the zero-loss manifold by Phi), the Riemannian flow of F = tr H / 4 and label-noise GD (iterates mapped
+by Phi), against the slow time tau = eta^2 sigma^2 k / n:
 
-- left: tr H minus its minimum on the manifold (computed without any flow, `features.min_trace_fixed_outer`;
-  for tanh, tr H itself);
-- middle: s2 / s1 of the feature matrix W X^T;
-- right: |cosine| between the neurons' features at the flow's end (cubic).
+- (a) tr H minus its minimum on the manifold, computed without any flow (`features.min_trace_fixed_outer`;
+  for tanh, which has no minimum, tr H itself);
+- (b) the singular values of the feature matrix W X^T (cubic); (c) their ratio s2 / s1, every activation;
+- (d) the smallest eigenvalue of the Riemannian Hessian of F against ||grad_Gamma F||, at every saved point
+  of the flows: the paper's local geodesic convexity at approximate stationary points, observed;
+- (e) cubic, (f) tanh: |cosine| between the neurons' features at the end, the flow's above the diagonal
+  and SGD's (mapped by Phi) below.
 
-Printed: the final tr H against the minimum, s2/s1, and the smallest eigenvalue of the Riemannian Hessian at
-the end points (> 0: locally geodesically convex); then a sweep over width, n/d (n > d is outside the
-theorem) and activation of the flow's final s2/s1.
+The paper's eta = 0.05, sigma = 0.03 advance tau by 7.5e-7 a step, and with this normalisation the features
+collapse over tau ~ 1e4-1e5: SGD gets there at eta = 1, sigma = 0.3 (eta lambda_max(H) ~ 0.25). The paper
+preset also runs the paper's eta and sigma, over the first stretch of tau they reach in 2e7 steps.
+
+Printed: the final tr H against the minimum, s2/s1, the Riemannian Hessian's smallest eigenvalue at the ends
+and the gradient norm below which it stays positive; the same for SGD; then a sweep over width, n/d (n > d
+is outside the theorem) and activation of the flow's final s2/s1.
 """
 
 import jax
 
-jax.config.update("jax_enable_x64", True)  # the flows run to tau ~ 1e4-1e6 and are compared at 1e-6
+jax.config.update("jax_enable_x64", True)  # the flows run to tau ~ 1e5-1e6 and are compared at 1e-6
 
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from common import parser, report  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from analysis import features, plots, riemannian, store  # noqa: E402
 from flows import label_noise_sgd, limit_map, riemannian_flow, timescale  # noqa: E402
@@ -35,14 +43,14 @@ PRESETS = {
         m=10,
         n=3,
         d=3,
-        starts=2,
-        tau1=1e4,
-        eta=0.05,
-        sigma=0.3,
-        sgd_tau=15.0,
+        starts=3,
+        tau1=1e5,
+        saves=40,
+        sgd=[[1.0, 0.3, 1e5]],  # [eta, sigma, tau]
+        sgd_saves=30,
         sweep_m=[5, 20],
-        sweep_nd=[[3, 3], [3, 6], [6, 3]],
-        sweep_tau=1e4,
+        sweep_nd=[[3, 6], [6, 3]],
+        sweep_tau=1e5,
     ),
     "paper": dict(
         m=10,
@@ -50,9 +58,9 @@ PRESETS = {
         d=3,
         starts=8,
         tau1=1e6,
-        eta=0.05,
-        sigma=0.03,
-        sgd_tau=1.0,
+        saves=60,
+        sgd=[[0.05, 0.03, 15.0], [1.0, 0.3, 1e6]],
+        sgd_saves=40,
         sweep_m=[5, 10, 40],
         sweep_nd=[[3, 3], [3, 10], [10, 30], [6, 3], [20, 10]],
         sweep_tau=1e6,
@@ -81,34 +89,62 @@ def ratio(P, p):
     return s[1] / s[0]
 
 
-def compute(cfg):
+def at(params, k):
+    return jax.tree.map(lambda x: x[k], params)
+
+
+def convexity(P, params, count):
+    """(||grad_Gamma F||, smallest eigenvalue of Hess_Gamma F) at each of `count` saved points."""
+    pts = [at(params, k) for k in range(count)]
+    return (
+        np.array([float(riemannian.grad_norm(P, p)) for p in pts]),
+        np.array([float(riemannian.min_eigenvalue(P, p)) for p in pts]),
+    )
+
+
+def label_noise_runs(P, starts, eta, sigma, tau, saves, key, grid=4000):
+    """Label-noise GD from every start to slow time tau, saved on a grid of `grid` even steps; about `saves`
+    of those, log-spaced in tau, are mapped onto Gamma by Phi. Returns (their tau, steps, mapped)."""
+    every = -(-timescale.steps_for_slow_time(tau, eta, sigma, P.n) // grid)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *starts)
+
+    def run(p0, k):
+        return label_noise_sgd(
+            P, p0, steps=grid * every, eta=eta, sigma=sigma, key=k, save_every=every
+        ).params
+
+    runs = jax.vmap(run)(stacked, jax.random.split(key, len(starts)))
+    keep = np.unique(np.concatenate([[0], np.geomspace(1, grid, saves).round().astype(int)]))
+    mapped = jax.vmap(jax.vmap(lambda p: limit_map(P, p)))(jax.tree.map(lambda x: x[:, keep], runs))
+    return timescale.slow_time(keep * every, eta, sigma, P.n), grid * every, mapped
+
+
+def compute(cfg, progress=False):
     out = {}
-    taus = jnp.concatenate([jnp.zeros(1), jnp.logspace(-1, np.log10(cfg["tau1"]), 25)])
-    for act in ACTIVATIONS:
+    taus = jnp.concatenate([jnp.zeros(1), jnp.logspace(-1, np.log10(cfg["tau1"]), cfg["saves"])])
+    for act in tqdm(ACTIVATIONS, disable=not progress, desc="activations"):
         P = problem(act, cfg["m"], cfg["n"], cfg["d"])
         starts = [start(P, i) for i in range(cfg["starts"])]
         flows = [riemannian_flow(P, s, t1=cfg["tau1"], ts=taus, rtol=1e-10) for s in starts]
         out[f"{act}/tau"] = np.asarray(taus)
         out[f"{act}/flow_trace"] = np.stack([4 * f.stats["objective"] for f in flows])
-        out[f"{act}/flow_ratio"] = np.stack([jax.vmap(lambda p: ratio(P, p))(f.params) for f in flows])
-        out[f"{act}/flow_min_eig"] = np.array([riemannian.min_eigenvalue(P, f.final) for f in flows])
-        out[f"{act}/alignment"] = np.abs(np.asarray(features.alignment(P, flows[0].final)))
+        out[f"{act}/flow_sv"] = np.stack(
+            [jax.vmap(lambda p: features.singular_values(P, p))(f.params) for f in flows]
+        )
+        grads, eigs = zip(*(convexity(P, f.params, len(taus)) for f in flows))
+        out[f"{act}/flow_grad"], out[f"{act}/flow_min_eig"] = np.stack(grads), np.stack(eigs)
+        out[f"{act}/flow_alignment"] = np.abs(np.asarray(features.alignment(P, flows[0].final)))
         out[f"{act}/minimum"] = np.asarray(features.min_trace_fixed_outer(P) if act != "tanh" else np.nan)
-        # label-noise GD from the same starts, iterates mapped by Phi
-        steps = timescale.steps_for_slow_time(cfg["sgd_tau"], cfg["eta"], cfg["sigma"], P.n)
-        every = -(-steps // 10)
-        stacked = jax.tree.map(lambda *x: jnp.stack(x), *starts)
-        runs = jax.vmap(
-            lambda p0, k: (
-                label_noise_sgd(
-                    P, p0, steps=10 * every, eta=cfg["eta"], sigma=cfg["sigma"], key=k, save_every=every
-                ).params
+        for j, (eta, sigma, tau) in enumerate(cfg["sgd"]):
+            ts, steps, mapped = label_noise_runs(
+                P, starts, eta, sigma, tau, cfg["sgd_saves"], jax.random.key(7 + j)
             )
-        )(stacked, jax.random.split(jax.random.key(7), cfg["starts"]))
-        mapped = jax.vmap(jax.vmap(lambda p: limit_map(P, p)))(runs)
-        out[f"{act}/sgd_tau"] = timescale.slow_time(np.arange(11) * every, cfg["eta"], cfg["sigma"], P.n)
-        out[f"{act}/sgd_trace"] = np.asarray(jax.vmap(jax.vmap(P.gauss_newton_trace))(mapped))
-        out[f"{act}/sgd_ratio"] = np.asarray(jax.vmap(jax.vmap(lambda p: ratio(P, p)))(mapped))
+            out[f"{act}/sgd{j}/tau"], out[f"{act}/sgd{j}/steps"] = ts, np.asarray(steps)
+            out[f"{act}/sgd{j}/trace"] = np.asarray(jax.vmap(jax.vmap(P.gauss_newton_trace))(mapped))
+            out[f"{act}/sgd{j}/sv"] = np.asarray(
+                jax.vmap(jax.vmap(lambda p: features.singular_values(P, p)))(mapped)
+            )
+            out[f"{act}/sgd{j}/alignment"] = np.abs(np.asarray(features.alignment(P, at(at(mapped, 0), -1))))
     rows = []
     for act in ("cubic", "tanh"):
         for m in cfg["sweep_m"]:
@@ -126,31 +162,71 @@ def compute(cfg):
     return out
 
 
+def convex_below(grad, eig):
+    """The smallest ||grad|| at a saved point where the smallest eigenvalue is <= 0 (every point with a
+    smaller gradient is locally geodesically convex), and how many saved points lie below it."""
+    bad = grad[eig <= 0]
+    eps = bad.min() if bad.size else np.inf
+    return eps, int(np.sum(grad < eps))
+
+
 def draw(cfg, r, path):
-    fig, (ax_t, ax_r, ax_a) = plots.figure(3)
+    fig, axes = plots.figure(3, 2)
+    ax_t, ax_s, ax_r, ax_c, ax_af, ax_as = axes
+    markers = "os"
     for act in ACTIVATIONS:
         tau, minimum = r[f"{act}/tau"][1:], float(r[f"{act}/minimum"])
-        excess = (lambda x: x - minimum) if np.isfinite(minimum) else (lambda x: x)  # noqa: E731
-        label = "tr H - min" if np.isfinite(minimum) else "tr H"
+        shift = minimum if np.isfinite(minimum) else 0.0
         color = f"C{ACTIVATIONS.index(act)}"
-        for i, (tr, rt) in enumerate(zip(r[f"{act}/flow_trace"], r[f"{act}/flow_ratio"])):
-            ax_t.loglog(tau, excess(tr[1:]), color=color, label=f"{act}: flow, {label}" if i == 0 else None)
-            ax_r.loglog(tau, rt[1:], color=color, label=f"{act}: flow" if i == 0 else None)
-        st = r[f"{act}/sgd_tau"][1:]
-        ax_t.loglog(st, np.abs(excess(r[f"{act}/sgd_trace"][:, 1:])).T, "o", ms=3, color=color)
-        ax_r.loglog(st, r[f"{act}/sgd_ratio"][:, 1:].T, "o", ms=3, color=color)
-    ax_t.set(
-        xlabel="tau = eta^2 sigma^2 k / n",
-        ylabel="tr H (minus its minimum)",
-        title="sharpness (dots: SGD, Phi)",
+        label = f"{act}: flow, tr H - min" if np.isfinite(minimum) else f"{act}: flow, tr H"
+        for i, (tr, sv) in enumerate(zip(r[f"{act}/flow_trace"], r[f"{act}/flow_sv"])):
+            ax_t.loglog(tau, tr[1:] - shift, color=color, lw=1, label=label if i == 0 else None)
+            ax_r.loglog(
+                tau, sv[1:, 1] / sv[1:, 0], color=color, lw=1, label=f"{act}: flow" if i == 0 else None
+            )
+            if act == "cubic":
+                for q in range(sv.shape[1]):
+                    ax_s.loglog(
+                        tau, sv[1:, q], color=f"C{q}", lw=1, label=f"s{q + 1}: flow" if i == 0 else None
+                    )
+        for j, (eta, sigma, _) in enumerate(cfg["sgd"]):
+            st, sv = r[f"{act}/sgd{j}/tau"][1:], r[f"{act}/sgd{j}/sv"][:, 1:]
+            kw = dict(ls="none", marker=markers[j], ms=3, mfc="none", color=color)
+            sgd = f"SGD eta={eta:g}, sigma={sigma:g}"
+            for i, tr in enumerate(r[f"{act}/sgd{j}/trace"][:, 1:] - shift):
+                ax_t.loglog(st, np.abs(tr), **kw, label=f"{act}: {sgd}" if i == 0 else None)
+            ax_r.loglog(st, (sv[..., 1] / sv[..., 0]).T, **kw)
+            if act == "cubic":
+                for q in range(sv.shape[-1]):
+                    ax_s.loglog(st, sv[..., q].T, **{**kw, "color": f"C{q}"})
+        for i, (g, e) in enumerate(zip(r[f"{act}/flow_grad"], r[f"{act}/flow_min_eig"])):
+            ax_c.plot(g, e, ".-", color=color, ms=3, lw=0.5, label=act if i == 0 else None)
+    ax_t.set(xlabel="tau = eta^2 sigma^2 k / n", ylabel="tr H (minus its minimum)", title="(a) sharpness")
+    ax_s.set(xlabel="tau", ylabel="singular value of W X^T", title="(b) features, cubic (marks: SGD, Phi)")
+    ax_r.set(xlabel="tau", ylabel="s2 / s1", title="(c) rank of the features (marks: SGD, Phi)")
+    ax_c.set_xscale("log")
+    ax_c.set_yscale("symlog", linthresh=1e-5)
+    ax_c.axhline(0, color="k", lw=0.5)
+    ax_c.set(
+        xlabel="||grad_Gamma F||, F = tr H / 4",
+        ylabel="min eigenvalue of Hess_Gamma F",
+        title="(d) convexity along the flows",
     )
-    ax_r.set(xlabel="tau", ylabel="s2 / s1 of W X^T", title="rank of the features")
-    ax_t.legend(fontsize=7)
-    ax_r.legend(fontsize=7)
-    im = ax_a.imshow(r["cubic/alignment"], vmin=0, vmax=1, cmap="viridis")
-    ax_a.set(title="|cos| between neurons, cubic, end", xlabel="neuron", ylabel="neuron")
-    ax_a.grid(False)
-    fig.colorbar(im, ax=ax_a)
+    for ax in (ax_t, ax_s, ax_r, ax_c):
+        ax.legend(fontsize=6)
+    last = len(cfg["sgd"]) - 1
+    eta, sigma, tau = cfg["sgd"][last]
+    upper = np.triu(np.ones((cfg["m"], cfg["m"]), bool))
+    for ax, act in ((ax_af, "cubic"), (ax_as, "tanh")):
+        both = np.where(upper, r[f"{act}/flow_alignment"], r[f"{act}/sgd{last}/alignment"])
+        im = ax.imshow(both, vmin=0, vmax=1, cmap="viridis")
+        ax.set(
+            title=f"({'e' if act == 'cubic' else 'f'}) |cos| between neurons, {act}, end",
+            xlabel=f"neuron (above the diagonal: flow; below: SGD, eta={eta:g})",
+            ylabel="neuron",
+        )
+        ax.grid(False)
+    fig.colorbar(im, ax=[ax_af, ax_as], shrink=0.8)
     return plots.save(fig, path)
 
 
@@ -159,16 +235,36 @@ def main(argv=None):
     cfg = dict(PRESETS[args.preset])
     if args.seeds:
         cfg["starts"] = args.seeds
-    r = store.cached(args.results, "rank_one_features", cfg, lambda: compute(cfg), recompute=args.recompute)
+    r = store.cached(
+        args.results,
+        "rank_one_features",
+        cfg,
+        lambda: compute(cfg, progress=not args.no_progress),
+        recompute=args.recompute,
+    )
     fig = draw(cfg, r, args.out / "rank_one_features.png")
     for act in ACTIVATIONS:
-        trace, ratios = r[f"{act}/flow_trace"][:, -1], r[f"{act}/flow_ratio"][:, -1]
+        trace, sv = r[f"{act}/flow_trace"][:, -1], r[f"{act}/flow_sv"][:, -1]
         minimum = float(r[f"{act}/minimum"])
+        eps, below = convex_below(r[f"{act}/flow_grad"].ravel(), r[f"{act}/flow_min_eig"].ravel())
         print(
-            f"{act:5s}: flow tr H {trace.min():.6g}..{trace.max():.6g} (minimum {minimum:.6g}),"
-            f" s2/s1 <= {ratios.max():.2e}, SGD s2/s1 <= {np.max(r[f'{act}/sgd_ratio'][:, -1]):.2e},"
-            f" min eig of the Riemannian Hessian >= {np.min(r[f'{act}/flow_min_eig']):.2e}"
+            f"{act:5s}: flow to tau {cfg['tau1']:g}: tr H {trace.min():.6g}..{trace.max():.6g}"
+            f" (minimum {minimum:.6g}), s2/s1 <= {np.max(sv[:, 1] / sv[:, 0]):.2e};"
+            f" min eig of Hess_Gamma F at the ends >= {np.min(r[f'{act}/flow_min_eig'][:, -1]):.2e},"
+            + (
+                f" > 0 at all {below} saved points with ||grad|| < {eps:.2e}"
+                if below
+                else f" <= 0 at a point with ||grad|| = {eps:.2e}, the smallest saved"
+            )
         )
+        for j, (eta, sigma, tau) in enumerate(cfg["sgd"]):
+            tr, sv = r[f"{act}/sgd{j}/trace"][:, -1], r[f"{act}/sgd{j}/sv"][:, -1]
+            print(
+                f"       SGD eta={eta:g} sigma={sigma:g}, {float(r[f'{act}/sgd{j}/steps']):.3g} steps"
+                f" to tau {tau:g}:"
+                f" tr H {tr.min():.6g}..{tr.max():.6g}, s2/s1 <= {np.max(sv[:, 1] / sv[:, 0]):.2e},"
+                f" min |cos| {np.min(r[f'{act}/sgd{j}/alignment']):.4f}"
+            )
     print(
         "sweep (flow to tau = {:g}): activation, m, n, d, s2/s1, tr H gap to the minimum".format(
             cfg["sweep_tau"]

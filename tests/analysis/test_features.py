@@ -9,6 +9,7 @@ import pytest
 
 from analysis import features, riemannian
 from flows import limit_map, riemannian_flow
+from flows.manifold import label_noise_objective
 from models import Problem, TwoLayerNet
 from tests.conftest import two_layer
 
@@ -57,6 +58,39 @@ def test_slow_flow_ends_rank_one_at_the_minimum_of_tr_h(activation):
     assert trace == pytest.approx(features.min_trace_fixed_outer(P), rel=1e-6)
     assert float(riemannian.min_eigenvalue(P, flow.final)) > 0  # locally geodesically convex there
     assert np.min(np.abs(features.alignment(P, flow.final))) > 1 - 1e-6
+    # At this stationary point any curve c on Gamma with c'(0) = v has (F o c)''(0) = v^T Hess_Gamma F v.
+    # c(s) = Phi(theta + s v) is one: the smallest and largest eigenvalues against second differences.
+    eigs, vecs = np.linalg.eigh(riemannian.hessian(P, flow.final))
+    basis = riemannian.tangent_basis(P, flow.final)
+    flat, unravel = P.ravel(flow.final)
+
+    def F(v):
+        return float(label_noise_objective(P, limit_map(P, unravel(v))))
+
+    for k in (0, -1):
+        v, s = basis @ vecs[:, k], 0.03
+        second = (F(flat + s * v) - 2 * F(flat) + F(flat - s * v)) / s**2
+        assert second == pytest.approx(eigs[k], rel=1e-3)
+
+
+def test_tr_h_is_geodesically_convex_near_stationary_points_for_cubic_and_not_for_tanh():
+    """Gatmiry et al.'s local geodesic convexity at approximate stationary points, observed along the flow:
+    for cubic the Riemannian Hessian of F = tr H / 4 is indefinite at the start and positive definite at
+    every point with ||grad_Gamma F|| < 2e-3; for tanh it stays indefinite at such points."""
+    taus = jnp.array([0.0, 20.0, 1e3, 1e4])
+
+    def along(activation):
+        P = gatmiry(activation)
+        flow = riemannian_flow(P, limit_map(P, P.params), t1=taus[-1], ts=taus, rtol=1e-10)
+        points = [jax.tree.map(lambda x: x[k], flow.params) for k in range(len(taus))]
+        grads = np.array([float(riemannian.grad_norm(P, p)) for p in points])
+        return grads, np.array([float(riemannian.min_eigenvalue(P, p)) for p in points])
+
+    grads, eigs = along("cubic")
+    assert eigs[0] < 0 and grads[0] > 2e-3
+    assert np.sum(grads < 2e-3) >= 2 and np.all(eigs[grads < 2e-3] > 0)
+    grads, eigs = along("tanh")
+    assert np.sum(grads < 2e-3) >= 2 and np.all(eigs[grads < 2e-3] < 0)
 
 
 def test_tanh_does_not_collapse():
