@@ -22,7 +22,6 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 from jaxtyping import PRNGKeyArray, PyTree
@@ -176,10 +175,7 @@ def _discrete(
     first_step,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
-    if checks.is_concrete(first_step) and (
-        np.ndim(first_step) or not np.issubdtype(np.asarray(first_step).dtype, np.integer) or first_step < 0
-    ):
-        raise ValueError(f"first_step must be an integer >= 0, got {first_step!r}")
+    first_step = checks.step_index("first_step", first_step)
     eta = checks.positive("eta", eta)
     if sigma is not None:
         sigma = checks.non_negative("sigma", sigma)
@@ -205,7 +201,7 @@ def _discrete(
         noise=noise,
         metrics=default_metrics(metrics),
         save_params=save_params,
-        first_step=jnp.asarray(first_step),
+        first_step=first_step,
     )
     if not raise_on_divergence:
         return traj

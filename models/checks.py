@@ -45,6 +45,16 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def step_index(name: str, value):
+    """An integer >= 0 that may be traced (a step index handed to a jitted run), checked when concrete and
+    returned as a JAX array."""
+    if is_concrete(value) and (
+        np.ndim(value) or not np.issubdtype(np.asarray(value).dtype, np.integer) or value < 0
+    ):
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return jnp.asarray(value)
+
+
 def batch_size(value, n: int) -> int:
     """A minibatch size in 1..n; `None` means the full batch n."""
     if value is None:

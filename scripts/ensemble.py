@@ -64,14 +64,17 @@ def main(argv=None):
     P = Problem(TwoLayerNet(args.d, args.width, key=kn, activation="tanh"), X, y)
     keys = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 1), args.seeds)
     leaves, treedef = jax.tree.flatten(P.params)
-    hyper = {"gd": {}, "sgd": dict(batch_size=args.batch), "label_noise_sgd": dict(batch_size=args.batch)}
-    hyper["label_noise_sgd"]["sigma"] = args.sigma
+    flow = {"gd": gd, "sgd": sgd, "label_noise_sgd": label_noise_sgd}[args.flow]
+    hyper = {
+        "gd": {},
+        "sgd": dict(batch_size=args.batch),
+        "label_noise_sgd": dict(batch_size=args.batch, sigma=args.sigma),
+    }[args.flow]
 
     def run(key, params, first_step):
-        flow = {"gd": gd, "sgd": sgd, "label_noise_sgd": label_noise_sgd}[args.flow]
         keyed = {} if args.flow == "gd" else dict(key=key)
         return flow(P, params, steps=args.chunk, eta=args.eta, save_every=args.save_every,
-                    first_step=first_step, **keyed, **hyper[args.flow])  # fmt: skip
+                    first_step=first_step, **keyed, **hyper)  # fmt: skip
 
     def init():
         loss0 = np.full((args.seeds, 1), float(P.loss(P.params)))

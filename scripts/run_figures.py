@@ -1,5 +1,5 @@
 """Run every figure script at one preset (`make figures`), in order, stop at the first failure, and write
-a gallery, figures/README.md: each PNG with the first sentence of its script's docstring."""
+a gallery, figures/README.md: each PNG with the first paragraph of its script's docstring."""
 
 import argparse
 import ast
