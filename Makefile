@@ -1,10 +1,12 @@
-# `make figures`, `make test`, `make bench`: each creates .venv on first use and installs what it needs.
+# `make figures`, `make test`, `make test-all`, `make bench`, `make lint`: each creates .venv on first use and
+# installs what it needs. `make test` leaves out the tests marked slow (paper-size checks); `make test-all` runs
+# every test. Both spread the tests over the machine's cores (pytest-xdist).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PRESET ?= quick
 
-.PHONY: figures test bench lint clean
+.PHONY: figures test test-all bench lint clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +24,10 @@ figures: $(VENV)/.installed-base
 	$(PY) scripts/run_figures.py --preset $(PRESET)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
+
+test-all: $(VENV)/.installed-test
+	$(PY) -m pytest -q -n auto -m ""
 
 bench: $(VENV)/.installed-bench
 	$(PY) scripts/run_benchmarks.py

@@ -1,20 +1,60 @@
-"""What every figure script shares: its command line and where its outputs go."""
+"""What every figure script shares: its command line, its presets, its stored results and its report.
+
+A figure script declares a `Figure` (its presets, `compute`, `draw` and `summary`) and calls `main(FIGURE)`.
+The command line is the same for all of them:
+
+    python scripts/NAME.py [--preset smoke|quick|paper] [--seeds N] [--out DIR] [--results DIR]
+                           [--recompute] [--no-progress]
+
+- `--preset`: `smoke` runs in seconds (the test suite draws every figure at it), `quick` in minutes on a
+  laptop CPU (`make figures`), `paper` at the paper's sizes (hours on a CPU, or a GPU).
+- `--seeds N`: the number of independent random replicates, the preset's `seeds` (seeds of an ensemble,
+  random starts, random initialisations: each script's docstring says which). Refused by a figure whose
+  presets have no `seeds`: it is deterministic.
+- `--out`: the folder for the PNG; `--results`: the folder of stored results (`analysis.store`), reused
+  unless `--recompute`.
+"""
 
 import argparse
+import dataclasses
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from analysis import store
+
 ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ("smoke", "quick", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One figure: `compute(cfg, progress) -> arrays` (stored under `name`, keyed by the preset's config),
+    `draw(cfg, arrays, path) -> path` and `summary(cfg, arrays)`, which prints the headline numbers.
+    `x64` turns on float64 before anything is computed (say why in the script)."""
+
+    name: str
+    doc: str
+    presets: Mapping[str, dict]
+    compute: Callable[[dict, bool], Mapping[str, np.ndarray]]
+    draw: Callable[[dict, dict, Path], Path]
+    summary: Callable[[dict, dict], None]
+    x64: bool = False
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--preset",
-        choices=("quick", "paper"),
+        choices=PRESETS,
         default="quick",
-        help="quick: minutes on a laptop CPU; paper: the sizes of the paper",
+        help="smoke: seconds (the tests); quick: minutes on a laptop CPU; paper: the paper's sizes",
     )
-    p.add_argument("--seeds", type=int, default=None, help="ensemble size (default: the preset's)")
+    p.add_argument(
+        "--seeds", type=int, default=None, help="independent random replicates (default: the preset's)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "figures", help="folder for the PNG")
     p.add_argument("--results", type=Path, default=ROOT / "results", help="folder of stored results")
     p.add_argument("--recompute", action="store_true", help="ignore stored results")
@@ -22,13 +62,28 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def no_seeds(args) -> None:
-    """For a deterministic figure: refuse --seeds rather than ignore it."""
+def main(figure: Figure, argv=None) -> dict:
+    """Parse the command line, compute (or read the stored result), draw, print the summary and where the
+    figure and its data went. Returns the arrays."""
+    args = parser(figure.doc).parse_args(argv)
+    if figure.x64:
+        jax.config.update("jax_enable_x64", True)
+    cfg = dict(figure.presets[args.preset])
     if args.seeds is not None:
-        raise SystemExit("this figure is deterministic (no random seeds): drop --seeds")
-
-
-def report(figure_path: Path, result_paths) -> None:
-    print(f"figure: {figure_path}")
-    for r in result_paths:
-        print(f"data:   {r}")
+        if "seeds" not in cfg:
+            raise SystemExit(f"{figure.name} is deterministic (no random replicates): drop --seeds")
+        if args.seeds < 1:
+            raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+        cfg["seeds"] = args.seeds
+    arrays = store.cached(
+        args.results,
+        figure.name,
+        cfg,
+        lambda: figure.compute(cfg, not args.no_progress),
+        recompute=args.recompute,
+    )
+    path = figure.draw(cfg, arrays, args.out / f"{figure.name}.png")
+    figure.summary(cfg, arrays)
+    print(f"figure: {path}")
+    print(f"data:   {store.path(args.results, figure.name, cfg)}")
+    return arrays

@@ -14,23 +14,21 @@ measured: halving eta to 0.025, then 0.0125, moves every neuron's direction at t
 - right: |cos| between the neurons at the end of alignment, ordered by angle.
 
 Printed: the end of alignment, the largest angle of an active neuron to its predicted direction, and the
-number of distinct directions, for each lambda.
+number of distinct directions, for each lambda. float64: neuron norms from 1e-6 upward. Deterministic.
 """
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
+from common import Figure, main
 
-jax.config.update("jax_enable_x64", True)  # norms from 1e-6 upward
-
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from common import no_seeds, parser, report  # noqa: E402
-
-from analysis import features, plots, store  # noqa: E402
-from flows import gd  # noqa: E402
-from models import Problem, TwoLayerNet  # noqa: E402
+from analysis import features, plots
+from flows import gd
+from models import Problem, TwoLayerNet
 
 PRESETS = {
+    "smoke": dict(n=8, width=6, scales=[1e-6, 1.0], eta=0.05, steps=400, save_every=20),
     "quick": dict(n=20, width=30, scales=[1e-6, 1.0], eta=0.05, steps=1200, save_every=10),
     "paper": dict(n=100, width=100, scales=[1e-8, 1e-3, 1.0], eta=0.01, steps=10000, save_every=20),
 }
@@ -61,7 +59,7 @@ def compute(cfg, progress):
     return out
 
 
-def summary(cfg, r, scale):
+def alignment_summary(cfg, r, scale):
     """(t_end, index of t_end, largest angle of an active neuron to its predicted direction, #directions)."""
     t, loss = r[f"{scale}/t"], r[f"{scale}/loss"]
     t_end = features.alignment_end(t, loss)
@@ -82,7 +80,7 @@ def draw(cfg, r, path):
     fig, axes = plots.figure(3, len(scales), width=3.6, height=3.4)
     for row, scale in enumerate(scales):
         t, W, a, loss = (r[f"{scale}/{k}"] for k in ("t", "W", "a", "loss"))
-        t_end, k, _, _ = summary(cfg, r, scale)
+        t_end, k, _, _ = alignment_summary(cfg, r, scale)
         ax = axes[3 * row]
         ax.remove()
         ax = fig.add_subplot(len(scales), 3, 3 * row + 1, projection="polar")
@@ -111,26 +109,16 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    no_seeds(args)
-    cfg = dict(PRESETS[args.preset])
-    r = store.cached(
-        args.results,
-        "early_alignment",
-        cfg,
-        lambda: compute(cfg, not args.no_progress),
-        recompute=args.recompute,
-    )
-    fig = draw(cfg, r, args.out / "early_alignment.png")
+def summary(cfg, r):
     for scale in cfg["scales"]:
-        t_end, _, angle, count = summary(cfg, r, scale)
+        t_end, _, angle, count = alignment_summary(cfg, r, scale)
         print(
             f"lambda = {scale}: end of early alignment t = {t_end:.3g}; active neurons within {angle:.2f} "
             f"degrees of the predicted directions; {count} distinct directions"
         )
-    report(fig, [store.path(args.results, "early_alignment", cfg)])
 
+
+FIGURE = Figure("early_alignment", __doc__, PRESETS, compute, draw, summary, x64=True)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

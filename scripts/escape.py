@@ -15,21 +15,22 @@ mean-square generator); below, Wu et al.'s necessary bound 1 / (||H||_F sqrt(c_B
 - (d) the fraction of runs that escaped (loss > 100 L_0 by the end) against eta / eta_ms, measured, with the
   mean-square and typical-run thresholds marked: measured, not tuned to either.
 - (e) the thresholds against B, with the bound.
+
+float64: perturbations of 1e-5 around a minimum, losses down to 1e-20. `--seeds`: the ensemble size.
 """
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from common import Figure, main
 
-jax.config.update("jax_enable_x64", True)  # perturbations of 1e-5 around a minimum, losses down to 1e-20
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from common import parser, report  # noqa: E402
-
-from analysis import compare, plots, stability, store  # noqa: E402
-from flows import gd, label_noise_sgd, sgd, sgd_sde  # noqa: E402
-from models import Problem, TwoLayerNet, data  # noqa: E402
+from analysis import compare, plots, stability
+from flows import gd, label_noise_sgd, sgd, sgd_sde
+from models import Problem, TwoLayerNet, data
 
 PRESETS = {
+    "smoke": dict(n=8, d=3, width=6, batch=2, sigma=0.1, steps=40, seeds=4, lyap_steps=200,
+                  factors=[0.8, 1.5], sweep=[0.8, 1.25], batch_sizes=[1, 8], gd_eta=0.05, gd_steps=2000),
     "quick": dict(n=32, d=8, width=32, batch=4, sigma=0.1, steps=300, seeds=64, lyap_steps=2000,
                   factors=[0.8, 1.03, 1.5], sweep=[0.8, 0.95, 1.0, 1.05, 1.1, 1.25],
                   batch_sizes=[1, 4, 32], gd_eta=0.05, gd_steps=20000),
@@ -172,14 +173,7 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    cfg = dict(PRESETS[args.preset])
-    cfg["seeds"] = args.seeds or cfg["seeds"]
-    r = store.cached(
-        args.results, "escape", cfg, lambda: compute(cfg, not args.no_progress), recompute=args.recompute
-    )
-    fig = draw(cfg, r, args.out / "escape.png")
+def summary(cfg, r):
     th = {c: float(r[f"threshold/{c}"]) for c in ("mean_square", "lyapunov", "sde")}
     print(
         f"B = {cfg['batch']}: eta thresholds mean-square {th['mean_square']:.4g}, "
@@ -190,8 +184,9 @@ def main(argv=None):
         print(f"eta = {f} eta_ms: rho {float(r[f'rho/{f}']):.4f}, Lyapunov {float(r[f'lyap/{f}']):+.4f}; "
               f"final median loss / L0 {np.median(L) / float(r['L0']):.3g}")  # fmt: skip
     print("escaped fraction:", dict(zip(cfg["sweep"], np.round(r["escaped"], 2).tolist())))
-    report(fig, [store.path(args.results, "escape", cfg)])
 
+
+FIGURE = Figure("escape", __doc__, PRESETS, compute, draw, summary, x64=True)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

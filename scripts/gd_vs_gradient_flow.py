@@ -6,13 +6,14 @@ Panels: the loss, tr H and the distance ||theta_GD(t) - theta_GF(t)||, which shr
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import no_seeds, parser, report
+from common import Figure, main
 
-from analysis import hessian, plots, store
+from analysis import hessian, plots
 from flows import gd, gradient_flow, timescale
 from models import Problem, TwoLayerNet, data
 
 PRESETS = {
+    "smoke": dict(n=8, d=3, width=6, teacher_width=2, t1=2.0, dt_save=0.2, etas=[0.2, 0.1]),
     "quick": dict(n=20, d=5, width=16, teacher_width=3, t1=20.0, dt_save=0.2, etas=[0.2, 0.1, 0.05]),
     "paper": dict(
         n=100, d=20, width=100, teacher_width=5, t1=100.0, dt_save=0.5, etas=[0.5, 0.25, 0.125, 0.0625]
@@ -68,17 +69,13 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    no_seeds(args)
-    cfg = PRESETS[args.preset]
-    r = store.cached(args.results, "gd_vs_gradient_flow", cfg, lambda: compute(cfg), recompute=args.recompute)
-    fig = draw(cfg, r, args.out / "gd_vs_gradient_flow.png")
+def summary(cfg, r):
     # GD's first-order distance: distance at t1 divided by eta stays roughly constant.
     for eta in cfg["etas"]:
         print(f"eta={eta}: ||theta_GD(t1) - theta_GF(t1)|| / eta = {r[f'gd_dist_{eta}'][-1] / eta:.4f}")
-    report(fig, [store.path(args.results, "gd_vs_gradient_flow", cfg)])
 
+
+FIGURE = Figure("gd_vs_gradient_flow", __doc__, PRESETS, lambda cfg, progress: compute(cfg), draw, summary)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

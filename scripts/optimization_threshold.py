@@ -20,22 +20,22 @@ OLS's; (c) the distance to the OLS predictor, sqrt(E (f(x) - beta_ols . x)^2) (`
 (d) the number of distinct directions among the active neurons (`features.count_directions`, 5 degrees).
 Printed: per method, the fraction of seeds that interpolate (training loss < 1e-2 s^2 / 2: the net has
 fitted 99% of the noise; a simple net sits at ~ s^2 / 2 (1 - d / n), and label-noise GD hovers at ~1e-3 of
-it at sigma = 0.1) at each n.
+it at sigma = 0.1) at each n. float64: lambda = 1e-6 and interpolation down to losses of 1e-30.
+`--seeds`: data sets (and initialisations) per n.
 """
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from common import Figure, main
 
-jax.config.update("jax_enable_x64", True)  # lambda = 1e-6 and interpolation down to losses of 1e-30
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from common import parser, report  # noqa: E402
-
-from analysis import features, plots, store  # noqa: E402
-from flows import gd, label_noise_sgd, sgd, sgd_sde  # noqa: E402
-from models import Problem, TwoLayerNet  # noqa: E402
+from analysis import features, plots
+from flows import gd, label_noise_sgd, sgd, sgd_sde
+from models import Problem, TwoLayerNet
 
 PRESETS = {
+    "smoke": dict(d=2, width=6, ns=[3, 12], seeds=2, noise=0.5, scale=1e-6, eta=0.05, steps=400, batch=2,
+                  label_sigma=0.1, test=64, large_scale=0.4),
     "quick": dict(d=4, width=50, ns=[3, 5, 7, 10, 14, 20, 40, 80, 160, 320], seeds=6, noise=0.5, scale=1e-6,
                   eta=0.05, steps=20000, batch=4, label_sigma=0.1, test=4096, large_scale=0.4),
     "paper": dict(d=8, width=200, ns=[5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560], seeds=10, noise=0.5,
@@ -162,27 +162,16 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    cfg = dict(PRESETS[args.preset])
-    if args.seeds:
-        cfg["seeds"] = args.seeds
-    r = store.cached(
-        args.results,
-        "optimization_threshold",
-        cfg,
-        lambda: compute(cfg, not args.no_progress),
-        recompute=args.recompute,
-    )
-    fig = draw(cfg, r, args.out / "optimization_threshold.png")
+def summary(cfg, r):
     print("fraction of seeds that interpolate, at n = " + " ".join(f"{n:>5}" for n in cfg["ns"]))
     for method in METHODS:
         print(
             f"{METHODS[method].format(**cfg):>42}: "
             + " ".join(f"{f:5.2f}" for f in interpolating(cfg, r, method))
         )
-    report(fig, [store.path(args.results, "optimization_threshold", cfg)])
 
+
+FIGURE = Figure("optimization_threshold", __doc__, PRESETS, compute, draw, summary, x64=True)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

@@ -18,33 +18,47 @@ The paper's eta = 0.05, sigma = 0.03 advance tau by 7.5e-7 a step, and with this
 collapse over tau ~ 1e4-1e5: SGD gets there at eta = 1, sigma = 0.3 (eta lambda_max(H) ~ 0.25). The paper
 preset also runs the paper's eta and sigma, over the first stretch of tau they reach in 2e7 steps.
 
+float64: the flows run to tau ~ 1e5-1e6 and are compared with the minimum at 1e-6. `--seeds`: the number of
+random starts.
+
 Printed: the final tr H against the minimum, s2/s1, the Riemannian Hessian's smallest eigenvalue at the ends
 and the gradient norm below which it stays positive; the same for SGD; then a sweep over width, n/d (n > d
 is outside the theorem) and activation of the flow's final s2/s1.
 """
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
+from common import Figure, main
+from tqdm import tqdm
 
-jax.config.update("jax_enable_x64", True)  # the flows run to tau ~ 1e5-1e6 and are compared at 1e-6
-
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from common import parser, report  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from analysis import features, plots, riemannian, store  # noqa: E402
-from flows import label_noise_sgd, limit_map, riemannian_flow, timescale  # noqa: E402
-from models import Problem, TwoLayerNet  # noqa: E402
+from analysis import features, plots, riemannian
+from flows import label_noise_sgd, limit_map, riemannian_flow, timescale
+from models import Problem, TwoLayerNet
 
 ACTIVATIONS = ("cubic", "sinh", "tanh")
 PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
+    "smoke": dict(
+        layout=3,
+        m=4,
+        n=2,
+        d=3,
+        seeds=1,
+        tau1=1e2,
+        saves=4,
+        sgd=[[1.0, 0.3, 10.0]],
+        sgd_saves=4,
+        sweep_m=[3],
+        sweep_nd=[[2, 3]],
+        sweep_tau=1e2,
+    ),
     "quick": dict(
         layout=3,
         m=10,
         n=3,
         d=3,
-        starts=3,
+        seeds=3,
         tau1=1e5,
         saves=40,
         sgd=[[1.0, 0.3, 1e5]],  # [eta, sigma, tau]
@@ -58,7 +72,7 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
         m=10,
         n=3,
         d=3,
-        starts=8,
+        seeds=8,
         tau1=1e6,
         saves=60,
         sgd=[[0.05, 0.03, 15.0], [1.0, 0.3, 3e5]],
@@ -126,7 +140,7 @@ def compute(cfg, progress=False):
     taus = jnp.concatenate([jnp.zeros(1), jnp.logspace(-1, np.log10(cfg["tau1"]), cfg["saves"])])
     for act in tqdm(ACTIVATIONS, disable=not progress, desc="activations"):
         P = problem(act, cfg["m"], cfg["n"], cfg["d"])
-        starts = [start(P, i) for i in range(cfg["starts"])]
+        starts = [start(P, i) for i in range(cfg["seeds"])]
         flows = [riemannian_flow(P, s, t1=cfg["tau1"], ts=taus, rtol=1e-10) for s in starts]
         out[f"{act}/tau"] = np.asarray(taus)
         out[f"{act}/flow_trace"] = np.stack([4 * f.stats["objective"] for f in flows])
@@ -242,19 +256,7 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    cfg = dict(PRESETS[args.preset])
-    if args.seeds:
-        cfg["starts"] = args.seeds
-    r = store.cached(
-        args.results,
-        "rank_one_features",
-        cfg,
-        lambda: compute(cfg, progress=not args.no_progress),
-        recompute=args.recompute,
-    )
-    fig = draw(cfg, r, args.out / "rank_one_features.png")
+def summary(cfg, r):
     for act in ACTIVATIONS:
         trace, sv = r[f"{act}/flow_trace"][:, -1], r[f"{act}/flow_sv"][:, -1]
         minimum = float(r[f"{act}/minimum"])
@@ -291,8 +293,9 @@ def main(argv=None):
             print(f"{head}  the flow used up its solver steps before tau = {cfg['sweep_tau']:g}{note}")
         else:
             print(f"{head}  s2/s1 {rt:.2e}  gap {gap:.1e}{note}")
-    report(fig, [store.path(args.results, "rank_one_features", cfg)])
 
+
+FIGURE = Figure("rank_one_features", __doc__, PRESETS, compute, draw, summary, x64=True)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

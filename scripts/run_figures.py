@@ -32,7 +32,8 @@ def gallery(out: Path, preset: str, seconds: dict[str, float]) -> Path:
         "# Figures",
         "",
         f"Drawn by `make figures` (`python scripts/run_figures.py --preset {preset}`); each script's data "
-        "is stored under results/ and reused. Redraw one with `python scripts/NAME.py --preset quick|paper`.",
+        "is stored under results/ and reused. Redraw one with "
+        "`python scripts/NAME.py --preset smoke|quick|paper`.",
         "",
     ]
     for name in SCRIPTS:
@@ -45,7 +46,7 @@ def gallery(out: Path, preset: str, seconds: dict[str, float]) -> Path:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    p.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
     p.add_argument(
         "--out", type=Path, default=HERE.parent / "figures", help="folder for the PNGs and gallery"
     )

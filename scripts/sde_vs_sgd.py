@@ -10,12 +10,13 @@ sup_t |E SGD - E SDE| of tr H against eta on log axes, with gradient flow's sup_
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import parser, report
+from common import Figure, main
 
-from analysis import compare, plots, store
+from analysis import compare, plots
 from models import Problem, TwoLayerNet, data
 
 PRESETS = {
+    "smoke": dict(n=8, d=3, width=6, sigma=1.0, batch=2, t1=0.8, etas=[0.08, 0.04], seeds=8, substeps=2),
     "quick": dict(
         n=16, d=5, width=16, sigma=1.0, batch=4, t1=3.2, etas=[0.08, 0.04, 0.02], seeds=64, substeps=4
     ),
@@ -96,22 +97,15 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    cfg = dict(PRESETS[args.preset])
-    if args.seeds:
-        cfg["seeds"] = args.seeds
-    r = store.cached(
-        args.results, "sde_vs_sgd", cfg, lambda: compute(cfg, not args.no_progress), recompute=args.recompute
-    )
-    fig = draw(cfg, r, args.out / "sde_vs_sgd.png")
+def summary(cfg, r):
     for noise, name in KINDS.items():
         for eta in cfg["etas"]:
             sde, gf = (float(r[f"{noise}/{k}_trace_H_{eta}"]) for k in ("weak_error", "gf_error"))
             print(f"{name}, eta={eta}: weak error of tr H, SDE {sde:.2e}, gradient flow {gf:.2e}")
         print(f"{name}: SDE weak-error order {float(r[f'{noise}/order_trace_H']):.2f} (theory: >= 1)")
-    report(fig, [store.path(args.results, "sde_vs_sgd", cfg)])
 
+
+FIGURE = Figure("sde_vs_sgd", __doc__, PRESETS, compute, draw, summary)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

@@ -20,13 +20,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import parser, report
+from common import Figure, main
 
-from analysis import plots, stability, store
+from analysis import plots, stability
 from flows import sgd
 from models import Problem, RandomFeatures, TwoLayerNet, data
 
 PRESETS = {
+    "smoke": dict(
+        n=8, d=3, digits_n=12, width=6, rf_width=16, mlp_width=4, steps=400, seeds=1,
+        eta_factors=[0.5, 1.0], batch_sizes=[2, 8],
+    ),
     "quick": dict(
         n=32, d=8, digits_n=64, width=32, rf_width=512, mlp_width=16, steps=6000, seeds=2,
         eta_factors=[0.25, 0.5, 1.0, 2.0, 3.0], batch_sizes=[2, 8, 32],
@@ -64,7 +68,7 @@ def problems(cfg) -> dict[str, Problem]:
     }
 
 
-def compute(cfg, seeds, progress):
+def compute(cfg, progress):
     out = {}
     for name, P in problems(cfg).items():
         eta0 = 1.0 / stability.gauss_newton_norms(P, P.params)[1]
@@ -73,7 +77,7 @@ def compute(cfg, seeds, progress):
         for B in cfg["batch_sizes"]:
             for f in cfg["eta_factors"]:
                 eta = f * eta0
-                for seed in range(seeds):
+                for seed in range(cfg["seeds"]):
                     tr = sgd(P, P.params, steps=cfg["steps"], eta=eta, batch_size=B, key=jax.random.key(seed),
                              save_every=cfg["steps"], raise_on_divergence=False)  # fmt: skip
                     loss = float(tr.stats["loss"][-1])
@@ -131,18 +135,7 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    cfg = dict(PRESETS[args.preset])
-    seeds = cfg["seeds"] = args.seeds or cfg["seeds"]
-    r = store.cached(
-        args.results,
-        "sharpness_vs_lr_batch",
-        cfg,
-        lambda: compute(cfg, seeds, not args.no_progress),
-        recompute=args.recompute,
-    )
-    fig = draw(cfg, r, args.out / "sharpness_vs_lr_batch.png")
+def summary(cfg, r):
     for name, title in PROBLEMS.items():
         t = table(r, name)
         found = np.isfinite(t["fro"])
@@ -153,8 +146,9 @@ def main(argv=None):
             f"{int((found & (t['rho'] > 1)).sum())} minima found are not mean-square stable "
             f"(max rho {np.nanmax(t['rho']):.4f})"
         )
-    report(fig, [store.path(args.results, "sharpness_vs_lr_batch", cfg)])
 
+
+FIGURE = Figure("sharpness_vs_lr_batch", __doc__, PRESETS, compute, draw, summary)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

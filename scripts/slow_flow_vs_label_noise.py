@@ -6,13 +6,14 @@ on the quadratic parametrisation w = u*u - v*v with a sparse teacher. Right: the
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import parser, report
+from common import Figure, main
 
-from analysis import compare, plots, store
+from analysis import compare, plots
 from flows import limit_map, riemannian_flow
 from models import Problem, QuadraticParam, data
 
 PRESETS = {
+    "smoke": dict(n=3, d=5, sigma=1.0, tau1=0.2, etas=[0.04, 0.02], seeds=4, num_saves=2),
     "quick": dict(n=3, d=5, sigma=1.0, tau1=1.0, etas=[0.04, 0.02, 0.01], seeds=16, num_saves=10),
     "paper": dict(n=10, d=30, sigma=1.0, tau1=3.0, etas=[0.02, 0.01, 0.005], seeds=64, num_saves=20),
 }
@@ -23,7 +24,7 @@ def problem(cfg):
     return Problem(QuadraticParam(cfg["d"], init_scale=1.0), X, X[:, 0] - 0.5 * X[:, 1])
 
 
-def compute(cfg):
+def compute(cfg, progress=False):
     P = problem(cfg)
     r = compare.label_noise_slow_clock(
         P,
@@ -63,20 +64,13 @@ def draw(cfg, r, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
-    args = parser(__doc__).parse_args(argv)
-    cfg = dict(PRESETS[args.preset])
-    if args.seeds:
-        cfg["seeds"] = args.seeds
-    r = store.cached(
-        args.results, "slow_flow_vs_label_noise", cfg, lambda: compute(cfg), recompute=args.recompute
-    )
-    fig = draw(cfg, r, args.out / "slow_flow_vs_label_noise.png")
+def summary(cfg, r):
     for eta in cfg["etas"]:
         print(f"eta={eta}: weak error {float(r[f'weak_error_{eta}']):.4f}")
     print(f"observed order {float(r['order']):.2f} (theory: 1)")
-    report(fig, [store.path(args.results, "slow_flow_vs_label_noise", cfg)])
 
+
+FIGURE = Figure("slow_flow_vs_label_noise", __doc__, PRESETS, compute, draw, summary)
 
 if __name__ == "__main__":
-    main()
+    main(FIGURE)

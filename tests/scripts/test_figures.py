@@ -1,4 +1,4 @@
-"""The figure scripts run at their quick preset, write their PNG, and redraw from stored results."""
+"""The figure scripts run at their smoke preset (seconds), write their PNG, and redraw from stored results."""
 
 import subprocess
 import sys
@@ -12,12 +12,12 @@ from run_figures import SCRIPTS  # noqa: E402
 
 
 @pytest.mark.parametrize("name", SCRIPTS)  # every script `make figures` runs
-def test_quick_preset_writes_a_figure_and_reuses_results(name, tmp_path):
+def test_smoke_preset_writes_a_figure_and_reuses_results(name, tmp_path):
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / f"{name}.py"),
         "--preset",
-        "quick",
+        "smoke",
         "--out",
         str(tmp_path),
         "--results",
