@@ -13,7 +13,7 @@ and held against the Riemannian flow of tr H / 4 in tau (`flows.riemannian_flow`
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -224,8 +224,17 @@ def weak_error(sample_mean, reference) -> float:
 
 
 def order(etas, errors) -> float:
-    """The slope of log(error) against log(eta): the observed order of convergence."""
-    return float(np.polyfit(np.log(np.asarray(etas)), np.log(np.asarray(errors)), 1)[0])
+    """The slope of log(error) against log(eta): the observed order of convergence (NaN when an error is 0,
+    e.g. an observable the runs never moved)."""
+    errors = np.asarray(errors, dtype=float)
+    if np.any(errors <= 0):
+        return float("nan")
+    return float(np.polyfit(np.log(np.asarray(etas)), np.log(errors), 1)[0])
+
+
+def trace_g(problem, params):
+    """tr G = (1/n) ||J||_F^2, which is tr H on the zero-loss manifold (`Problem.gauss_newton_trace`)."""
+    return problem.gauss_newton_trace(params)
 
 
 def label_noise_slow_clock(
@@ -239,24 +248,31 @@ def label_noise_slow_clock(
     seeds: int = 16,
     num_saves: int = 10,
     batch_size: int | None = None,
-    observable: Callable[[Problem, PyTree], Array] | None = None,
+    observables: Mapping[str, Callable[[Problem, PyTree], Array]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Label-noise SGD ensembles at each eta, mapped by Phi, against the Riemannian flow, in tau.
 
     From `params0` mapped onto the manifold, every eta runs `seeds` label-noise SGD paths for
     tau1 * B / (eta^2 sigma^2) steps (rounded to a multiple of `num_saves`), saves `num_saves + 1` points,
-    maps each by Phi and evaluates `observable` (default tr H, which on the manifold is tr G = 4 F). The
-    flow is evaluated at the same tau.
+    maps each by Phi and evaluates every observable (name -> `fn(problem, params)`; default
+    `{"trace_H": trace_g}`, tr H on the manifold). The flow is evaluated at the same tau. Memory: the saved
+    parameters, seeds * (num_saves + 1) * p per eta.
 
-    **Returns:** arrays `tau_{eta}`, `sgd_mean_{eta}`, `sgd_band_{eta}` (95% half-width), `flow_{eta}` and
-    `weak_error_{eta}` for each eta, and `order` (the slope of the weak error against eta on log axes).
+    **Returns:** arrays `tau_{eta}`; for each observable `name`, `sgd_mean_{name}_{eta}`,
+    `sgd_band_{name}_{eta}` (95% half-width), `flow_{name}_{eta}` and `weak_error_{name}_{eta}` for each eta,
+    and `order_{name}` (the slope of the weak error against eta on log axes, with two or more etas).
     """
     sigma = float(checks.positive("sigma", sigma))
     seeds = checks.positive_int("seeds", seeds)
     batch = checks.batch_size(batch_size, problem.n)
-    observable = observable or (lambda prob, p: prob.gauss_newton_trace(p))
+    observables = dict(observables or {"trace_H": trace_g})
     start = limit_map(problem, params0)
-    out, errors = {}, []
+    out, errors = {}, {name: [] for name in observables}
+
+    def evaluate_all(p):
+        on = limit_map(problem, p)
+        return {name: fn(problem, on) for name, fn in observables.items()}
+
     for i, eta in enumerate(etas):
         every = max(1, timescale.steps_for_slow_time(tau1 / num_saves, eta, sigma, batch))
         taus = timescale.slow_time(np.arange(num_saves + 1) * every, eta, sigma, batch)
@@ -274,19 +290,16 @@ def label_noise_slow_clock(
                 ).params
             )
         )(jax.random.split(jax.random.fold_in(key, i), seeds))
-        values = jax.vmap(jax.vmap(lambda p: observable(problem, limit_map(problem, p))))(runs)
-        flow = riemannian_flow(
-            problem, start, t1=taus[-1], ts=taus, save_params=False, metrics={"observable": observable}
-        )
-        mean, band = mean_band(values)
-        out |= {
-            f"tau_{eta}": taus,
-            f"sgd_mean_{eta}": mean,
-            f"sgd_band_{eta}": band,
-            f"flow_{eta}": np.asarray(flow.stats["observable"]),
-        }
-        errors.append(weak_error(mean, flow.stats["observable"]))
-        out[f"weak_error_{eta}"] = np.asarray(errors[-1])
+        values = jax.vmap(jax.vmap(evaluate_all))(runs)
+        flow = riemannian_flow(problem, start, t1=taus[-1], ts=taus, save_params=False, metrics=observables)
+        out[f"tau_{eta}"] = taus
+        for name in observables:
+            mean, band = mean_band(values[name])
+            out[f"sgd_mean_{name}_{eta}"], out[f"sgd_band_{name}_{eta}"] = mean, band
+            out[f"flow_{name}_{eta}"] = np.asarray(flow.stats[name])
+            errors[name].append(weak_error(mean, flow.stats[name]))
+            out[f"weak_error_{name}_{eta}"] = np.asarray(errors[name][-1])
     if len(etas) > 1:
-        out["order"] = np.asarray(order(etas, errors))
+        for name, errs in errors.items():
+            out[f"order_{name}"] = np.asarray(order(etas, errs))
     return out

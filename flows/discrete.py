@@ -9,7 +9,7 @@ All three are the step theta_{k+1} = theta_k - eta g_k (an `optax.sgd` update) w
                      fresh eps_i ~ N(0, sigma^2) every step (or +-sigma, `noise="rademacher"`); full batch
                      by default.
 
-Step k draws its randomness from `step_keys(key, k)`: the same key gives the same bits, and an
+Step k draws its randomness from `flows.brownian.step_keys(key, k)`: the same key gives the same bits, and an
 ensemble is `jax.vmap` over keys. Parameters are
 saved every `save_every` steps, at t = eta * k (`flows.timescale`), together with the metrics (the
 full-batch loss, and any given). A run whose loss becomes non-finite raises `FloatingPointError` naming the
@@ -30,6 +30,7 @@ from models import Problem, checks
 from models.problem import check_start
 
 from . import timescale
+from .brownian import step_keys
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
 
@@ -147,13 +148,6 @@ def label_noise_sgd(
         raise_on_divergence=raise_on_divergence,
         first_step=first_step,
     )
-
-
-def step_keys(key: PRNGKeyArray, k) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
-    """Step k's keys (batch, label noise, bridge) = `split(fold_in(key, k), 3)`. The minibatch is drawn from
-    the first, the label noise from the second; the third refines the step's Brownian increment in the
-    SDEs (`flows.sde.BrownianGrid`), whose increments are drawn as label-noise SGD draws its noise."""
-    return tuple(jax.random.split(jax.random.fold_in(key, k), 3))
 
 
 def _discrete(

@@ -9,6 +9,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import PyTree
 
 from models import Problem, checks
@@ -17,20 +18,28 @@ from models.problem import check_start
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
 
-def save_times(t1, ts=None, save_every=None, num_saves: int = 101):
-    """Save times: `ts` as given, else 0, save_every, ..., t1, else `num_saves` points evenly in [0, t1]."""
+def save_times(t1, ts=None, save_every=None, num_saves: int = 101, *, t0=0.0):
+    """Save times: `ts` as given, else t0, t0 + save_every, ..., t1, else `num_saves` points evenly in
+    [t0, t1]."""
     if ts is not None:
-        ts = jnp.asarray(ts)
-        if checks.is_concrete((ts, t1)) and (
-            ts.ndim != 1 or bool(jnp.any(jnp.diff(ts) < 0)) or ts[0] < 0 or ts[-1] > t1
-        ):
-            raise ValueError(f"ts must be a non-decreasing 1-D array of times in [0, t1 = {float(t1)}]")
-        return ts
+        if checks.is_concrete((ts, t0, t1)):  # checked on the host: inside jit, jnp ops would be traced
+            host = np.asarray(ts)
+            slack = 8 * np.finfo(np.result_type(np.asarray(t1), np.float32)).eps * max(1.0, abs(float(t1)))
+            if (
+                host.ndim != 1
+                or np.any(np.diff(host) < 0)
+                or host[0] < float(t0) - slack
+                or host[-1] > float(t1) + slack
+            ):
+                raise ValueError(
+                    f"ts must be a non-decreasing 1-D array of times in [t0, t1] = [{float(t0)}, {float(t1)}]"
+                )
+        return jnp.asarray(ts)
     if save_every is not None:
         checks.positive("save_every", save_every)
-        count = int(round(float(t1) / float(save_every)))
-        return jnp.linspace(0.0, count * float(save_every), count + 1)
-    return jnp.linspace(0.0, t1, num_saves)
+        count = int(round((float(t1) - float(t0)) / float(save_every)))
+        return float(t0) + jnp.linspace(0.0, count * float(save_every), count + 1)
+    return jnp.linspace(t0, t1, num_saves)
 
 
 def gradient_flow(
@@ -38,6 +47,7 @@ def gradient_flow(
     params0: PyTree,
     *,
     t1,
+    t0=0.0,
     ts=None,
     save_every=None,
     solver: diffrax.AbstractSolver | None = None,
@@ -48,21 +58,22 @@ def gradient_flow(
     save_params: bool = True,
     progress: bool = False,
 ) -> Trajectory:
-    """Gradient flow from `params0` on [0, t1].
+    """Gradient flow from `params0` at time `t0` (default 0) to `t1`.
 
     Solved by `solver` (default `diffrax.Tsit5()`) with a PID step-size controller (`rtol`, `atol`), saving
-    at `ts` (default: every `save_every` in time, else 101 points in [0, t1]); metrics are evaluated on the
+    at `ts` (default: every `save_every` in time, else 101 points in [t0, t1]); metrics are evaluated on the
     fly at the save times. `progress=True` shows diffrax's tqdm progress meter. Raises if the solver fails
     (e.g. `max_steps` reached).
 
     **Returns:** a `Trajectory` in gradient-flow time t.
     """
     params0 = check_start(problem, params0)
-    times = save_times(t1, ts, save_every)  # from t1 as given: the number of saves is static
+    times = save_times(t1, ts, save_every, t0=t0)  # from t1 as given: the number of saves is static
     t1 = checks.positive("t1", t1)
     return _solve(
         problem,
         params0,
+        t0,
         t1,
         times,
         solver or diffrax.Tsit5(),
@@ -76,24 +87,27 @@ def gradient_flow(
 
 
 @eqx.filter_jit
-def _solve(problem, params0, t1, ts, solver, rtol, atol, max_steps, metrics, save_params, progress):
+def _solve(problem, params0, t0, t1, ts, solver, rtol, atol, max_steps, metrics, save_params, progress):
     def field(t, params, args):
         return jax.tree.map(jnp.negative, problem.grad(params))
 
     def save(t, params, args):
         return (params if save_params else None), evaluate(problem, params, metrics)
 
-    ts, (params, stats) = solve_ode(field, params0, t1, ts, save, solver, rtol, atol, max_steps, progress)
+    ts, (params, stats) = solve_ode(field, params0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress)
     return Trajectory(ts=ts, params=params, stats=stats, clock="t")
 
 
-def solve_ode(field, y0, t1, ts, save, solver, rtol, atol, max_steps, progress):
-    """The one diffrax call of the deterministic flows: d y / dt = field(t, y, None) on [0, t1] with
-    adaptive PID steps, `save(t, y, None)` recorded at `ts`. Returns (ts, saved)."""
+def solve_ode(field, y0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress):
+    """The one diffrax call of the deterministic flows: d y / dt = field(t, y, None) on [t0, t1] with
+    adaptive PID steps, `save(t, y, None)` recorded at `ts`. Returns (ts, saved). The times take the dtype
+    of y0 (diffrax would promote a float32 state to float64 times)."""
+    dtype = jnp.result_type(*jax.tree.leaves(y0))
+    t0, t1, ts = (jnp.asarray(x, dtype) for x in (t0, t1, ts))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         solver,
-        t0=0.0,
+        t0=t0,
         t1=t1,
         dt0=None,
         y0=y0,

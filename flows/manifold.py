@@ -1,13 +1,13 @@
 """The zero-loss manifold Gamma = {theta : r(theta) = 0} and the Riemannian gradient flow on it.
 
-With J = d r / d theta (N, p) and J^+ its pseudo-inverse:
+With J = d r / d theta (N, p) and K = J J^T (N, N):
 
-    P_T v = v - J^+ (J v) = (I - J^T (J J^T)^{-1} J) v     projection onto the tangent space T_theta Gamma
-    theta <- theta - J^+ r(theta)                            Gauss-Newton (minimum-norm Newton) retraction
+    P_T v = v - J^T K^+ J v       projection onto the tangent space T_theta Gamma = null(J)
+    theta <- theta - J^T K^+ r     Gauss-Newton (minimum-norm Newton) retraction
+    Phi(theta)                     where gradient flow from theta converges (`limit_map`)
 
-J^+ b is the minimum-norm solution of J d = b, solved by an SVD of the (N, p) Jacobian (lineax): its
-accuracy depends on cond(J), not cond(J)^2 as a solve with J J^T would, and it stays finite as J loses rank
-(sparse optima of the quadratic parametrisation), where a Cholesky factor of J J^T breaks down.
+The linear algebra is `flows.geometry`: a dense Gram matrix factorised once per point, or matrix-free
+products and conjugate gradients for problems whose J does not fit in memory; neither forms a p x p array.
 
 Label-noise SGD with step eta, noise sigma and batch B, in the slow time tau = eta^2 sigma^2 k / B, follows
 the Riemannian gradient flow of F = tr H / 4 (Blanc et al. 2020; Damian et al. 2021; Li, Wang & Arora 2022;
@@ -16,26 +16,30 @@ Gatmiry et al. 2024):
     d theta / d tau = -P_T grad F(theta),   F = (1/4) tr H = (1/(4n)) ||J||_F^2 on Gamma.
 
 On Gamma, tr H = tr G (the residual part vanishes) and P_T grad tr H = P_T grad tr G, so the flow uses the
-exact gradient of tr G from per-example gradients. The flow integrates
+exact gradient of tr G from per-example terms. The flow integrates
 
-    d theta / d tau = -P_T grad F(theta) - alpha J^+ r(theta),
+    d theta / d tau = -P_T grad F(theta) - alpha J^+ r(theta) = -grad F + J^T K^+ (J grad F - alpha r),
 
-whose normal term (`stabilize` = alpha) gives d r / d tau = -alpha r exactly: any drift off Gamma from
-the solver's local errors decays, and the loss stays at round-off over long horizons.
+one solve with K per evaluation, whose normal term (`stabilize` = alpha) gives d r / d tau = -alpha r
+exactly: any drift off Gamma from the solver's local errors decays, and the loss stays at round-off over
+long horizons.
 """
 
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from models import Problem, checks
 from models.problem import check_start
 
+from . import geometry
+from .geometry import Mode
 from .gradient import save_times, solve_ode
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
@@ -47,11 +51,15 @@ def label_noise_objective(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return problem.gauss_newton_trace(params) / 4
 
 
-def trace_grad(problem: Problem, params: PyTree) -> Float[Array, " p"]:
-    """grad tr G = (2/n) sum_i grad^2 f_i grad f_i (flat), exact, from per-example gradients. On Gamma its
-    tangent part equals that of grad tr H."""
+def trace_grad(
+    problem: Problem, params: PyTree, *, mode: Mode = "auto", chunk: int = 256
+) -> Float[Array, " p"]:
+    """grad tr G = (2/n) sum_a grad^2 f_a grad f_a (flat), exact, reverse over reverse per example: memory
+    N p in the dense mode, `chunk` * p streamed (`flows.geometry`). On Gamma its tangent part equals that of
+    grad tr H."""
     flat, unravel = problem.ravel(params)
-    return jax.grad(lambda v: problem.gauss_newton_trace(unravel(v)))(flat)
+    mode = geometry.mode_for(problem, mode, flat.dtype)
+    return geometry.Point(problem, flat, unravel, mode, trace_grad=True, chunk=chunk).trace_grad
 
 
 def trace_grad_hutchinson(
@@ -70,104 +78,151 @@ def trace_grad_hutchinson(
     return jax.grad(estimate)(flat)
 
 
-def min_norm_solve(J: Float[Array, "N p"], b: Float[Array, " N"]) -> Float[Array, " p"]:
-    """J^+ b: the minimum-norm least-squares solution of J d = b (SVD, singular values below the default
-    relative cut-off dropped)."""
-    return lx.linear_solve(lx.MatrixLinearOperator(J), b, lx.SVD()).value
-
-
-def tangent_projection(problem: Problem, params: PyTree, v: Float[Array, " p"]) -> Float[Array, " p"]:
-    """P_T v = v - J^+ (J v)."""
-    J = problem.jacobian(params)
-    return v - min_norm_solve(J, J @ v)
+def tangent_projection(
+    problem: Problem, params: PyTree, v: Float[Array, " p"], *, mode: Mode = "auto"
+) -> Float[Array, " p"]:
+    """P_T v = v - J^T K^+ J v (`flows.geometry`: dense memory N p, cost N^2 p; matrix-free memory O(N + p),
+    cost one JVP and one VJP per conjugate-gradient step)."""
+    flat, unravel = problem.ravel(params)
+    return geometry.Point(problem, flat, unravel, geometry.mode_for(problem, mode, flat.dtype)).project(v)
 
 
 def riemannian_grad(
-    problem: Problem, params: PyTree, objective: Objective | None = None
+    problem: Problem, params: PyTree, objective: Objective | None = None, *, mode: Mode = "auto"
 ) -> Float[Array, " p"]:
-    """P_T grad F (flat); F defaults to `label_noise_objective`."""
+    """P_T grad F (flat); F defaults to `label_noise_objective`, whose gradient comes out of the same
+    per-example pass as J."""
     flat, unravel = problem.ravel(params)
-    objective = objective or label_noise_objective
-    return tangent_projection(problem, params, jax.grad(lambda v: objective(problem, unravel(v)))(flat))
+    return _riemannian_grad(problem, flat, unravel, objective, geometry.mode_for(problem, mode, flat.dtype))
 
 
-def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50) -> PyTree:
-    """The Gauss-Newton retraction: theta <- theta - J^+ r(theta) until max_i |r_i| <= tol.
+def _riemannian_grad(problem, flat, unravel, objective, mode):
+    point, g = _point_and_grad(problem, flat, unravel, objective, mode)
+    return point.project(g)
+
+
+def _point_and_grad(problem, flat, unravel, objective, mode):
+    """The geometry at `flat` and grad F there (from the per-example pass for the default objective)."""
+    default = objective is None or objective is label_noise_objective
+    point = geometry.Point(problem, flat, unravel, mode, trace_grad=default)
+    if default:
+        return point, point.trace_grad / 4
+    return point, jax.grad(lambda v: objective(problem, unravel(v)))(flat)
+
+
+def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50, mode: Mode = "auto") -> PyTree:
+    """The Gauss-Newton retraction: theta <- theta - J^T K^+ r(theta) until max_i |r_i| <= tol.
 
     `tol` defaults to 1e3 eps (1 + max |y|). Raises `ValueError` if it has not converged after `max_iter`
-    iterations (the point is too far from the manifold) or went non-finite."""
-    return _retract_checked(problem, params, tol=tol, max_iter=max_iter)[0]
-
-
-def _retract_checked(problem, params, *, tol=None, max_iter=50):
-    """`retract`, also returning the singular values of J at the result."""
-    flat, unravel = problem.ravel(params)
-    if tol is None:
-        tol = 1e3 * jnp.finfo(flat.dtype).eps * (1 + jnp.max(jnp.abs(problem.y)))
-    final, res, ok, svals = _retract(problem, flat, tol, max_iter)
-    message = (
-        "retraction onto the zero-loss manifold failed: the start is too far from the manifold "
-        "(Gauss-Newton did not reach max|r| <= tol)"
-    )
-    if checks.is_concrete(ok):
-        if not ok:
-            raise ValueError(
-                f"{message}; max|r| = {float(res):.3g} after {max_iter} iterations, tol = {float(tol):.3g}"
-            )
-        return unravel(final), svals
-    return unravel(eqx.error_if(final, ~ok, message)), svals
-
-
-@eqx.filter_jit
-def _retract(problem, flat, tol, max_iter):
-    unravel = problem.ravel(problem.params)[1]
-
-    def residual(v):
-        return problem.residuals(unravel(v)).reshape(-1)
-
-    def cond(state):
-        _, res, i = state
-        return (res > tol) & (i < max_iter) & jnp.isfinite(res)
-
-    def body(state):
-        v, _, i = state
-        v = v - min_norm_solve(jax.jacrev(residual)(v), residual(v))
-        return v, jnp.max(jnp.abs(residual(v))), i + 1
-
-    v, res, _ = jax.lax.while_loop(cond, body, (flat, jnp.max(jnp.abs(residual(flat))), 0))
-    return v, res, res <= tol, jnp.linalg.svd(jax.jacrev(residual)(v), compute_uv=False)
+    iterations (the point is too far from the manifold) or went non-finite. Each iteration is one solve with
+    K (`flows.geometry`)."""
+    return _onto(problem, params, phi=False, res_tol=tol, max_iter=max_iter, mode=mode)[0]
 
 
 def limit_map(
-    problem: Problem, params: PyTree, *, tol=None, max_time=1e6, max_steps: int = 100_000
+    problem: Problem, params: PyTree, *, tol=None, max_time=1e6, max_steps: int = 100_000, mode: Mode = "auto"
 ) -> PyTree:
     """Phi(theta): where gradient flow from theta converges.
 
     Gradient flow (diffrax Tsit5, adaptive, tolerances tol / 100) runs until the RMS of grad L falls below
     `tol` (default 10 sqrt(eps)), a distance delta ~ tol / lambda_min from the manifold; the Gauss-Newton
     `retract` then lands within O(delta^2) of the flow's limit. Maps an SGD iterate near Gamma to the point
-    of Gamma it is attached to (Phi differs from the orthogonal projection at second order)."""
+    of Gamma it is attached to (Phi differs from the orthogonal projection at second order). Cost: the
+    gradient-flow steps (one gradient each) and a few solves with K; one compiled call.
+
+    Raises `ValueError` naming `limit_map` when gradient flow has not settled within `max_time` and
+    `max_steps` (the start is far from any zero-loss point, or gradient flow has no zero-loss limit there)."""
+    return _onto(problem, params, phi=True, flow_tol=tol, max_time=max_time, max_steps=max_steps, mode=mode)[
+        0
+    ]
+
+
+_UNSETTLED = (
+    "limit_map: gradient flow from params did not settle (RMS of grad L <= tol) within max_time and "
+    "max_steps; the start is far from the zero-loss manifold or gradient flow has no limit on it there"
+)
+_TOO_FAR = (
+    "retraction onto the zero-loss manifold failed: the start is too far from the manifold "
+    "(Gauss-Newton did not reach max|r| <= tol)"
+)
+
+
+def _onto(
+    problem,
+    params,
+    *,
+    phi: bool,
+    flow_tol=None,
+    res_tol=None,
+    max_time=1e6,
+    max_steps: int = 100_000,
+    max_iter: int = 50,
+    mode: Mode = "auto",
+    gram: bool = False,
+):
+    """Map `params` onto the manifold (Phi when `phi`, else the retraction) in one compiled call, raising
+    the errors of `limit_map` and `retract`. With `gram`, also returns the smallest and largest eigenvalues
+    of K = J J^T at the result (dense; None where J is too large to form)."""
     checks.same_structure("params", params, problem.params, "problem.params")
     flat, unravel = problem.ravel(params)
-    tol = 10 * jnp.sqrt(jnp.finfo(flat.dtype).eps) if tol is None else checks.positive("tol", tol)
-    return retract(problem, unravel(_gradient_flow_limit(problem, flat, tol, max_time, max_steps)))
+    eps = float(jnp.finfo(flat.dtype).eps)
+    flow_tol = 10 * eps**0.5 if flow_tol is None else checks.positive("tol", flow_tol)
+    if res_tol is None:
+        res_tol = 1e3 * eps * (1 + float(np.max(np.abs(problem.y))) if checks.is_concrete(problem.y) else 1.0)
+    mode = geometry.mode_for(problem, mode, flat.dtype)
+    gram = gram and problem.y.size * problem.num_params * flat.dtype.itemsize <= geometry.DENSE_BUDGET
+    v, settled, res, ok, lam = _onto_compiled(
+        problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
+    )
+    if checks.is_concrete((settled, ok)):
+        settled, res, ok = jax.device_get((settled, res, ok))
+        if not settled:
+            raise ValueError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
+        if not ok:
+            raise ValueError(
+                f"{_TOO_FAR}; max|r| = {float(res):.3g} after {max_iter} iterations, "
+                f"tol = {float(res_tol):.3g}"
+            )
+    else:
+        v = eqx.error_if(eqx.error_if(v, ~settled, _UNSETTLED), ~ok, _TOO_FAR)
+    return unravel(v), lam
 
 
 @eqx.filter_jit
-def _gradient_flow_limit(problem, flat, tol, max_time, max_steps):
+def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
     unravel = problem.ravel(problem.params)[1]
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, v, args: -jax.grad(lambda w: problem.loss(unravel(w)))(v)),
-        diffrax.Tsit5(),
-        t0=0.0,
-        t1=max_time,
-        dt0=None,
-        y0=flat,
-        stepsize_controller=diffrax.PIDController(rtol=tol / 100, atol=tol / 100),
-        event=diffrax.Event(diffrax.steady_state_event(rtol=0.0, atol=tol)),
-        max_steps=max_steps,
-    )
-    return sol.ys[-1]
+    settled = jnp.asarray(True)
+    if phi:
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, v, args: -jax.grad(lambda w: problem.loss(unravel(w)))(v)),
+            diffrax.Tsit5(),
+            t0=jnp.zeros((), flat.dtype),
+            t1=jnp.asarray(max_time, flat.dtype),
+            dt0=None,
+            y0=flat,
+            stepsize_controller=diffrax.PIDController(rtol=flow_tol / 100, atol=flow_tol / 100),
+            event=diffrax.Event(diffrax.steady_state_event(rtol=0.0, atol=flow_tol)),
+            max_steps=max_steps,
+            throw=False,
+        )
+        flat, settled = sol.ys[-1], sol.result == diffrax.RESULTS.event_occurred
+
+    def cond(state):
+        _, res, i = state
+        return (res > res_tol) & (i < max_iter) & jnp.isfinite(res)
+
+    def body(state):
+        v, _, i = state
+        point = geometry.Point(problem, v, unravel, mode)
+        v = v - point.min_norm(point.r)
+        return v, jnp.max(jnp.abs(problem.residuals(unravel(v)))), i + 1
+
+    res0 = jnp.max(jnp.abs(problem.residuals(unravel(flat))))
+    v, res, _ = jax.lax.while_loop(cond, body, (flat, res0, 0))
+    lam = None
+    if gram:
+        lam = jnp.linalg.eigvalsh(geometry.Point(problem, v, unravel, "dense")._K)[jnp.array([0, -1])]
+    return v, settled, res, res <= res_tol, lam
 
 
 def riemannian_flow(
@@ -175,7 +230,10 @@ def riemannian_flow(
     params0: PyTree,
     *,
     t1,
+    t0=0.0,
     objective: Objective | None = None,
+    start: Literal["limit_map", "retract"] = "limit_map",
+    mode: Mode = "auto",
     ts=None,
     save_every=None,
     stabilize: float = 1.0,
@@ -187,17 +245,28 @@ def riemannian_flow(
     save_params: bool = True,
     progress: bool = False,
 ) -> Trajectory:
-    """Riemannian gradient flow of `objective` on the zero-loss manifold, from `params0` retracted onto it.
+    """Riemannian gradient flow of `objective` on the zero-loss manifold, on [t0, t1].
 
     d theta / dtau = -P_T grad F - alpha J^+ r, with F = `objective` (default `label_noise_objective`,
     tr H / 4, whose flow in the slow time tau = eta^2 sigma^2 k / B is the label-noise limit) and
-    alpha = `stabilize`. Solved by `solver` (default Tsit5) with a PID controller (`rtol` default 1e-8 in
-    float64, 1e-5 in float32; `atol` default rtol / 100); saved at `ts` (default:
-    every `save_every`, else 101 points in [0, t1]). Records `loss`, `objective` and `grad_norm`
-    (||P_T grad F||) besides any given `metrics`.
+    alpha = `stabilize`.
 
-    Raises `ValueError` if params0 cannot be retracted onto the manifold, if J J^T is singular there
-    (the constraints are dependent: the manifold is not smooth there), or if params0 is not finite.
+    **Arguments:**
+
+    - `params0`: the start. `start="limit_map"` (default) maps it onto the manifold by Phi, where gradient
+      flow from it converges: the point label-noise SGD started at params0 is attached to. A start already on
+      the manifold stays where it is. `start="retract"` takes the Gauss-Newton retraction instead (it
+      differs from Phi at second order in the distance to the manifold).
+    - `mode`: the linear algebra (`flows.geometry`): `"dense"` (J and K = J J^T formed once per evaluation:
+      memory N p + N^2, cost N gradient evaluations and N^2 p), `"matrix_free"` (JVPs and VJPs, conjugate
+      gradients: memory O(N + p) plus `chunk` examples' gradients), or `"auto"` (dense while J fits in 1 GiB).
+    - `solver`: default Tsit5, with a PID controller (`rtol` default 1e-8 in float64, 1e-5 in float32;
+      `atol` default rtol / 100).
+    - saved at `ts` (default: every `save_every`, else 101 points in [t0, t1]); records `loss`, `objective`
+      and `grad_norm` (||P_T grad F||) besides any given `metrics`.
+
+    Raises `ValueError` if params0 cannot be mapped onto the manifold, if J J^T is singular there (the
+    constraints are dependent, or N > p: the manifold is not smooth there), or if params0 is not finite.
     Approaching rank loss along the way (a sparse optimum) is allowed.
 
     **Returns:** a `Trajectory` with `clock="tau"` for the default objective, `"t"` otherwise.
@@ -205,26 +274,33 @@ def riemannian_flow(
     params0 = check_start(problem, params0)
     t1 = checks.positive("t1", t1)
     stabilize = checks.non_negative("stabilize", stabilize)
-    params0, s = _retract_checked(problem, params0)
-    if checks.is_concrete(s):
-        if s[-1] <= 1e3 * jnp.finfo(s.dtype).eps * s[0] * max(problem.y.size, problem.num_params):
+    if start not in ("limit_map", "retract"):
+        raise ValueError(f"start must be 'limit_map' or 'retract', got {start!r}")
+    params0, lam = _onto(problem, params0, phi=start == "limit_map", mode=mode, gram=True)
+    flat0 = problem.ravel(params0)[0]
+    mode = geometry.mode_for(problem, mode, flat0.dtype)
+    if lam is not None and checks.is_concrete(lam):
+        low, high = (float(x) for x in jax.device_get(lam))
+        if low <= geometry.rcond(problem.y.size, flat0.dtype) * high:
             raise ValueError(
-                f"J J^T is singular at params0 (smallest singular value of J {float(s[-1]):.3g}, largest "
-                f"{float(s[0]):.3g}): the constraints r_i = 0 are dependent there, so the zero-loss manifold "
-                "is not smooth at the start; start from a generic point"
+                f"J J^T is singular at params0 (eigenvalues of J J^T from {low:.3g} to {high:.3g}; "
+                f"N = {problem.y.size} constraints, p = {problem.num_params} parameters): the constraints "
+                "r_i = 0 are dependent there, so the zero-loss manifold is not smooth at the start; start "
+                "from a generic point"
             )
-    objective = objective or label_noise_objective
     if rtol is None:  # below float32's eps a controller cannot meet its tolerance and crawls
-        rtol = 1e-8 if problem.ravel(params0)[0].dtype == jnp.float64 else 1e-5
+        rtol = 1e-8 if flat0.dtype == jnp.float64 else 1e-5
     atol = rtol / 100 if atol is None else atol
-    metrics = {**default_metrics(metrics), "objective": objective}
-    clock = "tau" if objective is label_noise_objective else "t"
+    metrics = {**default_metrics(metrics), "objective": objective or label_noise_objective}
+    clock = "tau" if objective in (None, label_noise_objective) else "t"
     traj = _riemannian_solve(
         problem,
         params0,
         objective,
+        mode,
+        t0,
         t1,
-        save_times(t1, ts, save_every),
+        save_times(t1, ts, save_every, t0=t0),
         stabilize,
         solver or diffrax.Tsit5(),
         rtol,
@@ -242,6 +318,8 @@ def _riemannian_solve(
     problem,
     params0,
     objective,
+    mode,
+    t0,
     t1,
     ts,
     stabilize,
@@ -256,16 +334,14 @@ def _riemannian_solve(
     flat0, unravel = problem.ravel(params0)
 
     def field(t, v, args):
-        J = problem.jacobian(unravel(v))
-        g = jax.grad(lambda w: objective(problem, unravel(w)))(v)
-        r = problem.residuals(unravel(v)).reshape(-1)
-        return -(g - min_norm_solve(J, J @ g)) - stabilize * min_norm_solve(J, r)
+        point, g = _point_and_grad(problem, v, unravel, objective, mode)
+        return point.jtu(point.solve(point.jv(g) - stabilize * point.r)) - g
 
     def save(t, v, args):
         params = unravel(v)
         stats = evaluate(problem, params, metrics)
-        stats["grad_norm"] = jnp.linalg.norm(riemannian_grad(problem, params, objective))
+        stats["grad_norm"] = jnp.linalg.norm(_riemannian_grad(problem, v, unravel, objective, mode))
         return (params if save_params else None), stats
 
-    ts, (params, stats) = solve_ode(field, flat0, t1, ts, save, solver, rtol, atol, max_steps, progress)
+    ts, (params, stats) = solve_ode(field, flat0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress)
     return Trajectory(ts=ts, params=params, stats=stats)

@@ -2,40 +2,40 @@
 
     d theta = -grad L(theta) dt + sqrt(eta) [F_label(theta) dW_label + F_batch(theta) dW_batch]     (Ito)
 
-with independent Brownian motions and the noise factors of DESIGN.md, F F^T being the covariance of one
-step's gradient noise:
+with independent Brownian motions and the noise factors of `flows.noise` (F F^T is the covariance of one
+step's gradient noise). Label-noise GD (B = n) has only the label term; plain SGD only the batch term;
+label-noise SGD on minibatches both.
 
-    F_label = (sigma / sqrt(B n)) J^T                      (p, N)  label noise eps ~ N(0, sigma^2), batch B
-    F_batch = (c_B / sqrt(B n)) [g_1 - gbar, ..., g_n - gbar]  (p, n)  minibatch of B, g_i = J_i^T r_i
+**The default: Euler on the step grid, one pass per step.** Fixed steps h = eta / `substeps` on the
+`BrownianGrid` path (`flows.brownian`): the increment over step k of size eta is sqrt(eta) z_k with z_k drawn
+exactly as label-noise SGD draws its step-k label noise, so an SDE path and a label-noise GD run with the
+same key are coupled (Euler with `substeps=1` *is* label-noise GD); `substeps = 2^L` refines each step by
+Brownian bridges, and every refinement sees the same path. One Euler-Maruyama step is
 
-with c_B = 1 for batches drawn with replacement and sqrt((n - B) / (n - 1)) without. Label-noise GD
-(B = n) has only the label term; plain SGD only the batch term; label-noise SGD on minibatches both.
-Neither factor is formed: F_label w + F_batch v = J^T [sigma w + c_B r * (v - mean v)] / sqrt(B n) is one
-vector-Jacobian product of the residuals, and the p x p covariance never appears.
+    theta <- theta + J^T [-(h / n) r + sqrt(eta) (sigma dW_label + c_B r * (dW_batch - mean)) / sqrt(B n)]
 
-**Solvers.** These are Ito SDEs. `diffrax.Euler` (Euler-Maruyama, the default: strong order 1/2, weak 1)
-and `diffrax.ItoMilstein` (strong order 1 where the noise is commutative, e.g. one example or additive
-noise; not checked; it forms the (p, m) factor, which diffrax's Milstein differentiates as a matrix) solve
-them as they stand. A Stratonovich solver (`diffrax.Heun`, `Midpoint`, `SPaRK`,
-... ; the ones that allow adaptive steps) is given the Ito-Stratonovich drift correction
+one forward pass and ONE vector-Jacobian product of the residuals, drift and noise together: the cost of a
+label-noise SGD step. It runs as loops with dynamic bounds, so eta, t1 and the save times may be traced
+(`jax.jit`, `jax.vmap`); the number of saves is static.
+
+**Other solvers** run through diffrax (`MultiTerm(ODETerm, ControlTerm)`), which evaluates drift and noise
+as two terms. These are Ito SDEs: `diffrax.ItoMilstein` (strong order 1 where the noise is commutative,
+e.g. one example or additive noise; not checked; it forms the (p, m) factor, which diffrax's Milstein
+differentiates as a matrix) solves them as they stand. A Stratonovich solver (`diffrax.Heun`, `Midpoint`,
+`SPaRK`, ... ; the ones that allow adaptive steps) is given the Ito-Stratonovich drift correction
 
     drift = -grad L - (1/2) sum_j D G_j(theta) G_j(theta),   G_j = sqrt(eta) F e_j the j-th noise column,
 
-so that it solves the same SDE. ShARK, SRA1 and SEA assume additive noise and are refused.
+so that it solves the same SDE. ShARK, SRA1 and SEA assume additive noise and are refused. Adaptive steps
+(`rtol=...`) run on `diffrax.VirtualBrownianTree`, which answers any interval, at the cost of a tree descent
+per evaluation; they save at `ts` by interpolation. The diffrax path needs eta and t1 as concrete numbers
+(they fix its static step budget). Solves run forward (`diffrax.ForwardMode`): differentiate through a path
+with `jax.jvp` / `jax.jacfwd`.
 
-**Brownian paths.** Fixed steps (the default) run on `BrownianGrid`: the increment over step k of size eta
-is sqrt(eta) z_k with z_k drawn exactly as label-noise SGD draws its step-k label noise, so an SDE path and
-a label-noise GD run with the same key are coupled (Euler with `substeps=1` *is* label-noise GD); with
-`substeps = 2^L` each step is refined by Brownian bridges, and every refinement sees the same path
-(convergence studies, strong errors against SGD). It draws O(L) normals per step and no tree search.
-Adaptive steps (`rtol=...`) run on `diffrax.VirtualBrownianTree`, which answers any interval, at the cost
-of a tree descent per evaluation (about 6x a plain scan in `scripts/bench_sde.py`).
-
-Solves run forward (`diffrax.ForwardMode`, ~10% faster than the checkpointed reverse-mode adjoint here):
-differentiate through a path with `jax.jvp` / `jax.jacfwd`.
+Fixed-step saves lie on the step grid: `ts` (or multiples of `save_every`) off it is refused; the default
+saves 101 grid points spread evenly over [0, t1].
 """
 
-import math
 from collections.abc import Mapping
 
 import diffrax
@@ -43,14 +43,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from jax.typing import DTypeLike
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+import numpy as np
+from jax import lax
+from jaxtyping import PRNGKeyArray, PyTree
 
 from models import Problem, checks
 from models.problem import check_start
 
-from .discrete import step_keys
-from .gradient import save_times
+from .brownian import BrownianGrid
+from .noise import diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
 _ADDITIVE_ONLY = (diffrax.ShARK, diffrax.SRA1, diffrax.SEA)
@@ -173,137 +174,6 @@ def sgd_sde(
     )
 
 
-# -- the noise ---------------------------------------------------------------------------------------------
-def noise_parts(problem: Problem, sigma, batch_size: int) -> dict[str, tuple[int, ...]]:
-    """The blocks of the Brownian motion, in order: `"label"` (shaped like y) when `sigma` is given,
-    `"batch"` (n,) when `batch_size < n`. The SDE's Brownian motion is their concatenation, flattened."""
-    parts = {}
-    if sigma is not None:
-        parts["label"] = problem.y.shape
-    if batch_size < problem.n:
-        parts["batch"] = (problem.n,)
-    return parts
-
-
-def diffusion(
-    problem: Problem,
-    params: PyTree,
-    w: Float[Array, " m"],
-    *,
-    eta,
-    sigma,
-    batch_size: int,
-    replace: bool = True,
-) -> PyTree:
-    """sqrt(eta) [F_label w_label + F_batch w_batch] at `params` for w = (w_label, w_batch) flattened (see
-    `noise_parts`), as one VJP of the residuals; the module docstring gives F. The covariance of one SGD
-    step's gradient noise is F F^T."""
-    n = problem.n
-    w = _split(w, noise_parts(problem, sigma, batch_size))
-    r, vjp = jax.vjp(problem.residuals, params)
-    cotangent = jnp.zeros_like(r)
-    if "label" in w:
-        cotangent = cotangent + sigma * w["label"]
-    if "batch" in w:
-        v = w["batch"] - jnp.mean(w["batch"])
-        c = 1.0 if replace else jnp.sqrt((n - batch_size) / (n - 1))
-        cotangent = cotangent + c * r * v.reshape((n,) + (1,) * (r.ndim - 1))
-    (out,) = vjp(cotangent * (jnp.sqrt(eta) / jnp.sqrt(batch_size * n)))
-    return out
-
-
-def noise_dim(parts: dict[str, tuple[int, ...]]) -> int:
-    """m, the dimension of the Brownian motion with these blocks."""
-    return sum(math.prod(shape) for shape in parts.values())
-
-
-def _split(w, parts: dict[str, tuple[int, ...]]) -> dict[str, Array]:
-    out, start = {}, 0
-    for name, shape in parts.items():
-        size = math.prod(shape)
-        out[name] = w[start : start + size].reshape(shape)
-        start += size
-    if start != w.shape[0]:
-        raise ValueError(f"the noise w has {w.shape[0]} entries, expected {start} (blocks {parts})")
-    return out
-
-
-def ito_correction(
-    problem: Problem, params: PyTree, *, eta, sigma, batch_size: int, replace: bool = True
-) -> PyTree:
-    """(1/2) sum_j D G_j(theta)[G_j(theta)], G_j = `diffusion` applied to the j-th unit vector: a Stratonovich
-    solver with drift (Ito drift - this) solves the Ito SDE. One JVP of a VJP per noise column (vmapped).
-
-    The label columns alone give (eta sigma^2 / (4B)) grad tr G, tr G = (1/n) sum_i ||grad f_i||^2.
-    """
-    hyper = dict(eta=eta, sigma=sigma, batch_size=batch_size, replace=replace)
-    m = noise_dim(noise_parts(problem, sigma, batch_size))
-
-    def term(e):
-        column = lambda p: diffusion(problem, p, e, **hyper)  # noqa: E731
-        return jax.jvp(column, (params,), (column(params),))[1]
-
-    terms = jax.vmap(term)(jnp.eye(m, dtype=problem.y.dtype))
-    return jax.tree.map(lambda x: 0.5 * jnp.sum(x, axis=0), terms)
-
-
-class BrownianGrid(diffrax.AbstractBrownianPath):
-    """Brownian motion on the grid t = k * dt / 2^levels, for fixed steps of that size.
-
-    The motion is the concatenation of the blocks `parts` (see `noise_parts`). Its increment over coarse
-    step k, [k dt, (k+1) dt], is sqrt(dt) z_k with z_k ~ N(0, I) drawn from step k's keys
-    (`flows.discrete.step_keys`): the `"label"` block exactly as label-noise SGD draws its label noise (so
-    the two are coupled), the `"batch"` block from the batch key. Each coarse increment is split `levels`
-    times by Brownian bridges (halves D/2 +- sqrt(h) xi / 2 of an increment D over h, xi drawn from the
-    step's bridge key, the level and the position), so paths with the same key and different `levels` are
-    one Brownian motion seen on finer grids. `evaluate(t0, t1)` answers one fine step [t0, t1].
-    """
-
-    key: PRNGKeyArray
-    dt: Array = eqx.field(converter=jnp.asarray)
-    parts: tuple = eqx.field(static=True, converter=lambda p: tuple(dict(p).items()))
-    levels: int = eqx.field(static=True, default=0)
-    dtype: DTypeLike = eqx.field(static=True, default=jnp.float32)
-    levy_area: type = eqx.field(static=True, default=diffrax.BrownianIncrement)
-
-    @property
-    def shape(self) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct((noise_dim(dict(self.parts)),), self.dtype)
-
-    @property
-    def t0(self):
-        return 0.0
-
-    @property
-    def t1(self):
-        return jnp.inf
-
-    def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
-        del left
-        if t1 is None:
-            raise ValueError("BrownianGrid answers increments over one grid step, not W(t) at a point")
-        h = self.dt / 2**self.levels
-        j = jnp.round(t0 / h).astype(jnp.int32)
-        k, local = j // 2**self.levels, j % 2**self.levels
-        k_batch, k_noise, k_bridge = step_keys(self.key, k)
-        blocks = []
-        for i, (name, shape) in enumerate(self.parts):
-            z = jax.random.normal(k_noise if name == "label" else k_batch, shape, self.dtype).reshape(-1)
-            d = jnp.sqrt(self.dt).astype(self.dtype) * z
-            kb = jax.random.fold_in(k_bridge, i)
-            for level in range(1, self.levels + 1):
-                parent = local >> (self.levels - level + 1)
-                right = (local >> (self.levels - level)) & 1
-                key = jax.random.fold_in(jax.random.fold_in(kb, level), parent)
-                half = jnp.sqrt(self.dt / 2 ** (level - 1)).astype(self.dtype) / 2
-                d = d / 2 + jnp.where(right, -half, half) * jax.random.normal(key, d.shape, self.dtype)
-            blocks.append(d)
-        w = jnp.concatenate(blocks)
-        if use_levy:
-            return diffrax.BrownianIncrement(dt=t1 - t0, W=w)
-        return w
-
-
 # -- the solve ---------------------------------------------------------------------------------------------
 def _sde(
     name,
@@ -329,7 +199,6 @@ def _sde(
     raise_on_divergence,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
-    eta_given, t1_given = eta, t1  # the step count is static: read it before they become (traced) arrays
     eta = checks.positive("eta", eta)
     t1 = checks.positive("t1", t1)
     if key is None:
@@ -337,12 +206,61 @@ def _sde(
     substeps = checks.positive_int("substeps", substeps)
     if substeps & (substeps - 1):
         raise ValueError(f"substeps must be a power of two, got {substeps}")
-    steps = _whole(
-        float(t1_given) * substeps / float(eta_given),
-        f"t1 = {float(t1_given)} is not a whole number of steps eta / substeps = "
-        f"{float(eta_given) / substeps}",
-    )
-    solver = solver or diffrax.Euler()
+    if solver is not None:
+        _check_solver(solver, rtol)
+    elif rtol is not None:
+        raise ValueError("adaptive steps (rtol) need a solver with an error estimate, e.g. diffrax.Heun()")
+    dtype = problem.y.dtype
+    h = eta / substeps
+    steps = _whole("t1", t1 / h, h)
+    fast = rtol is None and (solver is None or type(solver) is diffrax.Euler)
+    if rtol is None:
+        index = _save_index(t1, h, steps, ts, save_every)
+    else:
+        index = None
+    hyper = dict(sigma=sigma, batch_size=batch_size, replace=replace)
+    if fast:
+        even = _even(index)
+        traj = _euler(
+            problem, params0, key, eta, index, even, substeps, hyper, default_metrics(metrics), save_params
+        )
+    else:
+        if not checks.is_concrete((eta, t1)):
+            raise ValueError(
+                f"{name} with solver {type(solver).__name__} needs eta and t1 as concrete numbers (they fix "
+                "the solve's static step budget); under jit only the default Euler path takes traced ones"
+            )
+        steps = int(steps)
+        times = index.astype(dtype) * h if index is not None else _adaptive_save_times(t1, ts, save_every)
+        traj = _diffrax_solve(
+            problem,
+            params0,
+            key,
+            eta,
+            t1,
+            times,
+            hyper,
+            steps=steps,
+            substeps=substeps,
+            solver=solver,
+            rtol=rtol,
+            atol=rtol if atol is None and rtol is not None else atol,
+            max_steps=max_steps or (steps if rtol is None else max(100 * steps, 4096)),
+            metrics=default_metrics(metrics),
+            save_params=save_params,
+            progress=progress,
+        )
+    if not raise_on_divergence:
+        return traj
+    bad = ~jnp.isfinite(traj.stats["loss"])
+
+    def where():
+        return f" by t = {float(traj.ts[jnp.argmax(bad)]):.4g} with eta = {float(eta):.4g}"
+
+    return checks.diverged(name, traj, jnp.any(bad), where)
+
+
+def _check_solver(solver, rtol):
     if isinstance(solver, _ADDITIVE_ONLY):
         raise ValueError(
             f"solver {type(solver).__name__} assumes additive noise; SGD noise depends on the parameters"
@@ -360,34 +278,111 @@ def _sde(
             f"adaptive steps (rtol) need a solver with an error estimate, e.g. diffrax.Heun(); "
             f"{type(solver).__name__} has none"
         )
-    traj = _solve(
-        problem,
-        params0,
-        key,
-        eta,
-        sigma,
-        t1,
-        save_times(t1_given, ts, save_every),
-        batch_size=batch_size,
-        replace=replace,
-        steps=steps,
-        substeps=substeps,
-        solver=solver,
-        rtol=rtol,
-        atol=rtol if atol is None and rtol is not None else atol,
-        max_steps=max_steps or (steps if rtol is None else max(100 * steps, 4096)),
-        metrics=default_metrics(metrics),
-        save_params=save_params,
-        progress=progress,
+
+
+def _whole(name, count, h):
+    """round(count) as a step count, checked to be a whole number (to 1e-6 relative) when concrete."""
+    if checks.is_concrete(count):
+        c = float(count)
+        k = round(c)
+        if k < 1 or abs(c - k) > 1e-6 * max(1.0, c):
+            raise ValueError(
+                f"{name} = {c * float(h):.6g} is not a whole number of steps eta / substeps = {float(h):.6g}"
+            )
+        return jnp.asarray(k)
+    k = jnp.round(count)
+    return eqx.error_if(k.astype(jnp.int32), (k < 1) | (jnp.abs(count - k) > 1e-6 * jnp.maximum(1.0, count)),
+                        f"{name} is not a whole number of steps eta / substeps")  # fmt: skip
+
+
+def _save_index(t1, h, steps, ts, save_every):
+    """The fine-step indices of the save times: `ts` (or 0, save_every, ..., t1) on the step grid, else 101
+    grid points spread evenly over [0, t1]. The number of saves is static; the times may be traced."""
+    if ts is None and save_every is None:
+        return jnp.round(jnp.linspace(0.0, 1.0, 101) * steps).astype(jnp.int32)
+    if ts is None:
+        if not checks.is_concrete((t1, save_every)):
+            raise ValueError(
+                "save_every under jit needs t1 and save_every as concrete numbers; give ts instead"
+            )
+        save_every = float(checks.positive("save_every", save_every))
+        count = int(round(float(t1) / save_every))
+        ts = np.arange(count + 1) * save_every
+    if checks.is_concrete((ts, h, steps)):
+        host = np.asarray(ts, dtype=np.float64)
+        hf, k = float(h), int(steps)
+        index = np.round(host / hf)
+        if host.ndim != 1 or np.any(np.diff(host) < 0) or host[0] < 0 or index[-1] > k:
+            raise ValueError(f"ts must be a non-decreasing 1-D array of times in [0, t1 = {k * hf:.6g}]")
+        if np.any(np.abs(host - index * hf) > 1e-6 * hf * np.maximum(1.0, index)):
+            raise ValueError(
+                f"ts (or save_every) must lie on the step grid of eta / substeps = {hf:.6g}: fixed steps do "
+                "not interpolate"
+            )
+        return jnp.asarray(index, jnp.int32)
+    ts = jnp.asarray(ts)
+    index = jnp.round(ts / h)
+    off = jnp.any(jnp.abs(ts - index * h) > 1e-6 * h * jnp.maximum(1.0, index)) | jnp.any(index > steps)
+    return eqx.error_if(
+        index.astype(jnp.int32), off, "ts must lie on the step grid of eta / substeps, in [0, t1]"
     )
-    if not raise_on_divergence:
-        return traj
-    bad = ~jnp.isfinite(traj.stats["loss"])
 
-    def where():
-        return f" by t = {float(traj.ts[jnp.argmax(bad)]):.4g} with eta = {float(eta):.4g}"
 
-    return checks.diverged(name, traj, jnp.any(bad), where)
+def _adaptive_save_times(t1, ts, save_every):
+    """Adaptive steps interpolate: `ts` as given, or 0, save_every, ..., t1, or 101 points in [0, t1]."""
+    if ts is not None:
+        return jnp.asarray(ts)
+    if save_every is not None:
+        count = int(round(float(t1) / float(save_every)))
+        return jnp.linspace(0.0, count * float(save_every), count + 1)
+    return jnp.linspace(0.0, t1, 101)
+
+
+def _even(index) -> tuple[int, int] | None:
+    """(first, every) when the save indices are concrete and evenly spaced after the first: the loops then
+    have static lengths (a `lax.scan`, a little faster than the while loop traced indices need)."""
+    if not checks.is_concrete(index) or index.shape[0] < 2:
+        return None
+    host = np.asarray(index)
+    gaps = np.diff(host)
+    return (int(host[0]), int(gaps[0])) if np.all(gaps == gaps[0]) and gaps[0] > 0 else None
+
+
+@eqx.filter_jit
+def _euler(problem, params0, key, eta, index, even, substeps, hyper, metrics, save_params):
+    """Euler-Maruyama on the BrownianGrid, one forward pass and one VJP a step; saves at fine-step `index`
+    (`even`: static (first, every) for evenly spaced saves)."""
+    dtype = problem.y.dtype
+    parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
+    path = BrownianGrid(key, eta, parts, levels=substeps.bit_length() - 1, dtype=dtype)
+    h = eta / substeps
+    drift = (h / problem.n).astype(dtype)
+
+    def step(j, params):
+        r, vjp = jax.vjp(problem.residuals, params)
+        (delta,) = vjp(noise_cotangent(problem, r, path.increment(j), eta=eta, **hyper) - drift * r)
+        return jax.tree.map(jnp.add, params, delta)
+
+    def record(params):
+        return (params if save_params else None), evaluate(problem, params, metrics)
+
+    def segment(carry, target):
+        params, j = carry
+        params = lax.fori_loop(j, target, step, params)
+        return (params, target), record(params)
+
+    def run(params, first, length):
+        return lax.scan(lambda p, j: (step(j, p), None), params, first + jnp.arange(length))[0]
+
+    if even is None:
+        _, (params, stats) = lax.scan(segment, (params0, jnp.zeros((), jnp.int32)), index)
+    else:
+        first, every = even
+        start = run(params0, 0, first)
+        rest = index[:-1]
+        _, saved = lax.scan(lambda p, j: (lambda q: (q, record(q)))(run(p, j, every)), start, rest)
+        params, stats = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(start), saved)
+    return Trajectory(ts=index.astype(dtype) * h.astype(dtype), params=params, stats=stats, clock="t")
 
 
 class _ColumnsTerm(diffrax.ControlTerm):
@@ -396,13 +391,6 @@ class _ColumnsTerm(diffrax.ControlTerm):
 
     def prod(self, vf, control):
         return jax.tree.map(lambda columns: columns @ control, vf)
-
-
-def _whole(x: float, message: str) -> int:
-    k = round(x)
-    if k < 1 or abs(x - k) > 1e-6 * max(1.0, x):
-        raise ValueError(message)
-    return k
 
 
 def _levy_class(levy):
@@ -414,17 +402,15 @@ def _levy_class(levy):
 
 
 @eqx.filter_jit
-def _solve(
+def _diffrax_solve(
     problem,
     params0,
     key,
     eta,
-    sigma,
     t1,
     ts,
+    hyper,
     *,
-    batch_size,
-    replace,
     steps,
     substeps,
     solver,
@@ -435,8 +421,8 @@ def _solve(
     save_params,
     progress,
 ):
-    hyper = dict(eta=eta, sigma=sigma, batch_size=batch_size, replace=replace)
-    parts = noise_parts(problem, sigma, batch_size)
+    hyper = dict(eta=eta, **hyper)
+    parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
     dtype = problem.y.dtype
     stratonovich = isinstance(solver, diffrax.AbstractStratonovichSolver)
 
@@ -457,24 +443,25 @@ def _solve(
         return (params if save_params else None), evaluate(problem, params, metrics)
 
     h = eta / substeps
+    t1 = jnp.asarray(t1, dtype)
     if rtol is None:
         path = BrownianGrid(key, eta, parts, levels=substeps.bit_length() - 1, dtype=dtype)
-        grid = (jnp.arange(steps + 1) * h).at[-1].set(t1)  # StepTo wants t1 exactly
+        grid = (jnp.arange(steps + 1) * h).astype(dtype).at[-1].set(t1)  # StepTo wants t1 exactly
         controller, dt0 = diffrax.StepTo(ts=grid), None
     else:
         levy = _levy_class(getattr(solver, "minimal_levy_area", diffrax.BrownianIncrement))
         shape = jax.ShapeDtypeStruct((noise_dim(parts),), dtype)
         path = diffrax.VirtualBrownianTree(0.0, t1, tol=h / 64, shape=shape, key=key, levy_area=levy)
-        controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), h
+        controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), h.astype(dtype)
     noise_term = (_ColumnsTerm if isinstance(solver, _MILSTEIN) else diffrax.ControlTerm)(noise, path)
     sol = diffrax.diffeqsolve(
         diffrax.MultiTerm(diffrax.ODETerm(drift), noise_term),
         solver,
-        t0=0.0,
+        t0=jnp.zeros((), dtype),
         t1=t1,
         dt0=dt0,
         y0=params0,
-        saveat=diffrax.SaveAt(ts=ts, fn=save),
+        saveat=diffrax.SaveAt(ts=jnp.asarray(ts, dtype), fn=save),
         stepsize_controller=controller,
         max_steps=max_steps,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),

@@ -1,4 +1,4 @@
-"""Step <-> time conversions: the one place where eta, B and sigma meet time (DESIGN.md).
+"""Step <-> time conversions: the one place where eta, B and sigma meet time (docs/conventions.md).
 
 - Gradient-flow time: t = eta * k. GD, SGD and label-noise SGD at step k sit at time t on the clock of
   gradient flow and of the first-order SDEs.

@@ -1,4 +1,4 @@
-"""A training problem: an Equinox model, data and the square loss of DESIGN.md.
+"""A training problem: an Equinox model, data and the square loss of docs/conventions.md.
 
     f_theta(x)  the model's output on one input (a scalar, or a vector of k outputs)
     r_i = f_theta(x_i) - y_i                      residuals (n,) or (n, k)
@@ -111,14 +111,21 @@ class Problem(eqx.Module):
         return jax.grad(self.loss)(params)
 
     def jacobian(self, params: PyTree) -> Float[Array, "N p"]:
-        """J = d r / d theta, shape (N, p) with N = n * k rows (one per scalar residual, example-major);
-        reverse mode when N <= p, forward mode otherwise (never an N x N or p x p identity basis)."""
+        """J = d r / d theta, shape (N, p) with N = n * k rows (one per scalar residual, example-major), row
+        by row: per example, reverse mode over its k outputs (forward mode over the p parameters when k > p).
+        Memory N p, cost N gradient evaluations of one example; never the N x N (or p x p) basis that
+        differentiating the batched residuals would push through every example."""
         flat, unravel = self.ravel(params)
-        jac = jax.jacrev if self.y.size <= flat.shape[0] else jax.jacfwd
-        return jac(lambda v: self.residuals(unravel(v)).reshape(-1))(flat)
+
+        def rows(v, x):
+            f = lambda w: jnp.reshape(self.model(unravel(w))(x), (-1,))  # noqa: E731
+            return (jax.jacrev if self.y[0].size <= flat.shape[0] else jax.jacfwd)(f)(v)
+
+        return jax.vmap(rows, (None, 0))(flat, self.X).reshape(-1, flat.shape[0])
 
     def gauss_newton_trace(self, params: PyTree) -> Float[Array, ""]:
-        """tr G = (1/n) ||J||_F^2 = (1/n) sum_i ||grad f_i||^2, the trace of H on the zero-loss manifold."""
+        """tr G = (1/n) ||J||_F^2 = (1/n) sum_i ||grad f_i||^2, the trace of H on the zero-loss manifold
+        (memory N p, cost N gradient evaluations)."""
         return jnp.sum(self.jacobian(params) ** 2) / self.n
 
     def per_example_grads(self, params: PyTree) -> Float[Array, "n p"]:

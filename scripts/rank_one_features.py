@@ -41,6 +41,7 @@ ACTIVATIONS = ("cubic", "sinh", "tanh")
 PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
     "smoke": dict(
         layout=3,
+        activations=["cubic", "tanh"],
         m=4,
         n=2,
         d=3,
@@ -55,6 +56,7 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
     ),
     "quick": dict(
         layout=3,
+        activations=list(ACTIVATIONS),
         m=10,
         n=3,
         d=3,
@@ -69,6 +71,7 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
     ),
     "paper": dict(
         layout=3,
+        activations=list(ACTIVATIONS),
         m=10,
         n=3,
         d=3,
@@ -138,7 +141,7 @@ def label_noise_runs(P, starts, eta, sigma, tau, saves, key, grid=4000):
 def compute(cfg, progress=False):
     out = {}
     taus = jnp.concatenate([jnp.zeros(1), jnp.logspace(-1, np.log10(cfg["tau1"]), cfg["saves"])])
-    for act in tqdm(ACTIVATIONS, disable=not progress, desc="activations"):
+    for act in tqdm(cfg["activations"], disable=not progress, desc="activations"):
         P = problem(act, cfg["m"], cfg["n"], cfg["d"])
         starts = [start(P, i) for i in range(cfg["seeds"])]
         flows = [riemannian_flow(P, s, t1=cfg["tau1"], ts=taus, rtol=1e-10) for s in starts]
@@ -200,7 +203,7 @@ def draw(cfg, r, path):
     fig, axes = plots.figure(3, 2)
     ax_t, ax_s, ax_r, ax_c, ax_af, ax_as = axes
     markers = "os"
-    for act in ACTIVATIONS:
+    for act in cfg["activations"]:
         tau, minimum = r[f"{act}/tau"][1:], float(r[f"{act}/minimum"])
         shift = minimum if np.isfinite(minimum) else 0.0
         color = f"C{ACTIVATIONS.index(act)}"
@@ -257,7 +260,7 @@ def draw(cfg, r, path):
 
 
 def summary(cfg, r):
-    for act in ACTIVATIONS:
+    for act in cfg["activations"]:
         trace, sv = r[f"{act}/flow_trace"][:, -1], r[f"{act}/flow_sv"][:, -1]
         minimum = float(r[f"{act}/minimum"])
         eps, below = convex_below(r[f"{act}/flow_grad"].ravel(), r[f"{act}/flow_min_eig"].ravel())

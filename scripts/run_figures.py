@@ -12,6 +12,7 @@ SCRIPTS = [
     "gd_vs_gradient_flow",
     "sde_vs_sgd",
     "slow_flow_vs_label_noise",
+    "slow_flow_real_net",
     "rank_one_features",
     "sharpness_vs_lr_batch",
     "escape",

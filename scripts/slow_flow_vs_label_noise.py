@@ -13,9 +13,11 @@ from flows import limit_map, riemannian_flow
 from models import Problem, QuadraticParam, data
 
 PRESETS = {
-    "smoke": dict(n=3, d=5, sigma=1.0, tau1=0.2, etas=[0.04, 0.02], seeds=4, num_saves=2),
-    "quick": dict(n=3, d=5, sigma=1.0, tau1=1.0, etas=[0.04, 0.02, 0.01], seeds=16, num_saves=10),
-    "paper": dict(n=10, d=30, sigma=1.0, tau1=3.0, etas=[0.02, 0.01, 0.005], seeds=64, num_saves=20),
+    "smoke": dict(layout=2, n=3, d=5, sigma=1.0, tau1=0.2, etas=[0.04, 0.02], seeds=4, num_saves=2),
+    "quick": dict(layout=2, n=3, d=5, sigma=1.0, tau1=1.0, etas=[0.04, 0.02, 0.01], seeds=16, num_saves=10),
+    "paper": dict(
+        layout=2, n=10, d=30, sigma=1.0, tau1=3.0, etas=[0.02, 0.01, 0.005], seeds=64, num_saves=20
+    ),
 }
 
 
@@ -48,16 +50,16 @@ def draw(cfg, r, path):
         plots.band(
             ax,
             r[f"tau_{eta}"],
-            r[f"sgd_mean_{eta}"],
-            r[f"sgd_band_{eta}"],
+            r[f"sgd_mean_trace_H_{eta}"],
+            r[f"sgd_band_trace_H_{eta}"],
             marker="o",
             ms=3,
             label=f"label-noise GD, eta={eta}, Phi-mapped",
         )
     ax.set(xlabel="tau = eta^2 sigma^2 k / B", ylabel="tr H", title="the slow flow on the zero-loss manifold")
     ax.legend(loc="upper right")
-    errs = [float(r[f"weak_error_{eta}"]) for eta in cfg["etas"]]
-    ax_e.loglog(cfg["etas"], errs, "o-", label=f"slope {float(r['order']):.2f}")
+    errs = [float(r[f"weak_error_trace_H_{eta}"]) for eta in cfg["etas"]]
+    ax_e.loglog(cfg["etas"], errs, "o-", label=f"slope {float(r['order_trace_H']):.2f}")
     ax_e.loglog(cfg["etas"], errs[-1] * np.asarray(cfg["etas"]) / cfg["etas"][-1], "k:", label="slope 1")
     ax_e.set(xlabel="eta", ylabel="sup_tau |E tr H(Phi(theta_k)) - tr H(flow)|", title="weak error")
     ax_e.legend()
@@ -66,8 +68,8 @@ def draw(cfg, r, path):
 
 def summary(cfg, r):
     for eta in cfg["etas"]:
-        print(f"eta={eta}: weak error {float(r[f'weak_error_{eta}']):.4f}")
-    print(f"observed order {float(r['order']):.2f} (theory: 1)")
+        print(f"eta={eta}: weak error {float(r[f'weak_error_trace_H_{eta}']):.4f}")
+    print(f"observed order {float(r['order_trace_H']):.2f} (theory: 1)")
 
 
 FIGURE = Figure("slow_flow_vs_label_noise", __doc__, PRESETS, compute, draw, summary)

@@ -29,16 +29,16 @@ def test_label_noise_sgd_follows_the_slow_flow_in_tau_ever_closer_as_eta_shrinks
     r = compare.label_noise_slow_clock(
         P, P.params, etas=etas, sigma=1.0, tau1=0.3, num_saves=3, key=jax.random.key(1), seeds=16
     )
-    scale = float(r["flow_0.01"][0])
-    e1, e2 = float(r["weak_error_0.02"]), float(r["weak_error_0.01"])
+    scale = float(r["flow_trace_H_0.01"][0])
+    e1, e2 = float(r["weak_error_trace_H_0.02"]), float(r["weak_error_trace_H_0.01"])
     assert e2 < 0.75 * e1
     assert e2 / scale < 0.05 and e1 / scale < 0.1
-    assert 0.5 < float(r["order"]) < 1.5
-    assert e1 > 2 * float(r["sgd_band_0.02"].max()) / 1.96  # the error is resolved by the sample
+    assert 0.5 < float(r["order_trace_H"]) < 1.5
+    assert e1 > 2 * float(r["sgd_band_trace_H_0.02"].max()) / 1.96  # the error is resolved by the sample
     np.testing.assert_allclose(r["tau_0.01"][-1], 0.3, rtol=1e-3)
     start = limit_map(P, P.params)  # the default observable is tr H, evaluated exactly
-    np.testing.assert_allclose(r["flow_0.01"][0], hessian.trace(P, start), rtol=1e-8)
-    np.testing.assert_allclose(r["sgd_mean_0.01"][0], hessian.trace(P, start), rtol=1e-8)
+    np.testing.assert_allclose(r["flow_trace_H_0.01"][0], hessian.trace(P, start), rtol=1e-8)
+    np.testing.assert_allclose(r["sgd_mean_trace_H_0.01"][0], hessian.trace(P, start), rtol=1e-8)
 
 
 def test_label_noise_sgd_and_its_sde_differ_by_at_most_first_order_in_eta():

@@ -5,13 +5,14 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import pytest
 import scipy.linalg
 
 from flows import label_noise_sde, label_noise_sgd, sgd, sgd_sde, trace_grad
-from flows.discrete import step_keys
-from flows.sde import BrownianGrid, diffusion, ito_correction, noise_parts
+from flows.brownian import BrownianGrid, step_keys
+from flows.noise import diffusion, ito_correction, noise_parts
 from models import Problem
 from tests.conftest import linear_regression, tree_allclose, two_layer
 
@@ -223,7 +224,11 @@ def cosine_errors(solver, substeps, seeds=2000):
 
 @pytest.mark.parametrize(
     "solver, lo, hi",
-    [(diffrax.Euler(), 0.35, 0.7), (diffrax.ItoMilstein(), 0.8, 1.25), (diffrax.Heun(), 0.8, 1.25)],
+    [
+        (diffrax.Euler(), 0.35, 0.7),
+        pytest.param(diffrax.ItoMilstein(), 0.8, 1.25, marks=pytest.mark.slow),
+        pytest.param(diffrax.Heun(), 0.8, 1.25, marks=pytest.mark.slow),
+    ],
     ids=["euler", "ito-milstein", "heun+correction"],
 )
 def test_strong_orders_on_the_closed_form_sde(solver, lo, hi):
@@ -308,3 +313,47 @@ def test_sgd_sde_refuses_the_full_batch(key):
     P = two_layer()
     with pytest.raises(ValueError, match="full-batch GD"):
         sgd_sde(P, P.params, t1=1.0, eta=0.1, batch_size=P.n, key=key)
+
+
+# -- the one-pass Euler step -------------------------------------------------------------------------------
+@pytest.mark.parametrize("ts", ["even", "uneven", "traced"])
+def test_one_pass_euler_is_diffrax_euler_on_the_same_path(ts, key):
+    """The default solve (one forward pass and one VJP a step) against diffrax's Euler with the drift and the
+    noise as two terms on the same BrownianGrid: the same path to rounding, with label and minibatch noise
+    together, 4 substeps, for evenly spaced saves (static loops), uneven ones and traced ones (jit, ts)."""
+    P = two_layer(n=6)
+    eta, sigma, B, t1 = 0.05, 0.4, 2, 1.0
+    times = {"even": jnp.linspace(0.0, t1, 5), "uneven": jnp.array([0.0, 0.0125, 0.3, 1.0])}.get(ts)
+    times = jnp.array([0.0, 0.25, 0.6, 1.0]) if times is None else times
+    hyper = dict(eta=eta, sigma=sigma, batch_size=B)
+
+    def ours(ts):
+        return label_noise_sde(P, P.params, t1=t1, key=key, substeps=4, ts=ts, **hyper)
+
+    run = jax.jit(ours)(times) if ts == "traced" else ours(times)
+    path = BrownianGrid(key, eta, noise_parts(P, sigma, B), levels=2, dtype=jnp.float64)
+    shape = jax.ShapeDtypeStruct((path.shape.shape[0],), jnp.float64)
+    terms = diffrax.MultiTerm(
+        diffrax.ODETerm(lambda t, p, a: jax.tree.map(jnp.negative, P.grad(p))),
+        diffrax.ControlTerm(
+            lambda t, p, a: lx.FunctionLinearOperator(lambda w: diffusion(P, p, w, **hyper), shape), path
+        ),
+    )
+    grid = jnp.arange(81) * (eta / 4)
+    sol = diffrax.diffeqsolve(
+        terms, diffrax.Euler(), 0.0, t1, None, P.params, saveat=diffrax.SaveAt(ts=times),
+        stepsize_controller=diffrax.StepTo(ts=grid.at[-1].set(t1)), max_steps=80,
+    )  # fmt: skip
+    np.testing.assert_allclose(run.ts, times, rtol=1e-12)
+    assert tree_allclose(run.params, sol.ys, rtol=1e-10, atol=1e-12)
+
+
+def test_fixed_step_saves_off_the_grid_are_refused(key):
+    P = two_layer()
+    with pytest.raises(ValueError, match="must lie on the step grid"):
+        label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, ts=[0.0, 0.55, 1.0])
+    with pytest.raises(ValueError, match="must lie on the step grid"):
+        label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, save_every=0.25)
+    traj = label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key)  # default: 101 grid points
+    assert traj.ts.shape == (101,)
+    np.testing.assert_allclose(traj.ts / 0.1, np.round(np.asarray(traj.ts) / 0.1), atol=1e-9)

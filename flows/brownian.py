@@ -1,0 +1,83 @@
+"""Randomness by step: the key contract shared by the discrete flows and the SDEs, and the Brownian path on
+the step grid built from it.
+
+Step k draws from `step_keys(key, k)` = split(fold_in(key, k), 3) = (batch, label noise, bridge): the
+minibatch from the first, the label noise from the second; the third refines the step's Brownian increment in
+the SDEs.
+`BrownianGrid` draws the SDE's increment over step k exactly as label-noise SGD draws its step-k noise, so an
+SDE path and a label-noise SGD run with the same key are coupled.
+"""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+from jaxtyping import Array, PRNGKeyArray
+
+from .noise import noise_dim
+
+
+def step_keys(key: PRNGKeyArray, k) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
+    """Step k's keys (batch, label noise, bridge) = `split(fold_in(key, k), 3)`."""
+    return tuple(jax.random.split(jax.random.fold_in(key, k), 3))
+
+
+class BrownianGrid(diffrax.AbstractBrownianPath):
+    """Brownian motion on the grid t = k * dt / 2^levels, for fixed steps of that size.
+
+    The motion is the concatenation of the blocks `parts` (see `noise_parts`). Its increment over coarse
+    step k, [k dt, (k+1) dt], is sqrt(dt) z_k with z_k ~ N(0, I) drawn from step k's keys
+    (`step_keys`): the `"label"` block exactly as label-noise SGD draws its label noise (so
+    the two are coupled), the `"batch"` block from the batch key. Each coarse increment is split `levels`
+    times by Brownian bridges (halves D/2 +- sqrt(h) xi / 2 of an increment D over h, xi drawn from the
+    step's bridge key, the level and the position), so paths with the same key and different `levels` are
+    one Brownian motion seen on finer grids. `evaluate(t0, t1)` answers one fine step [t0, t1].
+    """
+
+    key: PRNGKeyArray
+    dt: Array = eqx.field(converter=jnp.asarray)
+    parts: tuple = eqx.field(static=True, converter=lambda p: tuple(dict(p).items()))
+    levels: int = eqx.field(static=True, default=0)
+    dtype: DTypeLike = eqx.field(static=True, default=jnp.float32)
+    levy_area: type = eqx.field(static=True, default=diffrax.BrownianIncrement)
+
+    @property
+    def shape(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((noise_dim(dict(self.parts)),), self.dtype)
+
+    @property
+    def t0(self):
+        return 0.0
+
+    @property
+    def t1(self):
+        return jnp.inf
+
+    def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
+        del left
+        if t1 is None:
+            raise ValueError("BrownianGrid answers increments over one grid step, not W(t) at a point")
+        w = self.increment(jnp.round(t0 / (self.dt / 2**self.levels)).astype(jnp.int32))
+        if use_levy:
+            return diffrax.BrownianIncrement(dt=t1 - t0, W=w)
+        return w
+
+    def increment(self, j) -> Array:
+        """The increment over fine step j, [j h, (j + 1) h] with h = dt / 2^levels (an integer index: no
+        rounding of times)."""
+        k, local = j // 2**self.levels, j % 2**self.levels
+        k_batch, k_noise, k_bridge = step_keys(self.key, k)
+        blocks = []
+        for i, (name, shape) in enumerate(self.parts):
+            z = jax.random.normal(k_noise if name == "label" else k_batch, shape, self.dtype).reshape(-1)
+            d = jnp.sqrt(self.dt).astype(self.dtype) * z
+            kb = jax.random.fold_in(k_bridge, i)
+            for level in range(1, self.levels + 1):
+                parent = local >> (self.levels - level + 1)
+                right = (local >> (self.levels - level)) & 1
+                key = jax.random.fold_in(jax.random.fold_in(kb, level), parent)
+                half = jnp.sqrt(self.dt / 2 ** (level - 1)).astype(self.dtype) / 2
+                d = d / 2 + jnp.where(right, -half, half) * jax.random.normal(key, d.shape, self.dtype)
+            blocks.append(d)
+        return jnp.concatenate(blocks)

@@ -1,0 +1,100 @@
+"""The gradient noise of one SGD step, as a matrix-free factor of its covariance (docs/conventions.md).
+
+With batch B of n examples, label noise sigma and residuals r,
+
+    F_label = (sigma / sqrt(B n)) J^T                          (p, N)  label noise eps ~ N(0, sigma^2)
+    F_batch = (c_B / sqrt(B n)) [g_1 - gbar, ..., g_n - gbar]  (p, n)  minibatch of B, g_i = J_i^T r_i
+
+with c_B = 1 for batches drawn with replacement and sqrt((n - B) / (n - 1)) without; F F^T is the covariance
+of one step's gradient. Neither factor is formed: F_label w + F_batch v = J^T [sigma w + c_B r * (v - mean v)]
+/ sqrt(B n) is one vector-Jacobian product of the residuals (memory O(p + N), cost one backward pass), and the
+p x p covariance never appears. `noise_cotangent` is that bracket, so a flow can fold it into the VJP it
+takes for the drift.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from models import Problem
+
+
+def noise_parts(problem: Problem, sigma, batch_size: int) -> dict[str, tuple[int, ...]]:
+    """The blocks of the Brownian motion, in order: `"label"` (shaped like y) when `sigma` is given,
+    `"batch"` (n,) when `batch_size < n`. The SDE's Brownian motion is their concatenation, flattened."""
+    parts = {}
+    if sigma is not None:
+        parts["label"] = problem.y.shape
+    if batch_size < problem.n:
+        parts["batch"] = (problem.n,)
+    return parts
+
+
+def diffusion(
+    problem: Problem,
+    params: PyTree,
+    w: Float[Array, " m"],
+    *,
+    eta,
+    sigma,
+    batch_size: int,
+    replace: bool = True,
+) -> PyTree:
+    """sqrt(eta) [F_label w_label + F_batch w_batch] at `params` for w = (w_label, w_batch) flattened (see
+    `noise_parts`), as one VJP of the residuals; the module docstring gives F. The covariance of one SGD
+    step's gradient noise is F F^T."""
+    r, vjp = jax.vjp(problem.residuals, params)
+    (out,) = vjp(noise_cotangent(problem, r, w, eta=eta, sigma=sigma, batch_size=batch_size, replace=replace))
+    return out
+
+
+def noise_cotangent(problem: Problem, r, w, *, eta, sigma, batch_size: int, replace: bool = True):
+    """sqrt(eta) [sigma w_label + c_B r * (w_batch - mean w_batch)] / sqrt(B n), shaped like the residuals r:
+    the cotangent whose VJP through the residuals is `diffusion`."""
+    n = problem.n
+    w = _split(w, noise_parts(problem, sigma, batch_size))
+    cotangent = jnp.zeros_like(r)
+    if "label" in w:
+        cotangent = cotangent + sigma * w["label"]
+    if "batch" in w:
+        v = w["batch"] - jnp.mean(w["batch"])
+        c = 1.0 if replace else jnp.sqrt((n - batch_size) / (n - 1))
+        cotangent = cotangent + c * r * v.reshape((n,) + (1,) * (r.ndim - 1))
+    return cotangent * (jnp.sqrt(eta) / jnp.sqrt(batch_size * n))
+
+
+def noise_dim(parts: dict[str, tuple[int, ...]]) -> int:
+    """m, the dimension of the Brownian motion with these blocks."""
+    return sum(math.prod(shape) for shape in parts.values())
+
+
+def _split(w, parts: dict[str, tuple[int, ...]]) -> dict[str, Array]:
+    out, start = {}, 0
+    for name, shape in parts.items():
+        size = math.prod(shape)
+        out[name] = w[start : start + size].reshape(shape)
+        start += size
+    if start != w.shape[0]:
+        raise ValueError(f"the noise w has {w.shape[0]} entries, expected {start} (blocks {parts})")
+    return out
+
+
+def ito_correction(
+    problem: Problem, params: PyTree, *, eta, sigma, batch_size: int, replace: bool = True
+) -> PyTree:
+    """(1/2) sum_j D G_j(theta)[G_j(theta)], G_j = `diffusion` applied to the j-th unit vector: a Stratonovich
+    solver with drift (Ito drift - this) solves the Ito SDE. One JVP of a VJP per noise column (vmapped).
+
+    The label columns alone give (eta sigma^2 / (4B)) grad tr G, tr G = (1/n) sum_i ||grad f_i||^2.
+    """
+    hyper = dict(eta=eta, sigma=sigma, batch_size=batch_size, replace=replace)
+    m = noise_dim(noise_parts(problem, sigma, batch_size))
+
+    def term(e):
+        column = lambda p: diffusion(problem, p, e, **hyper)  # noqa: E731
+        return jax.jvp(column, (params,), (column(params),))[1]
+
+    terms = jax.vmap(term)(jnp.eye(m, dtype=problem.y.dtype))
+    return jax.tree.map(lambda x: 0.5 * jnp.sum(x, axis=0), terms)

@@ -1,0 +1,100 @@
+"""The manifold's linear algebra in both modes (`flows.geometry`) against dense computations, the flows they
+drive against each other, at a size where a p x p array cannot exist, and in float32."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flows import limit_map, riemannian_flow, tangent_projection, trace_grad
+from flows.geometry import Point, mode_for
+from models import Problem, TwoLayerNet, data
+
+
+def net(n=6, d=4, width=8, activation="tanh", outputs=False, seed=0):
+    kx, ky, kn = jax.random.split(jax.random.key(seed), 3)
+    X = data.gaussian(kx, n, d)
+    y = 0.5 * jnp.tanh(X[:, 0] + 0.3 * X[:, 1])  # inside the range of a fixed outer layer 1/m
+    if outputs:  # a vector-output MLP: N = 2 n constraints
+        model = eqx.nn.MLP(d, 2, width, 1, activation=jnp.tanh, key=kn)
+        return Problem(model, X, jnp.stack([y, -y], axis=1))
+    return Problem(
+        TwoLayerNet(d, width, key=kn, activation=activation, train_outer=False, outer="ones"), X, y
+    )
+
+
+def float32(P: Problem) -> Problem:
+    cast = lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x  # noqa: E731
+    return Problem(jax.tree.map(cast, P.model(P.params)), cast(P.X), cast(P.y))
+
+
+@pytest.mark.parametrize("mode", ["dense", "matrix_free"])
+@pytest.mark.parametrize("outputs", [False, True], ids=["scalar", "vector"])
+def test_both_modes_match_the_dense_projector_and_the_dense_trace_gradient(mode, outputs):
+    P = net(outputs=outputs)
+    flat, unravel = P.ravel(P.params)
+    J = np.asarray(jax.jacrev(lambda v: P.residuals(unravel(v)).reshape(-1))(flat))
+    projector = np.eye(J.shape[1]) - J.T @ np.linalg.solve(J @ J.T, J)
+    V = jax.random.normal(jax.random.key(1), (3, flat.shape[0]))
+    PV = jax.vmap(lambda v: tangent_projection(P, P.params, v, mode=mode))(V)
+    np.testing.assert_allclose(PV, V @ projector, atol=1e-9)
+
+    def dense_trace(v):
+        Jv = jax.jacrev(lambda w: P.residuals(unravel(w)).reshape(-1))(v)
+        return jnp.sum(Jv**2) / P.n
+
+    np.testing.assert_allclose(
+        trace_grad(P, P.params, mode=mode, chunk=4), jax.grad(dense_trace)(flat), rtol=1e-10
+    )
+    point = Point(P, flat, unravel, mode)
+    b = jax.random.normal(jax.random.key(2), (J.shape[0],))
+    np.testing.assert_allclose(point.min_norm(b), np.linalg.pinv(J) @ np.asarray(b), rtol=1e-8, atol=1e-10)
+
+
+def test_dense_and_matrix_free_flows_agree_on_a_mid_size_net():
+    """n = 24, width 40 (p = 240): tr H along the flow to tau = 2 within 1e-4 relative, float64."""
+    P = net(n=24, d=6, width=40)
+    start = limit_map(P, P.params)
+    ts = jnp.linspace(0.0, 2.0, 5)
+    dense = riemannian_flow(P, start, t1=2.0, ts=ts, mode="dense", save_params=False)
+    free = riemannian_flow(P, start, t1=2.0, ts=ts, mode="matrix_free", save_params=False)
+    trace = 4 * dense.stats["objective"]
+    assert float(trace[0] - trace[-1]) > 1e-3 * float(trace[0])  # the flow moved
+    np.testing.assert_allclose(4 * free.stats["objective"], trace, rtol=1e-4)
+    assert float(free.stats["loss"].max()) < 1e-20
+
+
+def test_matrix_free_mode_runs_where_a_p_by_p_array_cannot_exist():
+    """p = 200,000 (a p x p float64 array would take 320 GB): the auto mode goes matrix-free for a budget
+    this small, the projection is idempotent and kills J, and a short flow keeps the loss at zero."""
+    P = net(n=8, d=200, width=1000, activation="cubic")
+    assert P.num_params == 200_000
+    assert mode_for(P, "auto") == "dense"  # J is 8 x 200,000: small
+    start = limit_map(P, P.params, mode="matrix_free")
+    v = jax.random.normal(jax.random.key(3), (P.num_params,))
+    Pv = tangent_projection(P, start, v, mode="matrix_free")
+    flat, unravel = P.ravel(start)
+    Jv = jax.jvp(lambda w: P.residuals(unravel(w)), (flat,), (Pv,))[1]
+    assert float(jnp.max(jnp.abs(Jv))) < 1e-8 * float(jnp.linalg.norm(v))
+    np.testing.assert_allclose(tangent_projection(P, start, Pv, mode="matrix_free"), Pv, atol=1e-8)
+    flow = riemannian_flow(P, start, t1=0.1, ts=jnp.array([0.0, 0.1]), mode="matrix_free", save_params=False)
+    assert float(flow.stats["objective"][-1]) < float(flow.stats["objective"][0])
+    assert float(flow.stats["loss"].max()) < 1e-20
+
+
+def test_a_float32_flow_matches_float64_and_a_regular_float32_start_is_not_refused():
+    """tr H along the flow in float32 within 1e-3 relative of float64; a cubic net of width 1,000 on n = d = 3
+    (cond(J) ~ 7) starts in float32 (it was once called singular)."""
+    P64 = net(n=6, d=4, width=16)
+    P32 = float32(P64)
+    ts = jnp.linspace(0.0, 1.0, 5)
+    f64 = riemannian_flow(P64, P64.params, t1=1.0, ts=ts, save_params=False)
+    f32 = riemannian_flow(P32, P32.params, t1=1.0, ts=ts.astype(jnp.float32), save_params=False)
+    assert f32.stats["objective"].dtype == jnp.float32
+    np.testing.assert_allclose(f32.stats["objective"], f64.stats["objective"], rtol=1e-3)
+    wide = float32(net(n=3, d=3, width=1000, activation="cubic"))
+    flow = riemannian_flow(
+        wide, wide.params, t1=0.1, ts=jnp.array([0.0, 0.1], jnp.float32), save_params=False
+    )
+    assert bool(jnp.all(jnp.isfinite(flow.stats["objective"])))
