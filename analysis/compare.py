@@ -166,11 +166,14 @@ def sde_vs_sgd(
     For each eta, `seeds` SGD runs of t1 / eta steps and `seeds` SDE paths (Euler, fixed steps of
     eta / `substeps`, the same keys) are saved at `num_saves + 1` times in [0, t1]. For each metric (default
     the loss and tr H): the ensemble means and 95% bands, the paired SGD - SDE difference, the weak error
-    sup_t |E SGD - E SDE| and that of gradient flow, sup_t |E SGD - GF|.
+    sup_t |E SGD - E SDE| and that of gradient flow, sup_t |E SGD - GF|, each with its sampling noise removed
+    and its 95% band (`debiased_weak_error`). Label noise couples SGD and SDE path by path (a small band);
+    minibatch noise cannot be coupled, and its band is that of two independent ensembles.
 
     **Returns:** `t`; `gf_{m}`; per eta `sgd_mean_{m}_{eta}`, `sgd_band_...`, `sde_mean_...`, `sde_band_...`,
-    `diff_mean_...`, `diff_band_...`, `weak_error_{m}_{eta}`, `gf_error_{m}_{eta}`; and with two or more etas
-    `order_{m}` and `gf_order_{m}`, the slopes of the weak errors against eta on log axes.
+    `diff_mean_...`, `diff_band_...`, `weak_error_{m}_{eta}` and `weak_error_band_...`, `gf_error_{m}_{eta}`
+    and `gf_error_band_...`; and with two or more etas `order_{m}` and `gf_order_{m}`, the slopes of the
+    weak errors against eta on log axes: NaN unless every error is resolved (above its band).
     """
     if noise not in ("batch", "label"):
         raise ValueError(f"noise must be 'batch' (minibatch SGD) or 'label' (label-noise SGD), got {noise!r}")
@@ -207,20 +210,40 @@ def sde_vs_sgd(
             (out[f"sgd_mean_{tag}"], out[f"sgd_band_{tag}"]) = mean_band(a.stats[m])
             (out[f"sde_mean_{tag}"], out[f"sde_band_{tag}"]) = mean_band(b.stats[m])
             (out[f"diff_mean_{tag}"], out[f"diff_band_{tag}"]) = paired_difference(a, b, m)
-            out[f"weak_error_{tag}"] = np.asarray(weak_error(out[f"diff_mean_{tag}"], 0.0))
-            out[f"gf_error_{tag}"] = np.asarray(weak_error(out[f"sgd_mean_{tag}"], out[f"gf_{m}"]))
-            errors[m][0].append(out[f"weak_error_{tag}"])
-            errors[m][1].append(out[f"gf_error_{tag}"])
+            sde_err = debiased_weak_error(out[f"diff_mean_{tag}"], out[f"diff_band_{tag}"])
+            gf_err = debiased_weak_error(out[f"sgd_mean_{tag}"] - out[f"gf_{m}"], out[f"sgd_band_{tag}"])
+            out[f"weak_error_{tag}"], out[f"weak_error_band_{tag}"] = (np.asarray(x) for x in sde_err)
+            out[f"gf_error_{tag}"], out[f"gf_error_band_{tag}"] = (np.asarray(x) for x in gf_err)
+            errors[m][0].append(sde_err)
+            errors[m][1].append(gf_err)
     if len(etas) > 1:
         for m, (sde_err, gf_err) in errors.items():
-            out[f"order_{m}"] = np.asarray(order(etas, sde_err))
-            out[f"gf_order_{m}"] = np.asarray(order(etas, gf_err))
+            out[f"order_{m}"] = np.asarray(resolved_order(etas, sde_err))
+            out[f"gf_order_{m}"] = np.asarray(resolved_order(etas, gf_err))
     return out
 
 
-def weak_error(sample_mean, reference) -> float:
-    """sup over the saved times of |E[phi(theta_k)] - phi_ref(t_k)|."""
-    return float(np.max(np.abs(np.asarray(sample_mean) - np.asarray(reference))))
+def debiased_weak_error(diff_mean, diff_band, level: float = 0.95) -> tuple[float, float]:
+    """sup_t |E a - E b| over T saved times, from the sample mean d_t of a - b and its pointwise confidence
+    half-width at `level`, with the sampling noise removed: |d_t|^2 overestimates (E d_t)^2 by se_t^2 on
+    average (se_t = half-width / z), so the estimate is sup_t sqrt(max(d_t^2 - se_t^2, 0)).
+
+    Returns (estimate, half-width): the half-width is simultaneous over the T times (Bonferroni,
+    z_{1 - (1 - level) / (2T)} se at the time of the sup), since a sup over T noisy values picks the
+    largest. An error below its half-width is not resolved by the sample."""
+    d, band = np.atleast_1d(np.asarray(diff_mean, float)), np.atleast_1d(np.asarray(diff_band, float))
+    se = band / norm.ppf((1 + level) / 2)
+    debiased = np.sqrt(np.maximum(d**2 - se**2, 0.0))
+    i = int(np.argmax(debiased))
+    return float(debiased[i]), float(norm.ppf(1 - (1 - level) / (2 * d.size)) * se[i])
+
+
+def resolved_order(etas, errors_and_bands) -> float:
+    """`order` of the errors against eta, or NaN unless every error exceeds its half-width (an order fitted
+    to sampling noise is no measurement)."""
+    errors = np.array([e for e, _ in errors_and_bands])
+    bands = np.array([b for _, b in errors_and_bands])
+    return order(etas, errors) if np.all(errors > bands) else float("nan")
 
 
 def order(etas, errors) -> float:
@@ -248,19 +271,22 @@ def label_noise_slow_clock(
     seeds: int = 16,
     num_saves: int = 10,
     batch_size: int | None = None,
+    noise_batch_size: int | None = None,
     observables: Mapping[str, Callable[[Problem, PyTree], Array]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Label-noise SGD ensembles at each eta, mapped by Phi, against the Riemannian flow, in tau.
 
     From `params0` mapped onto the manifold, every eta runs `seeds` label-noise SGD paths for
-    tau1 * B / (eta^2 sigma^2) steps (rounded to a multiple of `num_saves`), saves `num_saves + 1` points,
+    tau1 * B / (eta^2 sigma^2) steps (`flows.timescale`: with a label-noise batch `noise_batch_size` apart
+    from the gradient batch, tau1 * B^2 / (B_eps eta^2 sigma^2)), saves `num_saves + 1` points,
     maps each by Phi and evaluates every observable (name -> `fn(problem, params)`; default
     `{"trace_H": trace_g}`, tr H on the manifold). The flow is evaluated at the same tau. Memory: the saved
     parameters, seeds * (num_saves + 1) * p per eta.
 
     **Returns:** arrays `tau_{eta}`; for each observable `name`, `sgd_mean_{name}_{eta}`,
-    `sgd_band_{name}_{eta}` (95% half-width), `flow_{name}_{eta}` and `weak_error_{name}_{eta}` for each eta,
-    and `order_{name}` (the slope of the weak error against eta on log axes, with two or more etas).
+    `sgd_band_{name}_{eta}` (95% half-width), `flow_{name}_{eta}`, and `weak_error_{name}_{eta}` with
+    `weak_error_band_{name}_{eta}` (`debiased_weak_error`) for each eta; and `order_{name}` (the slope of the
+    weak error against eta on log axes, with two or more etas; NaN unless every error is resolved).
     """
     sigma = float(checks.positive("sigma", sigma))
     seeds = checks.positive_int("seeds", seeds)
@@ -274,8 +300,8 @@ def label_noise_slow_clock(
         return {name: fn(problem, on) for name, fn in observables.items()}
 
     for i, eta in enumerate(etas):
-        every = max(1, timescale.steps_for_slow_time(tau1 / num_saves, eta, sigma, batch))
-        taus = timescale.slow_time(np.arange(num_saves + 1) * every, eta, sigma, batch)
+        every = max(1, timescale.steps_for_slow_time(tau1 / num_saves, eta, sigma, batch, noise_batch_size))
+        taus = timescale.slow_time(np.arange(num_saves + 1) * every, eta, sigma, batch, noise_batch_size)
         runs = jax.vmap(
             lambda k, eta=eta, every=every: (
                 label_noise_sgd(
@@ -286,6 +312,7 @@ def label_noise_slow_clock(
                     sigma=sigma,
                     key=k,
                     batch_size=batch_size,
+                    noise_batch_size=noise_batch_size,
                     save_every=every,
                 ).params
             )
@@ -297,9 +324,9 @@ def label_noise_slow_clock(
             mean, band = mean_band(values[name])
             out[f"sgd_mean_{name}_{eta}"], out[f"sgd_band_{name}_{eta}"] = mean, band
             out[f"flow_{name}_{eta}"] = np.asarray(flow.stats[name])
-            errors[name].append(weak_error(mean, flow.stats[name]))
-            out[f"weak_error_{name}_{eta}"] = np.asarray(errors[name][-1])
+            errors[name].append(debiased_weak_error(mean - np.asarray(flow.stats[name]), band))
+            out[f"weak_error_{name}_{eta}"], out[f"weak_error_band_{name}_{eta}"] = errors[name][-1]
     if len(etas) > 1:
         for name, errs in errors.items():
-            out[f"order_{name}"] = np.asarray(order(etas, errs))
+            out[f"order_{name}"] = np.asarray(resolved_order(etas, errs))
     return out

@@ -4,6 +4,7 @@ from . import timescale as timescale
 from .discrete import gd as gd
 from .discrete import label_noise_sgd as label_noise_sgd
 from .discrete import sgd as sgd
+from .discrete import svag as svag
 from .gradient import gradient_flow as gradient_flow
 from .manifold import (
     label_noise_objective as label_noise_objective,

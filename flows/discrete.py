@@ -7,7 +7,15 @@ All three are the step theta_{k+1} = theta_k - eta g_k (an `optax.sgd` update) w
                      replacement (or without, `replace=False`), g_i = J_i^T r_i.
 - label-noise SGD:   g_k is the gradient of (1/(2B)) sum_{i in batch_k} (f(x_i) - y_i - eps_i)^2 with
                      fresh eps_i ~ N(0, sigma^2) every step (or +-sigma, `noise="rademacher"`); full batch
-                     by default.
+                     by default. With `noise_batch_size` = B_eps the label noise falls instead on B_eps
+                     examples drawn apart from the gradient batch (with replacement):
+                     g_k = grad L_batch - (1/B) sum_{j in noise batch} eps_j grad f_j (the full-batch
+                     gradient plus label noise on one random example is B = n, B_eps = 1).
+- SVAG:              (Li, Malladi & Arora 2021) theta_{k+1} = theta_k - (eta/l) grad[c1 L_1 + c2 L_2],
+                     L_1, L_2 two independent minibatch losses (label-noisy with `sigma`),
+                     c_{1,2} = (1 +- sqrt(2l-1))/2:
+                     mean (eta/l) grad L and covariance (eta^2/l) Sigma a step, so per unit of t = k eta / l
+                     the drift and the diffusion of SGD's SDE; l = 1 is SGD.
 
 Step k draws its randomness from `flows.brownian.step_keys(key, k)`: the same key gives the same bits, and an
 ensemble is `jax.vmap` over keys. Parameters are
@@ -120,6 +128,7 @@ def label_noise_sgd(
     sigma,
     key: PRNGKeyArray,
     batch_size: int | None = None,
+    noise_batch_size: int | None = None,
     noise: Literal["gaussian", "rademacher"] = "gaussian",
     replace: bool = True,
     save_every: int = 1,
@@ -130,7 +139,9 @@ def label_noise_sgd(
 ) -> Trajectory:
     """Label-noise SGD: every step the labels are y_i + eps_i with fresh eps_i ~ N(0, sigma^2)
     (`noise="gaussian"`) or uniform on {-sigma, +sigma} (`"rademacher"`); both have variance sigma^2.
-    Full batch (label-noise GD) unless `batch_size` is given. Arguments otherwise as `sgd`."""
+    Full batch (label-noise GD) unless `batch_size` is given. `noise_batch_size` = B_eps puts the label
+    noise on B_eps examples drawn apart from the gradient batch (the module docstring gives the step; its
+    slow time is tau = eta^2 sigma^2 B_eps k / B^2, `flows.timescale`). Arguments otherwise as `sgd`."""
     return _discrete(
         "label_noise_sgd",
         problem,
@@ -141,12 +152,61 @@ def label_noise_sgd(
         steps=steps,
         save_every=save_every,
         batch_size=batch_size,
+        noise_batch_size=noise_batch_size,
         replace=replace,
         noise=noise,
         metrics=metrics,
         save_params=save_params,
         raise_on_divergence=raise_on_divergence,
         first_step=first_step,
+    )
+
+
+def svag(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    steps: int,
+    eta,
+    batch_size: int,
+    l: int,  # noqa: E741 (the paper's name)
+    key: PRNGKeyArray,
+    sigma=None,
+    replace: bool = True,
+    save_every: int = 1,
+    metrics: Mapping[str, Metric] | None = None,
+    save_params: bool = True,
+    raise_on_divergence: bool = True,
+    first_step: int = 0,
+) -> Trajectory:
+    """SVAG (Li, Malladi & Arora 2021, "On the validity of modeling SGD with SDEs"):
+    theta_{k+1} = theta_k - (eta/l) grad[c1 L_1 + c2 L_2](theta_k) with two independent minibatches of
+    `batch_size` (label-noisy with `sigma`, if given), c_{1,2} = (1 +- sqrt(2l - 1)) / 2, saved at
+    t = k eta / l. Its steps have mean -(eta/l) grad L and covariance (eta^2/l) Sigma (Sigma the covariance of
+    one minibatch gradient): as l grows it converges weakly to the SDE of SGD at step eta (`sgd_sde`,
+    `label_noise_sde`) at rate 1/l; l = 1 is `sgd` (`label_noise_sgd`) bit for bit. Step k draws the first
+    batch as SGD does and the second from its bridge key (`flows.brownian.step_keys`). Costs two minibatch
+    gradients a step. Arguments otherwise as `sgd`."""
+    l = checks.positive_int("l", l)  # noqa: E741
+    if checks.is_concrete(eta):
+        eta = checks.positive("eta", eta)
+    return _discrete(
+        "svag",
+        problem,
+        params0,
+        key,
+        eta / l,
+        sigma,
+        steps=steps,
+        save_every=save_every,
+        batch_size=batch_size,
+        replace=replace,
+        noise="gaussian",
+        metrics=metrics,
+        save_params=save_params,
+        raise_on_divergence=raise_on_divergence,
+        first_step=first_step,
+        svag_l=l,
     )
 
 
@@ -167,6 +227,8 @@ def _discrete(
     save_params,
     raise_on_divergence,
     first_step,
+    noise_batch_size=None,
+    svag_l=None,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
     first_step = checks.step_index("first_step", first_step)
@@ -178,6 +240,8 @@ def _discrete(
     if steps % save_every:
         raise ValueError(f"steps ({steps}) must be a multiple of save_every ({save_every})")
     batch_size = checks.batch_size(batch_size, problem.n)
+    if noise_batch_size is not None:
+        noise_batch_size = checks.positive_int("noise_batch_size", noise_batch_size)
     if noise not in ("gaussian", "rademacher"):
         raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
     if key is None and (sigma is not None or batch_size < problem.n):
@@ -196,6 +260,8 @@ def _discrete(
         metrics=default_metrics(metrics),
         save_params=save_params,
         first_step=first_step,
+        noise_batch_size=noise_batch_size,
+        svag_l=svag_l,
     )
     if not raise_on_divergence:
         return traj
@@ -224,15 +290,16 @@ def _scan(
     metrics,
     save_params,
     first_step,
+    noise_batch_size,
+    svag_l,
 ):
     n = problem.n
     opt = optax.sgd(eta)
+    draw = jax.random.normal if noise == "gaussian" else jax.random.rademacher
 
-    def minibatch_loss(params, k):
+    def noisy_loss(params, k_batch, k_noise):
+        """One step's minibatch loss with its label noise, from the step's batch and noise keys."""
         X, y = problem.X, problem.y
-        if key is None:
-            return problem.loss(params, X, y)
-        k_batch, k_noise, _ = step_keys(key, k)
         if batch_size < n:
             idx = (
                 jax.random.randint(k_batch, (batch_size,), 0, n)
@@ -240,10 +307,25 @@ def _scan(
                 else jax.random.choice(k_batch, n, (batch_size,), replace=False)
             )
             X, y = X[idx], y[idx]
-        if sigma is not None:
-            draw = jax.random.normal if noise == "gaussian" else jax.random.rademacher
-            y = y + sigma * draw(k_noise, y.shape, y.dtype)
-        return problem.loss(params, X, y)
+        if sigma is None:
+            return problem.loss(params, X, y)
+        if noise_batch_size is None:
+            return problem.loss(params, X, y + sigma * draw(k_noise, y.shape, y.dtype))
+        k_idx, k_eps = jax.random.split(k_noise)
+        j = jax.random.randint(k_idx, (noise_batch_size,), 0, n)
+        eps = sigma * draw(k_eps, (noise_batch_size, *y.shape[1:]), y.dtype)
+        return problem.loss(params, X, y) - jnp.sum(eps * problem.outputs(params, problem.X[j])) / batch_size
+
+    def minibatch_loss(params, k):
+        if key is None:
+            return problem.loss(params)
+        k_batch, k_noise, k_bridge = step_keys(key, k)
+        if svag_l is None:
+            return noisy_loss(params, k_batch, k_noise)
+        root = (2 * svag_l - 1) ** 0.5
+        return (1 + root) / 2 * noisy_loss(params, k_batch, k_noise) + (1 - root) / 2 * noisy_loss(
+            params, *jax.random.split(k_bridge)
+        )
 
     def step(carry, _):
         params, state, k, first_bad = carry

@@ -67,6 +67,7 @@ def label_noise_sde(
     sigma,
     key: PRNGKeyArray,
     batch_size: int | None = None,
+    noise_batch_size: int | None = None,
     replace: bool = True,
     substeps: int = 1,
     solver: diffrax.AbstractSolver | None = None,
@@ -80,13 +81,17 @@ def label_noise_sde(
     progress: bool = False,
     raise_on_divergence: bool = True,
 ) -> Trajectory:
-    """The SDE of label-noise SGD (`flows.label_noise_sgd` with the same eta, sigma, batch_size, replace):
-    the label term, plus the minibatch term when `batch_size < n`.
+    """The SDE of label-noise SGD (`flows.label_noise_sgd` with the same eta, sigma, batch_size,
+    noise_batch_size, replace): the label term, plus the minibatch term when `batch_size < n`. With a
+    label-noise batch of B_eps apart from the gradient batch (`noise_batch_size`), the label term's
+    covariance is B_eps / B times that of noise on the gradient batch: sigma is taken as
+    sigma sqrt(B_eps / B) (and the SDE is no longer coupled path by path with label-noise SGD).
 
     **Arguments:**
 
     - `t1`: the end time, in gradient-flow time t = eta * k; a whole number of steps eta / `substeps`.
-    - `eta > 0`, `sigma >= 0`, `batch_size` in 1..n (default n: label-noise GD), `replace`: as for SGD.
+    - `eta > 0`, `sigma >= 0`, `batch_size` in 1..n (default n: label-noise GD), `noise_batch_size`,
+      `replace`: as for `label_noise_sgd`.
     - `key`: the Brownian path's key; with the same key, label-noise GD draws the same increments.
     - `substeps`: fixed steps of eta / substeps (a power of two) on the `BrownianGrid` path.
     - `solver`: default `diffrax.Euler()`; see the module docstring for the others.
@@ -98,14 +103,18 @@ def label_noise_sde(
     **Returns:** a `Trajectory` in gradient-flow time t. A path whose loss becomes non-finite raises
     `FloatingPointError` naming the time, unless `raise_on_divergence=False`.
     """
+    batch_size = checks.batch_size(batch_size, problem.n)
+    sigma = checks.non_negative("sigma", sigma)
+    if noise_batch_size is not None:
+        sigma = sigma * (checks.positive_int("noise_batch_size", noise_batch_size) / batch_size) ** 0.5
     return _sde(
         "label_noise_sde",
         problem,
         params0,
         key,
         eta,
-        checks.non_negative("sigma", sigma),
-        checks.batch_size(batch_size, problem.n),
+        sigma,
+        batch_size,
         replace,
         t1=t1,
         substeps=substeps,

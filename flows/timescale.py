@@ -3,8 +3,19 @@
 - Gradient-flow time: t = eta * k. GD, SGD and label-noise SGD at step k sit at time t on the clock of
   gradient flow and of the first-order SDEs.
 - SDE diffusion in that clock: d theta = -grad L dt + sqrt(eta) Sigma^{1/2} dW.
-- Slow time on the zero-loss manifold for label noise: tau = eta^2 sigma^2 k / B. In tau, label-noise SGD
-  follows d theta / d tau = -(1/4) P_T grad tr H (Blanc et al. 2020; Damian et al. 2021; Li et al. 2022).
+- Slow time on the zero-loss manifold for label noise: tau = eta^2 sigma^2 k / B, or
+  tau = eta^2 sigma^2 B_eps k / B^2 when the label noise falls on B_eps examples drawn apart from the
+  gradient batch of B (`label_noise_sgd(noise_batch_size=B_eps)`; the label-noise covariance of a step is
+  then sigma^2 B_eps J^T J / (B^2 n), B_eps / B times that of noise on the gradient batch itself). In tau,
+  label-noise SGD follows d theta / d tau = -(1/4) P_T grad tr H (Blanc et al. 2020; Damian et al. 2021;
+  Li, Wang & Arora 2022).
+
+This slow time is the leading order in eta: the slow flow holds while eta tr H << 1. Beyond it,
+(i) GD's own O(eta) drift shows, and (ii) with minibatches (B < n) SGD adds the noise of the residuals,
+covariance (c_B^2 / B) [(1/n) sum_i r_i^2 grad f_i grad f_i^T - gbar gbar^T]. It vanishes on the manifold,
+but label noise holds the iterates off it with E r_i^2 of order eta sigma^2 tr H, so next to the label
+noise (covariance sigma^2 J^T J / (B n)) it is a relative correction of order eta tr H that a larger sigma
+does not remove. A weak error that does not fall like eta says one of them is not small.
 """
 
 import numpy as np
@@ -20,19 +31,20 @@ def steps_for_time(t, eta) -> int:
     return _whole(t / eta, f"t = {t} is not a whole number of steps of eta = {eta}")
 
 
-def diffusion_scale(eta):
-    """The factor sqrt(eta) in front of Sigma^{1/2} dW in the first-order SDE, in gradient-flow time."""
-    return np.sqrt(eta) if isinstance(eta, float | int) else eta**0.5
+def slow_time(step, eta, sigma, batch_size, noise_batch_size=None):
+    """tau = eta^2 sigma^2 k / B, or eta^2 sigma^2 B_eps k / B^2 with a label-noise batch of B_eps apart from
+    the gradient batch."""
+    return eta**2 * sigma**2 * step / _effective_batch(batch_size, noise_batch_size)
 
 
-def slow_time(step, eta, sigma, batch_size):
-    """tau = eta^2 sigma^2 k / B."""
-    return eta**2 * sigma**2 * step / batch_size
+def steps_for_slow_time(tau, eta, sigma, batch_size, noise_batch_size=None) -> int:
+    """The number of steps k with `slow_time(k, ...)` = tau, rounded up to a whole step."""
+    return int(np.ceil(tau * _effective_batch(batch_size, noise_batch_size) / (eta**2 * sigma**2) - 1e-9))
 
 
-def steps_for_slow_time(tau, eta, sigma, batch_size) -> int:
-    """The number of steps k with eta^2 sigma^2 k / B = tau, rounded up to a whole step."""
-    return int(np.ceil(tau * batch_size / (eta**2 * sigma**2) - 1e-9))
+def _effective_batch(batch_size, noise_batch_size):
+    """B, or B^2 / B_eps: the batch that label noise on the gradient batch would need for the same tau."""
+    return batch_size if noise_batch_size is None else batch_size**2 / noise_batch_size
 
 
 def _whole(k, message) -> int:

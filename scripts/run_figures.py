@@ -11,6 +11,7 @@ from pathlib import Path
 SCRIPTS = [
     "gd_vs_gradient_flow",
     "sde_vs_sgd",
+    "svag",
     "slow_flow_vs_label_noise",
     "slow_flow_real_net",
     "rank_one_features",

@@ -1,0 +1,122 @@
+"""SVAG (Li, Malladi & Arora 2021): where the SDE picture of SGD holds, and where it does not.
+
+Minibatch SGD (B = 2) on a two-layer tanh net, at a small step size and at a large one, against SVAG at
+l = 2, 4, 8, 16 (`flows.svag`: two independent minibatches a step at eta / l, whose steps have SGD's drift and
+covariance per unit of t = k eta / l; l = 1 is SGD) and the SGD SDE (`flows.sgd_sde`, Euler, 32 substeps),
+each an ensemble of `--seeds` runs:
+
+- (a) loss and (b) tr H against t at the small eta, (c) and (d) at the large eta, mean over seeds (SDE
+  dashed, SGD thick);
+- (e) the weak gap sup_t |E loss(SVAG_l) - E loss(SDE)| (independent ensembles, noise floor removed, 95%
+  simultaneous band) against 1/l at both step sizes, l = 1 being SGD. SVAG converges to the SDE like 1/l;
+  where the gap of SGD itself (1/l = 1) is within the band the SDE describes SGD, where it is resolved it does
+  not.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import Figure, main
+
+from analysis import compare, hessian, plots
+from flows import sgd_sde, svag
+from models import Problem, TwoLayerNet, data
+
+PRESETS = {
+    "smoke": dict(n=8, d=3, width=6, batch=2, etas=[0.05, 0.4], t1=1.6, ls=[1, 2, 4], seeds=8, saves=4),
+    "quick": dict(
+        n=16, d=5, width=16, batch=2, etas=[0.05, 0.4], t1=3.2, ls=[1, 2, 4, 8, 16], seeds=256, saves=8
+    ),
+    "paper": dict(
+        n=64, d=10, width=64, batch=2, etas=[0.02, 0.4], t1=4.0, ls=[1, 2, 4, 8, 16], seeds=2048, saves=10
+    ),
+}
+SDE_SUBSTEPS = 32
+
+
+def trace_h(problem, params):
+    return hessian.trace(problem, params)
+
+
+def problem(cfg):
+    kx, kn = jax.random.split(jax.random.key(0))
+    X = data.gaussian(kx, cfg["n"], cfg["d"])
+    return Problem(TwoLayerNet(cfg["d"], cfg["width"], key=kn, activation="tanh"), X, jnp.sin(2 * X[:, 0]))
+
+
+def compute(cfg, progress=False):
+    P = problem(cfg)
+    keys = jax.random.split(jax.random.key(1), cfg["seeds"])
+    metrics = {"trace_H": trace_h}
+    t = np.linspace(0.0, cfg["t1"], cfg["saves"] + 1)
+    out = {"t": t}
+    for eta in cfg["etas"]:
+        runs = {}
+        for ell in cfg["ls"]:
+            steps = round(cfg["t1"] * ell / eta)
+
+            def run(k, ell=ell, steps=steps):
+                return svag(P, P.params, steps=steps, eta=eta, batch_size=cfg["batch"], l=ell, key=k,
+                            save_every=steps // cfg["saves"], save_params=False, metrics=metrics)  # fmt: skip
+
+            runs[f"svag{ell}"] = compare.ensemble(run, keys, progress=progress)
+
+        def sde(k):
+            return sgd_sde(P, P.params, t1=cfg["t1"], eta=eta, batch_size=cfg["batch"], key=k, ts=t,
+                           substeps=SDE_SUBSTEPS, save_params=False, metrics=metrics)  # fmt: skip
+
+        runs["sde"] = compare.ensemble(
+            sde, jax.random.split(jax.random.key(2), cfg["seeds"]), progress=progress
+        )
+        for name, traj in runs.items():
+            for m in ("loss", "trace_H"):
+                out[f"{eta}/{name}/{m}"], out[f"{eta}/{name}/{m}_band"] = compare.mean_band(traj.stats[m])
+        gaps = []
+        for ell in cfg["ls"]:
+            d = out[f"{eta}/svag{ell}/loss"] - out[f"{eta}/sde/loss"]
+            band = np.hypot(out[f"{eta}/svag{ell}/loss_band"], out[f"{eta}/sde/loss_band"])
+            gaps.append(compare.debiased_weak_error(d, band))
+        out[f"{eta}/gap"] = np.asarray(gaps)  # (len(ls), 2): estimate, half-width
+    return out
+
+
+def draw(cfg, r, path):
+    fig, axes = plots.figure(5, width=3.4)
+    t = r["t"]
+    for j, eta in enumerate(cfg["etas"]):
+        for col, m in enumerate(("loss", "trace_H")):
+            ax = axes[2 * j + col]
+            for i, ell in enumerate(cfg["ls"]):
+                label = "SGD (l = 1)" if ell == 1 else f"SVAG l = {ell}"
+                ax.plot(t, r[f"{eta}/svag{ell}/{m}"], color=f"C{i}", lw=2 if ell == 1 else 1, label=label)
+            plots.band(
+                ax, t, r[f"{eta}/sde/{m}"], r[f"{eta}/sde/{m}_band"], color="k", ls="--", label="SGD SDE"
+            )
+            ax.set(
+                xlabel="t = k eta / l", ylabel="tr H" if m == "trace_H" else "loss", title=f"eta = {eta}: {m}"
+            )
+        axes[2 * j].legend(fontsize=6)
+    ax = axes[4]
+    inv = 1 / np.asarray(cfg["ls"], float)
+    for eta in cfg["etas"]:
+        gap = r[f"{eta}/gap"]
+        ax.errorbar(inv, gap[:, 0], yerr=gap[:, 1], fmt="o-", capsize=2, label=f"eta = {eta}")
+    ax.plot(inv, inv * r[f"{cfg['etas'][-1]}/gap"][0, 0], "k:", label="slope 1")
+    ax.set(xlabel="1 / l", ylabel="sup_t |E loss(SVAG_l) - E loss(SDE)|", title="weak gap to the SDE")
+    ax.legend(fontsize=7)
+    return plots.save(fig, path)
+
+
+def summary(cfg, r):
+    for eta in cfg["etas"]:
+        gap = r[f"{eta}/gap"]
+        cells = ", ".join(f"l={ell}: {g:.2e} +- {b:.1e}" for ell, (g, b) in zip(cfg["ls"], gap))
+        sgd_resolved = gap[0, 0] > gap[0, 1]
+        verdict = "SGD is resolved from its SDE" if sgd_resolved else "SGD is within the band of its SDE"
+        print(f"eta = {eta}: weak gap of the loss to the SDE, {cells}; {verdict}")
+
+
+FIGURE = Figure("svag", __doc__, PRESETS, compute, draw, summary)
+
+if __name__ == "__main__":
+    main(FIGURE)
