@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PRNGKeyArray, PyTree
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from flows import (
     Trajectory,
@@ -40,13 +41,14 @@ from . import hessian
 
 
 def mean_band(values, axis: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over `axis` and the half-width of its normal confidence interval at `level`:
-    z_{(1+level)/2} * std / sqrt(N), with the unbiased std over N samples."""
+    """Mean over `axis` and the half-width of its Student-t confidence interval at `level`:
+    t_{(1+level)/2, N-1} * std / sqrt(N), with the unbiased std over N samples (t, not the normal quantile:
+    at 16 seeds the normal band is 8% too narrow)."""
     values = np.asarray(values)
     count = values.shape[axis]
     if count < 2:
         raise ValueError(f"a confidence band needs at least 2 samples along axis {axis}, got {count}")
-    half = norm.ppf((1 + level) / 2) * values.std(axis=axis, ddof=1) / np.sqrt(count)
+    half = student_t.ppf((1 + level) / 2, count - 1) * values.std(axis=axis, ddof=1) / np.sqrt(count)
     return values.mean(axis=axis), half
 
 

@@ -139,7 +139,8 @@ def lanczos(
     return_vectors: bool = False,
 ):
     """The k largest eigenvalues of the symmetric operator `matvec` on R^dim (descending), by Lanczos with
-    full reorthogonalisation. An invariant subspace found early (beta ~ 0) restarts from a fresh random
+    full reorthogonalisation. An invariant subspace found early (beta below 1e3 eps times the largest
+    alpha or beta so far: relative, so the operator's scale does not matter) restarts from a fresh random
     vector orthogonal to the basis, so the tridiagonal matrix stays block-exact."""
     k = checks.positive_int("k", k)
     if k > dim:
@@ -159,8 +160,8 @@ def lanczos(
         a = w @ Q[j]
         w = orthonormal(w, Q)
         b = jnp.linalg.norm(w)
-        scale = jnp.maximum(jnp.abs(alpha).max(), jnp.abs(a))
-        restart = b <= 1e3 * jnp.finfo(dtype).eps * jnp.maximum(scale, 1.0)
+        scale = jnp.maximum(jnp.maximum(jnp.abs(alpha).max(), jnp.abs(a)), jnp.maximum(beta.max(), b))
+        restart = b <= 1e3 * jnp.finfo(dtype).eps * scale  # relative: an operator's scale is its own
         fresh = orthonormal(jax.random.normal(keys[j + 1], (dim,), dtype), Q)
         nxt = jnp.where(restart, fresh / jnp.linalg.norm(fresh), w / jnp.where(restart, 1.0, b))
         return Q.at[j + 1].set(nxt), alpha.at[j].set(a), beta.at[j].set(jnp.where(restart, 0.0, b))

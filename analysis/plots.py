@@ -1,12 +1,10 @@
-"""Matplotlib helpers: one style for every figure of the library."""
+"""Matplotlib helpers: one style for every figure of the library. The backend is the user's (importing this
+switches nothing; on a machine without a display matplotlib draws with Agg by itself)."""
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 STYLE = {
     "figure.dpi": 110,

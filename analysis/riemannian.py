@@ -8,15 +8,25 @@ Hessian of the Lagrangian F - lambda . r, whose second term is the curvature of 
 fundamental form) acting on grad F's normal part. On the orthonormal basis Z of T_theta Gamma (the null
 space of J, from an SVD) it is the symmetric (p - rank J) matrix Z^T grad^2 (F - lambda . r) Z; its smallest
 eigenvalue > 0 at a stationary point means F is locally geodesically convex there.
+
+`tangent_basis` and `hessian` are that basis (p x q) and that matrix (q x q), dense by definition: small p.
+`grad_norm` and `min_eigenvalue` scale (`flows.geometry`): the smallest eigenvalue by Lanczos on
+M = P_T grad^2 (F - lambda . r) P_T + c (I - P_T), c above the top of its tangent spectrum, whose smallest
+eigenvalue is the Riemannian Hessian's (memory O(N + p) per product, plus the Lanczos basis, iterations * p).
 """
+
+from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
+from flows import geometry
 from flows.manifold import Objective, label_noise_objective, riemannian_grad
 from models import Problem
+
+from .hessian import lanczos
 
 __all__ = ["grad_norm", "hessian", "min_eigenvalue", "riemannian_grad", "tangent_basis"]
 
@@ -59,6 +69,51 @@ def _hessian_on(problem, params, Z, objective):
     return (M + M.T) / 2
 
 
-def min_eigenvalue(problem: Problem, params: PyTree, objective: Objective | None = None) -> Float[Array, ""]:
-    """The smallest eigenvalue of the Riemannian Hessian: > 0 means locally geodesically convex."""
-    return jnp.linalg.eigvalsh(hessian(problem, params, objective))[0]
+def min_eigenvalue(
+    problem: Problem,
+    params: PyTree,
+    objective: Objective | None = None,
+    *,
+    mode: Literal["dense", "matrix_free"] | None = None,
+    num_iter: int = 200,
+) -> Float[Array, ""]:
+    """The smallest eigenvalue of the Riemannian Hessian: > 0 means locally geodesically convex.
+
+    `mode="dense"`: the eigenvalues of `hessian` (memory p^2). `"matrix_free"`: Lanczos (`num_iter` steps, at
+    most p) on M = P_T grad^2 (F - lambda . r) P_T + c (I - P_T), each product one solve with K and one
+    Hessian-vector product of the Lagrangian (`flows.geometry`). Default: dense for p <= 2,000."""
+    objective = objective or label_noise_objective
+    mode = mode or ("dense" if problem.num_params <= 2000 else "matrix_free")
+    if mode == "dense":
+        return jnp.linalg.eigvalsh(hessian(problem, params, objective))[0]
+    if mode != "matrix_free":
+        raise ValueError(f"mode must be 'dense' or 'matrix_free', got {mode!r}")
+    flat, _ = problem.ravel(params)
+    iters = min(num_iter, flat.shape[0])
+    key = jax.random.key(0)
+    M = _projected_lagrangian(problem, params, objective, geometry.mode_for(problem, "auto", flat.dtype))
+    top = lanczos(lambda v: M(v, 0.0), flat.shape[0], 1, key=key, num_iter=iters, dtype=flat.dtype)[0]
+    c = jnp.abs(top) + 1.0
+    return -lanczos(lambda v: -M(v, c), flat.shape[0], 1, key=key, num_iter=iters, dtype=flat.dtype)[0]
+
+
+def _projected_lagrangian(problem, params, objective, mode):
+    """(v, c) -> P_T grad^2 (F - lambda . r) P_T v + c (v - P_T v), lambda = K^+ J grad F."""
+    flat, unravel = problem.ravel(params)
+    point = geometry.Point(problem, flat, unravel, mode)
+
+    def F(v):
+        return objective(problem, unravel(v))
+
+    lam = jax.lax.stop_gradient(point.solve(point.jv(jax.grad(F)(flat))))
+
+    def lagrangian(v):
+        return F(v) - lam @ problem.residuals(unravel(v)).reshape(-1)
+
+    _, hvp = jax.linearize(jax.grad(lagrangian), flat)
+
+    def M(v, c):
+        pv = point.project(v)
+        return point.project(hvp(pv)) + c * (v - pv)
+
+    return M

@@ -377,8 +377,10 @@ def second_moments(
     replace: bool = True,
 ) -> Float[Array, "T p p"]:
     """M_k = E[(theta_k - theta*)(theta_k - theta*)^T] of linearised SGD from M_0 = `cov0`, exactly:
-    M_{k+1} = M - eta (G M + M G) + (eta^2/B^2) J^T (C o (J M J^T)) J. Parameter space (small p): the check
-    against Monte Carlo; the stability analysis itself works with `mean_square_rate`."""
+    M_{k+1} = M - eta (G M + M G) + (eta^2/B^2) J^T (C o (J M J^T)) J, symmetrised each step (the map
+    preserves symmetry, but would amplify the antisymmetric part of its round-off). Parameter space (memory
+    p^2, small p): the check against Monte Carlo; the stability analysis itself works with
+    `mean_square_rate`."""
     eta = checks.positive("eta", eta)
     B = checks.batch_size(batch_size, problem.n)
     J = problem.jacobian(params)
@@ -393,6 +395,7 @@ def second_moments(
     def step(M, _):
         JM = J @ M
         M = M - (eta / n) * (J.T @ JM + JM.T @ J) + (eta**2 / B**2) * J.T @ (C * (JM @ J.T)) @ J
+        M = (M + M.T) / 2  # the map keeps M symmetric; its round-off is not damped, and grows, unless removed
         return M, M
 
     _, Ms = lax.scan(step, cov0, None, length=checks.positive_int("steps", steps))

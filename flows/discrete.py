@@ -266,6 +266,9 @@ def _discrete(
     if not raise_on_divergence:
         return traj
 
+    last = first_step + steps  # the loss after the last step, which no step saw
+    first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(traj.stats["loss"][-1]), last, first_bad)
+
     def where():
         k = int(first_bad)
         t = float(timescale.flow_time(k, eta))

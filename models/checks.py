@@ -86,6 +86,11 @@ def same_structure(name: str, tree, reference, reference_name: str):
             raise ValueError(
                 f"{name} has a leaf of shape {jnp.shape(x)} where {reference_name} has {jnp.shape(y)}"
             )
+        if jnp.result_type(x) != jnp.result_type(y):
+            raise ValueError(
+                f"{name} has a leaf of dtype {jnp.result_type(x)} where {reference_name} has "
+                f"{jnp.result_type(y)}; cast one to the other"
+            )
 
 
 def diverged(name: str, tree, bad, where, hint: str = ""):

@@ -11,7 +11,8 @@ of 256 paths (`jax.jit(jax.vmap(...))` over keys), 1,000 steps each, through
 
 Targets: the SDE <= 1.1x label-noise GD and <= 0.9x the bare scan. Then the 10,000-path ensemble in chunks
 of 256 (`analysis.compare.ensemble(..., chunk=256)`): its cost per path-step against 256 paths (target: flat)
-and its peak memory (bounded by the chunk). All compiled before timing; medians over repeats.
+and its peak memory (bounded by the chunk). All compiled before timing; medians over repeats, the rows
+compared interleaved (`bench_common.median_times`).
 """
 
 import argparse
@@ -22,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from bench_common import median_time, table
+from bench_common import median_time, median_times, table
 
 from analysis import compare
 from flows import label_noise_sde, label_noise_sgd
@@ -109,16 +110,15 @@ def main(argv=None):
     keys, r = jax.random.split(jax.random.key(2), PATHS), args.repeats
     sde = jax.jit(jax.vmap(lambda k: sde_loss(P, k)))
     sgd = jax.jit(jax.vmap(lambda k: sgd_loss(P, k)))
-    rows = [
-        ("label-noise GD (label_noise_sgd)", median_time(lambda: sgd(keys), repeats=r)),
-        ("label_noise_sde, Euler, one pass", median_time(lambda: sde(keys), repeats=r)),
-        ("bare scan: 1 forward + 2 VJPs", median_time(lambda: bare(P, keys), repeats=r)),
-        (
-            "diffrax Euler, two terms, BrownianGrid",
-            median_time(lambda: diffrax_path(P, keys, "grid"), repeats=r),
-        ),
-        ("diffrax Euler, VirtualBrownianTree", median_time(lambda: diffrax_path(P, keys, "tree"), repeats=1)),
-    ]
+    interleaved = {
+        "label-noise GD (label_noise_sgd)": lambda: sgd(keys),
+        "label_noise_sde, Euler, one pass": lambda: sde(keys),
+        "bare scan: 1 forward + 2 VJPs": lambda: bare(P, keys),
+        "diffrax Euler, two terms, BrownianGrid": lambda: diffrax_path(P, keys, "grid"),
+    }
+    rows = [*median_times(interleaved, repeats=r).items()]
+    tree = median_time(lambda: diffrax_path(P, keys, "tree"), repeats=1)
+    rows.append(("diffrax Euler, VirtualBrownianTree", tree))
     title = f"label-noise SDE: {PATHS} paths x {STEPS} steps, two-layer net n=32 d=16 m=32, float32"
     out = table(title, rows, "label-noise GD (label_noise_sgd)")
     t = dict(rows)

@@ -1,6 +1,6 @@
 """The slow flow of tr H on a real network: an MLP with two tanh hidden layers on scikit-learn's digits.
 
-Quick preset: digits 3 vs 8 as a +-1 regression target, n = 128 training images, an eqx.nn.MLP 64-64-64-1
+Quick preset: digits 3 vs 8 as a +-1 regression target, n = 64 training images, an eqx.nn.MLP 64-64-64-1
 with tanh (p = 8,385), square loss. From the initialisation mapped onto the zero-loss manifold by Phi,
 label-noise GD (sigma = 0.5, full batch) at two step sizes, `--seeds` paths each, its iterates mapped by Phi,
 against the Riemannian flow of tr H / 4, in the slow time tau = eta^2 sigma^2 k / n:
@@ -29,7 +29,7 @@ PRESETS = {
         classes=[3, 8], n=12, width=6, sigma=0.5, etas=[0.1, 0.05], tau1=0.01, num_saves=2, seeds=2
     ),
     "quick": dict(
-        classes=[3, 8], n=128, width=64, sigma=0.5, etas=[0.1, 0.05], tau1=0.2, num_saves=8, seeds=8
+        classes=[3, 8], n=64, width=64, sigma=0.5, etas=[0.1, 0.05], tau1=0.2, num_saves=4, seeds=4
     ),
     "paper": dict(
         classes=None, n=1024, width=128, sigma=0.5, etas=[0.05, 0.025], tau1=0.5, num_saves=10, seeds=32

@@ -11,6 +11,11 @@ each an ensemble of `--seeds` runs:
   simultaneous band) against 1/l at both step sizes, l = 1 being SGD. SVAG converges to the SDE like 1/l;
   where the gap of SGD itself (1/l = 1) is within the band the SDE describes SGD, where it is resolved it does
   not.
+
+Measured (quick: n = 16, d = 5, width 16, 1,024 seeds, t = 3): at eta = 0.05 every gap, SGD's included
+(1.7e-3 +- 1.8e-3), is within its band: the SDE holds. At eta = 0.25 SGD's gap is 0.100 +- 0.027, resolved:
+SGD lowers tr H to 6.8 where the SDE keeps 7.5 (a flatness bias beyond the first-order SDE), and SVAG's gap
+falls with l, 0.042 +- 0.017 at l = 2 and 0.036 +- 0.021 at l = 4, into the band from l = 8.
 """
 
 import jax
@@ -25,10 +30,10 @@ from models import Problem, TwoLayerNet, data
 PRESETS = {
     "smoke": dict(n=8, d=3, width=6, batch=2, etas=[0.05, 0.4], t1=1.6, ls=[1, 2, 4], seeds=8, saves=4),
     "quick": dict(
-        n=16, d=5, width=16, batch=2, etas=[0.05, 0.4], t1=3.2, ls=[1, 2, 4, 8, 16], seeds=256, saves=8
+        n=16, d=5, width=16, batch=2, etas=[0.05, 0.25], t1=3.0, ls=[1, 2, 4, 8, 16], seeds=1024, saves=6
     ),
     "paper": dict(
-        n=64, d=10, width=64, batch=2, etas=[0.02, 0.4], t1=4.0, ls=[1, 2, 4, 8, 16], seeds=2048, saves=10
+        n=64, d=10, width=64, batch=2, etas=[0.02, 0.25], t1=4.0, ls=[1, 2, 4, 8, 16], seeds=8192, saves=8
     ),
 }
 SDE_SUBSTEPS = 32
@@ -102,7 +107,8 @@ def draw(cfg, r, path):
         gap = r[f"{eta}/gap"]
         ax.errorbar(inv, gap[:, 0], yerr=gap[:, 1], fmt="o-", capsize=2, label=f"eta = {eta}")
     ax.plot(inv, inv * r[f"{cfg['etas'][-1]}/gap"][0, 0], "k:", label="slope 1")
-    ax.set(xlabel="1 / l", ylabel="sup_t |E loss(SVAG_l) - E loss(SDE)|", title="weak gap to the SDE")
+    ax.set(xscale="log", yscale="log", xlabel="1 / l", ylabel="sup_t |E loss(SVAG_l) - E loss(SDE)|",
+           title="weak gap to the SDE (95% band)")  # fmt: skip
     ax.legend(fontsize=7)
     return plots.save(fig, path)
 

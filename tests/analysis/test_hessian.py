@@ -84,3 +84,12 @@ def test_metrics_compile_and_vmap(problem):
         jax.vmap(lambda s: hessian.trace(problem, jax.tree.map(lambda x: s * x, problem.params)))
     )(jnp.array([0.5, 1.0]))
     np.testing.assert_allclose(traces[1], np.trace(_dense(problem)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_lanczos_is_scale_free(dtype):
+    """The breakdown test is relative to the operator's scale: diag(1e-5 linspace(-1, 3, 100)) has top
+    eigenvalue 3e-5 in either dtype (an absolute test once gave 1.43e-5 in float32)."""
+    d = (1e-5 * jnp.linspace(-1.0, 3.0, 100)).astype(dtype)
+    top = hessian.lanczos(lambda v: d * v, 100, 2, key=jax.random.key(0), dtype=dtype, num_iter=100)
+    np.testing.assert_allclose(top, [3e-5, d[-2]], rtol=1e-4 if dtype == jnp.float32 else 1e-10)

@@ -258,3 +258,20 @@ def test_every_minimum_sgd_finds_in_a_small_sweep_satisfies_the_bound():
             mu = stability.min_alignment(P, tr.final)
             assert fro <= stability.wu_bound(eta, B, mu=mu)
     assert found >= 6
+
+
+def test_second_moments_stay_symmetric_and_decay_at_rho_over_many_steps():
+    """A stable minimum of a two-layer net (eta = 0.3, B = 2): 200 steps of the recursion keep M symmetric and
+    tr(J M J^T) decays at the exact mean-square rate rho per step (round-off in the antisymmetric part of M
+    once grew without bound)."""
+    P, star = net_minimum()
+    eta, B = 0.3, 2
+    rho = stability.mean_square_rate(P, star, eta=eta, batch_size=B)
+    assert rho < 1
+    p = P.num_params
+    Ms = np.asarray(stability.second_moments(P, star, jnp.eye(p) / p, eta=eta, steps=200, batch_size=B))
+    J = np.asarray(P.jacobian(star))
+    loss = np.einsum("ap,kpq,aq->k", J, Ms, J)
+    assert np.all(loss > 0)
+    np.testing.assert_allclose(loss[-1] / loss[-2], rho, rtol=1e-3)
+    np.testing.assert_allclose(Ms[-1], np.swapaxes(Ms[-1], 0, 1), atol=1e-12 * np.abs(Ms[-1]).max())

@@ -154,6 +154,21 @@ def test_divergence_raises_naming_the_step():
     assert not np.isfinite(run.stats["loss"][-1])
 
 
+def test_a_start_of_another_dtype_is_refused():
+    """float32 parameters given to a float64 problem are refused, naming the dtypes (they once entered
+    silently, and limit_map then took float32's tolerance)."""
+    P = two_layer()
+    with pytest.raises(ValueError, match="params0 has a leaf of dtype float32 where problem.params has"):
+        gd(P, jax.tree.map(lambda x: x.astype(jnp.float32), P.params), steps=2, eta=0.1)
+
+
+def test_divergence_at_the_last_step_is_caught():
+    """The loss after the last step is checked too, not only the losses the steps saw."""
+    P = linear_regression()
+    with pytest.raises(FloatingPointError, match="gd diverged"):
+        gd(P, P.params, steps=1, eta=1e300)
+
+
 def test_divergence_inside_jit_is_still_an_error():
     P = linear_regression()
     f = jax.jit(lambda eta: gd(P, P.params, steps=2000, eta=eta, save_every=100).stats["loss"])
