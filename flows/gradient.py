@@ -24,7 +24,8 @@ def save_times(t1, ts=None, save_every=None, num_saves: int = 101, *, t0=0.0):
     if ts is not None:
         if checks.is_concrete((ts, t0, t1)):  # checked on the host: inside jit, jnp ops would be traced
             host = np.asarray(ts)
-            slack = 8 * np.finfo(np.result_type(np.asarray(t1), np.float32)).eps * max(1.0, abs(float(t1)))
+            eps = max(np.finfo(np.result_type(np.asarray(x), np.float32)).eps for x in (host, t1))
+            slack = 8 * eps * max(1.0, abs(float(t1)))  # the coarser dtype of ts and t1 rounds them
             if (
                 host.ndim != 1
                 or np.any(np.diff(host) < 0)

@@ -48,7 +48,7 @@ def test_min_trace_is_a_lower_bound_attained_by_equal_preactivations():
     assert float(P.gauss_newton_trace(limit_map(P, P.params))) > expect
 
 
-@pytest.mark.parametrize("activation", ["cubic", "sinh"])
+@pytest.mark.parametrize("activation", ["cubic", pytest.param("sinh", marks=pytest.mark.slow)])
 def test_slow_flow_ends_rank_one_at_the_minimum_of_tr_h(activation):
     P = gatmiry(activation)
     flow = riemannian_flow(P, limit_map(P, P.params), t1=1e6, ts=jnp.array([0.0, 1e6]), rtol=1e-10)
@@ -168,6 +168,7 @@ def test_distance_to_ols_is_zero_for_the_linear_relu_pair_and_closed_form_otherw
         assert abs(float(features.distance_to_ols(P, params, X_eval)) - expected) < 1e-12
 
 
+@pytest.mark.slow  # paper size: 20,000 GD steps, 4 seeds at two n
 def test_gradient_flow_interpolates_below_the_optimization_threshold_and_not_above():
     """Boursier & Flammarion (2024): ReLU net, width 50, balanced init lambda = 1e-6, noisy linear teacher in
     d = 4 (noise s = 0.5), GD with a small step to t = 1000. At n = 6 every seed interpolates (loss < 1e-8);

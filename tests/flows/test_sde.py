@@ -225,7 +225,7 @@ def cosine_errors(solver, substeps, seeds=2000):
 @pytest.mark.parametrize(
     "solver, lo, hi",
     [
-        (diffrax.Euler(), 0.35, 0.7),
+        pytest.param(diffrax.Euler(), 0.35, 0.7, marks=pytest.mark.slow),
         pytest.param(diffrax.ItoMilstein(), 0.8, 1.25, marks=pytest.mark.slow),
         pytest.param(diffrax.Heun(), 0.8, 1.25, marks=pytest.mark.slow),
     ],

@@ -111,6 +111,7 @@ def test_label_noise_on_one_example_apart_has_the_stated_covariance_and_sde_fact
     assert timescale.slow_time(1, eta, sigma, P.n, 1) == pytest.approx(eta**2 * sigma**2 / P.n**2)
 
 
+@pytest.mark.slow  # 36,000 steps x 16 seeds, Phi-mapped
 def test_label_noise_on_one_example_follows_the_slow_flow_in_its_own_tau():
     """tau = eta^2 sigma^2 k / n^2 for the full-batch gradient with label noise on one example: tr H of
     label-noise GD mapped by Phi stays within a few percent of the slow flow at that tau (quadratic
