@@ -3,10 +3,11 @@
     root/NAME-HASH/config.json   the config, canonical JSON (sorted keys)
     root/NAME-HASH/arrays.npz    the arrays
 
-HASH is the first 16 hex digits of the SHA-256 of the canonical JSON. A folder is written in a temporary
-sibling and renamed into place (atomic on one file system), so a reader never sees half a result. Reading a
-folder whose config differs from the one asked for (a hash collision, a hand edit) raises instead of
-returning a foreign result.
+HASH is the first 16 hex digits of the SHA-256 of the canonical JSON. Each file is written to a temporary
+file beside it and renamed over it (atomic on one file system): a reader, or a run resumed after a kill at
+any moment, sees the old arrays or the new ones, never half of them and never none. (The folder's name is its
+config's hash, so its config.json never changes.) Reading a folder whose config differs from the one asked
+for (a hash collision, a hand edit) raises instead of returning a foreign result.
 
 `resumable` runs a long computation chunk by chunk and writes its whole state after each chunk the same
 way, so a killed run re-started with the same config goes on from its last chunk.
@@ -15,7 +16,6 @@ way, so a killed run re-started with the same config goes on from its last chunk
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
@@ -50,32 +50,36 @@ def load(root, name: str, config: Mapping) -> dict[str, np.ndarray] | None:
 
 
 def write(folder, config: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `config.json` and `arrays.npz` into `folder` atomically: built in a temporary sibling, then
-    renamed into place (an existing folder is swapped out the same way)."""
+    """Write `config.json`, then `arrays.npz`, into `folder`, each atomically (a temporary file beside it,
+    renamed over it): the arrays are there whole or not at all, old or new."""
     target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        (tmp / "config.json").write_text(json.dumps(json.loads(canonical(config)), indent=2, sort_keys=True))
-        np.savez(tmp / "arrays.npz", **{k: np.asarray(v) for k, v in arrays.items()})
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    target.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(json.loads(canonical(config)), indent=2, sort_keys=True)
+    _atomic(target / "config.json", lambda f: f.write(text.encode()))
+    _atomic(target / "arrays.npz", lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
     return target
+
+
+def _atomic(path: Path, fill) -> None:
+    """`fill(file)` into a temporary file in path's folder, flushed to disk, then renamed over `path`."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False) as f:
+        tmp = Path(f.name)
+        try:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, path)
 
 
 def read(folder, config: Mapping) -> dict[str, np.ndarray] | None:
     """The arrays in `folder`, or None if it holds none. Raises `ValueError` if it holds another config's
     result (never returned as this one's) or cannot be read back whole."""
     target = Path(folder)
-    if not target.exists() or not any(target.iterdir()):
+    if not (target / "arrays.npz").exists():
         return None
     try:
         stored = json.loads((target / "config.json").read_text())

@@ -42,3 +42,26 @@ def test_bad_config_and_name(tmp_path):
         store.key({"f": object()})
     with pytest.raises(ValueError, match="name"):
         store.path(tmp_path, "a/b", {})
+
+
+def test_a_write_killed_at_any_moment_leaves_the_previous_state(tmp_path, monkeypatch):
+    """A write interrupted before its rename (a kill, a full disk) leaves the previous arrays readable whole;
+    a stale temporary file from a killed writer does not disturb later reads and writes. (A folder swap once
+    lost the state, or left a folder that failed every later write, when killed between its steps.)"""
+    cfg = {"run": 1}
+    folder = store.write(tmp_path / "state", cfg, {"x": np.arange(3)})
+    (folder / ".arrays.npz-stale").write_bytes(b"half a file")
+    real = store.os.replace
+
+    def killed(src, dst):
+        if str(dst).endswith("arrays.npz"):
+            raise KeyboardInterrupt  # the process dies just before the rename
+        return real(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(folder, cfg, {"x": np.arange(5)})
+    monkeypatch.setattr(store.os, "replace", real)
+    np.testing.assert_array_equal(store.read(folder, cfg)["x"], np.arange(3))
+    store.write(folder, cfg, {"x": np.arange(4)})
+    np.testing.assert_array_equal(store.read(folder, cfg)["x"], np.arange(4))
