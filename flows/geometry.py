@@ -74,7 +74,7 @@ class Point:
         chunk: int = 256,
         cg_rtol: float | None = None,
     ):
-        self.problem, self.flat, self.unravel, self.mode = problem, flat, unravel, mode
+        self.mode = mode
         dtype = flat.dtype
         self.N = problem.y.size
         self.rcond = rcond(self.N, dtype)
