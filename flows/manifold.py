@@ -221,7 +221,8 @@ def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_it
     v, res, _ = jax.lax.while_loop(cond, body, (flat, res0, 0))
     lam = None
     if gram:
-        lam = jnp.linalg.eigvalsh(geometry.Point(problem, v, unravel, "dense")._K)[jnp.array([0, -1])]
+        J = problem.jacobian(unravel(v))
+        lam = jnp.linalg.eigvalsh(J @ J.T)[jnp.array([0, -1])]
     return v, settled, res, res <= res_tol, lam
 
 

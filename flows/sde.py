@@ -51,6 +51,7 @@ from models import Problem, checks
 from models.problem import check_start
 
 from .brownian import BrownianGrid
+from .gradient import save_times
 from .noise import diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
@@ -240,7 +241,7 @@ def _sde(
                 "the solve's static step budget); under jit only the default Euler path takes traced ones"
             )
         steps = int(steps)
-        times = index.astype(dtype) * h if index is not None else _adaptive_save_times(t1, ts, save_every)
+        times = index.astype(dtype) * h if index is not None else save_times(t1, ts, save_every)
         traj = _diffrax_solve(
             problem,
             params0,
@@ -335,16 +336,6 @@ def _save_index(t1, h, steps, ts, save_every):
     return eqx.error_if(
         index.astype(jnp.int32), off, "ts must lie on the step grid of eta / substeps, in [0, t1]"
     )
-
-
-def _adaptive_save_times(t1, ts, save_every):
-    """Adaptive steps interpolate: `ts` as given, or 0, save_every, ..., t1, or 101 points in [0, t1]."""
-    if ts is not None:
-        return jnp.asarray(ts)
-    if save_every is not None:
-        count = int(round(float(t1) / float(save_every)))
-        return jnp.linspace(0.0, count * float(save_every), count + 1)
-    return jnp.linspace(0.0, t1, 101)
 
 
 def _even(index) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import Figure, main
 
-from analysis import compare, hessian, plots
+from analysis import compare, plots
 from flows import sgd_sde, svag
 from models import Problem, TwoLayerNet, data
 
@@ -39,10 +39,6 @@ PRESETS = {
 SDE_SUBSTEPS = 32
 
 
-def trace_h(problem, params):
-    return hessian.trace(problem, params)
-
-
 def problem(cfg):
     kx, kn = jax.random.split(jax.random.key(0))
     X = data.gaussian(kx, cfg["n"], cfg["d"])
@@ -52,7 +48,7 @@ def problem(cfg):
 def compute(cfg, progress=False):
     P = problem(cfg)
     keys = jax.random.split(jax.random.key(1), cfg["seeds"])
-    metrics = {"trace_H": trace_h}
+    metrics = {"trace_H": compare.trace_h}
     t = np.linspace(0.0, cfg["t1"], cfg["saves"] + 1)
     out = {"t": t}
     for eta in cfg["etas"]:
