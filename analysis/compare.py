@@ -161,6 +161,7 @@ def sde_vs_sgd(
     num_saves: int = 20,
     metrics=None,
     progress: bool = False,
+    part: Callable[[str, Callable[[], dict]], dict] | None = None,
 ) -> dict[str, np.ndarray]:
     """SGD (`noise="batch"`: `flows.sgd` with `batch_size`) or label-noise SGD (`noise="label"`:
     `flows.label_noise_sgd` with `sigma`, full batch unless `batch_size`) against its SDE and gradient flow.
@@ -176,6 +177,9 @@ def sde_vs_sgd(
     `diff_mean_...`, `diff_band_...`, `weak_error_{m}_{eta}` and `weak_error_band_...`, `gf_error_{m}_{eta}`
     and `gf_error_band_...`; and with two or more etas `order_{m}` and `gf_order_{m}`, the slopes of the
     weak errors against eta on log axes: NaN unless every error is resolved (above its band).
+
+    `part(label, compute) -> arrays`, when given (e.g. `analysis.store.part`), runs each eta's computation
+    (label `eta{eta}`) so that it can be stored as it finishes and read back by a resumed run.
     """
     if noise not in ("batch", "label"):
         raise ValueError(f"noise must be 'batch' (minibatch SGD) or 'label' (label-noise SGD), got {noise!r}")
@@ -191,38 +195,53 @@ def sde_vs_sgd(
     out = {"t": t} | {f"gf_{m}": np.asarray(v) for m, v in gf.stats.items()}
     errors = {m: ([], []) for m in gf.stats}
     noise_args = {"sigma": sigma} if noise == "label" else {}
-    for eta in etas:
+    part = part or _unstored
+
+    def at_eta(eta):
         steps = timescale.steps_for_time(t1, eta)
         if steps % num_saves:
             raise ValueError(f"t1 / eta = {steps} steps is not a multiple of num_saves = {num_saves}")
         common = dict(eta=eta, batch_size=batch_size, save_params=False, metrics=metrics, **noise_args)
 
-        def discrete(k, common=common, steps=steps):
+        def discrete(k):
             run = label_noise_sgd if noise == "label" else sgd
             return run(problem, params0, key=k, steps=steps, save_every=steps // num_saves, **common)
 
-        def continuous(k, common=common):
+        def continuous(k):
             run = label_noise_sde if noise == "label" else sgd_sde
             return run(problem, params0, key=k, t1=t1, ts=t, substeps=substeps, **common)
 
         a = ensemble(discrete, keys, progress=progress)
         b = ensemble(continuous, keys, progress=progress)
+        r = {}
         for m in gf.stats:
-            tag = f"{m}_{eta}"
-            (out[f"sgd_mean_{tag}"], out[f"sgd_band_{tag}"]) = mean_band(a.stats[m])
-            (out[f"sde_mean_{tag}"], out[f"sde_band_{tag}"]) = mean_band(b.stats[m])
-            (out[f"diff_mean_{tag}"], out[f"diff_band_{tag}"]) = paired_difference(a, b, m)
-            sde_err = debiased_weak_error(out[f"diff_mean_{tag}"], out[f"diff_band_{tag}"])
-            gf_err = debiased_weak_error(out[f"sgd_mean_{tag}"] - out[f"gf_{m}"], out[f"sgd_band_{tag}"])
-            out[f"weak_error_{tag}"], out[f"weak_error_band_{tag}"] = (np.asarray(x) for x in sde_err)
-            out[f"gf_error_{tag}"], out[f"gf_error_band_{tag}"] = (np.asarray(x) for x in gf_err)
-            errors[m][0].append(sde_err)
-            errors[m][1].append(gf_err)
+            r[f"sgd_mean_{m}"], r[f"sgd_band_{m}"] = mean_band(a.stats[m])
+            r[f"sde_mean_{m}"], r[f"sde_band_{m}"] = mean_band(b.stats[m])
+            r[f"diff_mean_{m}"], r[f"diff_band_{m}"] = paired_difference(a, b, m)
+            r[f"weak_error_{m}"], r[f"weak_error_band_{m}"] = debiased_weak_error(
+                r[f"diff_mean_{m}"], r[f"diff_band_{m}"]
+            )
+            r[f"gf_error_{m}"], r[f"gf_error_band_{m}"] = debiased_weak_error(
+                r[f"sgd_mean_{m}"] - out[f"gf_{m}"], r[f"sgd_band_{m}"]
+            )
+        return r
+
+    for eta in etas:
+        r = part(f"eta{eta}", lambda eta=eta: at_eta(eta))
+        out |= {f"{k}_{eta}": np.asarray(v) for k, v in r.items()}
+        for m in gf.stats:
+            errors[m][0].append((float(r[f"weak_error_{m}"]), float(r[f"weak_error_band_{m}"])))
+            errors[m][1].append((float(r[f"gf_error_{m}"]), float(r[f"gf_error_band_{m}"])))
     if len(etas) > 1:
         for m, (sde_err, gf_err) in errors.items():
             out[f"order_{m}"] = np.asarray(resolved_order(etas, sde_err))
             out[f"gf_order_{m}"] = np.asarray(resolved_order(etas, gf_err))
     return out
+
+
+def _unstored(label, compute):
+    """The `part` of a driver run without a store: `compute()`."""
+    return compute()
 
 
 def debiased_weak_error(diff_mean, diff_band, level: float = 0.95) -> tuple[float, float]:
@@ -275,6 +294,7 @@ def label_noise_slow_clock(
     batch_size: int | None = None,
     noise_batch_size: int | None = None,
     observables: Mapping[str, Callable[[Problem, PyTree], Array]] | None = None,
+    part: Callable[[str, Callable[[], dict]], dict] | None = None,
 ) -> dict[str, np.ndarray]:
     """Label-noise SGD ensembles at each eta, mapped by Phi, against the Riemannian flow, in tau.
 
@@ -289,6 +309,7 @@ def label_noise_slow_clock(
     `sgd_band_{name}_{eta}` (95% half-width), `flow_{name}_{eta}`, and `weak_error_{name}_{eta}` with
     `weak_error_band_{name}_{eta}` (`debiased_weak_error`) for each eta; and `order_{name}` (the slope of the
     weak error against eta on log axes, with two or more etas; NaN unless every error is resolved).
+    `part` as in `sde_vs_sgd`: each eta (label `eta{eta}`) through it.
     """
     sigma = float(checks.positive("sigma", sigma))
     seeds = checks.positive_int("seeds", seeds)
@@ -301,11 +322,13 @@ def label_noise_slow_clock(
         on = limit_map(problem, p)
         return {name: fn(problem, on) for name, fn in observables.items()}
 
-    for i, eta in enumerate(etas):
+    part = part or _unstored
+
+    def at_eta(i, eta):
         every = max(1, timescale.steps_for_slow_time(tau1 / num_saves, eta, sigma, batch, noise_batch_size))
         taus = timescale.slow_time(np.arange(num_saves + 1) * every, eta, sigma, batch, noise_batch_size)
         runs = jax.vmap(
-            lambda k, eta=eta, every=every: (
+            lambda k: (
                 label_noise_sgd(
                     problem,
                     start,
@@ -321,13 +344,20 @@ def label_noise_slow_clock(
         )(jax.random.split(jax.random.fold_in(key, i), seeds))
         values = jax.vmap(jax.vmap(evaluate_all))(runs)
         flow = riemannian_flow(problem, start, t1=taus[-1], ts=taus, save_params=False, metrics=observables)
-        out[f"tau_{eta}"] = taus
+        r = {"tau": taus}
         for name in observables:
-            mean, band = mean_band(values[name])
-            out[f"sgd_mean_{name}_{eta}"], out[f"sgd_band_{name}_{eta}"] = mean, band
-            out[f"flow_{name}_{eta}"] = np.asarray(flow.stats[name])
-            errors[name].append(debiased_weak_error(mean - np.asarray(flow.stats[name]), band))
-            out[f"weak_error_{name}_{eta}"], out[f"weak_error_band_{name}_{eta}"] = errors[name][-1]
+            r[f"sgd_mean_{name}"], r[f"sgd_band_{name}"] = mean, band = mean_band(values[name])
+            r[f"flow_{name}"] = np.asarray(flow.stats[name])
+            r[f"weak_error_{name}"], r[f"weak_error_band_{name}"] = debiased_weak_error(
+                mean - r[f"flow_{name}"], band
+            )
+        return r
+
+    for i, eta in enumerate(etas):
+        r = part(f"eta{eta}", lambda i=i, eta=eta: at_eta(i, eta))
+        out |= {f"{k}_{eta}": np.asarray(v) for k, v in r.items()}
+        for name in observables:
+            errors[name].append((float(r[f"weak_error_{name}"]), float(r[f"weak_error_band_{name}"])))
     if len(etas) > 1:
         for name, errs in errors.items():
             out[f"order_{name}"] = np.asarray(resolved_order(etas, errs))

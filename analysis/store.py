@@ -9,6 +9,8 @@ any moment, sees the old arrays or the new ones, never half of them and never no
 config's hash, so its config.json never changes.) Reading a folder whose config differs from the one asked
 for (a hash collision, a hand edit) raises instead of returning a foreign result.
 
+`part` stores one independent part of a long result (a sweep row, a start, a step size) as it finishes, in
+`root/NAME-HASH/parts/LABEL/`: a figure killed in its fifth part re-runs the first four from disk.
 `resumable` runs a long computation chunk by chunk and writes its whole state after each chunk the same
 way, so a killed run re-started with the same config goes on from its last chunk.
 """
@@ -108,6 +110,27 @@ def cached(
         return hit
     arrays = {k: np.asarray(v) for k, v in compute().items()}
     save(root, name, config, arrays)
+    return arrays
+
+
+def part(
+    folder,
+    config: Mapping,
+    label: str,
+    compute: Callable[[], Mapping[str, np.ndarray]],
+    *,
+    recompute: bool = False,
+) -> dict[str, np.ndarray]:
+    """One independent part of the result stored in `folder` (`path(root, name, config)`): the arrays stored
+    under `folder/parts/label/` (keyed by the config and the label) if there are any and not `recompute`,
+    else `compute()`, written there atomically as soon as it returns."""
+    if not label or "/" in label or label.startswith("."):
+        raise ValueError(f"label must be a non-empty file name without '/', got {label!r}")
+    target, keyed = Path(folder) / "parts" / label, {**config, "part": label}
+    if not recompute and (hit := read(target, keyed)) is not None:
+        return hit
+    arrays = {k: np.asarray(v) for k, v in compute().items()}
+    write(target, keyed, arrays)
     return arrays
 
 

@@ -12,11 +12,14 @@ The command line is the same for all of them:
   random starts, random initialisations: each script's docstring says which). Refused by a figure whose
   presets have no `seeds`: it is deterministic.
 - `--out`: the folder for the PNG; `--results`: the folder of stored results (`analysis.store`), reused
-  unless `--recompute`.
+  unless `--recompute`. A long figure stores each independent part (a sweep row, a start, a step size) as it
+  finishes (`store.part`), so a run killed or crashed re-runs with the same command and goes on from the
+  part it was in.
 """
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -31,14 +34,16 @@ PRESETS = ("smoke", "quick", "paper")
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
-    """One figure: `compute(cfg, progress) -> arrays` (stored under `name`, keyed by the preset's config),
-    `draw(cfg, arrays, path) -> path` and `summary(cfg, arrays)`, which prints the headline numbers.
+    """One figure: `compute(cfg, progress, part) -> arrays` (stored under `name`, keyed by the preset's
+    config), `draw(cfg, arrays, path) -> path` and `summary(cfg, arrays)`, which prints the headline numbers.
+    `part(label, fn) -> arrays` is `fn()` stored under `label` as soon as it returns (`store.part`): compute
+    runs each independent part through it.
     `x64` turns on float64 before anything is computed (say why in the script)."""
 
     name: str
     doc: str
     presets: Mapping[str, dict]
-    compute: Callable[[dict, bool], Mapping[str, np.ndarray]]
+    compute: Callable[[dict, bool, Callable], Mapping[str, np.ndarray]]
     draw: Callable[[dict, dict, Path], Path]
     summary: Callable[[dict, dict], None]
     x64: bool = False
@@ -75,11 +80,14 @@ def main(figure: Figure, argv=None) -> dict:
         if args.seeds < 1:
             raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
         cfg["seeds"] = args.seeds
+    part = functools.partial(
+        store.part, store.path(args.results, figure.name, cfg), cfg, recompute=args.recompute
+    )
     arrays = store.cached(
         args.results,
         figure.name,
         cfg,
-        lambda: figure.compute(cfg, not args.no_progress),
+        lambda: figure.compute(cfg, not args.no_progress, part),
         recompute=args.recompute,
     )
     path = figure.draw(cfg, arrays, args.out / f"{figure.name}.png")

@@ -42,17 +42,19 @@ def problem(cfg, scale):
     return Problem(net, X, X @ jnp.asarray(BETA))
 
 
-def compute(cfg, progress):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each initialisation scale."""
     out = {}
-    for scale in cfg["scales"]:
+
+    def run(scale):
         P = problem(cfg, scale)
         traj = gd(P, P.params, steps=cfg["steps"], eta=cfg["eta"], save_every=cfg["save_every"])
-        out[f"{scale}/t"] = np.asarray(traj.ts)
-        out[f"{scale}/W"] = np.asarray(traj.params.W)
-        out[f"{scale}/a"] = np.asarray(traj.params.a)
-        out[f"{scale}/loss"] = np.asarray(traj.stats["loss"])
+        return {"t": traj.ts, "W": traj.params.W, "a": traj.params.a, "loss": traj.stats["loss"]}
+
+    for scale in cfg["scales"]:
+        out |= {f"{scale}/{k}": v for k, v in part(f"scale{scale}", lambda scale=scale: run(scale)).items()}
         if progress:
-            print(f"lambda = {scale}: final loss {float(traj.stats['loss'][-1]):.3g}", flush=True)
+            print(f"lambda = {scale}: final loss {float(out[f'{scale}/loss'][-1]):.3g}", flush=True)
     P = problem(cfg, cfg["scales"][0])
     plus, minus = features.extremal_directions(P.X, P.y)
     out["plus"], out["minus"] = plus, minus

@@ -63,60 +63,74 @@ def losses(run, keys):
     return np.nan_to_num(np.asarray(out), nan=np.inf)
 
 
-def compute(cfg, progress):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): the thresholds, each eta factor, the SDE, each point of the escape
+    sweep and each batch size."""
     P, star = sharp_minimum(cfg)
     B, key = cfg["batch"], jax.random.key(1)
     out = {"loss_star": np.asarray(P.loss(star))}
-    th = {
-        c: stability.threshold(
-            P, star, batch_size=B, criterion=c, key=key, steps=cfg["lyap_steps"], rtol=1e-3
-        )
-        for c in ("mean_square", "lyapunov", "sde")
-    }
-    out |= {f"threshold/{c}": np.asarray(v) for c, v in th.items()}
-    fro, _ = stability.gauss_newton_norms(P, star)
-    mu = stability.min_alignment(P, star)
+    th = part(
+        "thresholds",
+        lambda: {
+            c: stability.threshold(
+                P, star, batch_size=B, criterion=c, key=key, steps=cfg["lyap_steps"], rtol=1e-3
+            )
+            for c in ("mean_square", "lyapunov", "sde")
+        },
+    )
+    out |= {f"threshold/{c}": v for c, v in th.items()}
+    eta_ms = float(th["mean_square"])
     start = perturbed(P, star)
     L0 = out["L0"] = np.asarray(P.loss(start))
     keys = jax.random.split(jax.random.key(2), cfg["seeds"])
     kw = dict(steps=cfg["steps"], batch_size=B, save_params=False, raise_on_divergence=False)
+
+    def at_factor(f):
+        eta = f * eta_ms
+        noise, sigma = dict(eta=eta, batch_size=B), cfg["sigma"]
+        return {
+            "sgd": losses(lambda k: sgd(P, start, eta=eta, key=k, **kw), keys),
+            "label": losses(lambda k: label_noise_sgd(P, start, eta=eta, sigma=sigma, key=k, **kw), keys),
+            "rho": stability.mean_square_rate(P, star, **noise),
+            "lyap": stability.lyapunov_exponent(P, star, key=key, steps=cfg["lyap_steps"], **noise),
+            "stationary": stability.label_noise_stationary_loss(P, star, sigma=sigma, **noise),
+        }  # fmt: skip
+
     for f in cfg["factors"]:
-        eta = f * th["mean_square"]
-        out[f"sgd/{f}"] = losses(lambda k: sgd(P, start, eta=eta, key=k, **kw), keys)
-        out[f"label/{f}"] = losses(
-            lambda k: label_noise_sgd(P, start, eta=eta, sigma=cfg["sigma"], key=k, **kw), keys
-        )
-        out[f"rho/{f}"] = np.asarray(stability.mean_square_rate(P, star, eta=eta, batch_size=B))
-        out[f"lyap/{f}"] = np.asarray(
-            stability.lyapunov_exponent(P, star, eta=eta, key=key, batch_size=B, steps=cfg["lyap_steps"])
-        )
-        out[f"stationary/{f}"] = np.asarray(
-            stability.label_noise_stationary_loss(P, star, eta=eta, sigma=cfg["sigma"], batch_size=B)
-        )
+        out |= {f"{k}/{f}": v for k, v in part(f"factor-{f}", lambda f=f: at_factor(f)).items()}
         if progress:
             print(f"eta = {f} eta_ms: rho {float(out[f'rho/{f}']):.4f}", flush=True)
-    f = cfg["factors"][-1]
-    eta = f * th["mean_square"]
-    ts = eta * np.arange(0, cfg["steps"] + 1, 10)
-    out["sde"] = losses(
-        lambda k: sgd_sde(P, start, t1=float(ts[-1]), eta=eta, batch_size=B, key=k, substeps=8, ts=ts,
-                          save_params=False, raise_on_divergence=False),
-        keys,
-    )  # fmt: skip
-    out["sde_rate"] = np.asarray(stability.sde_rate(P, star, eta=eta, batch_size=B))
-    final = [
-        losses(lambda k: sgd(P, start, eta=s * th["mean_square"], key=k, **kw), keys)[:, -1]
-        for s in cfg["sweep"]
-    ]
-    out["escaped"] = np.asarray([(L > 100 * L0).mean() for L in final])
+
+    def sde():
+        eta = cfg["factors"][-1] * eta_ms
+        ts = eta * np.arange(0, cfg["steps"] + 1, 10)
+        paths = losses(
+            lambda k: sgd_sde(P, start, t1=float(ts[-1]), eta=eta, batch_size=B, key=k, substeps=8, ts=ts,
+                              save_params=False, raise_on_divergence=False),
+            keys,
+        )  # fmt: skip
+        return {"sde": paths, "sde_rate": stability.sde_rate(P, star, eta=eta, batch_size=B)}
+
+    out |= part("sde", sde)
+
+    def escaped(s):
+        final = losses(lambda k: sgd(P, start, eta=s * eta_ms, key=k, **kw), keys)[:, -1]
+        return {"escaped": np.mean(final > 100 * L0)}
+
+    out["escaped"] = np.asarray([part(f"sweep-{s}", lambda s=s: escaped(s))["escaped"] for s in cfg["sweep"]])
+    fro, _ = stability.gauss_newton_norms(P, star)
+    mu = stability.min_alignment(P, star)
+
+    def thresholds_at(b):
+        kw_b = dict(batch_size=b, key=key, steps=cfg["lyap_steps"], rtol=1e-3)
+        row = [b] + [
+            stability.threshold(P, star, criterion=c, **kw_b) for c in ("mean_square", "lyapunov", "sde")
+        ]
+        return {"row": np.asarray(row + [stability.wu_bound(1.0, b, mu=mu) / fro], dtype=float)}  # fmt: skip
+
     rows = []
     for b in cfg["batch_sizes"]:
-        kw_b = dict(batch_size=b, key=key, steps=cfg["lyap_steps"], rtol=1e-3)
-        rows.append(
-            [b]
-            + [stability.threshold(P, star, criterion=c, **kw_b) for c in ("mean_square", "lyapunov", "sde")]
-            + [stability.wu_bound(1.0, b, mu=mu) / fro]
-        )
+        rows.append(part(f"batch-{b}", lambda b=b: thresholds_at(b))["row"])
         if progress:
             print(f"B = {b}: thresholds {rows[-1][1:]}", flush=True)
     out["by_batch"] = np.asarray(rows)

@@ -29,14 +29,16 @@ def problem(cfg, seed=0):
     return Problem(net, X, y)
 
 
-def compute(cfg):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each eta."""
     prob = problem(cfg)
     metrics = {"trace": hessian.trace}
     ts = jnp.arange(0, round(cfg["t1"] / cfg["dt_save"]) + 1) * cfg["dt_save"]
     gf = gradient_flow(prob, prob.params, t1=cfg["t1"], ts=ts, metrics=metrics)
     out = {"ts": np.asarray(gf.ts), "gf_loss": gf.stats["loss"], "gf_trace": gf.stats["trace"]}
     gf_flat = jax.vmap(lambda p: prob.ravel(p)[0])(gf.params)
-    for eta in cfg["etas"]:
+
+    def at_eta(eta):
         run = gd(
             prob,
             prob.params,
@@ -46,9 +48,14 @@ def compute(cfg):
             metrics=metrics,
         )
         flat = jax.vmap(lambda p: prob.ravel(p)[0])(run.params)
-        out[f"gd_loss_{eta}"] = run.stats["loss"]
-        out[f"gd_trace_{eta}"] = run.stats["trace"]
-        out[f"gd_dist_{eta}"] = jnp.linalg.norm(flat - gf_flat, axis=1)
+        return {
+            "loss": run.stats["loss"],
+            "trace": run.stats["trace"],
+            "dist": jnp.linalg.norm(flat - gf_flat, axis=1),
+        }
+
+    for eta in cfg["etas"]:
+        out |= {f"gd_{k}_{eta}": v for k, v in part(f"eta{eta}", lambda eta=eta: at_eta(eta)).items()}
     return out
 
 
@@ -75,7 +82,7 @@ def summary(cfg, r):
         print(f"eta={eta}: ||theta_GD(t1) - theta_GF(t1)|| / eta = {r[f'gd_dist_{eta}'][-1] / eta:.4f}")
 
 
-FIGURE = Figure("gd_vs_gradient_flow", __doc__, PRESETS, lambda cfg, progress: compute(cfg), draw, summary)
+FIGURE = Figure("gd_vs_gradient_flow", __doc__, PRESETS, compute, draw, summary)
 
 if __name__ == "__main__":
     main(FIGURE)

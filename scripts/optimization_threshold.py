@@ -101,29 +101,34 @@ def ols_scores(cfg, seed, n):
     ])  # fmt: skip
 
 
-def compute(cfg, progress):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each (method, n), all seeds at once."""
     from tqdm.auto import tqdm
 
     seeds = np.arange(cfg["seeds"])
     out = {"ols": np.array([[ols_scores(cfg, s, n) for s in seeds] for n in cfg["ns"]])}  # (ns, seeds, 3)
     for method in METHODS:
-        scores, counts = [], []
-        for n in tqdm(cfg["ns"], desc=method, disable=not progress):
-            if method in ("sgd", "sde") and n <= cfg["batch"]:  # minibatches need n > B
-                scores.append(np.full((len(seeds), 3), np.nan))
-                counts.append(np.full(len(seeds), np.nan))
-                continue
-            finals, s = jax.vmap(lambda seed, n=n: train(cfg, method, seed, n))(jnp.asarray(seeds))
-            scores.append(np.asarray(s))
-            P, _ = problem(cfg, 0, n, cfg["scale"])
-            counts.append([
-                features.count_directions(P, jax.tree.map(lambda a, i=i: a[i], finals), tol_deg=5.0,
-                                          min_norm=1e-2)
-                for i in range(len(seeds))
-            ])  # fmt: skip
-        out[f"{method}/scores"] = np.array(scores)  # (ns, seeds, 3)
-        out[f"{method}/directions"] = np.array(counts, dtype=float)  # (ns, seeds)
+        runs = [
+            part(f"{method}-n{n}", lambda n=n: run_seeds(cfg, method, n, seeds))
+            for n in tqdm(cfg["ns"], desc=method, disable=not progress)
+        ]
+        out[f"{method}/scores"] = np.array([r["scores"] for r in runs])  # (ns, seeds, 3)
+        out[f"{method}/directions"] = np.array([r["directions"] for r in runs])  # (ns, seeds)
     return out
+
+
+def run_seeds(cfg, method, n, seeds):
+    """`train` for every seed at one n: the scores and the number of distinct active directions (NaN for
+    minibatch methods where n <= B)."""
+    if method in ("sgd", "sde") and n <= cfg["batch"]:  # minibatches need n > B
+        return {"scores": np.full((len(seeds), 3), np.nan), "directions": np.full(len(seeds), np.nan)}
+    finals, scores = jax.vmap(lambda seed: train(cfg, method, seed, n))(jnp.asarray(seeds))
+    P, _ = problem(cfg, 0, n, cfg["scale"])
+    counts = [
+        features.count_directions(P, jax.tree.map(lambda a, i=i: a[i], finals), tol_deg=5.0, min_norm=1e-2)
+        for i in range(len(seeds))
+    ]
+    return {"scores": np.asarray(scores), "directions": np.asarray(counts, dtype=float)}
 
 
 def interpolating(cfg, r, method) -> np.ndarray:

@@ -138,57 +138,80 @@ def label_noise_runs(P, starts, eta, sigma, tau, saves, key, grid=4000):
     return timescale.slow_time(keep * every, eta, sigma, P.n), grid * every, mapped
 
 
-def compute(cfg, progress=False):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each activation's flows, each of its label-noise GD settings and
+    each sweep row."""
     out = {}
     taus = jnp.concatenate([jnp.zeros(1), jnp.logspace(-1, np.log10(cfg["tau1"]), cfg["saves"])])
     for act in tqdm(cfg["activations"], disable=not progress, desc="activations"):
         P = problem(act, cfg["m"], cfg["n"], cfg["d"])
         starts = [start(P, i) for i in range(cfg["seeds"])]
-        flows = [riemannian_flow(P, s, t1=cfg["tau1"], ts=taus, rtol=1e-10) for s in starts]
-        out[f"{act}/tau"] = np.asarray(taus)
-        out[f"{act}/flow_trace"] = np.stack([4 * f.stats["objective"] for f in flows])
-        out[f"{act}/flow_sv"] = np.stack(
-            [jax.vmap(lambda p: features.singular_values(P, p))(f.params) for f in flows]
-        )
-        grads, eigs = zip(*(convexity(P, f.params, len(taus)) for f in flows))
-        out[f"{act}/flow_grad"], out[f"{act}/flow_min_eig"] = np.stack(grads), np.stack(eigs)
-        out[f"{act}/flow_alignment"] = np.abs(np.asarray(features.alignment(P, flows[0].final)))
-        out[f"{act}/minimum"] = np.asarray(features.min_trace_fixed_outer(P) if act != "tanh" else np.nan)
-        for j, (eta, sigma, tau) in enumerate(cfg["sgd"]):
-            ts, steps, mapped = label_noise_runs(
-                P, starts, eta, sigma, tau, cfg["sgd_saves"], jax.random.key(7 + j)
-            )
-            out[f"{act}/sgd{j}/tau"], out[f"{act}/sgd{j}/steps"] = ts, np.asarray(steps)
-            out[f"{act}/sgd{j}/trace"] = np.asarray(jax.vmap(jax.vmap(P.gauss_newton_trace))(mapped))
-            out[f"{act}/sgd{j}/sv"] = np.asarray(
-                jax.vmap(jax.vmap(lambda p: features.singular_values(P, p)))(mapped)
-            )
-            out[f"{act}/sgd{j}/alignment"] = np.abs(np.asarray(features.alignment(P, at(at(mapped, 0), -1))))
-    rows = []
-    for act in [a for a in ("cubic", "tanh") if a in cfg["activations"]]:
-        for m in cfg["sweep_m"]:
-            for n, d in cfg["sweep_nd"]:
-                P = problem(act, m, n, d)
-                # status 1: reached sweep_tau; 0: the solver's step budget ran out on the way;
-                # -1: Phi found no zero-loss point from the start (the paper sweep's tanh row m = 40, n = 20,
-                # d = 10: its gradient flow crawls toward a label of 0.987, near the edge of tanh's range)
-                try:
-                    p0 = start(P, 0)
-                except ValueError:
-                    rows.append([ACTIVATIONS.index(act), m, n, d, np.nan, np.nan, -1])
-                    continue
-                try:
-                    end = riemannian_flow(P, p0, t1=cfg["sweep_tau"], ts=[0.0, cfg["sweep_tau"]], rtol=1e-10)
-                except eqx.EquinoxRuntimeError:
-                    rows.append([ACTIVATIONS.index(act), m, n, d, np.nan, np.nan, 0])
-                    continue
-                gap = np.nan
-                if act != "tanh" and n <= d:
-                    best = features.min_trace_fixed_outer(P)
-                    gap = (4 * float(end.stats["objective"][-1]) - best) / best
-                rows.append([ACTIVATIONS.index(act), m, n, d, float(ratio(P, end.final)), gap, 1])
+        out |= {
+            f"{act}/{k}": v
+            for k, v in part(f"{act}-flow", lambda: flows_of(cfg, act, P, starts, taus)).items()
+        }
+        for j, setting in enumerate(cfg["sgd"]):
+            stored = part(f"{act}-sgd{j}", lambda: label_noise_of(cfg, P, starts, setting, j))
+            out |= {f"{act}/sgd{j}/{k}": v for k, v in stored.items()}
+    rows = [
+        part(f"sweep-{act}-m{m}-n{n}-d{d}", lambda: {"row": sweep_row(cfg, act, m, n, d)})["row"]
+        for act in [a for a in ("cubic", "tanh") if a in cfg["activations"]]
+        for m in cfg["sweep_m"]
+        for n, d in cfg["sweep_nd"]
+    ]  # fmt: skip
     out["sweep"] = np.array(rows)
     return out
+
+
+def flows_of(cfg, act, P, starts, taus):
+    """The Riemannian flow from each start: tr H, singular values, convexity along it, the first flow's
+    alignment at the end, and the minimum of tr H (SLSQP; not for tanh)."""
+    flows = [riemannian_flow(P, s, t1=cfg["tau1"], ts=taus, rtol=1e-10) for s in starts]
+    grads, eigs = zip(*(convexity(P, f.params, len(taus)) for f in flows))
+    return {
+        "tau": np.asarray(taus),
+        "flow_trace": np.stack([4 * f.stats["objective"] for f in flows]),
+        "flow_sv": np.stack([jax.vmap(lambda p: features.singular_values(P, p))(f.params) for f in flows]),
+        "flow_grad": np.stack(grads),
+        "flow_min_eig": np.stack(eigs),
+        "flow_alignment": np.abs(np.asarray(features.alignment(P, flows[0].final))),
+        "minimum": np.asarray(features.min_trace_fixed_outer(P) if act != "tanh" else np.nan),
+    }
+
+
+def label_noise_of(cfg, P, starts, setting, j):
+    """Label-noise GD at one (eta, sigma, tau) from every start, mapped by Phi: tr H, singular values and
+    the first run's alignment at the end."""
+    eta, sigma, tau = setting
+    ts, steps, mapped = label_noise_runs(P, starts, eta, sigma, tau, cfg["sgd_saves"], jax.random.key(7 + j))
+    return {
+        "tau": ts,
+        "steps": np.asarray(steps),
+        "trace": np.asarray(jax.vmap(jax.vmap(P.gauss_newton_trace))(mapped)),
+        "sv": np.asarray(jax.vmap(jax.vmap(lambda p: features.singular_values(P, p)))(mapped)),
+        "alignment": np.abs(np.asarray(features.alignment(P, at(at(mapped, 0), -1)))),
+    }
+
+
+def sweep_row(cfg, act, m, n, d):
+    """[activation, m, n, d, s2/s1 at sweep_tau, relative gap of tr H to its minimum, status]; status 1:
+    reached sweep_tau; 0: the solver's step budget ran out on the way; -1: Phi found no zero-loss point
+    from the start (the paper sweep's tanh row m = 40, n = 20, d = 10: its gradient flow crawls toward a
+    label of 0.987, near the edge of tanh's range)."""
+    P = problem(act, m, n, d)
+    try:
+        p0 = start(P, 0)
+    except ValueError:
+        return np.array([ACTIVATIONS.index(act), m, n, d, np.nan, np.nan, -1])
+    try:
+        end = riemannian_flow(P, p0, t1=cfg["sweep_tau"], ts=[0.0, cfg["sweep_tau"]], rtol=1e-10)
+    except eqx.EquinoxRuntimeError:
+        return np.array([ACTIVATIONS.index(act), m, n, d, np.nan, np.nan, 0])
+    gap = np.nan
+    if act != "tanh" and n <= d:
+        best = features.min_trace_fixed_outer(P)
+        gap = (4 * float(end.stats["objective"][-1]) - best) / best
+    return np.array([ACTIVATIONS.index(act), m, n, d, float(ratio(P, end.final)), gap, 1])
 
 
 def convex_below(grad, eig):

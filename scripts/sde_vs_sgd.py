@@ -57,7 +57,8 @@ def problem(cfg):
     return Problem(net, X, jnp.sin(2 * X[:, 0]))
 
 
-def compute(cfg, progress):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each noise and eta."""
     P = problem(cfg)
     out = {}
     for i, noise in enumerate(KINDS):
@@ -74,6 +75,7 @@ def compute(cfg, progress):
             substeps=cfg["substeps"],
             num_saves=10,
             progress=progress,
+            part=lambda label, fn, noise=noise: part(f"{noise}-{label}", fn),
         )
         out |= {f"{noise}/{k}": v for k, v in r.items()}
     return out

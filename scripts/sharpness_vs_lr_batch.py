@@ -68,36 +68,43 @@ def problems(cfg) -> dict[str, Problem]:
     }
 
 
-def compute(cfg, progress):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each (problem, B, eta), all seeds."""
     out = {}
     for name, P in problems(cfg).items():
         eta0 = 1.0 / stability.gauss_newton_norms(P, P.params)[1]
-        tol = 5e-5 * float(jnp.mean(P.y**2)) / 2
-        rows = []
-        for B in cfg["batch_sizes"]:
-            for f in cfg["eta_factors"]:
-                eta = f * eta0
-                for seed in range(cfg["seeds"]):
-                    tr = sgd(P, P.params, steps=cfg["steps"], eta=eta, batch_size=B, key=jax.random.key(seed),
-                             save_every=cfg["steps"], raise_on_divergence=False)  # fmt: skip
-                    loss = float(tr.stats["loss"][-1])
-                    row = [B, eta, seed, loss] + [np.nan] * 4
-                    if np.isfinite(loss) and loss < tol:
-                        theta = tr.final
-                        fro, lmax = stability.gauss_newton_norms(P, theta)
-                        mu = stability.min_alignment(P, theta, min_loss_rtol=1e-4)
-                        rho = stability.mean_square_rate(P, theta, eta=eta, batch_size=B)
-                        row[4:] = [fro, lmax, mu, rho]
-                    rows.append(row)
-                    if progress:
-                        print(
-                            f"{name} B={B} eta={eta:.3g} seed={seed}: loss {loss:.2e} rho {row[7]:.4f}",
-                            flush=True,
-                        )
-        out[name] = np.asarray(rows)
+        rows = [
+            part(f"{name}-B{B}-eta{f}", lambda B=B, f=f: {"rows": runs(cfg, P, f * eta0, B)})["rows"]
+            for B in cfg["batch_sizes"]
+            for f in cfg["eta_factors"]
+        ]
+        if progress:
+            print(f"{name}: done", flush=True)
+        out[name] = np.concatenate(rows)
         out[f"{name}/eta0"] = np.asarray(eta0)
         out[f"{name}/loss0"] = np.asarray(P.loss(P.params))
     return out
+
+
+def runs(cfg, P, eta, B):
+    """SGD from the net's initialisation for each seed: one row of `COLUMNS` per seed; the minimum's
+    ||H||_F, lambda_max, mu and mean-square rate where the run reached loss < 5e-5 mean(y^2) / 2, else
+    NaN."""
+    tol = 5e-5 * float(jnp.mean(P.y**2)) / 2
+    rows = []
+    for seed in range(cfg["seeds"]):
+        tr = sgd(P, P.params, steps=cfg["steps"], eta=eta, batch_size=B, key=jax.random.key(seed),
+                 save_every=cfg["steps"], raise_on_divergence=False)  # fmt: skip
+        loss = float(tr.stats["loss"][-1])
+        row = [B, eta, seed, loss] + [np.nan] * 4
+        if np.isfinite(loss) and loss < tol:
+            theta = tr.final
+            fro, lmax = stability.gauss_newton_norms(P, theta)
+            mu = stability.min_alignment(P, theta, min_loss_rtol=1e-4)
+            rho = stability.mean_square_rate(P, theta, eta=eta, batch_size=B)
+            row[4:] = [fro, lmax, mu, rho]
+        rows.append(row)
+    return np.asarray(rows, dtype=float)
 
 
 COLUMNS = ("B", "eta", "seed", "loss", "fro", "lmax", "mu", "rho")

@@ -81,7 +81,8 @@ def problem(cfg):
     return Problem(MLP(X.shape[1], cfg["width"], outputs, key=jax.random.key(1)), *train), TestAccuracy(*test)
 
 
-def compute(cfg, progress=False):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each eta."""
     P, accuracy = problem(cfg)
     observables = {"trace_H": compare.trace_g, "lambda_max": lambda_max, "accuracy": accuracy}
     r = compare.label_noise_slow_clock(
@@ -94,6 +95,7 @@ def compute(cfg, progress=False):
         seeds=cfg["seeds"],
         num_saves=cfg["num_saves"],
         observables=observables,
+        part=part,
     )
     return r | {"p": np.asarray(P.num_params)}
 

@@ -26,7 +26,8 @@ def problem(cfg):
     return Problem(QuadraticParam(cfg["d"], init_scale=1.0), X, X[:, 0] - 0.5 * X[:, 1])
 
 
-def compute(cfg, progress=False):
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each eta."""
     P = problem(cfg)
     r = compare.label_noise_slow_clock(
         P,
@@ -37,6 +38,7 @@ def compute(cfg, progress=False):
         key=jax.random.key(1),
         seeds=cfg["seeds"],
         num_saves=cfg["num_saves"],
+        part=part,
     )
     taus = jnp.linspace(0.0, cfg["tau1"], 101)
     flow = riemannian_flow(P, limit_map(P, P.params), t1=cfg["tau1"], ts=taus, save_params=False)

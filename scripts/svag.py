@@ -45,39 +45,49 @@ def problem(cfg):
     return Problem(TwoLayerNet(cfg["d"], cfg["width"], key=kn, activation="tanh"), X, jnp.sin(2 * X[:, 0]))
 
 
-def compute(cfg, progress=False):
-    P = problem(cfg)
-    keys = jax.random.split(jax.random.key(1), cfg["seeds"])
-    metrics = {"trace_H": compare.trace_h}
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each eta."""
     t = np.linspace(0.0, cfg["t1"], cfg["saves"] + 1)
     out = {"t": t}
     for eta in cfg["etas"]:
-        runs = {}
-        for ell in cfg["ls"]:
-            steps = round(cfg["t1"] * ell / eta)
+        out |= {
+            f"{eta}/{k}": v
+            for k, v in part(f"eta{eta}", lambda eta=eta: at_eta(cfg, eta, t, progress)).items()
+        }
+    return out
 
-            def run(k, ell=ell, steps=steps):
-                return svag(P, P.params, steps=steps, eta=eta, batch_size=cfg["batch"], l=ell, key=k,
-                            save_every=steps // cfg["saves"], save_params=False, metrics=metrics)  # fmt: skip
 
-            runs[f"svag{ell}"] = compare.ensemble(run, keys, progress=progress)
+def at_eta(cfg, eta, t, progress):
+    """SVAG at every l and the SDE at one eta, the same seeds: means and bands of the loss and tr H, and
+    the debiased weak gap of each l's loss to the SDE's (`gap`: (len(ls), 2), estimate and half-width)."""
+    P = problem(cfg)
+    keys = jax.random.split(jax.random.key(1), cfg["seeds"])
+    metrics = {"trace_H": compare.trace_h}
+    runs = {}
+    for ell in cfg["ls"]:
+        steps = round(cfg["t1"] * ell / eta)
 
-        def sde(k):
-            return sgd_sde(P, P.params, t1=cfg["t1"], eta=eta, batch_size=cfg["batch"], key=k, ts=t,
-                           substeps=SDE_SUBSTEPS, save_params=False, metrics=metrics)  # fmt: skip
+        def run(k, ell=ell, steps=steps):
+            return svag(P, P.params, steps=steps, eta=eta, batch_size=cfg["batch"], l=ell, key=k,
+                        save_every=steps // cfg["saves"], save_params=False, metrics=metrics)  # fmt: skip
 
-        runs["sde"] = compare.ensemble(
-            sde, jax.random.split(jax.random.key(2), cfg["seeds"]), progress=progress
-        )
-        for name, traj in runs.items():
-            for m in ("loss", "trace_H"):
-                out[f"{eta}/{name}/{m}"], out[f"{eta}/{name}/{m}_band"] = compare.mean_band(traj.stats[m])
-        gaps = []
-        for ell in cfg["ls"]:
-            d = out[f"{eta}/svag{ell}/loss"] - out[f"{eta}/sde/loss"]
-            band = np.hypot(out[f"{eta}/svag{ell}/loss_band"], out[f"{eta}/sde/loss_band"])
-            gaps.append(compare.debiased_weak_error(d, band))
-        out[f"{eta}/gap"] = np.asarray(gaps)  # (len(ls), 2): estimate, half-width
+        runs[f"svag{ell}"] = compare.ensemble(run, keys, progress=progress)
+
+    def sde(k):
+        return sgd_sde(P, P.params, t1=cfg["t1"], eta=eta, batch_size=cfg["batch"], key=k, ts=t,
+                       substeps=SDE_SUBSTEPS, save_params=False, metrics=metrics)  # fmt: skip
+
+    runs["sde"] = compare.ensemble(sde, jax.random.split(jax.random.key(2), cfg["seeds"]), progress=progress)
+    out = {}
+    for name, traj in runs.items():
+        for m in ("loss", "trace_H"):
+            out[f"{name}/{m}"], out[f"{name}/{m}_band"] = compare.mean_band(traj.stats[m])
+    gaps = []
+    for ell in cfg["ls"]:
+        d = out[f"svag{ell}/loss"] - out["sde/loss"]
+        band = np.hypot(out[f"svag{ell}/loss_band"], out["sde/loss_band"])
+        gaps.append(compare.debiased_weak_error(d, band))
+    out["gap"] = np.asarray(gaps)
     return out
 
 

@@ -29,6 +29,18 @@ def test_cached_computes_once_and_recompute_overwrites(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+def test_parts_are_stored_apart_and_keyed_by_config_and_label(tmp_path):
+    folder = store.path(tmp_path, "run", {"n": 1})
+    got = store.part(folder, {"n": 1}, "eta0.1", lambda: {"x": np.arange(2)})
+    assert (folder / "parts" / "eta0.1" / "arrays.npz").exists()
+    np.testing.assert_array_equal(store.part(folder, {"n": 1}, "eta0.1", lambda: 1 / 0)["x"], got["x"])
+    assert store.part(folder, {"n": 1}, "eta0.2", lambda: {"x": np.ones(1)})["x"][0] == 1
+    with pytest.raises(ValueError, match="holds a result for another config"):
+        store.part(folder, {"n": 2}, "eta0.1", lambda: {})  # the folder is the other config's
+    with pytest.raises(ValueError, match="label"):
+        store.part(folder, {"n": 1}, "a/b", lambda: {})
+
+
 def test_a_foreign_result_is_refused(tmp_path):
     cfg = {"seed": 1}
     path = store.save(tmp_path, "c", cfg, {"x": np.zeros(1)})

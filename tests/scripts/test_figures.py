@@ -35,3 +35,29 @@ def test_smoke_preset_writes_a_figure_and_reuses_results(name, tmp_path):
     mtime = (stored[0] / "arrays.npz").stat().st_mtime_ns
     subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert (stored[0] / "arrays.npz").stat().st_mtime_ns == mtime  # read, not recomputed
+
+
+def test_a_killed_run_resumes_from_its_stored_parts(tmp_path):
+    import numpy as np
+    from common import Figure, main
+
+    calls = []
+
+    def one(i):
+        calls.append(i)
+        if calls == [0, 1]:
+            raise KeyboardInterrupt  # killed while computing part 1
+        return {"x": np.full(3, i)}
+
+    def compute(cfg, progress, part):
+        return {"x": np.stack([part(f"p{i}", lambda i=i: one(i))["x"] for i in range(3)])}
+
+    figure = Figure("toy", "", {"quick": {"a": 1}}, compute, lambda cfg, r, path: path, lambda cfg, r: None)
+    argv = ["--results", str(tmp_path), "--out", str(tmp_path), "--no-progress"]
+    with pytest.raises(KeyboardInterrupt):
+        main(figure, argv)
+    r = main(figure, argv)
+    assert calls == [0, 1, 1, 2]  # part 0 read back, part 1 again from its start
+    np.testing.assert_array_equal(r["x"], np.repeat(np.arange(3)[:, None], 3, axis=1))
+    main(figure, argv + ["--recompute"])
+    assert calls == [0, 1, 1, 2, 0, 1, 2]
