@@ -40,9 +40,11 @@ def stable_rank(problem: Problem, params: PyTree) -> Float[Array, ""]:
 
 
 def alignment(problem: Problem, params: PyTree) -> Float[Array, "m m"]:
-    """Cosine similarities between the neurons' features (the rows of Phi): all +-1 when Phi is rank one."""
+    """Cosine similarities between the neurons' features (the rows of Phi): all +-1 when Phi is rank one. A
+    neuron whose features are all zero has no direction: its row and column are 0."""
     Phi = feature_matrix(problem, params)
-    rows = Phi / jnp.linalg.norm(Phi, axis=1, keepdims=True)
+    norms = jnp.linalg.norm(Phi, axis=1, keepdims=True)
+    rows = Phi / jnp.where(norms > 0, norms, 1.0)
     return rows @ rows.T
 
 
@@ -52,7 +54,8 @@ def min_trace_fixed_outer(problem: Problem, *, starts: int = 20, seed: int = 0) 
     On the manifold tr H = (1/n) sum_i ||x_i||^2 sum_j a_j^2 sigma'(z_ji)^2 with z_ji = w_j . x_i, under
     sum_j a_j sigma(z_ji) = y_i. When n <= d and X has full row rank every Z (m, n) is reached by some W,
     so the problem separates into one m-variable problem per example, each solved with scipy's SLSQP from
-    `starts` random points (best kept). Independent of the flows: a check on where they end.
+    `starts` random points (best kept). Independent of the flows: a check on where they end. Computed in
+    float64 whatever the problem's dtype.
     """
     net = _net(problem, problem.params)
     if net.train_outer:
@@ -62,9 +65,15 @@ def min_trace_fixed_outer(problem: Problem, *, starts: int = 20, seed: int = 0) 
     if n > d or np.linalg.matrix_rank(X) < n:
         raise ValueError(f"min_trace_fixed_outer needs n <= d and X of full row rank; got n = {n}, d = {d}")
     a = np.asarray(net.a, np.float64)
-    sigma = jax.jit(jax.vmap(net.activation))
-    dsigma = jax.jit(jax.vmap(jax.grad(net.activation)))
-    d2sigma = jax.jit(jax.vmap(jax.grad(jax.grad(net.activation))))
+    with jax.enable_x64(True):  # SLSQP at ftol 1e-15 and the 1e-9 feasibility test need float64
+        return _min_trace_float64(X, y, a, net.activation, starts, seed)
+
+
+def _min_trace_float64(X, y, a, activation, starts, seed):
+    n = X.shape[0]
+    sigma = jax.jit(jax.vmap(activation))
+    dsigma = jax.jit(jax.vmap(jax.grad(activation)))
+    d2sigma = jax.jit(jax.vmap(jax.grad(jax.grad(activation))))
     rng = np.random.default_rng(seed)
     total = 0.0
     for i in range(n):

@@ -40,12 +40,14 @@ growth per step, and it does not see the discrete threshold.
 
 from typing import Literal
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from flows import brownian
 from models import Problem, checks
 
 Criterion = Literal["mean_square", "sde", "lyapunov"]
@@ -252,7 +254,7 @@ def _lyapunov(K, r0, example, key, eta, B, n, replace, steps):
     def step(carry, k):
         r, total = carry
         kb = jax.random.fold_in(key, k)
-        idx = jax.random.randint(kb, (B,), 0, n) if replace else jax.random.choice(kb, n, (B,), replace=False)
+        idx = brownian.batch_indices(kb, n, B, replace)
         counts = jnp.zeros(n, r.dtype).at[idx].add(1.0)[example]
         r = r - (eta / B) * K @ (counts * r)
         norm = jnp.linalg.norm(r)
@@ -324,9 +326,18 @@ def alignment(problem: Problem, params: PyTree) -> Float[Array, ""]:
 
     Sigma_1 = (1/n) sum_i g_i g_i^T - gbar gbar^T is the covariance of one example's gradient g_i = J_i^T r_i,
     G = (1/n) J^T J. Computed through the (N, N) Gram matrix K = J J^T when N <= p
-    (mu = [n sum_i ||K_{:,i} r_i||^2 - ||K r||^2] / (||r||^2 ||K||_F^2)), through G (p, p) otherwise."""
+    (mu = [n sum_i ||K_{:,i} r_i||^2 - ||K r||^2] / (||r||^2 ||K||_F^2)), through G (p, p) otherwise.
+
+    mu is 0/0 at a zero-loss point: raises (also under `jax.jit`) where ||r|| <= 1e3 eps ||y||, where the
+    ratio would be one of round-off; `min_alignment` gives the constant at a minimum."""
     J = problem.jacobian(params)
     r = problem.residuals(params).reshape(-1)
+    floor = (1e3 * jnp.finfo(r.dtype).eps) ** 2 * jnp.maximum(jnp.sum(problem.y**2), jnp.finfo(r.dtype).tiny)
+    r = eqx.error_if(
+        r,
+        jnp.sum(r**2) <= floor,
+        "stability.alignment is 0/0 at a zero-loss point (the residuals are round-off): use min_alignment",
+    )
     n = problem.n
     N, p = J.shape
     k = N // n

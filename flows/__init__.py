@@ -1,6 +1,7 @@
 """Dynamics: each flow is a pure function of (problem, params0, key) returning a `Trajectory`."""
 
 from . import timescale as timescale
+from .central import central_flow as central_flow
 from .discrete import gd as gd
 from .discrete import label_noise_sgd as label_noise_sgd
 from .discrete import sgd as sgd

@@ -37,7 +37,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 from models import Problem, checks
 from models.problem import check_start
 
-from . import timescale
+from . import brownian, timescale
 from .brownian import step_keys
 from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
@@ -298,24 +298,20 @@ def _scan(
 ):
     n = problem.n
     opt = optax.sgd(eta)
-    draw = jax.random.normal if noise == "gaussian" else jax.random.rademacher
+    draw = brownian.normal if noise == "gaussian" else brownian.rademacher
 
     def noisy_loss(params, k_batch, k_noise):
         """One step's minibatch loss with its label noise, from the step's batch and noise keys."""
         X, y = problem.X, problem.y
         if batch_size < n:
-            idx = (
-                jax.random.randint(k_batch, (batch_size,), 0, n)
-                if replace
-                else jax.random.choice(k_batch, n, (batch_size,), replace=False)
-            )
+            idx = brownian.batch_indices(k_batch, n, batch_size, replace)
             X, y = X[idx], y[idx]
         if sigma is None:
             return problem.loss(params, X, y)
         if noise_batch_size is None:
             return problem.loss(params, X, y + sigma * draw(k_noise, y.shape, y.dtype))
         k_idx, k_eps = jax.random.split(k_noise)
-        j = jax.random.randint(k_idx, (noise_batch_size,), 0, n)
+        j = brownian.batch_indices(k_idx, n, noise_batch_size)
         eps = sigma * draw(k_eps, (noise_batch_size, *y.shape[1:]), y.dtype)
         return problem.loss(params, X, y) - jnp.sum(eps * problem.outputs(params, problem.X[j])) / batch_size
 

@@ -19,8 +19,8 @@ from .trajectory import Metric, Trajectory, default_metrics, evaluate
 
 
 def save_times(t1, ts=None, save_every=None, num_saves: int = 101, *, t0=0.0):
-    """Save times: `ts` as given, else t0, t0 + save_every, ..., t1, else `num_saves` points evenly in
-    [t0, t1]."""
+    """Save times: `ts` as given, else t0, t0 + save_every, ..., t1 (save_every must divide t1 - t0),
+    else `num_saves` points evenly in [t0, t1]."""
     if ts is not None:
         if checks.is_concrete((ts, t0, t1)):  # checked on the host: inside jit, jnp ops would be traced
             host = np.asarray(ts)
@@ -38,8 +38,14 @@ def save_times(t1, ts=None, save_every=None, num_saves: int = 101, *, t0=0.0):
         return jnp.asarray(ts)
     if save_every is not None:
         checks.positive("save_every", save_every)
-        count = int(round((float(t1) - float(t0)) / float(save_every)))
-        return float(t0) + jnp.linspace(0.0, count * float(save_every), count + 1)
+        span = float(t1) - float(t0)
+        count = round(span / float(save_every))
+        if count < 1 or abs(count * float(save_every) - span) > 1e-9 * max(1.0, abs(span)):
+            raise ValueError(
+                f"save_every = {float(save_every)} must divide t1 - t0 = {span} into a whole number of "
+                "intervals; pass ts for other save times"
+            )
+        return float(t0) + jnp.linspace(0.0, span, count + 1)
     return jnp.linspace(t0, t1, num_saves)
 
 

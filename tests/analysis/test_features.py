@@ -33,6 +33,14 @@ def test_feature_metrics_match_numpy():
     np.testing.assert_allclose(features.alignment(P, P.params), rows @ rows.T, rtol=1e-10, atol=1e-12)
 
 
+def test_alignment_of_a_zero_neuron_is_zero_not_nan():
+    P = two_layer()
+    params = eqx.tree_at(lambda net: net.W, P.params, P.params.W.at[2].set(0.0))
+    A = np.asarray(features.alignment(P, params))
+    assert np.all(np.isfinite(A)) and np.all(A[2] == 0) and np.all(A[:, 2] == 0)
+    np.testing.assert_allclose(np.delete(np.diag(A), 2), 1.0, rtol=1e-12)
+
+
 def test_min_trace_is_a_lower_bound_attained_by_equal_preactivations():
     """For cubic, every example's minimiser is z_j = sigma^{-1}(y_i) for all j (sum_j sigma(z_j)/m = y_i):
     tr H_min = (1/n) sum_i ||x_i||^2 sigma'(z_i)^2 / m. No point of the manifold is below it."""

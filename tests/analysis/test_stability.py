@@ -162,6 +162,16 @@ def test_alignment_matches_dense_covariance_on_a_net():
         assert float(stability.alignment(P, params)) == pytest.approx(expected, rel=1e-10)
 
 
+def test_alignment_is_refused_at_a_zero_loss_point():
+    """mu is 0/0 where r = 0: at an exact least-squares interpolant it was a ratio of round-off (1.154)."""
+    X = data.gaussian(jax.random.key(0), 3, 5)
+    P = Problem(Linear(5, key=jax.random.key(1)), X, X @ jnp.arange(5.0))
+    exact = jax.tree.map(lambda w: jnp.linalg.lstsq(X, P.y)[0].reshape(w.shape), P.params)
+    with pytest.raises(Exception, match="stability.alignment.*zero-loss point.*min_alignment"):
+        stability.alignment(P, exact)
+    assert np.isfinite(float(stability.alignment(P, P.params)))
+
+
 def test_alignment_closed_form_for_gaussian_linear_regression():
     """x ~ N(0, S), linear model, residual r = x . delta: by Isserlis, as n -> infinity,
     mu = 1 + delta^T S^3 delta / (delta^T S delta ||S||_F^2)."""

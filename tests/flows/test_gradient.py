@@ -38,5 +38,8 @@ def test_bad_input():
         gradient_flow(P, P.params, t1=1.0, ts=jnp.array([0.0, 2.0]))
     with pytest.raises(ValueError, match="params0 contains non-finite"):
         gradient_flow(P, jax.tree.map(lambda x: x * jnp.inf, P.params), t1=1.0)
+    for every in (0.4, 0.6):  # 1 / 0.4 saves stopped at 0.8; 1 / 0.6 failed inside diffrax
+        with pytest.raises(ValueError, match="save_every"):
+            gradient_flow(P, P.params, t1=1.0, save_every=every)
     with pytest.raises(Exception, match="maximum number of solver steps"):
         gradient_flow(P, P.params, t1=100.0, max_steps=3)

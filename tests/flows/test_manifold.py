@@ -111,8 +111,14 @@ def test_bad_starting_points_say_which():
         riemannian_flow(P, jax.tree.map(lambda x: x.at[0, 0].set(jnp.inf), P.params), t1=1.0)
     # two identical examples: the constraints are dependent, J J^T is singular everywhere
     twin = Problem(P.model(P.params), P.X.at[1].set(P.X[0]), P.y.at[1].set(P.y[0]))
-    with pytest.raises(ValueError, match="J J\\^T is singular at params0"):
+    with pytest.raises(ValueError, match="J J\\^T is singular where the start lands"):
         riemannian_flow(twin, twin.params, t1=1.0)
+    # twins with different labels: no zero-loss point at all; Gauss-Newton fails because J J^T is singular,
+    # and the message says so rather than calling the start too far
+    clash = Problem(twin.model(twin.params), twin.X, twin.y.at[1].add(1e-3))
+    for run in (lambda: retract(clash, clash.params), lambda: limit_map(clash, clash.params)):
+        with pytest.raises(ValueError, match="J J\\^T is singular near the start"):
+            run()
 
 
 def test_flow_converges_to_a_sparse_optimum_where_J_loses_rank():

@@ -1,0 +1,136 @@
+"""The central flow of GD (Cohen et al. 2024): its complementarity solver against brute force, gradient flow
+before the edge, and a toy problem whose edge-of-stability orbit is known in closed form."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+from flows import central_flow, gd, gradient_flow
+from flows.central import sdcp
+from models import Problem
+from tests.conftest import two_layer
+
+
+def brute_force_sdcp(A, B, starts=8, seed=0):
+    """min_{X >= 0} (1/2) <X, B(X)> + <A, X> over X = L L^T (any L), BFGS from several starts: the best."""
+    k = A.shape[0]
+    rng = np.random.default_rng(seed)
+
+    def f(flat):
+        L = flat.reshape(k, k)
+        X = L @ L.T
+        return 0.5 * np.einsum("ij,ijkl,kl->", X, B, X) + np.sum(A * X)
+
+    best = min(
+        (
+            scipy.optimize.minimize(f, rng.normal(size=k * k), method="BFGS", options={"gtol": 1e-12})
+            for _ in range(starts)
+        ),
+        key=lambda r: r.fun,
+    )
+    L = best.x.reshape(k, k)
+    return L @ L.T
+
+
+def random_instance(k, negative, seed):
+    """A with `negative` negative eigenvalues, B a random PSD operator on symmetric k x k matrices."""
+    rng = np.random.default_rng(seed)
+    V = np.linalg.qr(rng.normal(size=(k, k)))[0]
+    lam = np.concatenate([-rng.uniform(0.5, 2, negative), rng.uniform(0.5, 2, k - negative)])
+    A = (V * lam) @ V.T
+    T = rng.normal(size=(k, k, 5))
+    T = (T + T.transpose(1, 0, 2)) / 2  # t_ij = t_ji, as the third derivatives are
+    return A, np.einsum("ijp,klp->ijkl", T, T)
+
+
+@pytest.mark.parametrize("k, negative", [(1, 0), (1, 1), (3, 0), (3, 1), (3, 2), (4, 4)])
+def test_sdcp_matches_brute_force_and_its_complementarity_conditions(k, negative):
+    A, B = random_instance(k, negative, seed=10 * k + negative)
+    X = np.asarray(sdcp(jnp.asarray(A), jnp.asarray(B)))
+    Y = A + np.einsum("ijkl,kl->ij", B, X)
+    scale = np.abs(A).max()
+    assert np.linalg.eigvalsh(X)[0] >= -1e-10 and np.linalg.eigvalsh(Y)[0] >= -1e-7 * scale
+    assert abs(np.sum(X * Y)) <= 1e-7 * scale * max(1.0, np.abs(X).max())
+    np.testing.assert_allclose(X, brute_force_sdcp(A, B), atol=1e-5 * max(1.0, np.abs(X).max()))
+    if negative == 0:
+        assert np.all(X == 0)  # nothing at the edge: X = 0
+    else:
+        assert np.linalg.matrix_rank(X, tol=1e-6 * np.abs(X).max()) >= 1
+
+
+def test_sdcp_on_no_eigenvalues_and_under_vmap():
+    assert sdcp(jnp.zeros((0, 0)), jnp.zeros((0, 0, 0, 0))).shape == (0, 0)
+    instances = [random_instance(2, m, seed=m) for m in (0, 1, 2)]
+    A, B = (jnp.asarray(np.stack(x)) for x in zip(*instances))
+    batched = jax.vmap(sdcp)(A, B)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], sdcp(A[i], B[i]), rtol=1e-12, atol=1e-14)
+
+
+class EdgeToy(eqx.Module):
+    """L(x, y) = (1/2)(1 + y) x^2 + (1/2)(y - Y)^2 as a least-squares problem: one-hot inputs e_1, e_2 give
+    f = sqrt(2 (1 + y)) x and sqrt(2) y, the targets are 0 and sqrt(2) Y, n = 2. At x = 0, H = diag(1 + y, 1):
+    gradient flow drives y to Y, so the sharpness 1 + y rises through 2 / eta when 1 + Y > 2 / eta."""
+
+    w: jax.Array
+
+    def __call__(self, e):
+        x, y = self.w[0], self.w[1]
+        return e[0] * jnp.sqrt(2 * (1 + y)) * x + e[1] * jnp.sqrt(2.0) * y
+
+
+def edge_toy(Y=4.0, x0=0.3):
+    return Problem(EdgeToy(jnp.array([x0, 0.0])), jnp.eye(2), jnp.array([0.0, np.sqrt(2) * Y]))
+
+
+def test_central_flow_matches_the_closed_form_edge_orbit_and_gd_time_average():
+    """GD at the edge holds 1 + y* = 2 / eta and oscillates x = +-a: y is fixed when a^2 = 2 (Y - y*). So the
+    central flow must give Sigma = a^2 = 2 (Y - y*) along x, y -> y*, and a time-averaged loss
+    (1/2)(y* - Y)^2 + (1/2)(2 / eta) a^2; GD's own average over its orbit must agree."""
+    eta, Y = 0.5, 4.0
+    P = edge_toy(Y)
+    y_star = 2 / eta - 1
+    flow = central_flow(P, P.params, eta=eta, t1=40.0, num_eigs=1, num_saves=81)
+    sigma = 2 * (Y - y_star)
+    predicted = 0.5 * (y_star - Y) ** 2 + 0.5 * (2 / eta) * sigma
+    assert float(flow.final.w[1]) == pytest.approx(y_star, rel=1e-8)
+    assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(sigma, rel=1e-8)
+    assert float(flow.stats["predicted_loss"][-1]) == pytest.approx(predicted, rel=1e-8)
+    assert float(flow.stats["eigenvalues"][-1, 0]) == pytest.approx(2 / eta, rel=1e-8)
+    assert int(flow.stats["edge_count"][-1]) == 1 and int(flow.stats["edge_count"][0]) == 0
+    run = gd(P, P.params, steps=4000, eta=eta, save_every=1)
+    assert float(run.stats["loss"][2000:].mean()) == pytest.approx(predicted, rel=0.02)
+    assert float(run.stats["loss"][2000:].mean()) > 1.5 * float(P.loss(flow.final))  # not gradient flow's
+
+
+def test_central_flow_is_gradient_flow_before_the_edge():
+    P = two_layer()
+    eta = 0.05  # eta lambda_max stays far below 2 on this net
+    flow = central_flow(P, P.params, eta=eta, t1=5.0, num_eigs=2, num_saves=6)
+    gf = gradient_flow(P, P.params, t1=5.0, ts=flow.ts, rtol=1e-10, atol=1e-12)
+    assert float(jnp.max(flow.stats["eigenvalues"])) * eta < 1
+    assert np.all(np.asarray(flow.stats["sigma_trace"]) == 0)
+    np.testing.assert_allclose(P.ravel(flow.final)[0], P.ravel(gf.final)[0], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(flow.stats["predicted_loss"], gf.stats["loss"], rtol=1e-7)
+
+
+def test_central_flow_vmaps_over_step_sizes_and_starts():
+    P = edge_toy()
+    etas = jnp.array([0.5, 0.25])
+    starts = jax.vmap(lambda x0: edge_toy(x0=x0).params)(jnp.array([0.3, 0.2]))
+    both = jax.vmap(lambda eta, p: central_flow(P, p, eta=eta, t1=4.0, num_eigs=1, num_saves=5))(etas, starts)
+    one = central_flow(P, edge_toy(x0=0.2).params, eta=0.25, t1=4.0, num_eigs=1, num_saves=5)
+    np.testing.assert_allclose(both.params.w[1, -1], one.final.w, rtol=1e-10)
+
+
+def test_bad_input_is_refused():
+    P = edge_toy()
+    with pytest.raises(ValueError, match="eta must be > 0"):
+        central_flow(P, P.params, eta=0.0, t1=1.0)
+    with pytest.raises(ValueError, match="num_eigs"):
+        central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=3)
+    with pytest.raises(ValueError, match="step grid"):
+        central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, ts=jnp.array([0.0, 0.3]))
