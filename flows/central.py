@@ -17,13 +17,13 @@ makes the edge attract: an eigenvalue above 2 / eta is pushed back at rate A / h
 predicted as L + (1/2) <Sigma, H> = L + (1/2) sum_i X_ii lambda_i. Before the edge X = 0 and the flow is
 gradient flow.
 
-Each step of size h = eta / `substeps` in t: the top `num_eigs` eigenpairs of H (LOBPCG warm-started from the
-previous step's; a dense eigendecomposition where p <= 5 num_eigs, below LOBPCG's reach), the third
+Each step of size h = eta / `substeps` in t: the top `num_eigs` eigenpairs of H (one block Rayleigh-Ritz step
+from the previous step's, ten at each save, a hundred from a cold start at the first), the third
 derivatives t_ij = grad_theta (u_i^T H u_j) (nested JVPs under one VJP), X from `sdcp`, then one step of a
-diffrax solver (default Tsit5) of d theta / dt = -grad [L + (1/2) <Sigma, H>] with Sigma frozen over the step,
-so that before the edge the flow is gradient flow solved to Tsit5's order. Memory O(p k^2); cost per step
-O(k) Hessian-vector products for the eigenpairs (more when LOBPCG has to iterate), k(k+1)/2 third-derivative
-products and the solver's stages, each a gradient of L + (1/2) <Sigma, H> (k Hessian quadratic forms).
+diffrax solver (default Heun) of d theta / dt = -grad [L + (1/2) <Sigma, H>] with Sigma = V V^T frozen over
+the step, so that before the edge the flow is gradient flow solved to the solver's order. Memory O(p k^2);
+cost per step: a few Hessian-vector products for the warm-started eigenpairs, k(k+1)/2 third-derivative
+products and the solver's stages, each a gradient of L + (1/2) sum_m v_m^T H v_m (k quadratic forms).
 """
 
 import diffrax
@@ -31,7 +31,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental.sparse.linalg import lobpcg_standard
 from jaxtyping import Array, Float, PyTree
 
 from models import Problem, checks
@@ -39,6 +38,8 @@ from models.problem import check_start
 
 from .gradient import save_times
 from .trajectory import Trajectory, default_metrics, evaluate
+
+COLD, REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
 
 
 def sdcp(
@@ -122,7 +123,8 @@ def central_flow(
       edge get X = 0 by complementarity).
     - `substeps`: steps of size h = eta / substeps per GD step (the look-ahead of `sdcp` is one step).
     - saved at `ts` (on the step grid; default `num_saves` points evenly in [0, t1], which must fall on it).
-    - `solver`: a diffrax solver for each step with Sigma frozen (default `diffrax.Tsit5()`).
+    - `solver`: a diffrax solver for each step with Sigma frozen (default `diffrax.Heun()`, second order:
+      before the edge the flow is gradient flow to O(h^2)).
 
     Records `loss`, `predicted_loss` = L + (1/2) <Sigma, H> (GD's time-averaged loss), `eigenvalues` (the
     top num_eigs of H, descending, shape (T, num_eigs)), `edge_count` (the rank of X: eigenvalues held at
@@ -153,7 +155,7 @@ def central_flow(
         jnp.round(index).astype(jnp.int32),
         num_eigs,
         substeps,
-        solver or diffrax.Tsit5(),
+        solver or diffrax.Heun(),
         default_metrics(metrics),
         save_params,
     )
@@ -174,67 +176,75 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
         """u^T H(w) v."""
         return jax.jvp(lambda x: jax.jvp(loss, (x,), (u,))[1], (w,), (v,))[1]
 
-    def edge(w, U0) -> _Edge:
-        lam, U = _top_eigenpairs(lambda v: _hvp(loss, w, v), w, U0)
+    k = num_eigs
+    upper = jnp.triu_indices(k)
+
+    def edge(w, U0, iterations=1) -> _Edge:
+        lam, U = _top_eigenpairs(lambda v: _hvp(loss, w, v), U0, iterations)
         g = jax.grad(loss)(w)
-        T = jax.vmap(lambda u: jax.vmap(lambda v: jax.grad(quad)(w, u, v))(U.T))(U.T)  # (k, k, p)
+        rows = jax.vmap(lambda u, v: jax.grad(quad)(w, u, v))(U.T[upper[0]], U.T[upper[1]])  # t_ij, i <= j
+        T = jnp.zeros((k, k, p), dtype).at[upper].set(rows).at[upper[1], upper[0]].set(rows)
         A = jnp.diag(2 / eta - lam) + h * jnp.einsum("ijp,p->ij", T, g)
         B = (h / 2) * jnp.einsum("ijp,klp->ijkl", T, T)
         return _Edge(lam, U, sdcp(A, B))
 
     def field(t, w, args):
-        U, X = args
-        return -jax.grad(lambda x: loss(x) + 0.5 * jnp.einsum("ij,ij->", X, _quad_matrix(quad, x, U)))(w)
+        V = args  # Sigma = V V^T, frozen over the step
+        return -jax.grad(lambda x: loss(x) + 0.5 * jnp.sum(jax.vmap(lambda v: quad(x, v, v))(V.T)))(w)
 
     term = diffrax.ODETerm(field)
 
-    def step(w, U):
-        e = edge(w, U)
-        args = (e.U, e.X)
+    def step(w, e):
+        mu, Q = jnp.linalg.eigh(e.X)
+        V = e.U @ (Q * jnp.sqrt(jnp.maximum(mu, 0)))
         zero = jnp.zeros((), dtype)
-        state = solver.init(term, zero, h, w, args)
-        w_next, *_ = solver.step(term, zero, h, w, args, state, made_jump=True)
-        return w_next, e
+        state = solver.init(term, zero, h, w, V)
+        return solver.step(term, zero, h, w, V, state, made_jump=True)[0]
 
     def record(w, e):
         params = unravel(w)
         stats = evaluate(problem, params, metrics)
-        sigma_h = 0.5 * jnp.sum(jnp.diag(e.X) * e.eigenvalues)
         x_eigs = jnp.linalg.eigvalsh(e.X)
         stats |= {
-            "predicted_loss": stats["loss"] + sigma_h,
+            "predicted_loss": stats["loss"] + 0.5 * jnp.sum(jnp.diag(e.X) * e.eigenvalues),
             "eigenvalues": e.eigenvalues,
             "edge_count": jnp.sum(x_eigs > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(x_eigs[-1], 0)),
             "sigma_trace": jnp.trace(e.X),
         }
         return (params if save_params else None), stats
 
-    U0 = _initial_vectors(p, num_eigs, dtype)
+    # One loop, each quantity traced once: at a save index the point is recorded (eigenpairs refreshed by
+    # REFRESH Rayleigh-Ritz steps, COLD at the very first), otherwise the flow takes a step.
+    saves = index.shape[0]
+    U0 = _initial_vectors(p, k, dtype)
+    out = jax.tree.map(
+        lambda x: jnp.zeros((saves, *x.shape), x.dtype),
+        jax.eval_shape(lambda: record(flat0, edge(flat0, U0))),
+    )
 
-    def advance(carry, target):
-        w, U, j = carry
-        w, U, j = lax.while_loop(
-            lambda c: c[2] < target, lambda c: (*_take(step(c[0], c[1])), c[2] + 1), (w, U, j)
-        )
-        e = edge(w, U)
-        return (w, e.U, j), record(w, e)
+    def body(state):
+        w, U, j, s, out = state
+        at_save = (s < saves) & (index[jnp.minimum(s, saves - 1)] == j)
+        iterations = jnp.where(j + s == 0, COLD, jnp.where(at_save, REFRESH, 1))
+        e = edge(w, U, iterations)
 
-    _, (params, stats) = lax.scan(advance, (flat0, U0, jnp.zeros((), jnp.int32)), index)
+        def save(_):
+            new = jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, e))
+            return w, j, s + 1, new
+
+        def advance(_):
+            return step(w, e), j + 1, s, out
+
+        w, j, s, out = lax.cond(at_save, save, advance, None)
+        return w, e.U, j, s, out
+
+    init = (flat0, U0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), out)
+    *_, (params, stats) = lax.while_loop(lambda c: c[3] < saves, body, init)
     return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t")
-
-
-def _take(result):
-    w, e = result
-    return w, e.U
 
 
 def _hvp(loss, w, v):
     return jax.jvp(jax.grad(loss), (w,), (v,))[1]
-
-
-def _quad_matrix(quad, w, U):
-    """U^T H(w) U, (k, k), by k^2 nested JVPs (k = U.shape[1])."""
-    return jax.vmap(lambda u: jax.vmap(lambda v: quad(w, u, v))(U.T))(U.T)
 
 
 def _initial_vectors(p, k, dtype):
@@ -242,12 +252,22 @@ def _initial_vectors(p, k, dtype):
     return jax.random.normal(jax.random.key(0), (p, k), jnp.float32).astype(dtype)
 
 
-def _top_eigenpairs(hvp, w, U0):
-    """The top k = U0.shape[1] eigenpairs of H (descending), LOBPCG from U0; dense where p <= 5 k."""
+def _top_eigenpairs(hvp, U0, iterations: int):
+    """The top k = U0.shape[1] eigenpairs of H (descending) by `iterations` block Rayleigh-Ritz steps from
+    U0: each takes the top k Ritz pairs of H on span[U, H U] (3k Hessian-vector products, one QR of p x 2k).
+    From the previous step's vectors one step tracks them (H moves by O(h)); from a cold start it is a block
+    Krylov iteration. Dense where p <= 2k."""
     p, k = U0.shape
-    if p <= 5 * k:
-        lam, V = jnp.linalg.eigh(jax.vmap(hvp)(jnp.eye(p, dtype=w.dtype)))
+    if p <= 2 * k:
+        lam, V = jnp.linalg.eigh(jax.vmap(hvp)(jnp.eye(p, dtype=U0.dtype)))
         return lam[::-1][:k], V[:, ::-1][:, :k]
-    eps = jnp.finfo(w.dtype).eps
-    lam, U, _ = lobpcg_standard(jax.vmap(hvp, 1, 1), U0, m=200, tol=jnp.sqrt(eps) / (10 * p))
-    return lam, U
+    H = jax.vmap(hvp, 1, 1)
+
+    def refine(_, U):
+        Q = jnp.linalg.qr(jnp.concatenate([U, H(U)], axis=1))[0]
+        R = Q.T @ H(Q)
+        lam, V = jnp.linalg.eigh((R + R.T) / 2)
+        return Q @ V[:, ::-1][:, :k]
+
+    U = lax.fori_loop(0, iterations, refine, U0)
+    return jnp.einsum("pi,pi->i", U, H(U)), U

@@ -7,5 +7,6 @@ from .linear import Linear as Linear
 from .linear import QuadraticParam as QuadraticParam
 from .linear import RandomFeatures as RandomFeatures
 from .matrix import MatrixFactorization as MatrixFactorization
+from .mlp import MLP as MLP
 from .problem import Problem as Problem
 from .two_layer import TwoLayerNet as TwoLayerNet

@@ -16,7 +16,6 @@ digits, 3 vs 8 as a +-1 regression target. Step sizes are multiples of 1 / lambd
 initialisation.
 """
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +23,7 @@ from common import Figure, main
 
 from analysis import plots, stability
 from flows import sgd
-from models import Problem, RandomFeatures, TwoLayerNet, data
+from models import MLP, Problem, RandomFeatures, TwoLayerNet, data
 
 PRESETS = {
     "smoke": dict(
@@ -41,18 +40,6 @@ PRESETS = {
     ),
 }  # fmt: skip
 PROBLEMS = {"rf": "random features", "net": "two-layer tanh net", "mlp": "MLP on digits (3 vs 8)"}
-
-
-class MLP(eqx.Module):
-    """Scalar-output MLP: eqx.nn.MLP with `depth` hidden tanh layers."""
-
-    mlp: eqx.nn.MLP
-
-    def __init__(self, d, width, depth, *, key):
-        self.mlp = eqx.nn.MLP(d, "scalar", width, depth, activation=jnp.tanh, key=key)
-
-    def __call__(self, x):
-        return self.mlp(x)
 
 
 def problems(cfg) -> dict[str, Problem]:

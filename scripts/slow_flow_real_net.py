@@ -29,7 +29,7 @@ import numpy as np
 from common import Figure, main
 
 from analysis import compare, hessian, plots
-from models import Problem, data
+from models import MLP, Problem, data
 
 PRESETS = {
     "smoke": dict(
@@ -44,19 +44,6 @@ PRESETS = {
 }
 
 
-class MLP(eqx.Module):
-    """eqx.nn.MLP with two tanh hidden layers, scalar output for two classes, one output per class else."""
-
-    mlp: eqx.nn.MLP
-
-    def __init__(self, d, width, outputs, *, key):
-        size = "scalar" if outputs == 1 else outputs
-        self.mlp = eqx.nn.MLP(d, size, width, 2, activation=jnp.tanh, key=key)
-
-    def __call__(self, x):
-        return self.mlp(x)
-
-
 class TestAccuracy(eqx.Module):
     """The fraction of held-out images classified right: sign(f) for a +-1 target, argmax(f) for one-hot."""
 
@@ -69,22 +56,20 @@ class TestAccuracy(eqx.Module):
         return jnp.mean(right)
 
 
-def lambda_max(problem, params):
-    return hessian.top_eigenvalues(problem, params, 1, key=jax.random.key(0), num_iter=40)[0]
-
-
 def problem(cfg):
     classes = None if cfg["classes"] is None else tuple(cfg["classes"])
     X, y = data.digits(classes=classes, one_hot=classes is None)
     (train, test) = data.train_test_split(jax.random.key(0), X, y, n_train=cfg["n"])
     outputs = 1 if y.ndim == 1 else y.shape[1]
-    return Problem(MLP(X.shape[1], cfg["width"], outputs, key=jax.random.key(1)), *train), TestAccuracy(*test)
+    return Problem(
+        MLP(X.shape[1], cfg["width"], outputs=outputs, key=jax.random.key(1)), *train
+    ), TestAccuracy(*test)
 
 
 def compute(cfg, progress, part):
     """Stored in parts (`common.main`): each eta."""
     P, accuracy = problem(cfg)
-    observables = {"trace_H": compare.trace_g, "lambda_max": lambda_max, "accuracy": accuracy}
+    observables = {"trace_H": compare.trace_g, "lambda_max": hessian.lambda_max, "accuracy": accuracy}
     r = compare.label_noise_slow_clock(
         P,
         P.params,

@@ -71,7 +71,10 @@ def test_second_moment_recursion_matches_monte_carlo_sgd(replace):
 
 
 def test_mean_square_grows_at_rho_from_its_mode_above_the_threshold():
-    """Started in the top eigenmode of T, E L_k = rho^k L_0 exactly; Monte Carlo SGD follows it."""
+    """Started in the top eigenmode of T, E L_k = rho^k L_0 exactly; Monte Carlo SGD follows it within four
+    standard errors. L_k is heavy-tailed (rare runs draw one example again and again), so the mean is resolved
+    only over the first steps: at step 6 the standard error of 40,000 seeds ranges from 5% to 35% of the
+    mean across key streams (a fixed 8% tolerance there passed on one stream by luck)."""
     P, star = least_squares()
     B = 4
     eta = 1.3 * stability.threshold(P, star, batch_size=B)
@@ -81,7 +84,7 @@ def test_mean_square_grows_at_rho_from_its_mode_above_the_threshold():
     # delta_0 = X^+ R^{1/2} z, so that E r_0 r_0^T = R
     vals, vecs = np.linalg.eigh(R)
     root = vecs * np.sqrt(np.clip(vals, 0, None)) @ vecs.T
-    seeds, steps = 40_000, 6
+    seeds, steps = 40_000, 3
     z = np.random.default_rng(0).standard_normal((seeds, X.shape[0]))
     deltas = 1e-3 * z @ root @ np.linalg.pinv(X).T
     keys = jax.random.split(jax.random.key(2), seeds)
@@ -92,7 +95,9 @@ def test_mean_square_grows_at_rho_from_its_mode_above_the_threshold():
 
     L = np.asarray(jax.jit(jax.vmap(run))(jnp.asarray(deltas), keys))
     ratio = L.mean(0) / L.mean(0)[0]
-    np.testing.assert_allclose(ratio, rho ** np.arange(steps + 1), rtol=0.08)
+    se = L.std(0) / np.sqrt(seeds) / L.mean(0)[0]
+    assert np.all(np.abs(ratio - rho ** np.arange(steps + 1)) <= 4 * se), (ratio, rho, se)
+    assert np.all(se[1:] < 0.05 * ratio[1:])  # resolved: a rate 10% off would miss by 6 standard errors
 
 
 def test_gd_closed_form_and_threshold():

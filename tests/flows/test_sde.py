@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from flows import label_noise_sde, label_noise_sgd, sgd, sgd_sde, trace_grad
+from flows import brownian, label_noise_sde, label_noise_sgd, sgd, sgd_sde, trace_grad
 from flows.brownian import BrownianGrid, step_keys
 from flows.noise import diffusion, ito_correction, noise_parts
 from models import Problem
@@ -66,7 +66,10 @@ def test_brownian_grid_refinements_are_one_brownian_motion(key):
     many = jax.vmap(lambda i: paths[3].evaluate(i * eta / 8, (i + 1) * eta / 8))(jnp.arange(2000))
     assert abs(float(jnp.var(many)) / (eta / 8) - 1) < 0.1
     # and the coarse increment is sqrt(eta) times label-noise SGD's step-k draw
-    z = jax.random.normal(step_keys(key, 2)[1], (5,), jnp.float64)
+    z = brownian.normal(step_keys(key, 2)[1], (5,), jnp.float64)
+    np.testing.assert_array_equal(
+        z, jax.random.normal(step_keys(key, 2)[1], (5,), jnp.float32)
+    )  # float32 draws
     np.testing.assert_allclose(coarse[2], np.sqrt(eta) * z, rtol=1e-12)
 
 
@@ -214,7 +217,8 @@ def cosine_errors(solver, substeps, seeds=2000):
     # W_T from the coarse draws alone (the bridges only split them)
     w = jax.vmap(
         lambda k: sum(
-            np.sqrt(ETA) * jax.random.normal(step_keys(k, i)[1], (1,))[0] for i in range(round(T / ETA))
+            np.sqrt(ETA) * brownian.normal(step_keys(k, i)[1], (1,), jnp.float64)[0]
+            for i in range(round(T / ETA))
         )
     )(keys)
     ref = exact(0.5, np.asarray(w))

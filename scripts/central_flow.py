@@ -1,0 +1,156 @@
+"""GD at the edge of stability against gradient flow and the central flow (Cohen et al. 2024) on digits.
+
+An MLP 64-32-32-1 with tanh (`models.MLP`, p = 3,169) on scikit-learn's digits 3 vs 8 (all 357 images, +-1
+targets) with 20% of the labels flipped, square loss. Full-batch GD at each eta, in gradient-flow time
+t = eta k:
+
+- (a) the loss: GD as it is (thin) and time-averaged over a centred window of `window` steps, gradient flow,
+  and the central flow's prediction of GD's time-averaged loss, L + (1/2) <Sigma, H>;
+- (b) the sharpness eta lambda_max(H) of GD, gradient flow and the central flow, with the edge eta lambda = 2;
+- (c) the distance from GD's time-averaged parameters to gradient flow and to the central flow.
+
+With clean labels GD never holds at the edge on this problem; with the flips it rises to 2 / eta from step
+~500 at eta = 0.1 and stays there.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import Figure, main
+
+from analysis import hessian, plots
+from flows import central_flow, gd, gradient_flow, timescale
+from models import MLP, Problem, data
+
+PRESETS = {
+    "smoke": dict(n=40, width=8, flip=0.2, etas=[0.2], t1=4.0, saves=4, window=10, num_eigs=2),
+    "quick": dict(n=None, width=32, flip=0.2, etas=[0.2, 0.1], t1=100.0, saves=50, window=20, num_eigs=3),
+    "paper": dict(n=None, width=32, flip=0.2, etas=[0.2, 0.1, 0.05], t1=200.0, saves=100, window=20,
+                  num_eigs=4),
+}  # fmt: skip
+EDGE = 1.9  # a saved point counts as at the edge where GD's eta lambda_max >= EDGE
+
+
+def problem(cfg):
+    """Digits 3 vs 8 (the first n of a fixed shuffle, all when n is None), a fraction `flip` of the +-1
+    labels negated (fixed draw), an MLP with two tanh hidden layers of `width`."""
+    X, y = data.digits(classes=(3, 8))
+    order = jax.random.permutation(jax.random.key(0), X.shape[0])[: cfg["n"]]
+    X, y = X[order], y[order]
+    flip = jax.random.permutation(jax.random.key(3), X.shape[0])[: round(cfg["flip"] * X.shape[0])]
+    return Problem(MLP(X.shape[1], cfg["width"], 2, key=jax.random.key(1)), X, y.at[flip].multiply(-1))
+
+
+def window_mean(x, centres, window):
+    """The mean of x[k - window/2 : k + window/2] at each centre k (truncated at the ends)."""
+    half = window // 2
+    return np.stack([x[max(0, k - half) : k + half].mean(0) for k in centres])
+
+
+def at_eta(cfg, P, eta):
+    """GD (every step kept), gradient flow and the central flow, read at `saves + 1` common times."""
+    steps = timescale.steps_for_time(cfg["t1"], eta)
+    ks = np.arange(0, steps + 1, steps // cfg["saves"])
+    ts = jnp.asarray(ks * eta)
+    run = gd(P, P.params, steps=steps, eta=eta, save_every=1)
+    flat = np.asarray(jax.vmap(lambda p: P.ravel(p)[0])(run.params))
+    gd_lambda = jax.lax.map(lambda k: hessian.lambda_max(P, run.at(k)), jnp.asarray(ks))
+    metrics = {"lambda_max": hessian.lambda_max}
+    gf = gradient_flow(P, P.params, t1=cfg["t1"], ts=ts, metrics=metrics)
+    cf = central_flow(P, P.params, eta=eta, t1=cfg["t1"], ts=ts, num_eigs=cfg["num_eigs"])
+    mean_params = window_mean(flat, ks, cfg["window"])
+
+    def distance(traj):
+        return np.linalg.norm(
+            mean_params - np.asarray(jax.vmap(lambda p: P.ravel(p)[0])(traj.params)), axis=1
+        )
+
+    return {
+        "t": np.asarray(ts),
+        "gd_loss": np.asarray(run.stats["loss"]),
+        "gd_mean_loss": window_mean(np.asarray(run.stats["loss"]), ks, cfg["window"]),
+        "gd_lambda": np.asarray(gd_lambda),
+        "gf_loss": gf.stats["loss"],
+        "gf_lambda": gf.stats["lambda_max"],
+        "cf_loss": cf.stats["loss"],
+        "cf_predicted": cf.stats["predicted_loss"],
+        "cf_lambda": cf.stats["eigenvalues"][:, 0],
+        "cf_edge_count": cf.stats["edge_count"],
+        "gf_distance": distance(gf),
+        "cf_distance": distance(cf),
+    }
+
+
+def compute(cfg, progress, part):
+    """Stored in parts (`common.main`): each eta."""
+    P = problem(cfg)
+    out = {"p": np.asarray(P.num_params), "n": np.asarray(P.n)}
+    for eta in cfg["etas"]:
+        out |= {f"{eta}/{k}": v for k, v in part(f"eta{eta}", lambda eta=eta: at_eta(cfg, P, eta)).items()}
+        if progress:
+            print(f"eta = {eta}: done", flush=True)
+    return out
+
+
+def errors(cfg, r, eta):
+    """Over the saved points at the edge (GD's eta lambda_max >= EDGE): the mean relative error of the central
+    flow's predicted loss and of gradient flow's loss against GD's time-averaged loss, and the first step at
+    the edge (None if GD never gets there)."""
+    at_edge = eta * r[f"{eta}/gd_lambda"] >= EDGE
+    if not at_edge.any():
+        return None
+    target = r[f"{eta}/gd_mean_loss"][at_edge]
+    cf = np.mean(np.abs(r[f"{eta}/cf_predicted"][at_edge] - target) / target)
+    gf = np.mean(np.abs(r[f"{eta}/gf_loss"][at_edge] - target) / target)
+    first = int(round(r[f"{eta}/t"][np.argmax(at_edge)] / eta))
+    return cf, gf, first
+
+
+def draw(cfg, r, path):
+    fig, axes = plots.figure(3, width=4.0)
+    for c, eta in enumerate(cfg["etas"]):
+        t = r[f"{eta}/t"]
+        steps = np.arange(r[f"{eta}/gd_loss"].shape[0]) * eta
+        ax = axes[0]
+        ax.plot(steps, r[f"{eta}/gd_loss"], color=f"C{c}", lw=0.4, alpha=0.5)
+        ax.plot(t, r[f"{eta}/gd_mean_loss"], color=f"C{c}", lw=2, label=f"GD, eta = {eta} (time-averaged)")
+        ax.plot(t, r[f"{eta}/cf_predicted"], "k--", lw=1, label="central flow" if c == 0 else None)
+        ax.plot(t, r[f"{eta}/gf_loss"], "k:", lw=1, label="gradient flow" if c == 0 else None)
+        ax = axes[1]
+        ax.plot(t, eta * r[f"{eta}/gd_lambda"], color=f"C{c}", lw=2, label=f"GD, eta = {eta}")
+        ax.plot(t, eta * r[f"{eta}/cf_lambda"], "k--", lw=1)
+        ax.plot(t, eta * r[f"{eta}/gf_lambda"], "k:", lw=1)
+        ax = axes[2]
+        ax.plot(t, r[f"{eta}/cf_distance"], "--", color=f"C{c}", label=f"to central flow, eta = {eta}")
+        ax.plot(t, r[f"{eta}/gf_distance"], ":", color=f"C{c}", label=f"to gradient flow, eta = {eta}")
+    axes[0].set(xlabel="t = eta k", ylabel="loss", yscale="log", title="(a) loss")
+    axes[1].axhline(2.0, color="0.5", lw=0.8)
+    axes[1].set(xlabel="t = eta k", ylabel="eta lambda_max(H)", title="(b) sharpness (edge at 2)")
+    axes[2].set(xlabel="t = eta k", ylabel="||mean GD - flow||", title="(c) distance from time-averaged GD")
+    for ax in axes:
+        ax.legend(fontsize=6)
+    return plots.save(fig, path)
+
+
+def summary(cfg, r):
+    print(
+        f"MLP with p = {int(r['p'])} on n = {int(r['n'])} digits (3 vs 8, {cfg['flip']:.0%} labels flipped)"
+    )
+    for eta in cfg["etas"]:
+        found = errors(cfg, r, eta)
+        if found is None:
+            print(f"eta = {eta}: GD never reaches eta lambda_max >= {EDGE}")
+            continue
+        cf, gf, first = found
+        d_cf, d_gf = r[f"{eta}/cf_distance"][-1], r[f"{eta}/gf_distance"][-1]
+        print(
+            f"eta = {eta}: at the edge from step {first}; GD's time-averaged loss predicted by the central "
+            f"flow to {cf:.1%} (gradient flow: {gf:.1%}); distance at the end {d_cf:.3g} "
+            f"(gradient flow {d_gf:.3g})"
+        )
+
+
+FIGURE = Figure("central_flow", __doc__, PRESETS, compute, draw, summary)
+
+if __name__ == "__main__":
+    main(FIGURE)
