@@ -252,7 +252,7 @@ def _initial_vectors(p, k, dtype):
     return jax.random.normal(jax.random.key(0), (p, k), jnp.float32).astype(dtype)
 
 
-def _top_eigenpairs(hvp, U0, iterations: int):
+def _top_eigenpairs(hvp, U0, iterations):
     """The top k = U0.shape[1] eigenpairs of H (descending) by `iterations` block Rayleigh-Ritz steps from
     U0: each takes the top k Ritz pairs of H on span[U, H U] (3k Hessian-vector products, one QR of p x 2k).
     From the previous step's vectors one step tracks them (H moves by O(h)); from a cold start it is a block

@@ -19,6 +19,7 @@ SCRIPTS = [
     "escape",
     "early_alignment",
     "optimization_threshold",
+    "central_flow",
 ]
 HERE = Path(__file__).resolve().parent
 
