@@ -31,7 +31,7 @@ from flows import central_flow, gd, gradient_flow, timescale
 from models import MLP, Problem, data
 
 PRESETS = {
-    "smoke": dict(n=40, width=8, flip=0.2, etas=[0.2], t1=4.0, saves=4, window=4, num_eigs=2),
+    "smoke": dict(n=20, width=4, flip=0.2, etas=[0.2], t1=2.0, saves=2, window=4, num_eigs=1),
     "quick": dict(n=None, width=32, flip=0.2, etas=[0.2, 0.1], t1=150.0, saves=60, window=200, num_eigs=3),
     "paper": dict(n=None, width=32, flip=0.2, etas=[0.2, 0.1, 0.05], t1=300.0, saves=120, window=200,
                   num_eigs=4),

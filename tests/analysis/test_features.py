@@ -81,6 +81,7 @@ def test_slow_flow_ends_rank_one_at_the_minimum_of_tr_h(activation):
         assert second == pytest.approx(eigs[k], rel=1e-3)
 
 
+@pytest.mark.slow  # a paper claim over long flows (make test-all)
 def test_tr_h_is_geodesically_convex_near_stationary_points_for_cubic_and_not_for_tanh():
     """Gatmiry et al.'s local geodesic convexity at approximate stationary points, observed along the flow:
     for cubic the Riemannian Hessian of F = tr H / 4 is indefinite at the start and positive definite at

@@ -76,6 +76,7 @@ def test_a_killed_run_resumes_where_it_stopped_with_the_same_bits(tmp_path):
     assert_same_bits(arrays(out), arrays(tmp_path / "whole"))
 
 
+@pytest.mark.slow  # the refusals themselves are tested on store.read (tests/analysis/test_store.py)
 def test_a_foreign_or_damaged_state_is_refused_and_left_alone(tmp_path):
     out = tmp_path / "run"
     run(out, "--steps", "500")

@@ -49,6 +49,15 @@ def test_a_foreign_result_is_refused(tmp_path):
         store.load(tmp_path, "c", cfg)
 
 
+def test_a_damaged_result_is_refused_and_left_alone(tmp_path):
+    path = store.save(tmp_path, "c", {"seed": 1}, {"x": np.arange(100)})
+    torn = (path / "arrays.npz").read_bytes()[:100]
+    (path / "arrays.npz").write_bytes(torn)
+    with pytest.raises(ValueError, match="is damaged"):
+        store.load(tmp_path, "c", {"seed": 1})
+    assert (path / "arrays.npz").read_bytes() == torn
+
+
 def test_bad_config_and_name(tmp_path):
     with pytest.raises(TypeError, match="JSON-serialisable"):
         store.key({"f": object()})

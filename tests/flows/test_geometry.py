@@ -52,6 +52,7 @@ def test_both_modes_match_the_dense_projector_and_the_dense_trace_gradient(mode,
     np.testing.assert_allclose(point.min_norm(b), np.linalg.pinv(J) @ np.asarray(b), rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.slow  # the two modes agree at small size in test_both_modes_match_the_dense_projector_...
 def test_dense_and_matrix_free_flows_agree_on_a_mid_size_net():
     """n = 24, width 40 (p = 240): tr H along the flow to tau = 2 within 1e-4 relative, float64."""
     P = net(n=24, d=6, width=40)
@@ -83,16 +84,9 @@ def test_matrix_free_mode_runs_where_a_p_by_p_array_cannot_exist():
     assert float(flow.stats["loss"].max()) < 1e-20
 
 
-def test_a_float32_flow_matches_float64_and_a_regular_float32_start_is_not_refused():
-    """tr H along the flow in float32 within 1e-3 relative of float64; a cubic net of width 1,000 on n = d = 3
-    (cond(J) ~ 7) starts in float32 (it was once called singular)."""
-    P64 = net(n=6, d=4, width=16)
-    P32 = float32(P64)
-    ts = jnp.linspace(0.0, 1.0, 5)
-    f64 = riemannian_flow(P64, P64.params, t1=1.0, ts=ts, save_params=False)
-    f32 = riemannian_flow(P32, P32.params, t1=1.0, ts=ts.astype(jnp.float32), save_params=False)
-    assert f32.stats["objective"].dtype == jnp.float32
-    np.testing.assert_allclose(f32.stats["objective"], f64.stats["objective"], rtol=1e-3)
+def test_a_regular_float32_start_is_not_refused():
+    """A cubic net of width 1,000 on n = d = 3 (cond(J) ~ 7) starts in float32 (it was once called singular).
+    The float32 flow against float64 is in tests/test_float32.py."""
     wide = float32(net(n=3, d=3, width=1000, activation="cubic"))
     flow = riemannian_flow(
         wide, wide.params, t1=0.1, ts=jnp.array([0.0, 0.1], jnp.float32), save_params=False
