@@ -50,7 +50,7 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
         saves=4,
         sgd=[[1.0, 0.3, 10.0]],
         sgd_saves=4,
-        sweep_m=[3],
+        sweep_m=[4],  # the shapes of the main problem: nothing compiles again
         sweep_nd=[[2, 3]],
         sweep_tau=1e2,
     ),

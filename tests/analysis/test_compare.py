@@ -23,6 +23,7 @@ def test_mean_band_is_the_student_t_confidence_interval():
     assert compare.order([0.1, 0.05, 0.025], [4.0, 2.0, 1.0]) == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # the figure scripts slow_flow_vs_label_noise and slow_flow_real_net measure it too
 def test_label_noise_sgd_follows_the_slow_flow_in_tau_ever_closer_as_eta_shrinks():
     """tr H of label-noise GD mapped by Phi vs the Riemannian flow, in tau = eta^2 sigma^2 k / n, on the
     quadratic parametrisation: the weak error falls with eta (first order in theory) and is a few
@@ -45,6 +46,7 @@ def test_label_noise_sgd_follows_the_slow_flow_in_tau_ever_closer_as_eta_shrinks
     np.testing.assert_allclose(r["sgd_mean_trace_H_0.01"][0], hessian.trace(P, start), rtol=1e-8)
 
 
+@pytest.mark.slow  # the closed-form weak and strong orders are in tests/flows/test_sde.py
 def test_label_noise_sgd_and_its_sde_differ_by_at_most_first_order_in_eta():
     """On a two-layer net, the weak error sup_t |E SGD - E SDE| of the loss and of tr H (coupled paths,
     fine SDE steps eta / 8) falls at least linearly in eta and sits well above its own confidence band (so the

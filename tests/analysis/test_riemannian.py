@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from analysis import riemannian
 from models import Problem
@@ -53,6 +54,7 @@ def test_sphere_closed_forms():
     assert riemannian.min_eigenvalue(P, at_min, F) > 0
 
 
+@pytest.mark.slow  # make test-all
 def test_matrix_free_min_eigenvalue_matches_the_dense_one():
     """Lanczos on the projected Lagrangian Hessian with the normal space shifted away: the sphere's closed
     form 2 (lambda_2 - lambda_1) at its minimiser, and a two-layer net on its manifold (p = 18) against the

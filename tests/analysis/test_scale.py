@@ -50,6 +50,7 @@ def test_four_host_devices_give_the_single_device_bits(reference, tmp_path):
     assert_same_bits(arrays(tmp_path / "run"), reference)
 
 
+@pytest.mark.slow  # the four-device test holds the sharding; this one the process launch (make test-all)
 def test_two_processes_give_the_single_process_bits(reference, tmp_path):
     launcher = [sys.executable, str(ROOT / "scripts" / "launch.py"), "--processes", "2", "--"]
     result = run(tmp_path / "run", launcher=launcher)

@@ -59,7 +59,10 @@ FORMS = {
 }
 
 
-@pytest.mark.parametrize("name", FLOWS)
+SLOW = {"riemannian_flow"}  # compiles the most; run by make test-all
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in FLOWS])
 def test_every_argument_form_under_jit_gives_the_eager_result(name):
     fn = FLOWS[name]
     eager = fn(0.1, 0.4, TIMES)

@@ -113,14 +113,13 @@ def test_central_flow_is_gradient_flow_before_the_edge():
     eta = 0.05  # eta lambda_max stays far below 2 on this net
     gf = gradient_flow(P, P.params, t1=1.0, ts=jnp.array([0.0, 1.0]), rtol=1e-10, atol=1e-12)
     errors = []
-    for substeps in (1, 2, 4):
+    for substeps in (2, 4):
         flow = central_flow(P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps)
         assert float(jnp.max(flow.stats["eigenvalues"])) * eta < 1
         assert np.all(np.asarray(flow.stats["sigma_trace"]) == 0)
         np.testing.assert_array_equal(flow.stats["predicted_loss"], flow.stats["loss"])
         errors.append(float(jnp.linalg.norm(P.ravel(flow.final)[0] - P.ravel(gf.final)[0])))
-    slopes = np.diff(np.log2(errors))
-    assert np.all((slopes < -1.7) & (slopes > -2.3)), errors
+    assert 1.7 < np.log2(errors[0] / errors[1]) < 2.3, errors
     assert errors[-1] < 2e-5 * float(jnp.linalg.norm(P.ravel(gf.final)[0]))  # 8e-6 at h = 0.0125
 
 
