@@ -106,10 +106,14 @@ def cached(
     recompute: bool = False,
 ) -> dict[str, np.ndarray]:
     """`load` if stored (and not `recompute`), else `compute()`, `save` and return what was saved."""
-    if not recompute and (hit := load(root, name, config)) is not None:
+    return _read_or_compute(path(root, name, config), config, compute, recompute)
+
+
+def _read_or_compute(folder, config, compute, recompute) -> dict[str, np.ndarray]:
+    if not recompute and (hit := read(folder, config)) is not None:
         return hit
     arrays = {k: np.asarray(v) for k, v in compute().items()}
-    save(root, name, config, arrays)
+    write(folder, config, arrays)
     return arrays
 
 
@@ -126,12 +130,7 @@ def part(
     else `compute()`, written there atomically as soon as it returns."""
     if not label or "/" in label or label.startswith("."):
         raise ValueError(f"label must be a non-empty file name without '/', got {label!r}")
-    target, keyed = Path(folder) / "parts" / label, {**config, "part": label}
-    if not recompute and (hit := read(target, keyed)) is not None:
-        return hit
-    arrays = {k: np.asarray(v) for k, v in compute().items()}
-    write(target, keyed, arrays)
-    return arrays
+    return _read_or_compute(Path(folder) / "parts" / label, {**config, "part": label}, compute, recompute)
 
 
 def _to_json(x):

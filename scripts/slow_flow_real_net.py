@@ -32,9 +32,7 @@ from analysis import compare, hessian, plots
 from models import MLP, Problem, data
 
 PRESETS = {
-    "smoke": dict(
-        classes=[3, 8], n=12, width=6, sigma=0.5, etas=[0.1], tau1=0.01, num_saves=2, seeds=2
-    ),
+    "smoke": dict(classes=[3, 8], n=12, width=6, sigma=0.5, etas=[0.1], tau1=0.01, num_saves=2, seeds=2),
     "quick": dict(
         classes=[3, 8], n=64, width=64, sigma=0.5, etas=[0.1, 0.05], tau1=0.2, num_saves=4, seeds=4
     ),
