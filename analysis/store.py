@@ -31,14 +31,15 @@ def canonical(config: Mapping) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=_to_json)
 
 
-def key(config: Mapping) -> str:
+def config_hash(config: Mapping) -> str:
+    """The first 16 hex digits of the SHA-256 of the canonical JSON: the folder name of a result."""
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
 def path(root, name: str, config: Mapping) -> Path:
     if not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
-    return Path(root) / f"{name}-{key(config)}"
+    return Path(root) / f"{name}-{config_hash(config)}"
 
 
 def save(root, name: str, config: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:

@@ -60,7 +60,7 @@ def test_a_damaged_result_is_refused_and_left_alone(tmp_path):
 
 def test_bad_config_and_name(tmp_path):
     with pytest.raises(TypeError, match="JSON-serialisable"):
-        store.key({"f": object()})
+        store.config_hash({"f": object()})
     with pytest.raises(ValueError, match="name"):
         store.path(tmp_path, "a/b", {})
 
