@@ -24,10 +24,10 @@ figures: $(VENV)/.installed-base
 	$(PY) scripts/run_figures.py --preset $(PRESET)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 test-all: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n auto -m ""
+	$(PY) -m pytest -q -n auto --dist worksteal -m ""
 
 bench: $(VENV)/.installed-bench
 	$(PY) scripts/run_benchmarks.py

@@ -58,6 +58,7 @@ def test_two_processes_give_the_single_process_bits(reference, tmp_path):
     assert_same_bits(arrays(tmp_path / "run"), reference)
 
 
+@pytest.mark.slow  # resuming is tested in process (test_resumable_in_process, store and figure parts)
 def test_a_killed_run_resumes_where_it_stopped_with_the_same_bits(tmp_path):
     out, extra = tmp_path / "run", ["--steps", "4000", "--chunk", "100", "--save-every", "100"]
     proc = subprocess.Popen([*SCRIPT, *ARGS, *extra, "--out", str(out)], stdout=subprocess.DEVNULL)
