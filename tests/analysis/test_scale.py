@@ -44,6 +44,7 @@ def reference(tmp_path_factory):
     return arrays(out)
 
 
+@pytest.mark.slow  # subprocesses (make test-all); chunked and padded ensembles are tested in process below
 def test_four_host_devices_give_the_single_device_bits(reference, tmp_path):
     result = run(tmp_path / "run", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert "on 4 devices (1 processes)" in result.stdout

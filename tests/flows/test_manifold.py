@@ -51,6 +51,7 @@ def test_long_flow_stays_on_the_manifold_descends_and_ends_stationary(activation
         assert s[1] / s[0] < 1e-6
 
 
+@pytest.mark.slow  # both geometry modes are held against the dense gradient in tests/flows/test_geometry.py
 def test_trace_gradient_matches_the_dense_gradient():
     """Off the manifold grad tr G equals the dense gradient of tr(J^T J)/n; on it, P_T grad tr G equals
     P_T grad tr H with H from jax.hessian; the Hutchinson variant is unbiased."""

@@ -140,6 +140,7 @@ def stationary_covariance(samples, center):
     return x.T @ x / x.shape[0]
 
 
+@pytest.mark.slow  # make test-all; the stationary loss is also held in tests/analysis/test_stability.py
 def test_label_noise_on_linear_regression_has_the_lyapunov_stationary_covariances():
     """The SDE is OU: H S + S H = D D^T (continuous Lyapunov); label-noise GD solves
     S = A S A^T + eta D D^T, A = I - eta H (discrete Lyapunov). Each simulated stationary covariance matches

@@ -11,8 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from run_figures import SCRIPTS  # noqa: E402
 
+SLOW = {
+    "slow_flow_real_net"
+}  # 50 s of compilation; its pipeline is slow_flow_vs_label_noise's (make test-all)
 
-@pytest.mark.parametrize("name", SCRIPTS)  # every script `make figures` runs
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SCRIPTS]
+)
 def test_smoke_preset_writes_a_figure_and_reuses_results(name, tmp_path):
     cmd = [
         sys.executable,
