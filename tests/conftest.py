@@ -1,36 +1,12 @@
-"""float64 everywhere in the tests (closed forms are compared), a key fixture, shared small problems."""
+"""float64 everywhere in the tests (closed forms are compared) and a key fixture. Shared helpers live in
+`tests/helpers.py`."""
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import pytest
 
 jax.config.update("jax_enable_x64", True)
-
-from models import Linear, Problem, TwoLayerNet, data  # noqa: E402
 
 
 @pytest.fixture
 def key():
     return jax.random.key(0)
-
-
-def tree_allclose(x, y, *, rtol=1e-10, atol=1e-12) -> bool:
-    return bool(eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol))
-
-
-def linear_regression(n=12, d=4, seed=0) -> Problem:
-    """y = X beta + noise, n > d: a unique minimiser and H = X^T X / n positive definite."""
-    kx, kb, kn, km = jax.random.split(jax.random.key(seed), 4)
-    X = data.gaussian(kx, n, d)
-    y = X @ jax.random.normal(kb, (d,)) + 0.1 * jax.random.normal(kn, (n,))
-    return Problem(Linear(d, key=km), X, y)
-
-
-def two_layer(n=6, d=3, width=5, activation="tanh", seed=0, train_outer=True) -> Problem:
-    """A small two-layer net off the zero-loss manifold (residuals non-zero)."""
-    kx, kn = jax.random.split(jax.random.key(seed))
-    X = data.gaussian(kx, n, d)
-    y = jnp.sin(X[:, 0]) + X[:, 1] ** 2
-    net = TwoLayerNet(d, width, key=kn, activation=activation, train_outer=train_outer)
-    return Problem(net, X, y)

@@ -28,15 +28,11 @@ from flows import (
     sgd_sde,
 )
 from models import Problem, TwoLayerNet
-from tests.conftest import two_layer
+from tests.helpers import float32, two_layer
 
 EPS = float(np.finfo(np.float32).eps)
 PATH, SECOND = 100 * EPS, 1e3 * EPS
 KEY = jax.random.key(0)
-
-
-def float32(tree):
-    return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def in_both(fn, problem):

@@ -7,7 +7,7 @@ import flows
 from analysis import compare, hessian
 from flows import label_noise_sde, label_noise_sgd, limit_map
 from models import Linear, Problem, QuadraticParam, data
-from tests.conftest import two_layer
+from tests.helpers import two_layer
 
 
 def test_mean_band_is_the_student_t_confidence_interval():

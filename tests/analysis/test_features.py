@@ -11,7 +11,7 @@ from analysis import features, riemannian
 from flows import limit_map, riemannian_flow
 from flows.manifold import label_noise_objective
 from models import Problem, TwoLayerNet
-from tests.conftest import two_layer
+from tests.helpers import two_layer
 
 
 def gatmiry(activation, m=10, n=3, d=3):

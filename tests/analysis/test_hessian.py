@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis import hessian
-from tests.conftest import two_layer
+from tests.helpers import two_layer
 
 
 @pytest.fixture(params=["tanh", "cubic"])

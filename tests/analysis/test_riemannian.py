@@ -72,7 +72,7 @@ def test_matrix_free_min_eigenvalue_matches_the_dense_one():
     np.testing.assert_allclose(free, 2 * (lam[1] - lam[0]), rtol=1e-8)
 
     from flows import limit_map
-    from tests.conftest import two_layer
+    from tests.helpers import two_layer
 
     net = two_layer(n=4, d=3, width=6, activation="cubic", train_outer=False)
     on = limit_map(net, net.params)

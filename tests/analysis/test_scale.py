@@ -102,7 +102,7 @@ def test_ensemble_chunks_pad_and_take_per_seed_arguments():
 
     from analysis import compare
     from flows import sgd
-    from tests.conftest import two_layer
+    from tests.helpers import two_layer
 
     P = two_layer()
     keys = jax.random.split(jax.random.key(5), 8)

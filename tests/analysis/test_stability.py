@@ -11,7 +11,7 @@ import scipy.linalg
 from analysis import compare, stability
 from flows import label_noise_sgd, limit_map, sgd, sgd_sde
 from models import Linear, Problem, data
-from tests.conftest import two_layer
+from tests.helpers import two_layer
 
 
 def least_squares(n=8, d=20, seed=0):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flows import gd, gradient_flow, label_noise_sde, label_noise_sgd, riemannian_flow, sgd, sgd_sde
-from tests.conftest import tree_allclose, two_layer
+from tests.helpers import tree_allclose, two_layer
 
 P = two_layer(n=6, d=3, width=5)
 KEY = jax.random.key(0)

@@ -11,7 +11,7 @@ import scipy.optimize
 from flows import central_flow, gd, gradient_flow
 from flows.central import sdcp
 from models import Problem
-from tests.conftest import two_layer
+from tests.helpers import two_layer
 
 
 def brute_force_sdcp(A, B, starts=8, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flows import gd, gradient_flow, label_noise_sgd, sgd
-from tests.conftest import linear_regression, tree_allclose, two_layer
+from tests.helpers import linear_regression, tree_allclose, two_layer
 
 
 def test_gd_on_linear_regression_matches_the_closed_form():

@@ -10,6 +10,7 @@ import pytest
 from flows import limit_map, riemannian_flow, tangent_projection, trace_grad
 from flows.geometry import Point, mode_for
 from models import Problem, TwoLayerNet, data
+from tests.helpers import float32
 
 
 def net(n=6, d=4, width=8, activation="tanh", outputs=False, seed=0):
@@ -22,11 +23,6 @@ def net(n=6, d=4, width=8, activation="tanh", outputs=False, seed=0):
     return Problem(
         TwoLayerNet(d, width, key=kn, activation=activation, train_outer=False, outer="ones"), X, y
     )
-
-
-def float32(P: Problem) -> Problem:
-    cast = lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x  # noqa: E731
-    return Problem(jax.tree.map(cast, P.model(P.params)), cast(P.X), cast(P.y))
 
 
 @pytest.mark.parametrize("mode", ["dense", "matrix_free"])

@@ -6,7 +6,7 @@ import scipy.linalg
 
 from analysis import hessian
 from flows import gradient_flow
-from tests.conftest import linear_regression, two_layer
+from tests.helpers import linear_regression, two_layer
 
 
 def test_gradient_flow_on_linear_regression_matches_expm():

@@ -14,7 +14,7 @@ from flows import brownian, label_noise_sde, label_noise_sgd, sgd, sgd_sde, trac
 from flows.brownian import BrownianGrid, step_keys
 from flows.noise import diffusion, ito_correction, noise_parts
 from models import Problem
-from tests.conftest import linear_regression, tree_allclose, two_layer
+from tests.helpers import linear_regression, tree_allclose, two_layer
 
 
 def dense_factor(P, params, **hyper):

@@ -12,7 +12,7 @@ from analysis import compare
 from flows import label_noise_sgd, sgd, svag, timescale
 from flows.noise import diffusion
 from models import Problem, QuadraticParam, data
-from tests.conftest import linear_regression, tree_allclose, two_layer
+from tests.helpers import linear_regression, tree_allclose, two_layer
 
 
 @pytest.mark.parametrize("sigma", [None, 0.5])

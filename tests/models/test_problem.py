@@ -6,7 +6,7 @@ import pytest
 
 from models import Problem, QuadraticParam, RandomFeatures, TwoLayerNet, data
 from models.matrix import MatrixFactorization
-from tests.conftest import linear_regression, two_layer
+from tests.helpers import linear_regression, two_layer
 
 
 def test_linear_regression_loss_grad_jacobian_match_closed_form():

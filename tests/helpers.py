@@ -1,0 +1,34 @@
+"""The tests' documented helpers, imported as `tests.helpers`: small shared problems, a pytree comparison
+and a float32 cast. (The float64 switch and the key fixture are in conftest.py.)"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from models import Linear, Problem, TwoLayerNet, data
+
+
+def tree_allclose(x, y, *, rtol=1e-10, atol=1e-12) -> bool:
+    return bool(eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol))
+
+
+def linear_regression(n=12, d=4, seed=0) -> Problem:
+    """y = X beta + noise, n > d: a unique minimiser and H = X^T X / n positive definite."""
+    kx, kb, kn, km = jax.random.split(jax.random.key(seed), 4)
+    X = data.gaussian(kx, n, d)
+    y = X @ jax.random.normal(kb, (d,)) + 0.1 * jax.random.normal(kn, (n,))
+    return Problem(Linear(d, key=km), X, y)
+
+
+def two_layer(n=6, d=3, width=5, activation="tanh", seed=0, train_outer=True) -> Problem:
+    """A small two-layer net off the zero-loss manifold (residuals non-zero)."""
+    kx, kn = jax.random.split(jax.random.key(seed))
+    X = data.gaussian(kx, n, d)
+    y = jnp.sin(X[:, 0]) + X[:, 1] ** 2
+    net = TwoLayerNet(d, width, key=kn, activation=activation, train_outer=train_outer)
+    return Problem(net, X, y)
+
+
+def float32(tree):
+    """Every floating-point array of `tree` (a Problem, parameters, ...) cast to float32."""
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x, tree)
