@@ -63,7 +63,7 @@ def at_eta(cfg, P, eta):
     """GD (every step kept), gradient flow and the central flow, read at `saves + 1` common times."""
     steps = timescale.steps_for_time(cfg["t1"], eta)
     ks = np.arange(0, steps + 1, steps // cfg["saves"])
-    ts = jnp.asarray(ks * eta)
+    ts = jnp.asarray(timescale.flow_time(ks, eta))
     run = gd(P, P.params, steps=steps, eta=eta, save_every=1)
     flat = np.asarray(jax.vmap(lambda p: P.ravel(p)[0])(run.params))
     gd_lambda = jax.lax.map(lambda k: hessian.lambda_max(P, run.at(k)), jnp.asarray(ks))

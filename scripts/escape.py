@@ -25,7 +25,7 @@ import numpy as np
 from common import Figure, main
 
 from analysis import compare, plots, stability
-from flows import gd, label_noise_sgd, sgd, sgd_sde
+from flows import gd, label_noise_sgd, sgd, sgd_sde, timescale
 from models import Problem, TwoLayerNet, data
 
 PRESETS = {
@@ -103,7 +103,7 @@ def compute(cfg, progress, part):
 
     def sde():
         eta = cfg["factors"][-1] * eta_ms
-        ts = eta * np.arange(0, cfg["steps"] + 1, 10)
+        ts = timescale.flow_time(np.arange(0, cfg["steps"] + 1, 10), eta)
         paths = losses(
             lambda k: sgd_sde(P, start, t1=float(ts[-1]), eta=eta, batch_size=B, key=k, substeps=8, ts=ts,
                               save_params=False, raise_on_divergence=False),

@@ -24,7 +24,7 @@ import numpy as np
 from common import Figure, main
 
 from analysis import compare, plots
-from flows import sgd_sde, svag
+from flows import sgd_sde, svag, timescale
 from models import Problem, TwoLayerNet, data
 
 PRESETS = {
@@ -66,7 +66,7 @@ def at_eta(cfg, eta, t, progress):
     metrics = {"trace_H": compare.trace_h}
     runs = {}
     for ell in cfg["ls"]:
-        steps = round(cfg["t1"] * ell / eta)
+        steps = timescale.steps_for_time(cfg["t1"], eta / ell)  # SVAG's step is eta / l
 
         def run(k, ell=ell, steps=steps):
             return svag(P, P.params, steps=steps, eta=eta, batch_size=cfg["batch"], l=ell, key=k,
