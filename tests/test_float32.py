@@ -3,9 +3,9 @@
 The problem is built once in float64 and cast; the float32 run is made with x64 switched off, as a user
 makes it. The flows draw their noise in float32 whatever the dtype (`flows.brownian`), so the float64 run
 is a path-by-path reference and every tolerance is a multiple of float32's eps = 1.19e-7:
-- `PATH` = 100 eps for parameters along GD, SGD, label-noise SGD, gradient flow, both SDEs, Phi and the slow
-  flow: these runs contract towards a minimum or the manifold, so rounding does not compound (measured 2-11
-  eps at these horizons);
+- `PATH` = 100 eps for parameters along GD, SGD, label-noise SGD, gradient flow, both SDEs, Phi, the slow
+  flow and the central flow: these runs contract towards a minimum or the manifold, so rounding does not
+  compound (measured 2-11 eps at these horizons);
 - `SECOND` = 1e3 eps for tr H, a sum of p second derivatives each rounded at eps times its largest term
   (measured 63 eps).
 A float32 run that drifted, promoted itself to float64, or lost float32's tolerances would fail.
@@ -18,6 +18,7 @@ import pytest
 
 from analysis import features, hessian
 from flows import (
+    central_flow,
     gd,
     gradient_flow,
     label_noise_sde,
@@ -69,6 +70,7 @@ FLOWS = {
     ),
     "limit_map": lambda P: P.ravel(limit_map(P, P.params))[0],
     "riemannian_flow": lambda P: final(P, riemannian_flow(P, P.params, t1=1.0, ts=[0.0, 1.0])),
+    "central_flow": lambda P: final(P, central_flow(P, P.params, eta=0.05, t1=1.0, num_eigs=2, num_saves=2)),
 }
 
 
