@@ -4,7 +4,7 @@
 
 Label-noise SGD minimises tr H on the zero-loss manifold; with the outer layer fixed, n <= d and an
 activation with sigma''' > 0 (e.g. cubic z + z^3/3, sinh), that drives every neuron to the same feature:
-Phi becomes rank one (Gatmiry et al. 2024). `singular_values`, `stable_rank` and `alignment` measure it;
+Phi becomes rank one (Gatmiry et al. 2024). `singular_values`, `stable_rank` and `feature_cosines` measure it;
 `min_trace_fixed_outer` computes the minimum of tr H on the manifold without any flow.
 
 ReLU nets from small initialisation (Boursier & Flammarion 2024) first align their neurons with a few
@@ -39,7 +39,7 @@ def stable_rank(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return jnp.sum(s**2) / s[0] ** 2
 
 
-def alignment(problem: Problem, params: PyTree) -> Float[Array, "m m"]:
+def feature_cosines(problem: Problem, params: PyTree) -> Float[Array, "m m"]:
     """Cosine similarities between the neurons' features (the rows of Phi): all +-1 when Phi is rank one. A
     neuron whose features are all zero has no direction: its row and column are 0."""
     Phi = feature_matrix(problem, params)

@@ -4,7 +4,8 @@
     tr G = (1/n) sum_i ||grad f_i||^2 = (1/n) ||J||_F^2,   R = 0 on the zero-loss manifold.
 
 Vectors are flat, in the order of `Problem.ravel`. Every function takes `(problem, params, ...)`, so the
-scalar ones serve as flow metrics (`metrics={"trace": hessian.trace}`).
+scalar ones serve as flow metrics (`metrics={"trace_H": hessian.trace}`); tr G is
+`Problem.gauss_newton_trace`, which serves the same way.
 """
 
 import jax
@@ -48,11 +49,6 @@ def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
     return jnp.linalg.eigvalsh(dense(problem, params))
 
 
-def trace_gauss_newton(problem: Problem, params: PyTree) -> Float[Array, ""]:
-    """tr G = (1/n) ||J||_F^2, exact from the per-example output gradients."""
-    return problem.gauss_newton_trace(params)
-
-
 def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: the Laplacian of phi = (1/n) sum_i sg(r_i) . f_i,
     one Hessian-vector product per coordinate. Zero on the zero-loss manifold."""
@@ -68,7 +64,7 @@ def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
 
 def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr H = tr G + tr R, exact."""
-    return trace_gauss_newton(problem, params) + trace_residual(problem, params)
+    return problem.gauss_newton_trace(params) + trace_residual(problem, params)
 
 
 def trace_hutchinson(

@@ -1,7 +1,10 @@
-"""Results on disk: a config as JSON and arrays as .npz, in a folder keyed by a hash of the config.
+"""Results on disk: a config as JSON and a pytree of arrays as .npz, in a folder keyed by the config's hash.
 
     root/NAME-HASH/config.json   the config, canonical JSON (sorted keys)
-    root/NAME-HASH/arrays.npz    the arrays
+    root/NAME-HASH/arrays.npz    the arrays, each under its path in the pytree ("eta/0.1/loss")
+
+A result is any pytree of arrays: nested dicts (keys without '/'), lists, tuples, Equinox modules. `read`
+gives nested dicts back, or, given `like` (a pytree of the same structure), that structure itself.
 
 HASH is the first 16 hex digits of the SHA-256 of the canonical JSON. Each file is written to a temporary
 file beside it and renamed over it (atomic on one file system): a reader, or a run resumed after a kill at
@@ -23,7 +26,9 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import jax
 import numpy as np
+from jaxtyping import PyTree
 
 
 def canonical(config: Mapping) -> str:
@@ -42,24 +47,63 @@ def path(root, name: str, config: Mapping) -> Path:
     return Path(root) / f"{name}-{config_hash(config)}"
 
 
-def save(root, name: str, config: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` under the config's folder, atomically; an existing result for it is replaced."""
-    return write(path(root, name, config), config, arrays)
+def save(root, name: str, config: Mapping, result: PyTree) -> Path:
+    """Write `result` under the config's folder, atomically; an existing result for it is replaced."""
+    return write(path(root, name, config), config, result)
 
 
-def load(root, name: str, config: Mapping) -> dict[str, np.ndarray] | None:
-    """The stored arrays for this config, or None if there are none."""
-    return read(path(root, name, config), config)
+def load(root, name: str, config: Mapping, *, like: PyTree = None) -> PyTree | None:
+    """The stored result for this config (as `read`), or None if there is none."""
+    return read(path(root, name, config), config, like=like)
 
 
-def write(folder, config: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `config.json`, then `arrays.npz`, into `folder`, each atomically (a temporary file beside it,
-    renamed over it): the arrays are there whole or not at all, old or new."""
+def flatten(result: PyTree) -> dict[str, np.ndarray]:
+    """The leaves of a pytree of arrays keyed by their paths, e.g. {"eta": {0.1: {"loss": x}}} ->
+    {"eta/0.1/loss": x}. A dict key holding '/' is refused (it would read back as two levels)."""
+    flat = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(result)[0]:
+        names = [_name(k) for k in keys]
+        if any(not n or "/" in n for n in names):
+            raise ValueError(f"result keys must be non-empty and hold no '/', got the path {names}")
+        flat["/".join(names)] = np.asarray(leaf)
+    return flat
+
+
+def unflatten(flat: Mapping[str, np.ndarray], like: PyTree = None) -> PyTree:
+    """The inverse of `flatten`: nested dicts split at '/' (`like=None`), or the structure of `like`."""
+    if like is None:
+        tree: dict = {}
+        for path_, leaf in flat.items():
+            *outer, last = path_.split("/")
+            node = tree
+            for name in outer:
+                node = node.setdefault(name, {})
+            node[last] = leaf
+        return tree
+    expected = flatten(like)
+    if set(expected) != set(flat):
+        raise ValueError(
+            f"the stored arrays {sorted(flat)} do not have the structure asked for: {sorted(expected)}"
+        )
+    return jax.tree.unflatten(jax.tree.structure(like), [flat[k] for k in expected])
+
+
+def _name(key) -> str:
+    for field in ("key", "idx", "name"):  # DictKey, SequenceKey / FlattenedIndexKey, GetAttrKey
+        if hasattr(key, field):
+            return str(getattr(key, field))
+    raise TypeError(f"cannot name the pytree path entry {key!r}")
+
+
+def write(folder, config: Mapping, result: PyTree) -> Path:
+    """Write `config.json`, then `arrays.npz` (`flatten(result)`), into `folder`, each atomically (a temporary
+    file beside it, renamed over it): the arrays are there whole or not at all, old or new."""
+    arrays = flatten(result)
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     text = json.dumps(json.loads(canonical(config)), indent=2, sort_keys=True)
     _atomic(target / "config.json", lambda f: f.write(text.encode()))
-    _atomic(target / "arrays.npz", lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    _atomic(target / "arrays.npz", lambda f: np.savez(f, **arrays))
     return target
 
 
@@ -78,9 +122,10 @@ def _atomic(path: Path, fill) -> None:
     os.replace(tmp, path)
 
 
-def read(folder, config: Mapping) -> dict[str, np.ndarray] | None:
-    """The arrays in `folder`, or None if it holds none. Raises `ValueError` if it holds another config's
-    result (never returned as this one's) or cannot be read back whole."""
+def read(folder, config: Mapping, *, like: PyTree = None) -> PyTree | None:
+    """The result in `folder` (`unflatten`: nested dicts, or the structure of `like`), or None if it holds
+    none. Raises `ValueError` if it holds another config's result (never returned as this one's), one of
+    another structure than `like`, or cannot be read back whole."""
     target = Path(folder)
     if not (target / "arrays.npz").exists():
         return None
@@ -95,37 +140,41 @@ def read(folder, config: Mapping) -> dict[str, np.ndarray] | None:
         ) from e
     if stored != json.loads(canonical(config)):
         raise ValueError(f"{target} holds a result for another config: {stored} (asked for {dict(config)})")
-    return arrays
+    try:
+        return unflatten(arrays, like)
+    except ValueError as e:
+        raise ValueError(f"{target}: {e}") from None
 
 
 def cached(
     root,
     name: str,
     config: Mapping,
-    compute: Callable[[], Mapping[str, np.ndarray]],
+    compute: Callable[[], PyTree],
     *,
     recompute: bool = False,
-) -> dict[str, np.ndarray]:
-    """`load` if stored (and not `recompute`), else `compute()`, `save` and return what was saved."""
+) -> PyTree:
+    """`load` if stored (and not `recompute`), else `compute()`, `save` and return what was saved, as `read`
+    returns it (nested dicts of NumPy arrays), so that a first run and a re-run see the same thing."""
     return _read_or_compute(path(root, name, config), config, compute, recompute)
 
 
-def _read_or_compute(folder, config, compute, recompute) -> dict[str, np.ndarray]:
+def _read_or_compute(folder, config, compute, recompute) -> PyTree:
     if not recompute and (hit := read(folder, config)) is not None:
         return hit
-    arrays = {k: np.asarray(v) for k, v in compute().items()}
-    write(folder, config, arrays)
-    return arrays
+    result = compute()
+    write(folder, config, result)
+    return unflatten(flatten(result))
 
 
 def part(
     folder,
     config: Mapping,
     label: str,
-    compute: Callable[[], Mapping[str, np.ndarray]],
+    compute: Callable[[], PyTree],
     *,
     recompute: bool = False,
-) -> dict[str, np.ndarray]:
+) -> PyTree:
     """One independent part of the result stored in `folder` (`path(root, name, config)`): the arrays stored
     under `folder/parts/label/` (keyed by the config and the label) if there are any and not `recompute`,
     else `compute()`, written there atomically as soon as it returns."""
@@ -145,39 +194,35 @@ def _to_json(x):
 def resumable(
     folder,
     config: Mapping,
-    init: Callable[[], Mapping[str, np.ndarray]],
-    advance: Callable[[dict[str, np.ndarray], int], Mapping[str, np.ndarray]],
+    init: Callable[[], PyTree],
+    advance: Callable[[PyTree, int], PyTree],
     chunks: int,
     *,
     progress: bool = False,
     save: bool = True,
-) -> dict[str, np.ndarray]:
+) -> PyTree:
     """`state = advance(state, i)` for i = 0 .. chunks - 1 from `state = init()`, writing the state (with
-    the number of chunks done, `"chunks_done"`) atomically to `folder` after every chunk.
+    the number of chunks done) atomically to `folder` after every chunk.
 
-    The state is a flat dict of arrays holding everything the run needs to go on: parameters, keys, the step,
-    the metrics so far. If `folder` already holds this config's state, the run resumes after its last chunk
-    (printing where); a pure `advance` then gives the same bits as a run that never stopped. A folder holding
-    another config's state, or one that cannot be read back, raises `ValueError` and is left as it is.
-    In a multi-process run every process runs this, and one (`save=True`) writes.
+    The state is a pytree of arrays (its structure that of `init()`) holding everything the run needs to go
+    on: parameters, keys, the step, the metrics so far. If `folder` already holds this config's state, the
+    run resumes after its last chunk (printing where); a pure `advance` then gives the same bits as a run
+    that never stopped. A folder holding another config's state, or one that cannot be read back, raises
+    `ValueError` and is left as it is. In a multi-process run every process runs this, and one (`save=True`)
+    writes.
     """
     from tqdm.auto import tqdm
 
-    state = read(folder, config)
-    if state is None:
-        state = {k: np.asarray(v) for k, v in init().items()}
-        done = 0
-    else:
-        done = int(state.pop("chunks_done"))
-        expected = init()
-        if set(state) != set(expected) or not 0 <= done <= chunks:
-            raise ValueError(
-                f"{folder} does not hold a state of this run: arrays {sorted(state)} after {done} chunks, "
-                f"expected {sorted(expected)} and at most {chunks} chunks"
-            )
+    state = init()
+    stored = read(folder, config, like={"state": state, "chunks_done": 0})
+    done = 0
+    if stored is not None:
+        state, done = stored["state"], int(stored["chunks_done"])
+        if not 0 <= done <= chunks:
+            raise ValueError(f"{folder} holds a state after {done} chunks, expected at most {chunks}")
         print(f"resuming {folder} after chunk {done} of {chunks}", flush=True)
     for i in tqdm(range(done, chunks), initial=done, total=chunks, disable=not progress, desc="chunks"):
-        state = {k: np.asarray(v) for k, v in advance(state, i).items()}
+        state = jax.tree.map(np.asarray, advance(state, i))
         if save:
-            write(folder, config, {**state, "chunks_done": np.asarray(i + 1)})
+            write(folder, config, {"state": state, "chunks_done": i + 1})
     return state

@@ -29,7 +29,7 @@ class Trajectory(eqx.Module):
     `ts` is in the flow's clock, `clock`: `"t"` is gradient-flow time t = eta * k (GD, SGD, gradient flow,
     the SDEs), `"tau"` the slow time tau = eta^2 sigma^2 k / B of the flow on the zero-loss manifold
     (see `flows.timescale`). `params` is `None` when a flow was asked not to keep them. An ensemble
-    (`jax.vmap` over keys, `analysis.compare.ensemble`) is a Trajectory with a leading seed axis on
+    (`jax.vmap` over keys, `analysis.ensembles.ensemble`) is a Trajectory with a leading seed axis on
     every array.
     """
 

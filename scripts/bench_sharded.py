@@ -1,4 +1,4 @@
-"""A sharded ensemble against the same ensemble on one device (`analysis.compare.ensemble`, one process).
+"""A sharded ensemble against the same ensemble on one device (`analysis.ensembles.ensemble`, one process).
 
 256 seeds of minibatch SGD (B = 32, 500 steps) on a two-layer tanh net (n = 256, d = 16, width 64), float32:
 on a mesh of every device against a mesh of the first device alone, in the same process (the bits are the
@@ -16,7 +16,7 @@ import sys
 import jax
 from bench_common import median_time, table
 
-from analysis import compare
+from analysis import ensembles
 from flows import sgd
 from models import Problem, TwoLayerNet, data
 
@@ -34,13 +34,13 @@ def rows(repeats):
         return sgd(P, P.params, steps=STEPS, eta=0.05, batch_size=32, key=k, save_every=STEPS).stats["loss"]
 
     meshes = {
-        f"1 device ({jax.devices()[0].platform})": compare.seed_mesh(jax.devices()[:1]),
-        f"{jax.device_count()} devices, sharded": compare.seed_mesh(),
+        f"1 device ({jax.devices()[0].platform})": ensembles.seed_mesh(jax.devices()[:1]),
+        f"{jax.device_count()} devices, sharded": ensembles.seed_mesh(),
     }
     if jax.default_backend() != "cpu":
-        meshes["host CPU (1 device)"] = compare.seed_mesh(jax.devices("cpu")[:1])
+        meshes["host CPU (1 device)"] = ensembles.seed_mesh(jax.devices("cpu")[:1])
     return [
-        (name, median_time(lambda mesh=mesh: compare.ensemble(flow, keys, mesh=mesh), repeats=repeats))
+        (name, median_time(lambda mesh=mesh: ensembles.ensemble(flow, keys, mesh=mesh), repeats=repeats))
         for name, mesh in meshes.items()
     ]
 

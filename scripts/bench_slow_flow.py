@@ -121,7 +121,7 @@ def net_size(N: int) -> dict:
         "flow": seconds,
         "gd_step": step,
         "gd_steps": timescale.steps_for_slow_time(NET_TAU, NET_ETA, SIGMA, N),
-        "trace": [float(t) for t in trace],
+        "trace_H": [float(t) for t in trace],
         "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
@@ -137,7 +137,7 @@ def growth_rows(sizes):
         r = json.loads(out.strip().splitlines()[-1])
         gd = r["gd_step"] * r["gd_steps"]
         cells = f"{r['N']:6d} {r['p']:8d} {r['limit_map']:12.1f} {r['flow']:9.1f} {gd:11.0f}"
-        trace = f"tr H {r['trace'][0]:.4f} -> {r['trace'][-1]:.4f}"
+        trace = f"tr H {r['trace_H'][0]:.4f} -> {r['trace_H'][-1]:.4f}"
         print(f"{cells} {gd / r['flow']:9.0f}x {r['max_rss_gb']:11.2f}   {trace}")
         title = f"slow flow, two-layer net N={r['N']} p={r['p']}, float64 (peak RSS {r['max_rss_gb']:.2f} GB)"
         rows += table(

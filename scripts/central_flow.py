@@ -98,7 +98,7 @@ def compute(cfg, progress, part):
     P = problem(cfg)
     out = {"p": np.asarray(P.num_params), "n": np.asarray(P.n)}
     for eta in cfg["etas"]:
-        out |= {f"{eta}/{k}": v for k, v in part(f"eta{eta}", lambda eta=eta: at_eta(cfg, P, eta)).items()}
+        out[str(eta)] = part(f"eta{eta}", lambda eta=eta: at_eta(cfg, P, eta))
         if progress:
             print(f"eta = {eta}: done", flush=True)
     return out
@@ -109,35 +109,35 @@ def errors(cfg, r, eta):
     the run): the mean and largest relative error of the central flow's predicted loss and of gradient flow's
     loss against GD's time-averaged loss; the first steps at which GD's eta lambda_max reaches 2 and the
     central flow's edge opens. None if the flow never reaches the edge."""
-    edge = r[f"{eta}/cf_edge_count"] > 0
-    use = edge & np.isfinite(r[f"{eta}/gd_mean_loss"])
+    edge = r[str(eta)]["cf_edge_count"] > 0
+    use = edge & np.isfinite(r[str(eta)]["gd_mean_loss"])
     if not use.any():
         return None
-    target = r[f"{eta}/gd_mean_loss"][use]
-    cf = np.abs(r[f"{eta}/cf_predicted"][use] - target) / target
-    gf = np.abs(r[f"{eta}/gf_loss"][use] - target) / target
-    steps = np.round(r[f"{eta}/t"] / eta).astype(int)
-    gd_first = steps[np.argmax(eta * r[f"{eta}/gd_lambda"] >= 2)]
+    target = r[str(eta)]["gd_mean_loss"][use]
+    cf = np.abs(r[str(eta)]["cf_predicted"][use] - target) / target
+    gf = np.abs(r[str(eta)]["gf_loss"][use] - target) / target
+    steps = np.round(r[str(eta)]["t"] / eta).astype(int)
+    gd_first = steps[np.argmax(eta * r[str(eta)]["gd_lambda"] >= 2)]
     return cf.mean(), cf.max(), gf.mean(), gf.max(), gd_first, steps[np.argmax(edge)]
 
 
 def draw(cfg, r, path):
     fig, axes = plots.figure(3, width=4.0)
     for c, eta in enumerate(cfg["etas"]):
-        t = r[f"{eta}/t"]
-        steps = np.arange(r[f"{eta}/gd_loss"].shape[0]) * eta
+        t = r[str(eta)]["t"]
+        steps = np.arange(r[str(eta)]["gd_loss"].shape[0]) * eta
         ax = axes[0]
-        ax.plot(steps, r[f"{eta}/gd_loss"], color=f"C{c}", lw=0.4, alpha=0.5)
-        ax.plot(t, r[f"{eta}/gd_mean_loss"], color=f"C{c}", lw=2, label=f"GD, eta = {eta} (time-averaged)")
-        ax.plot(t, r[f"{eta}/cf_predicted"], "k--", lw=1, label="central flow" if c == 0 else None)
-        ax.plot(t, r[f"{eta}/gf_loss"], "k:", lw=1, label="gradient flow" if c == 0 else None)
+        ax.plot(steps, r[str(eta)]["gd_loss"], color=f"C{c}", lw=0.4, alpha=0.5)
+        ax.plot(t, r[str(eta)]["gd_mean_loss"], color=f"C{c}", lw=2, label=f"GD, eta = {eta} (time-averaged)")
+        ax.plot(t, r[str(eta)]["cf_predicted"], "k--", lw=1, label="central flow" if c == 0 else None)
+        ax.plot(t, r[str(eta)]["gf_loss"], "k:", lw=1, label="gradient flow" if c == 0 else None)
         ax = axes[1]
-        ax.plot(t, eta * r[f"{eta}/gd_lambda"], color=f"C{c}", lw=2, label=f"GD, eta = {eta}")
-        ax.plot(t, eta * r[f"{eta}/cf_lambda"], "k--", lw=1)
-        ax.plot(t, eta * r[f"{eta}/gf_lambda"], "k:", lw=1)
+        ax.plot(t, eta * r[str(eta)]["gd_lambda"], color=f"C{c}", lw=2, label=f"GD, eta = {eta}")
+        ax.plot(t, eta * r[str(eta)]["cf_lambda"], "k--", lw=1)
+        ax.plot(t, eta * r[str(eta)]["gf_lambda"], "k:", lw=1)
         ax = axes[2]
-        ax.plot(t, r[f"{eta}/cf_distance"], "--", color=f"C{c}", label=f"to central flow, eta = {eta}")
-        ax.plot(t, r[f"{eta}/gf_distance"], ":", color=f"C{c}", label=f"to gradient flow, eta = {eta}")
+        ax.plot(t, r[str(eta)]["cf_distance"], "--", color=f"C{c}", label=f"to central flow, eta = {eta}")
+        ax.plot(t, r[str(eta)]["gf_distance"], ":", color=f"C{c}", label=f"to gradient flow, eta = {eta}")
     axes[0].set(xlabel="t = eta k", ylabel="loss", yscale="log", title="(a) loss")
     axes[1].axhline(2.0, color="0.5", lw=0.8)
     axes[1].set(xlabel="t = eta k", ylabel="eta lambda_max(H)", title="(b) sharpness (edge at 2)")
@@ -157,8 +157,8 @@ def summary(cfg, r):
             print(f"eta = {eta}: the central flow never reaches the edge")
             continue
         cf, cf_max, gf, gf_max, gd_first, cf_first = found
-        last = np.flatnonzero(np.isfinite(r[f"{eta}/cf_distance"]))[-1]
-        d_cf, d_gf = r[f"{eta}/cf_distance"][last], r[f"{eta}/gf_distance"][last]
+        last = np.flatnonzero(np.isfinite(r[str(eta)]["cf_distance"]))[-1]
+        d_cf, d_gf = r[str(eta)]["cf_distance"][last], r[str(eta)]["gf_distance"][last]
         print(
             f"eta = {eta}: GD reaches eta lambda_max = 2 at step {gd_first}, the central flow's edge opens "
             f"at {cf_first}; GD's loss averaged over {cfg['window']} steps is predicted by the central flow "

@@ -52,9 +52,9 @@ def compute(cfg, progress, part):
         return {"t": traj.ts, "W": traj.params.W, "a": traj.params.a, "loss": traj.stats["loss"]}
 
     for scale in cfg["scales"]:
-        out |= {f"{scale}/{k}": v for k, v in part(f"scale{scale}", lambda scale=scale: run(scale)).items()}
+        out[str(scale)] = part(f"scale{scale}", lambda scale=scale: run(scale))
         if progress:
-            print(f"lambda = {scale}: final loss {float(out[f'{scale}/loss'][-1]):.3g}", flush=True)
+            print(f"lambda = {scale}: final loss {float(out[str(scale)]['loss'][-1]):.3g}", flush=True)
     P = problem(cfg, cfg["scales"][0])
     plus, minus = features.extremal_directions(P.X, P.y)
     out["plus"], out["minus"] = plus, minus
@@ -63,10 +63,10 @@ def compute(cfg, progress, part):
 
 def alignment_summary(cfg, r, scale):
     """(t_end, index of t_end, largest angle of an active neuron to its predicted direction, #directions)."""
-    t, loss = r[f"{scale}/t"], r[f"{scale}/loss"]
+    t, loss = r[str(scale)]["t"], r[str(scale)]["loss"]
     t_end = features.alignment_end(t, loss)
     k = int(np.searchsorted(t, t_end)) if np.isfinite(t_end) else len(t) // 4
-    W, a = r[f"{scale}/W"][k], r[f"{scale}/a"][k]
+    W, a = r[str(scale)]["W"][k], r[str(scale)]["a"][k]
     norms = np.linalg.norm(W, axis=1)
     U = W / norms[:, None]
     angle = np.where(a > 0, features.angles_to(U, r["plus"]), features.angles_to(U, r["minus"]))
@@ -81,7 +81,7 @@ def draw(cfg, r, path):
     scales = cfg["scales"]
     fig, axes = plots.figure(3, len(scales), width=3.6, height=3.4)
     for row, scale in enumerate(scales):
-        t, W, a, loss = (r[f"{scale}/{k}"] for k in ("t", "W", "a", "loss"))
+        t, W, a, loss = (r[str(scale)][k] for k in ("t", "W", "a", "loss"))
         t_end, k, _, _ = alignment_summary(cfg, r, scale)
         ax = axes[3 * row]
         ax.remove()

@@ -1,5 +1,5 @@
 """A long ensemble from the command line: many seeds of GD, SGD or label-noise SGD on a two-layer tanh net,
-sharded over every device (`analysis.compare.ensemble`; and over every process when started by
+sharded over every device (`analysis.ensembles.ensemble`; and over every process when started by
 `scripts/launch.py`), run in chunks of steps with the whole state (parameters, keys, step, the loss so far)
 written atomically to --out after each chunk (`analysis.store.resumable`). Kill it and run the same command
 again: it goes on from the last chunk and ends with the same bits as a run that never stopped. A folder
@@ -7,7 +7,8 @@ holding another run's state is refused, never overwritten.
 
     python scripts/ensemble.py --flow sgd --seeds 1024 --steps 1000000 --chunk 10000 --out results/ens
 
---out/arrays.npz then holds `loss` (seeds, saves), `ts` (saves,) and the final parameters.
+The state (`analysis.store`: --out/arrays.npz) holds `state/loss` (seeds, saves), `state/ts` (saves,) and the
+final parameters, `state/params/...` in the structure of the model's parameters.
 """
 
 import argparse
@@ -16,12 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import compare  # noqa: E402
+from analysis import ensembles  # noqa: E402
 
-compare.init_processes()  # before JAX picks its devices
+ensembles.init_processes()  # before JAX picks its devices
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis import store  # noqa: E402
@@ -63,7 +63,6 @@ def main(argv=None):
     y, _ = data.two_layer_teacher(kt, X, width=4, activation="tanh")
     P = Problem(TwoLayerNet(args.d, args.width, key=kn, activation="tanh"), X, y)
     keys = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 1), args.seeds)
-    leaves, treedef = jax.tree.flatten(P.params)
     flow = {"gd": gd, "sgd": sgd, "label_noise_sgd": label_noise_sgd}[args.flow]
     hyper = {
         "gd": {},
@@ -77,19 +76,17 @@ def main(argv=None):
                     first_step=first_step, **keyed, **hyper)  # fmt: skip
 
     def init():
-        loss0 = np.full((args.seeds, 1), float(P.loss(P.params)))
-        params = {
-            f"param{i}": np.broadcast_to(leaf, (args.seeds, *leaf.shape)) for i, leaf in enumerate(leaves)
+        return {
+            "params": jax.tree.map(lambda leaf: np.broadcast_to(leaf, (args.seeds, *leaf.shape)), P.params),
+            "loss": np.full((args.seeds, 1), float(P.loss(P.params))),
+            "ts": np.zeros(1),
         }
-        return {**params, "loss": loss0, "ts": np.zeros(1)}
 
     def advance(state, i):
-        params = treedef.unflatten([jnp.asarray(state[f"param{j}"]) for j in range(len(leaves))])
         first = np.full(args.seeds, i * args.chunk)
-        traj = compare.ensemble(run, keys, params, first)  # one compilation for every chunk
-        final = {f"param{j}": leaf[:, -1] for j, leaf in enumerate(jax.tree.leaves(traj.params))}
+        traj = ensembles.ensemble(run, keys, state["params"], first)  # one compilation for every chunk
         return {
-            **final,
+            "params": jax.tree.map(lambda leaf: leaf[:, -1], traj.params),
             "loss": np.concatenate([state["loss"], np.asarray(traj.stats["loss"])[:, 1:]], axis=1),
             "ts": np.concatenate([state["ts"], np.asarray(traj.ts)[0, 1:]]),
         }

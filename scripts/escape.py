@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import Figure, main
 
-from analysis import compare, plots, stability
+from analysis import ensembles, plots, stability
 from flows import gd, label_noise_sgd, sgd, sgd_sde, timescale
 from models import Problem, TwoLayerNet, data
 
@@ -59,7 +59,7 @@ def perturbed(P, star, size=1e-5):
 
 
 def losses(run, keys):
-    out = compare.ensemble(lambda k: run(k).stats["loss"], keys)
+    out = ensembles.ensemble(lambda k: run(k).stats["loss"], keys)
     return np.nan_to_num(np.asarray(out), nan=np.inf)
 
 
@@ -78,7 +78,7 @@ def compute(cfg, progress, part):
             for c in ("mean_square", "lyapunov", "sde")
         },
     )
-    out |= {f"threshold/{c}": v for c, v in th.items()}
+    out["threshold"] = th
     eta_ms = float(th["mean_square"])
     start = perturbed(P, star)
     L0 = out["L0"] = np.asarray(P.loss(start))
@@ -97,9 +97,10 @@ def compute(cfg, progress, part):
         }  # fmt: skip
 
     for f in cfg["factors"]:
-        out |= {f"{k}/{f}": v for k, v in part(f"factor-{f}", lambda f=f: at_factor(f)).items()}
+        for k, v in part(f"factor-{f}", lambda f=f: at_factor(f)).items():
+            out.setdefault(k, {})[str(f)] = v  # out[kind][factor]
         if progress:
-            print(f"eta = {f} eta_ms: rho {float(out[f'rho/{f}']):.4f}", flush=True)
+            print(f"eta = {f} eta_ms: rho {float(out['rho'][str(f)]):.4f}", flush=True)
 
     def sde():
         eta = cfg["factors"][-1] * eta_ms
@@ -142,14 +143,14 @@ def draw(cfg, r, path):
     k = np.arange(cfg["steps"] + 1)
     L0 = float(r["L0"])
     for f in cfg["factors"]:
-        L = r[f"sgd/{f}"]
-        (line,) = ax[0].semilogy(k, L.mean(0), label=f"eta = {f} eta_ms (rho={float(r[f'rho/{f}']):.3f})")
+        L = r["sgd"][str(f)]
+        (line,) = ax[0].semilogy(k, L.mean(0), label=f"eta = {f} eta_ms (rho={float(r['rho'][str(f)]):.3f})")
         ax[0].semilogy(k, np.median(L, 0), "--", color=line.get_color())
-        ax[0].semilogy(k, L0 * float(r[f"rho/{f}"]) ** k, ":", color=line.get_color(), lw=1)
-        ax[0].semilogy(k, L0 * np.exp(2 * float(r[f"lyap/{f}"]) * k), "-.", color=line.get_color(), lw=0.8)
-        (line,) = ax[1].semilogy(k, np.median(r[f"label/{f}"], 0), label=f"eta = {f} eta_ms")
-        if np.isfinite(r[f"stationary/{f}"]):
-            ax[1].axhline(float(r[f"stationary/{f}"]), ls=":", color=line.get_color())
+        ax[0].semilogy(k, L0 * float(r["rho"][str(f)]) ** k, ":", color=line.get_color(), lw=1)
+        ax[0].semilogy(k, L0 * np.exp(2 * float(r["lyap"][str(f)]) * k), "-.", color=line.get_color(), lw=0.8)
+        (line,) = ax[1].semilogy(k, np.median(r["label"][str(f)], 0), label=f"eta = {f} eta_ms")
+        if np.isfinite(r["stationary"][str(f)]):
+            ax[1].axhline(float(r["stationary"][str(f)]), ls=":", color=line.get_color())
     ax[0].set(
         xlabel="step k",
         ylabel="loss",
@@ -161,7 +162,7 @@ def draw(cfg, r, path):
         title=f"label-noise SGD (sigma={cfg['sigma']})\npredicted stationary loss dotted",
     )
     f = cfg["factors"][-1]
-    ax[2].semilogy(k, np.median(r[f"sgd/{f}"], 0), label="SGD")
+    ax[2].semilogy(k, np.median(r["sgd"][str(f)], 0), label="SGD")
     ax[2].semilogy(
         np.arange(0, cfg["steps"] + 1, 10),
         np.median(r["sde"], 0),
@@ -171,9 +172,9 @@ def draw(cfg, r, path):
         xlabel="step k (t / eta)", ylabel="median loss", title=f"eta = {f} eta_ms: SGD escapes, its SDE stays"
     )
     ax[3].plot(cfg["sweep"], r["escaped"], "o-", label="measured (SGD runs)")
-    ms = float(r["threshold/mean_square"])
+    ms = float(r["threshold"]["mean_square"])
     ax[3].axvline(1.0, color="k", ls="--", label="mean-square threshold")
-    ax[3].axvline(float(r["threshold/lyapunov"]) / ms, color="C3", ls=":", label="typical-run (Lyapunov)")
+    ax[3].axvline(float(r["threshold"]["lyapunov"]) / ms, color="C3", ls=":", label="typical-run (Lyapunov)")
     ax[3].set(xlabel="eta / eta_ms", ylabel="fraction escaped", title=f"escape at B = {cfg['batch']}")
     rows = r["by_batch"]
     for j, label in enumerate(("mean-square", "typical run", "SDE", "Wu bound (necessary)")):
@@ -188,14 +189,14 @@ def draw(cfg, r, path):
 
 
 def summary(cfg, r):
-    th = {c: float(r[f"threshold/{c}"]) for c in ("mean_square", "lyapunov", "sde")}
+    th = {c: float(r["threshold"][c]) for c in ("mean_square", "lyapunov", "sde")}
     print(
         f"B = {cfg['batch']}: eta thresholds mean-square {th['mean_square']:.4g}, "
         f"typical run {th['lyapunov']:.4g}, SDE {th['sde']:.4g}"
     )
     for f in cfg["factors"]:
-        L = r[f"sgd/{f}"][:, -1]
-        print(f"eta = {f} eta_ms: rho {float(r[f'rho/{f}']):.4f}, Lyapunov {float(r[f'lyap/{f}']):+.4f}; "
+        L, rho, lyap = r["sgd"][str(f)][:, -1], float(r["rho"][str(f)]), float(r["lyap"][str(f)])
+        print(f"eta = {f} eta_ms: rho {rho:.4f}, Lyapunov {lyap:+.4f}; "
               f"final median loss / L0 {np.median(L) / float(r['L0']):.3g}")  # fmt: skip
     print("escaped fraction:", dict(zip(cfg["sweep"], np.round(r["escaped"], 2).tolist())))
 

@@ -12,11 +12,20 @@ from analysis import hessian, plots
 from flows import gd, gradient_flow, timescale
 from models import Problem, TwoLayerNet, data
 
-PRESETS = {
-    "smoke": dict(n=8, d=3, width=6, teacher_width=2, t1=2.0, dt_save=0.2, etas=[0.2, 0.1]),
-    "quick": dict(n=20, d=5, width=16, teacher_width=3, t1=20.0, dt_save=0.2, etas=[0.2, 0.1, 0.05]),
+PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
+    "smoke": dict(layout=2, n=8, d=3, width=6, teacher_width=2, t1=2.0, dt_save=0.2, etas=[0.2, 0.1]),
+    "quick": dict(
+        layout=2, n=20, d=5, width=16, teacher_width=3, t1=20.0, dt_save=0.2, etas=[0.2, 0.1, 0.05]
+    ),
     "paper": dict(
-        n=100, d=20, width=100, teacher_width=5, t1=100.0, dt_save=0.5, etas=[0.5, 0.25, 0.125, 0.0625]
+        layout=2,
+        n=100,
+        d=20,
+        width=100,
+        teacher_width=5,
+        t1=100.0,
+        dt_save=0.5,
+        etas=[0.5, 0.25, 0.125, 0.0625],
     ),
 }
 
@@ -32,10 +41,10 @@ def problem(cfg, seed=0):
 def compute(cfg, progress, part):
     """Stored in parts (`common.main`): each eta."""
     prob = problem(cfg)
-    metrics = {"trace": hessian.trace}
+    metrics = {"trace_H": hessian.trace}
     ts = jnp.arange(0, round(cfg["t1"] / cfg["dt_save"]) + 1) * cfg["dt_save"]
     gf = gradient_flow(prob, prob.params, t1=cfg["t1"], ts=ts, metrics=metrics)
-    out = {"ts": np.asarray(gf.ts), "gf_loss": gf.stats["loss"], "gf_trace": gf.stats["trace"]}
+    out = {"ts": np.asarray(gf.ts), "gf": gf.stats, "gd": {}}
     gf_flat = jax.vmap(lambda p: prob.ravel(p)[0])(gf.params)
 
     def at_eta(eta):
@@ -50,24 +59,25 @@ def compute(cfg, progress, part):
         flat = jax.vmap(lambda p: prob.ravel(p)[0])(run.params)
         return {
             "loss": run.stats["loss"],
-            "trace": run.stats["trace"],
+            "trace_H": run.stats["trace_H"],
             "dist": jnp.linalg.norm(flat - gf_flat, axis=1),
         }
 
     for eta in cfg["etas"]:
-        out |= {f"gd_{k}_{eta}": v for k, v in part(f"eta{eta}", lambda eta=eta: at_eta(eta)).items()}
+        out["gd"][str(eta)] = part(f"eta{eta}", lambda eta=eta: at_eta(eta))
     return out
 
 
 def draw(cfg, r, path):
     fig, (ax_l, ax_t, ax_d) = plots.figure(3)
     ts = r["ts"]
-    ax_l.plot(ts, r["gf_loss"], "k", lw=2, label="gradient flow")
-    ax_t.plot(ts, r["gf_trace"], "k", lw=2, label="gradient flow")
+    ax_l.plot(ts, r["gf"]["loss"], "k", lw=2, label="gradient flow")
+    ax_t.plot(ts, r["gf"]["trace_H"], "k", lw=2, label="gradient flow")
     for eta in cfg["etas"]:
-        ax_l.plot(ts, r[f"gd_loss_{eta}"], "--", label=f"GD eta={eta}")
-        ax_t.plot(ts, r[f"gd_trace_{eta}"], "--", label=f"GD eta={eta}")
-        ax_d.plot(ts[1:], r[f"gd_dist_{eta}"][1:], label=f"eta={eta}")
+        gd_eta = r["gd"][str(eta)]
+        ax_l.plot(ts, gd_eta["loss"], "--", label=f"GD eta={eta}")
+        ax_t.plot(ts, gd_eta["trace_H"], "--", label=f"GD eta={eta}")
+        ax_d.plot(ts[1:], gd_eta["dist"][1:], label=f"eta={eta}")
     ax_l.set(yscale="log", xlabel="t = eta k", ylabel="loss", title="loss")
     ax_t.set(xlabel="t = eta k", ylabel="tr H", title="sharpness tr H")
     ax_d.set(yscale="log", xlabel="t = eta k", ylabel="||theta_GD - theta_GF||", title="distance to the flow")
@@ -79,7 +89,7 @@ def draw(cfg, r, path):
 def summary(cfg, r):
     # GD's first-order distance: distance at t1 divided by eta stays roughly constant.
     for eta in cfg["etas"]:
-        print(f"eta={eta}: ||theta_GD(t1) - theta_GF(t1)|| / eta = {r[f'gd_dist_{eta}'][-1] / eta:.4f}")
+        print(f"eta={eta}: ||theta_GD(t1) - theta_GF(t1)|| / eta = {r['gd'][str(eta)]['dist'][-1] / eta:.4f}")
 
 
 FIGURE = Figure("gd_vs_gradient_flow", __doc__, PRESETS, compute, draw, summary)

@@ -3,9 +3,9 @@
     python scripts/launch.py --processes 2 -- python scripts/ensemble.py --seeds 64 --out results/ens
 
 Each process gets SHARPFLOW_COORDINATOR, SHARPFLOW_NUM_PROCESSES and SHARPFLOW_PROCESS_ID, which
-`analysis.compare.init_processes()` reads. Across machines, start the command once on each machine with those
-three variables set by hand (the coordinator is host:port of process 0, reachable from every machine) and
---out on a file system they all see; see the README. Exits with the first non-zero exit status.
+`analysis.ensembles.init_processes()` reads. Across machines, start the command once on each machine with
+those three variables set by hand (the coordinator is host:port of process 0, reachable from every machine)
+and --out on a file system they all see; see the README. Exits with the first non-zero exit status.
 """
 
 import argparse

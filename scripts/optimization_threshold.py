@@ -112,8 +112,10 @@ def compute(cfg, progress, part):
             part(f"{method}-n{n}", lambda n=n: run_seeds(cfg, method, n, seeds))
             for n in tqdm(cfg["ns"], desc=method, disable=not progress)
         ]
-        out[f"{method}/scores"] = np.array([r["scores"] for r in runs])  # (ns, seeds, 3)
-        out[f"{method}/directions"] = np.array([r["directions"] for r in runs])  # (ns, seeds)
+        out[method] = {
+            "scores": np.array([r["scores"] for r in runs]),  # (ns, seeds, 3)
+            "directions": np.array([r["directions"] for r in runs]),  # (ns, seeds)
+        }
     return out
 
 
@@ -133,7 +135,7 @@ def run_seeds(cfg, method, n, seeds):
 
 def interpolating(cfg, r, method) -> np.ndarray:
     """The fraction of seeds that interpolate, at each n (NaN where the method was not run)."""
-    loss = r[f"{method}/scores"][..., 0]
+    loss = r[method]["scores"][..., 0]
     fraction = np.mean(loss < INTERPOLATES * cfg["noise"] ** 2 / 2, axis=1)
     return np.where(np.isfinite(loss).all(axis=1), fraction, np.nan)
 
@@ -144,7 +146,7 @@ def draw(cfg, r, path):
     titles = ["(a) final training loss", "(b) test loss (1/2) E(f - beta* . x)^2", "(c) distance to OLS"]
     for j, ax in enumerate(axes[:3]):
         for c, method in enumerate(METHODS):
-            v = r[f"{method}/scores"][..., j]
+            v = r[method]["scores"][..., j]
             ok = np.isfinite(v).all(axis=1)
             label = METHODS[method].format(**cfg)
             ax.plot(ns[ok], np.median(v[ok], axis=1), "o-", ms=3, color=f"C{c}", label=label)
@@ -157,7 +159,7 @@ def draw(cfg, r, path):
     axes[0].legend(fontsize=6)
     ax = axes[3]
     for c, method in enumerate(METHODS):
-        v = r[f"{method}/directions"]
+        v = r[method]["directions"]
         ok = np.isfinite(v).all(axis=1)
         ax.plot(ns[ok], np.median(v[ok], axis=1), "o-", ms=3, color=f"C{c}")
         ax.fill_between(ns[ok], v[ok].min(axis=1), v[ok].max(axis=1), color=f"C{c}", alpha=0.15, lw=0)

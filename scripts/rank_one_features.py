@@ -38,9 +38,10 @@ from flows import label_noise_sgd, limit_map, riemannian_flow, timescale
 from models import Problem, TwoLayerNet
 
 ACTIVATIONS = ("cubic", "sinh", "tanh")
+TRACE = {"trace_H": Problem.gauss_newton_trace}  # tr G = tr H on the zero-loss manifold, where the flow runs
 PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
     "smoke": dict(
-        layout=3,
+        layout=4,
         activations=["cubic"],
         m=4,
         n=2,
@@ -55,7 +56,7 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
         sweep_tau=1e2,
     ),
     "quick": dict(
-        layout=3,
+        layout=4,
         activations=list(ACTIVATIONS),
         m=10,
         n=3,
@@ -70,7 +71,7 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
         sweep_tau=1e5,
     ),
     "paper": dict(
-        layout=3,
+        layout=4,
         activations=list(ACTIVATIONS),
         m=10,
         n=3,
@@ -146,13 +147,9 @@ def compute(cfg, progress, part):
     for act in tqdm(cfg["activations"], disable=not progress, desc="activations"):
         P = problem(act, cfg["m"], cfg["n"], cfg["d"])
         starts = [start(P, i) for i in range(cfg["seeds"])]
-        out |= {
-            f"{act}/{k}": v
-            for k, v in part(f"{act}-flow", lambda: flows_of(cfg, act, P, starts, taus)).items()
-        }
+        out[act] = part(f"{act}-flow", lambda: flows_of(cfg, act, P, starts, taus))
         for j, setting in enumerate(cfg["sgd"]):
-            stored = part(f"{act}-sgd{j}", lambda: label_noise_of(cfg, P, starts, setting, j))
-            out |= {f"{act}/sgd{j}/{k}": v for k, v in stored.items()}
+            out[act][f"sgd{j}"] = part(f"{act}-sgd{j}", lambda: label_noise_of(cfg, P, starts, setting, j))
     rows = [
         part(f"sweep-{act}-m{m}-n{n}-d{d}", lambda: {"row": sweep_row(cfg, act, m, n, d)})["row"]
         for act in [a for a in ("cubic", "tanh") if a in cfg["activations"]]
@@ -166,15 +163,15 @@ def compute(cfg, progress, part):
 def flows_of(cfg, act, P, starts, taus):
     """The Riemannian flow from each start: tr H, singular values, convexity along it, the first flow's
     alignment at the end, and the minimum of tr H (SLSQP; not for tanh)."""
-    flows = [riemannian_flow(P, s, t1=cfg["tau1"], ts=taus, rtol=1e-10) for s in starts]
+    flows = [riemannian_flow(P, s, t1=cfg["tau1"], ts=taus, rtol=1e-10, metrics=TRACE) for s in starts]
     grads, eigs = zip(*(convexity(P, f.params, len(taus)) for f in flows))
     return {
         "tau": np.asarray(taus),
-        "flow_trace": np.stack([4 * f.stats["objective"] for f in flows]),
+        "flow_trace_H": np.stack([f.stats["trace_H"] for f in flows]),
         "flow_sv": np.stack([jax.vmap(lambda p: features.singular_values(P, p))(f.params) for f in flows]),
         "flow_grad": np.stack(grads),
         "flow_min_eig": np.stack(eigs),
-        "flow_alignment": np.abs(np.asarray(features.alignment(P, flows[0].final))),
+        "flow_alignment": np.abs(np.asarray(features.feature_cosines(P, flows[0].final))),
         "minimum": np.asarray(features.min_trace_fixed_outer(P) if act != "tanh" else np.nan),
     }
 
@@ -187,9 +184,9 @@ def label_noise_of(cfg, P, starts, setting, j):
     return {
         "tau": ts,
         "steps": np.asarray(steps),
-        "trace": np.asarray(jax.vmap(jax.vmap(P.gauss_newton_trace))(mapped)),
+        "trace_H": np.asarray(jax.vmap(jax.vmap(P.gauss_newton_trace))(mapped)),
         "sv": np.asarray(jax.vmap(jax.vmap(lambda p: features.singular_values(P, p)))(mapped)),
-        "alignment": np.abs(np.asarray(features.alignment(P, at(at(mapped, 0), -1)))),
+        "alignment": np.abs(np.asarray(features.feature_cosines(P, at(at(mapped, 0), -1)))),
     }
 
 
@@ -204,13 +201,15 @@ def sweep_row(cfg, act, m, n, d):
     except ValueError:
         return np.array([ACTIVATIONS.index(act), m, n, d, np.nan, np.nan, -1])
     try:
-        end = riemannian_flow(P, p0, t1=cfg["sweep_tau"], ts=[0.0, cfg["sweep_tau"]], rtol=1e-10)
+        end = riemannian_flow(
+            P, p0, t1=cfg["sweep_tau"], ts=[0.0, cfg["sweep_tau"]], rtol=1e-10, metrics=TRACE
+        )
     except eqx.EquinoxRuntimeError:
         return np.array([ACTIVATIONS.index(act), m, n, d, np.nan, np.nan, 0])
     gap = np.nan
     if act != "tanh" and n <= d:
         best = features.min_trace_fixed_outer(P)
-        gap = (4 * float(end.stats["objective"][-1]) - best) / best
+        gap = (float(end.stats["trace_H"][-1]) - best) / best
     return np.array([ACTIVATIONS.index(act), m, n, d, float(ratio(P, end.final)), gap, 1])
 
 
@@ -227,11 +226,11 @@ def draw(cfg, r, path):
     ax_t, ax_s, ax_r, ax_c, ax_af, ax_as = axes
     markers = "os"
     for act in cfg["activations"]:
-        tau, minimum = r[f"{act}/tau"][1:], float(r[f"{act}/minimum"])
+        tau, minimum = r[act]["tau"][1:], float(r[act]["minimum"])
         shift = minimum if np.isfinite(minimum) else 0.0
         color = f"C{ACTIVATIONS.index(act)}"
         label = f"{act}: flow, tr H - min" if np.isfinite(minimum) else f"{act}: flow, tr H"
-        for i, (tr, sv) in enumerate(zip(r[f"{act}/flow_trace"], r[f"{act}/flow_sv"])):
+        for i, (tr, sv) in enumerate(zip(r[act]["flow_trace_H"], r[act]["flow_sv"])):
             ax_t.loglog(tau, tr[1:] - shift, color=color, lw=1, label=label if i == 0 else None)
             ax_r.loglog(
                 tau, sv[1:, 1] / sv[1:, 0], color=color, lw=1, label=f"{act}: flow" if i == 0 else None
@@ -242,16 +241,16 @@ def draw(cfg, r, path):
                         tau, sv[1:, q], color=f"C{q}", lw=1, label=f"s{q + 1}: flow" if i == 0 else None
                     )
         for j, (eta, sigma, _) in enumerate(cfg["sgd"]):
-            st, sv = r[f"{act}/sgd{j}/tau"][1:], r[f"{act}/sgd{j}/sv"][:, 1:]
+            st, sv = r[act][f"sgd{j}"]["tau"][1:], r[act][f"sgd{j}"]["sv"][:, 1:]
             kw = dict(ls="none", marker=markers[j], ms=3, mfc="none", color=color)
             sgd = f"SGD eta={eta:g}, sigma={sigma:g}"
-            for i, tr in enumerate(r[f"{act}/sgd{j}/trace"][:, 1:] - shift):
+            for i, tr in enumerate(r[act][f"sgd{j}"]["trace_H"][:, 1:] - shift):
                 ax_t.loglog(st, np.abs(tr), **kw, label=f"{act}: {sgd}" if i == 0 else None)
             ax_r.loglog(st, (sv[..., 1] / sv[..., 0]).T, **kw)
             if act == "cubic":
                 for q in range(sv.shape[-1]):
                     ax_s.loglog(st, sv[..., q].T, **{**kw, "color": f"C{q}"})
-        for i, (g, e) in enumerate(zip(r[f"{act}/flow_grad"], r[f"{act}/flow_min_eig"])):
+        for i, (g, e) in enumerate(zip(r[act]["flow_grad"], r[act]["flow_min_eig"])):
             ax_c.plot(g, e, ".-", color=color, ms=3, lw=0.5, label=act if i == 0 else None)
     ax_t.set(xlabel="tau = eta^2 sigma^2 k / n", ylabel="tr H (minus its minimum)", title="(a) sharpness")
     ax_s.set(xlabel="tau", ylabel="singular value of W X^T", title="(b) features, cubic (marks: SGD, Phi)")
@@ -273,7 +272,7 @@ def draw(cfg, r, path):
         if act not in cfg["activations"]:
             ax.set_visible(False)
             continue
-        both = np.where(upper, r[f"{act}/flow_alignment"], r[f"{act}/sgd{last}/alignment"])
+        both = np.where(upper, r[act]["flow_alignment"], r[act][f"sgd{last}"]["alignment"])
         im = ax.imshow(both, vmin=0, vmax=1, cmap="viridis")
         ax.set(
             title=f"({'e' if act == 'cubic' else 'f'}) |cos| between neurons, {act}, end",
@@ -287,13 +286,13 @@ def draw(cfg, r, path):
 
 def summary(cfg, r):
     for act in cfg["activations"]:
-        trace, sv = r[f"{act}/flow_trace"][:, -1], r[f"{act}/flow_sv"][:, -1]
-        minimum = float(r[f"{act}/minimum"])
-        eps, below = convex_below(r[f"{act}/flow_grad"].ravel(), r[f"{act}/flow_min_eig"].ravel())
+        trace, sv = r[act]["flow_trace_H"][:, -1], r[act]["flow_sv"][:, -1]
+        minimum = float(r[act]["minimum"])
+        eps, below = convex_below(r[act]["flow_grad"].ravel(), r[act]["flow_min_eig"].ravel())
         print(
             f"{act:5s}: flow to tau {cfg['tau1']:g}: tr H {trace.min():.6g}..{trace.max():.6g}"
             f" (minimum {minimum:.6g}), s2/s1 <= {np.max(sv[:, 1] / sv[:, 0]):.2e};"
-            f" min eig of Hess_Gamma F at the ends >= {np.min(r[f'{act}/flow_min_eig'][:, -1]):.2e},"
+            f" min eig of Hess_Gamma F at the ends >= {np.min(r[act]['flow_min_eig'][:, -1]):.2e},"
             + (
                 f" > 0 at all {below} saved points with ||grad|| < {eps:.2e}"
                 if below
@@ -301,12 +300,12 @@ def summary(cfg, r):
             )
         )
         for j, (eta, sigma, tau) in enumerate(cfg["sgd"]):
-            tr, sv = r[f"{act}/sgd{j}/trace"][:, -1], r[f"{act}/sgd{j}/sv"][:, -1]
+            tr, sv = r[act][f"sgd{j}"]["trace_H"][:, -1], r[act][f"sgd{j}"]["sv"][:, -1]
             print(
-                f"       SGD eta={eta:g} sigma={sigma:g}, {float(r[f'{act}/sgd{j}/steps']):.3g} steps"
+                f"       SGD eta={eta:g} sigma={sigma:g}, {float(r[act][f'sgd{j}']['steps']):.3g} steps"
                 f" to tau {tau:g}:"
                 f" tr H {tr.min():.6g}..{tr.max():.6g}, s2/s1 <= {np.max(sv[:, 1] / sv[:, 0]):.2e},"
-                f" min |cos| {np.min(r[f'{act}/sgd{j}/alignment']):.4f}"
+                f" min |cos| {np.min(r[act][f'sgd{j}']['alignment']):.4f}"
             )
     print(
         "sweep (flow to tau = {:g}): activation, m, n, d, s2/s1, tr H gap to the minimum".format(

@@ -5,8 +5,8 @@ path (the SDE's Brownian path is built from the SGD run's own draws). Bottom row
 the minibatch SDE (same keys, independent noises). Each at three step sizes, mean and 95% band over seeds,
 with gradient flow in black; the SDE is solved with Euler at eta / substeps. Right: the weak error
 sup_t |E SGD - E SDE| of tr H against eta on log axes, with gradient flow's sup_t |E SGD - GF|, each with
-its sampling noise removed and its 95% band (`analysis.compare.debiased_weak_error`); an order is printed only
-where every error is resolved. Minibatch noise cannot be coupled, so its errors carry the band of two
+its sampling noise removed and its 95% band (`analysis.statistics.debiased_weak_error`); an order is printed
+only where every error is resolved. Minibatch noise cannot be coupled, so its errors carry the band of two
 independent ensembles.
 """
 
@@ -20,10 +20,10 @@ from models import Problem, TwoLayerNet, data
 
 PRESETS = {
     "smoke": dict(
-        layout=2, n=8, d=3, width=6, sigma=1.0, batch=2, t1=0.8, etas=[0.08, 0.04], seeds=8, substeps=2
+        layout=3, n=8, d=3, width=6, sigma=1.0, batch=2, t1=0.8, etas=[0.08, 0.04], seeds=8, substeps=2
     ),
     "quick": dict(
-        layout=2,
+        layout=3,
         n=16,
         d=5,
         width=16,
@@ -35,7 +35,7 @@ PRESETS = {
         substeps=4,
     ),
     "paper": dict(
-        layout=2,
+        layout=3,
         n=64,
         d=10,
         width=64,
@@ -62,7 +62,7 @@ def compute(cfg, progress, part):
     P = problem(cfg)
     out = {}
     for i, noise in enumerate(KINDS):
-        r = compare.sde_vs_sgd(
+        out[noise] = compare.sde_vs_sgd(
             P,
             P.params,
             noise=noise,
@@ -77,33 +77,20 @@ def compute(cfg, progress, part):
             progress=progress,
             part=lambda label, fn, noise=noise: part(f"{noise}-{label}", fn),
         )
-        out |= {f"{noise}/{k}": v for k, v in r.items()}
     return out
 
 
 def draw(cfg, r, path):
     fig, axes = plots.figure(3, 2)
     for row, (noise, name) in enumerate(KINDS.items()):
-        t = r[f"{noise}/t"]
+        rn, t = r[noise], r[noise]["t"]
         for col, m in enumerate(("loss", "trace_H")):
             ax = axes[3 * row + col]
-            ax.plot(t, r[f"{noise}/gf_{m}"], "k", lw=2, label="gradient flow")
+            ax.plot(t, rn["gf"][m], "k", lw=2, label="gradient flow")
             for eta in cfg["etas"]:
-                line = plots.band(
-                    ax,
-                    t,
-                    r[f"{noise}/sgd_mean_{m}_{eta}"],
-                    r[f"{noise}/sgd_band_{m}_{eta}"],
-                    label=f"eta={eta}",
-                )
-                plots.band(
-                    ax,
-                    t,
-                    r[f"{noise}/sde_mean_{m}_{eta}"],
-                    r[f"{noise}/sde_band_{m}_{eta}"],
-                    color=line.get_color(),
-                    ls="--",
-                )
+                s = rn["eta"][str(eta)][m]
+                line = plots.band(ax, t, s["sgd_mean"], s["sgd_band"], label=f"eta={eta}")
+                plots.band(ax, t, s["sde_mean"], s["sde_band"], color=line.get_color(), ls="--")
             ax.set(
                 xlabel="t = eta k",
                 ylabel="tr H" if m == "trace_H" else "loss",
@@ -113,9 +100,9 @@ def draw(cfg, r, path):
         ax = axes[3 * row + 2]
         etas = np.asarray(cfg["etas"])
         for key, label in (("weak_error", "SDE"), ("gf_error", "gradient flow")):
-            errs = np.array([float(r[f"{noise}/{key}_trace_H_{eta}"]) for eta in cfg["etas"]])
-            bands = np.array([float(r[f"{noise}/{key}_band_trace_H_{eta}"]) for eta in cfg["etas"]])
-            order = float(r[f"{noise}/{'order' if key == 'weak_error' else 'gf_order'}_trace_H"])
+            errs = np.array([float(rn["eta"][str(eta)]["trace_H"][key]) for eta in cfg["etas"]])
+            bands = np.array([float(rn["eta"][str(eta)]["trace_H"][f"{key}_band"]) for eta in cfg["etas"]])
+            order = float(rn["order" if key == "weak_error" else "gf_order"]["trace_H"])
             slope = f"slope {order:.2f}" if np.isfinite(order) else "slope not resolved"
             ax.errorbar(etas, errs, yerr=bands, fmt="o-", capsize=2, label=f"{label} ({slope})")
             ax.set(xscale="log", yscale="log")
@@ -132,10 +119,12 @@ def draw(cfg, r, path):
 def summary(cfg, r):
     for noise, name in KINDS.items():
         for eta in cfg["etas"]:
-            value = lambda k, eta=eta: float(r[f"{noise}/{k}_trace_H_{eta}"])  # noqa: E731
-            sde, gf = (f"{value(k):.2e} +- {value(k + '_band'):.1e}" for k in ("weak_error", "gf_error"))
+            s = r[noise]["eta"][str(eta)]["trace_H"]
+            sde, gf = (
+                f"{float(s[k]):.2e} +- {float(s[k + '_band']):.1e}" for k in ("weak_error", "gf_error")
+            )
             print(f"{name}, eta={eta}: weak error of tr H (95% band), SDE {sde}, gradient flow {gf}")
-        order = float(r[f"{noise}/order_trace_H"])
+        order = float(r[noise]["order"]["trace_H"])
         if np.isfinite(order):
             print(f"{name}: SDE weak-error order {order:.2f} (theory: >= 1)")
         else:

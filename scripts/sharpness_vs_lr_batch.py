@@ -67,9 +67,7 @@ def compute(cfg, progress, part):
         ]
         if progress:
             print(f"{name}: done", flush=True)
-        out[name] = np.concatenate(rows)
-        out[f"{name}/eta0"] = np.asarray(eta0)
-        out[f"{name}/loss0"] = np.asarray(P.loss(P.params))
+        out[name] = {"rows": np.concatenate(rows), "eta0": eta0, "loss0": P.loss(P.params)}
     return out
 
 
@@ -98,7 +96,7 @@ COLUMNS = ("B", "eta", "seed", "loss", "fro", "lmax", "mu", "rho")
 
 
 def table(r, name):
-    return {c: r[name][:, i] for i, c in enumerate(COLUMNS)}
+    return {c: r[name]["rows"][:, i] for i, c in enumerate(COLUMNS)}
 
 
 def draw(cfg, r, path):
@@ -118,7 +116,7 @@ def draw(cfg, r, path):
                 mu = np.nanmin(t["mu"])
                 grid = np.geomspace(x.min(), x.max(), 50)
                 ax.loglog(grid, grid / np.sqrt(mu), "k--", label=f"sqrt(B/mu)/eta, mu={mu:.2f}")
-            diverged = int((~np.isfinite(t["loss"]) | (t["loss"] > r[f"{name}/loss0"])).sum())
+            diverged = int((~np.isfinite(t["loss"]) | (t["loss"] > r[name]["loss0"])).sum())
             slow = int((~found).sum()) - diverged
             ax.set(
                 xlabel="sqrt(B) / eta",

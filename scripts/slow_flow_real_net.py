@@ -31,13 +31,23 @@ from common import Figure, main
 from analysis import compare, hessian, plots
 from models import MLP, Problem, data
 
-PRESETS = {
-    "smoke": dict(classes=[3, 8], n=12, width=6, sigma=0.5, etas=[0.1], tau1=0.01, num_saves=2, seeds=2),
+PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
+    "smoke": dict(
+        layout=2, classes=[3, 8], n=12, width=6, sigma=0.5, etas=[0.1], tau1=0.01, num_saves=2, seeds=2
+    ),
     "quick": dict(
-        classes=[3, 8], n=64, width=64, sigma=0.5, etas=[0.1, 0.05], tau1=0.2, num_saves=4, seeds=4
+        layout=2, classes=[3, 8], n=64, width=64, sigma=0.5, etas=[0.1, 0.05], tau1=0.2, num_saves=4, seeds=4
     ),
     "paper": dict(
-        classes=None, n=1024, width=128, sigma=0.5, etas=[0.05, 0.025], tau1=0.5, num_saves=10, seeds=32
+        layout=2,
+        classes=None,
+        n=1024,
+        width=128,
+        sigma=0.5,
+        etas=[0.05, 0.025],
+        tau1=0.5,
+        num_saves=10,
+        seeds=32,
     ),
 }
 
@@ -67,7 +77,8 @@ def problem(cfg):
 def compute(cfg, progress, part):
     """Stored in parts (`common.main`): each eta."""
     P, accuracy = problem(cfg)
-    observables = {"trace_H": compare.trace_g, "lambda_max": hessian.lambda_max, "accuracy": accuracy}
+    observables = {"trace_H": Problem.gauss_newton_trace, "lambda_max": hessian.lambda_max}
+    observables["accuracy"] = accuracy
     r = compare.label_noise_slow_clock(
         P,
         P.params,
@@ -90,16 +101,16 @@ def draw(cfg, r, path):
     fig, axes = plots.figure(4)
     for ax, (name, label) in zip(axes, LABELS.items()):
         for i, eta in enumerate(cfg["etas"]):
-            tau = r[f"tau_{eta}"]
-            plots.band(ax, tau, r[f"sgd_mean_{name}_{eta}"], r[f"sgd_band_{name}_{eta}"], marker="o", ms=3,
+            s = r["eta"][str(eta)][name]
+            plots.band(ax, r["tau"][str(eta)], s["sgd_mean"], s["sgd_band"], marker="o", ms=3,
                        color=f"C{i + 1}", label=f"label-noise GD, eta={eta}, Phi-mapped")  # fmt: skip
-        eta = cfg["etas"][-1]
-        ax.plot(r[f"tau_{eta}"], r[f"flow_{name}_{eta}"], "k", lw=2, label="Riemannian flow of tr H / 4")
+        eta = str(cfg["etas"][-1])
+        ax.plot(r["tau"][eta], r["eta"][eta][name]["flow"], "k", lw=2, label="Riemannian flow of tr H / 4")
         ax.set(xlabel="tau = eta^2 sigma^2 k / n", ylabel=label, title=label)
     axes[0].legend(fontsize=7)
     etas = np.asarray(cfg["etas"])
-    errs = np.array([float(r[f"weak_error_trace_H_{eta}"]) for eta in cfg["etas"]])
-    order = float(r["order_trace_H"]) if len(etas) > 1 else np.nan
+    errs = np.array([float(r["eta"][str(eta)]["trace_H"]["weak_error"]) for eta in cfg["etas"]])
+    order = float(r["order"]["trace_H"]) if len(etas) > 1 else np.nan
     axes[3].loglog(etas, errs, "o-", label=f"slope {order:.2f}")
     axes[3].loglog(etas, errs[-1] * etas / etas[-1], "k:", label="slope 1")
     axes[3].set(xlabel="eta", ylabel="sup_tau |E tr H(Phi(theta_k)) - tr H(flow)|", title="weak error")
@@ -108,16 +119,15 @@ def draw(cfg, r, path):
 
 
 def summary(cfg, r):
-    eta = cfg["etas"][-1]
-    flow = {name: r[f"flow_{name}_{eta}"] for name in LABELS}
+    flow = {name: r["eta"][str(cfg["etas"][-1])][name]["flow"] for name in LABELS}
     moves = ", ".join(f"{LABELS[k]} {v[0]:.3f} -> {v[-1]:.3f}" for k, v in flow.items())
     print(f"p = {int(r['p'])}; flow to tau = {cfg['tau1']:g}: {moves}")
     for eta in cfg["etas"]:
-        at = ", ".join(f"{LABELS[k]} {r[f'sgd_mean_{k}_{eta}'][-1]:.3f}" for k in LABELS)
-        error = float(r[f"weak_error_trace_H_{eta}"])
+        at = ", ".join(f"{LABELS[k]} {r['eta'][str(eta)][k]['sgd_mean'][-1]:.3f}" for k in LABELS)
+        error = float(r["eta"][str(eta)]["trace_H"]["weak_error"])
         print(f"label-noise GD eta={eta}: at tau1 {at}; weak error of tr H {error:.4f}")
     if len(cfg["etas"]) > 1:
-        print(f"weak-error order in eta: {float(r['order_trace_H']):.2f} (theory: 1)")
+        print(f"weak-error order in eta: {float(r['order']['trace_H']):.2f} (theory: 1)")
 
 
 FIGURE = Figure("slow_flow_real_net", __doc__, PRESETS, compute, draw, summary, x64=True)

@@ -13,10 +13,10 @@ from flows import limit_map, riemannian_flow
 from models import Problem, QuadraticParam, data
 
 PRESETS = {
-    "smoke": dict(layout=2, n=3, d=5, sigma=1.0, tau1=0.2, etas=[0.04, 0.02], seeds=4, num_saves=2),
-    "quick": dict(layout=2, n=3, d=5, sigma=1.0, tau1=1.0, etas=[0.04, 0.02, 0.01], seeds=16, num_saves=10),
+    "smoke": dict(layout=3, n=3, d=5, sigma=1.0, tau1=0.2, etas=[0.04, 0.02], seeds=4, num_saves=2),
+    "quick": dict(layout=3, n=3, d=5, sigma=1.0, tau1=1.0, etas=[0.04, 0.02, 0.01], seeds=16, num_saves=10),
     "paper": dict(
-        layout=2, n=10, d=30, sigma=1.0, tau1=3.0, etas=[0.02, 0.01, 0.005], seeds=64, num_saves=20
+        layout=3, n=10, d=30, sigma=1.0, tau1=3.0, etas=[0.02, 0.01, 0.005], seeds=64, num_saves=20
     ),
 }
 
@@ -41,27 +41,24 @@ def compute(cfg, progress, part):
         part=part,
     )
     taus = jnp.linspace(0.0, cfg["tau1"], 101)
-    flow = riemannian_flow(P, limit_map(P, P.params), t1=cfg["tau1"], ts=taus, save_params=False)
-    return r | {"flow_tau": taus, "flow_trace": 4 * flow.stats["objective"]}
+    metrics = {"trace_H": Problem.gauss_newton_trace}  # tr G = tr H on the manifold
+    flow = riemannian_flow(
+        P, limit_map(P, P.params), t1=cfg["tau1"], ts=taus, save_params=False, metrics=metrics
+    )
+    return r | {"flow": {"tau": taus, "trace_H": flow.stats["trace_H"]}}
 
 
 def draw(cfg, r, path):
     fig, (ax, ax_e) = plots.figure(2)
-    ax.plot(r["flow_tau"], r["flow_trace"], "k", lw=2, label="Riemannian flow of tr H / 4")
+    ax.plot(r["flow"]["tau"], r["flow"]["trace_H"], "k", lw=2, label="Riemannian flow of tr H / 4")
     for eta in cfg["etas"]:
-        plots.band(
-            ax,
-            r[f"tau_{eta}"],
-            r[f"sgd_mean_trace_H_{eta}"],
-            r[f"sgd_band_trace_H_{eta}"],
-            marker="o",
-            ms=3,
-            label=f"label-noise GD, eta={eta}, Phi-mapped",
-        )
+        s = r["eta"][str(eta)]["trace_H"]
+        plots.band(ax, r["tau"][str(eta)], s["sgd_mean"], s["sgd_band"], marker="o", ms=3,
+                   label=f"label-noise GD, eta={eta}, Phi-mapped")  # fmt: skip
     ax.set(xlabel="tau = eta^2 sigma^2 k / B", ylabel="tr H", title="the slow flow on the zero-loss manifold")
     ax.legend(loc="upper right")
-    errs = [float(r[f"weak_error_trace_H_{eta}"]) for eta in cfg["etas"]]
-    ax_e.loglog(cfg["etas"], errs, "o-", label=f"slope {float(r['order_trace_H']):.2f}")
+    errs = [float(r["eta"][str(eta)]["trace_H"]["weak_error"]) for eta in cfg["etas"]]
+    ax_e.loglog(cfg["etas"], errs, "o-", label=f"slope {float(r['order']['trace_H']):.2f}")
     ax_e.loglog(cfg["etas"], errs[-1] * np.asarray(cfg["etas"]) / cfg["etas"][-1], "k:", label="slope 1")
     ax_e.set(xlabel="eta", ylabel="sup_tau |E tr H(Phi(theta_k)) - tr H(flow)|", title="weak error")
     ax_e.legend()
@@ -70,8 +67,8 @@ def draw(cfg, r, path):
 
 def summary(cfg, r):
     for eta in cfg["etas"]:
-        print(f"eta={eta}: weak error {float(r[f'weak_error_trace_H_{eta}']):.4f}")
-    print(f"observed order {float(r['order_trace_H']):.2f} (theory: 1)")
+        print(f"eta={eta}: weak error {float(r['eta'][str(eta)]['trace_H']['weak_error']):.4f}")
+    print(f"observed order {float(r['order']['trace_H']):.2f} (theory: 1)")
 
 
 FIGURE = Figure("slow_flow_vs_label_noise", __doc__, PRESETS, compute, draw, summary)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import Figure, main
 
-from analysis import compare, plots
+from analysis import ensembles, hessian, plots, statistics
 from flows import sgd_sde, svag, timescale
 from models import Problem, TwoLayerNet, data
 
@@ -51,19 +51,17 @@ def compute(cfg, progress, part):
     t = np.linspace(0.0, cfg["t1"], cfg["saves"] + 1)
     out = {"t": t}
     for eta in cfg["etas"]:
-        out |= {
-            f"{eta}/{k}": v
-            for k, v in part(f"eta{eta}", lambda eta=eta: at_eta(cfg, eta, t, progress)).items()
-        }
+        out[str(eta)] = part(f"eta{eta}", lambda eta=eta: at_eta(cfg, eta, t, progress))
     return out
 
 
 def at_eta(cfg, eta, t, progress):
-    """SVAG at every l and the SDE at one eta, the same seeds: means and bands of the loss and tr H, and
-    the debiased weak gap of each l's loss to the SDE's (`gap`: (len(ls), 2), estimate and half-width)."""
+    """SVAG at every l and the SDE at one eta, the same seeds: means and bands of the loss and tr H
+    (`svag{l}` and `sde`, each {m: mean, m_band: half-width}), and the debiased weak gap of each l's loss to
+    the SDE's (`gap`: (len(ls), 2), estimate and half-width)."""
     P = problem(cfg)
     keys = jax.random.split(jax.random.key(1), cfg["seeds"])
-    metrics = {"trace_H": compare.trace_h}
+    metrics = {"trace_H": hessian.trace}
     runs = {}
     for ell in cfg["ls"]:
         steps = timescale.steps_for_time(cfg["t1"], eta / ell)  # SVAG's step is eta / l
@@ -72,23 +70,23 @@ def at_eta(cfg, eta, t, progress):
             return svag(P, P.params, steps=steps, eta=eta, batch_size=cfg["batch"], l=ell, key=k,
                         save_every=steps // cfg["saves"], save_params=False, metrics=metrics)  # fmt: skip
 
-        runs[f"svag{ell}"] = compare.ensemble(run, keys, chunk=CHUNK, progress=progress)
+        runs[f"svag{ell}"] = ensembles.ensemble(run, keys, chunk=CHUNK, progress=progress)
 
     def sde(k):
         return sgd_sde(P, P.params, t1=cfg["t1"], eta=eta, batch_size=cfg["batch"], key=k, ts=t,
                        substeps=SDE_SUBSTEPS, save_params=False, metrics=metrics)  # fmt: skip
 
     sde_keys = jax.random.split(jax.random.key(2), cfg["seeds"])
-    runs["sde"] = compare.ensemble(sde, sde_keys, chunk=CHUNK, progress=progress)
-    out = {}
+    runs["sde"] = ensembles.ensemble(sde, sde_keys, chunk=CHUNK, progress=progress)
+    out = {name: {} for name in runs}
     for name, traj in runs.items():
         for m in ("loss", "trace_H"):
-            out[f"{name}/{m}"], out[f"{name}/{m}_band"] = compare.mean_band(traj.stats[m])
+            out[name][m], out[name][f"{m}_band"] = statistics.mean_band(traj.stats[m])
     gaps = []
     for ell in cfg["ls"]:
-        d = out[f"svag{ell}/loss"] - out["sde/loss"]
-        band = np.hypot(out[f"svag{ell}/loss_band"], out["sde/loss_band"])
-        gaps.append(compare.debiased_weak_error(d, band))
+        d = out[f"svag{ell}"]["loss"] - out["sde"]["loss"]
+        band = np.hypot(out[f"svag{ell}"]["loss_band"], out["sde"]["loss_band"])
+        gaps.append(statistics.debiased_weak_error(d, band))
     out["gap"] = np.asarray(gaps)
     return out
 
@@ -97,14 +95,13 @@ def draw(cfg, r, path):
     fig, axes = plots.figure(5, width=3.4)
     t = r["t"]
     for j, eta in enumerate(cfg["etas"]):
+        re = r[str(eta)]
         for col, m in enumerate(("loss", "trace_H")):
             ax = axes[2 * j + col]
             for i, ell in enumerate(cfg["ls"]):
                 label = "SGD (l = 1)" if ell == 1 else f"SVAG l = {ell}"
-                ax.plot(t, r[f"{eta}/svag{ell}/{m}"], color=f"C{i}", lw=2 if ell == 1 else 1, label=label)
-            plots.band(
-                ax, t, r[f"{eta}/sde/{m}"], r[f"{eta}/sde/{m}_band"], color="k", ls="--", label="SGD SDE"
-            )
+                ax.plot(t, re[f"svag{ell}"][m], color=f"C{i}", lw=2 if ell == 1 else 1, label=label)
+            plots.band(ax, t, re["sde"][m], re["sde"][f"{m}_band"], color="k", ls="--", label="SGD SDE")
             ax.set(
                 xlabel="t = k eta / l", ylabel="tr H" if m == "trace_H" else "loss", title=f"eta = {eta}: {m}"
             )
@@ -112,9 +109,9 @@ def draw(cfg, r, path):
     ax = axes[4]
     inv = 1 / np.asarray(cfg["ls"], float)
     for eta in cfg["etas"]:
-        gap = r[f"{eta}/gap"]
+        gap = r[str(eta)]["gap"]
         ax.errorbar(inv, gap[:, 0], yerr=gap[:, 1], fmt="o-", capsize=2, label=f"eta = {eta}")
-    ax.plot(inv, inv * r[f"{cfg['etas'][-1]}/gap"][0, 0], "k:", label="slope 1")
+    ax.plot(inv, inv * r[str(cfg["etas"][-1])]["gap"][0, 0], "k:", label="slope 1")
     ax.set(xscale="log", yscale="log", xlabel="1 / l", ylabel="sup_t |E loss(SVAG_l) - E loss(SDE)|",
            title="weak gap to the SDE (95% band)")  # fmt: skip
     ax.legend(fontsize=7)
@@ -123,7 +120,7 @@ def draw(cfg, r, path):
 
 def summary(cfg, r):
     for eta in cfg["etas"]:
-        gap = r[f"{eta}/gap"]
+        gap = r[str(eta)]["gap"]
         cells = ", ".join(f"l={ell}: {g:.2e} +- {b:.1e}" for ell, (g, b) in zip(cfg["ls"], gap))
         sgd_resolved = gap[0, 0] > gap[0, 1]
         verdict = "SGD is resolved from its SDE" if sgd_resolved else "SGD is within the band of its SDE"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import flows
-from analysis import compare, hessian
+from analysis import compare, ensembles, hessian, statistics
 from flows import label_noise_sde, label_noise_sgd, limit_map
 from models import Linear, Problem, QuadraticParam, data
 from tests.helpers import two_layer
@@ -14,13 +14,13 @@ def test_mean_band_is_the_student_t_confidence_interval():
     """t_{0.975, N-1} s / sqrt(N): 2.1314 for N = 16 (the normal 1.96 would be 8% too narrow), 1.9659 for
     N = 400."""
     x = np.random.default_rng(0).normal(size=(400, 3))
-    mean, half = compare.mean_band(x)
+    mean, half = statistics.mean_band(x)
     np.testing.assert_allclose(half, 1.9659 * x.std(0, ddof=1) / 20, rtol=1e-4)
-    np.testing.assert_allclose(compare.mean_band(x[:16])[1], 2.1314 * x[:16].std(0, ddof=1) / 4, rtol=1e-4)
+    np.testing.assert_allclose(statistics.mean_band(x[:16])[1], 2.1314 * x[:16].std(0, ddof=1) / 4, rtol=1e-4)
     np.testing.assert_allclose(mean, x.mean(0))
     with pytest.raises(ValueError, match="at least 2 samples"):
-        compare.mean_band(x[:1])
-    assert compare.order([0.1, 0.05, 0.025], [4.0, 2.0, 1.0]) == pytest.approx(1.0)
+        statistics.mean_band(x[:1])
+    assert statistics.order([0.1, 0.05, 0.025], [4.0, 2.0, 1.0]) == pytest.approx(1.0)
 
 
 @pytest.mark.slow  # the figure scripts slow_flow_vs_label_noise and slow_flow_real_net measure it too
@@ -34,16 +34,17 @@ def test_label_noise_sgd_follows_the_slow_flow_in_tau_ever_closer_as_eta_shrinks
     r = compare.label_noise_slow_clock(
         P, P.params, etas=etas, sigma=1.0, tau1=0.3, num_saves=3, key=jax.random.key(1), seeds=16
     )
-    scale = float(r["flow_trace_H_0.01"][0])
-    e1, e2 = float(r["weak_error_trace_H_0.02"]), float(r["weak_error_trace_H_0.01"])
+    coarse, fine = r["eta"]["0.02"]["trace_H"], r["eta"]["0.01"]["trace_H"]
+    scale = float(fine["flow"][0])
+    e1, e2 = float(coarse["weak_error"]), float(fine["weak_error"])
     assert e2 < 0.75 * e1
     assert e2 / scale < 0.05 and e1 / scale < 0.1
-    assert 0.5 < float(r["order_trace_H"]) < 1.5
-    assert e1 > 2 * float(r["sgd_band_trace_H_0.02"].max()) / 1.96  # the error is resolved by the sample
-    np.testing.assert_allclose(r["tau_0.01"][-1], 0.3, rtol=1e-3)
+    assert 0.5 < float(r["order"]["trace_H"]) < 1.5
+    assert e1 > 2 * float(coarse["sgd_band"].max()) / 1.96  # the error is resolved by the sample
+    np.testing.assert_allclose(r["tau"]["0.01"][-1], 0.3, rtol=1e-3)
     start = limit_map(P, P.params)  # the default observable is tr H, evaluated exactly
-    np.testing.assert_allclose(r["flow_trace_H_0.01"][0], hessian.trace(P, start), rtol=1e-8)
-    np.testing.assert_allclose(r["sgd_mean_trace_H_0.01"][0], hessian.trace(P, start), rtol=1e-8)
+    np.testing.assert_allclose(fine["flow"][0], hessian.trace(P, start), rtol=1e-8)
+    np.testing.assert_allclose(fine["sgd_mean"][0], hessian.trace(P, start), rtol=1e-8)
 
 
 @pytest.mark.slow  # the closed-form weak and strong orders are in tests/flows/test_sde.py
@@ -67,10 +68,11 @@ def test_label_noise_sgd_and_its_sde_differ_by_at_most_first_order_in_eta():
         num_saves=5,
     )
     for m in ("loss", "trace_H"):
-        assert r[f"order_{m}"] > 0.85, (m, r[f"order_{m}"])
-        assert np.max(r[f"diff_band_{m}_0.01"]) < 0.2 * r[f"weak_error_{m}_0.01"]
-        assert r[f"weak_error_{m}_0.01"] < r[f"gf_error_{m}_0.01"] + r[f"gf_error_band_{m}_0.01"]
-    assert r["sgd_mean_loss_0.01"].shape == r["t"].shape == (6,)
+        s = r["eta"]["0.01"][m]
+        assert r["order"][m] > 0.85, (m, r["order"][m])
+        assert np.max(s["diff_band"]) < 0.2 * s["weak_error"]
+        assert s["weak_error"] < s["gf_error"] + s["gf_error_band"]
+    assert r["eta"]["0.01"]["loss"]["sgd_mean"].shape == r["t"].shape == (6,)
 
 
 def test_minibatch_noise_is_what_the_sde_adds_over_gradient_flow():
@@ -87,8 +89,9 @@ def test_minibatch_noise_is_what_the_sde_adds_over_gradient_flow():
         P, star, noise="batch", etas=[0.05], batch_size=1, t1=2.0, key=jax.random.key(4), seeds=1024,
         substeps=2, num_saves=4,
     )  # fmt: skip
-    sde, sde_band = float(r["weak_error_loss_0.05"]), float(r["weak_error_band_loss_0.05"])
-    gf, gf_band = float(r["gf_error_loss_0.05"]), float(r["gf_error_band_loss_0.05"])
+    s = r["eta"]["0.05"]["loss"]
+    sde, sde_band = float(s["weak_error"]), float(s["weak_error_band"])
+    gf, gf_band = float(s["gf_error"]), float(s["gf_error_band"])
     assert gf - gf_band > sde + sde_band, (gf, gf_band, sde, sde_band)
     assert gf > 3 * gf_band  # the noise matters: SGD sits measurably above the minimum (3% here)
 
@@ -99,28 +102,28 @@ def test_debiased_weak_error_removes_the_noise_floor():
     resolved."""
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(64, 10)), rng.normal(size=(64, 10))
-    d, band = compare.mean_band(a - b)
-    err, half = compare.debiased_weak_error(d, band)
+    d, band = statistics.mean_band(a - b)
+    err, half = statistics.debiased_weak_error(d, band)
     assert np.max(np.abs(d)) > 0.2 and err < half
     se = float(np.mean(band)) / 1.96
-    err, half = compare.debiased_weak_error(d + 5 * se, band)
+    err, half = statistics.debiased_weak_error(d + 5 * se, band)
     assert err > half and abs(err - np.max(np.abs(d + 5 * se))) < 2 * se
-    assert np.isnan(compare.resolved_order([0.1, 0.05], [(1.0, 0.1), (0.2, 0.3)]))
+    assert np.isnan(statistics.resolved_order([0.1, 0.05], [(1.0, 0.1), (0.2, 0.3)]))
 
 
 def test_paired_difference_refuses_mismatched_clocks_and_times():
     P = two_layer()
     keys = jax.random.split(jax.random.key(0), 2)
-    a = compare.ensemble(lambda k: label_noise_sgd(P, P.params, steps=4, eta=0.1, sigma=1.0, key=k), keys)
-    b = compare.ensemble(
+    a = ensembles.ensemble(lambda k: label_noise_sgd(P, P.params, steps=4, eta=0.1, sigma=1.0, key=k), keys)
+    b = ensembles.ensemble(
         lambda k: label_noise_sde(P, P.params, t1=0.4, eta=0.1, sigma=1.0, key=k, ts=a.ts[0]), keys
     )
-    mean, _ = compare.paired_difference(a, b, "loss")
+    mean, _ = statistics.paired_difference(a, b, "loss")
     np.testing.assert_allclose(mean, 0.0, atol=1e-12)  # Euler at step eta is label-noise GD
     with pytest.raises(ValueError, match="mismatched clocks"):
-        compare.paired_difference(a, flows.Trajectory(b.ts, b.params, b.stats, clock="tau"), "loss")
-    c = compare.ensemble(lambda k: label_noise_sde(P, P.params, t1=0.4, eta=0.1, sigma=1.0, key=k), keys)
+        statistics.paired_difference(a, flows.Trajectory(b.ts, b.params, b.stats, clock="tau"), "loss")
+    c = ensembles.ensemble(lambda k: label_noise_sde(P, P.params, t1=0.4, eta=0.1, sigma=1.0, key=k), keys)
     with pytest.raises(ValueError, match="mismatched save times"):
-        compare.paired_difference(a, c, "loss")
+        statistics.paired_difference(a, c, "loss")
     with pytest.raises(ValueError, match="batch_size < n"):
         compare.sde_vs_sgd(P, P.params, noise="batch", etas=[0.1], t1=1.0, key=keys[0])

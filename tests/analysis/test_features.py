@@ -30,13 +30,13 @@ def test_feature_metrics_match_numpy():
     np.testing.assert_allclose(features.singular_values(P, P.params), s, rtol=1e-10)
     np.testing.assert_allclose(features.stable_rank(P, P.params), np.sum(s**2) / s[0] ** 2, rtol=1e-10)
     rows = Phi / np.linalg.norm(Phi, axis=1, keepdims=True)
-    np.testing.assert_allclose(features.alignment(P, P.params), rows @ rows.T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(features.feature_cosines(P, P.params), rows @ rows.T, rtol=1e-10, atol=1e-12)
 
 
 def test_alignment_of_a_zero_neuron_is_zero_not_nan():
     P = two_layer()
     params = eqx.tree_at(lambda net: net.W, P.params, P.params.W.at[2].set(0.0))
-    A = np.asarray(features.alignment(P, params))
+    A = np.asarray(features.feature_cosines(P, params))
     assert np.all(np.isfinite(A)) and np.all(A[2] == 0) and np.all(A[:, 2] == 0)
     np.testing.assert_allclose(np.delete(np.diag(A), 2), 1.0, rtol=1e-12)
 
@@ -66,7 +66,7 @@ def test_slow_flow_ends_rank_one_at_the_minimum_of_tr_h(activation):
     trace = 4 * float(flow.stats["objective"][-1])
     assert trace == pytest.approx(features.min_trace_fixed_outer(P), rel=1e-6)
     assert float(riemannian.min_eigenvalue(P, flow.final)) > 0  # locally geodesically convex there
-    assert np.min(np.abs(features.alignment(P, flow.final))) > 1 - 1e-6
+    assert np.min(np.abs(features.feature_cosines(P, flow.final))) > 1 - 1e-6
     # At this stationary point any curve c on Gamma with c'(0) = v has (F o c)''(0) = v^T Hess_Gamma F v.
     # c(s) = Phi(theta + s v) is one: the smallest and largest eigenvalues against second differences.
     eigs, vecs = np.linalg.eigh(riemannian.hessian(P, flow.final))

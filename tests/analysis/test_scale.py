@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -31,9 +32,9 @@ def arrays(out):
 
 
 def assert_same_bits(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +98,9 @@ def test_a_foreign_or_damaged_state_is_refused_and_left_alone(tmp_path):
 def test_ensemble_chunks_pad_and_take_per_seed_arguments():
     """In one process: chunks of 3 (padded) give the bits of one chunk of 8; `per_seed` slices follow the
     keys; the compiled ensemble agrees with a plain vmap to rounding."""
-    import jax
     import jax.numpy as jnp
 
-    from analysis import compare
+    from analysis import ensembles
     from flows import sgd
     from tests.helpers import two_layer
 
@@ -111,8 +111,8 @@ def test_ensemble_chunks_pad_and_take_per_seed_arguments():
     def flow(k, p0):
         return sgd(P, p0, steps=20, eta=0.1, batch_size=2, key=k, save_every=5)
 
-    whole = compare.ensemble(flow, keys, starts)
-    chunked = compare.ensemble(flow, keys, starts, chunk=3)
+    whole = ensembles.ensemble(flow, keys, starts)
+    chunked = ensembles.ensemble(flow, keys, starts, chunk=3)
     assert_same_bits(jax.tree.map(np.asarray, whole.stats), jax.tree.map(np.asarray, chunked.stats))
     plain = jax.vmap(flow)(keys, starts)
     np.testing.assert_allclose(whole.stats["loss"], plain.stats["loss"], rtol=1e-12)
@@ -120,21 +120,24 @@ def test_ensemble_chunks_pad_and_take_per_seed_arguments():
 
 
 def test_resumable_in_process(tmp_path):
-    """A pure `advance` resumed after any chunk gives the uninterrupted state; the chunk count is checked."""
+    """A pure `advance` resumed after any chunk gives the uninterrupted state, a pytree (here parameters as a
+    tuple inside a dict) read back in its own structure; a state of another structure is refused."""
     config = {"what": "counter"}
 
     def init():
-        return {"x": np.zeros(3), "history": np.zeros(0)}
+        return {"params": (np.zeros(3), np.ones(2)), "history": np.zeros(0)}
 
     def advance(state, i):
-        x = state["x"] + np.sqrt(i + 1.0)
-        return {"x": x, "history": np.append(state["history"], x.sum())}
+        x, w = state["params"]
+        x = x + np.sqrt(i + 1.0)
+        return {"params": (x, 2 * w), "history": np.append(state["history"], x.sum())}
 
     whole = store.resumable(tmp_path / "whole", config, init, advance, 6)
     calls = []
     store.resumable(tmp_path / "part", config, init, advance, 2)
     part = store.resumable(tmp_path / "part", config, init, lambda s, i: calls.append(i) or advance(s, i), 6)
     assert calls == [2, 3, 4, 5]
+    assert isinstance(part["params"], tuple)
     assert_same_bits(part, whole)
-    with pytest.raises(ValueError, match="does not hold a state of this run"):
+    with pytest.raises(ValueError, match="do not have the structure asked for"):
         store.resumable(tmp_path / "part", config, lambda: {"y": np.zeros(1)}, advance, 6)

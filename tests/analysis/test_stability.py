@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from analysis import compare, stability
+from analysis import ensembles, stability
 from flows import label_noise_sgd, limit_map, sgd, sgd_sde
 from models import Linear, Problem, data
 from tests.helpers import two_layer
@@ -35,7 +35,7 @@ def ensemble_sgd(P, start, *, eta, batch_size, steps, seeds, key, replace=True):
     run = lambda k: sgd(  # noqa: E731
         P, start, steps=steps, eta=eta, batch_size=batch_size, key=k, replace=replace, save_params=True
     )
-    return compare.ensemble(run, keys, chunk=10_000)
+    return ensembles.ensemble(run, keys, chunk=10_000)
 
 
 @pytest.mark.parametrize("replace", [True, False])
@@ -205,7 +205,7 @@ def test_label_noise_stationary_loss_matches_label_noise_sgd():
     run = lambda k: label_noise_sgd(  # noqa: E731
         P, star, steps=400, eta=eta, sigma=sigma, batch_size=B, key=k, save_every=20, save_params=False
     )
-    L = np.asarray(compare.ensemble(run, keys).stats["loss"])[:, 10:]  # after 200 steps: stationary
+    L = np.asarray(ensembles.ensemble(run, keys).stats["loss"])[:, 10:]  # after 200 steps: stationary
     assert L.mean() == pytest.approx(predicted, rel=0.05)
     beyond = 1.05 * stability.threshold(P, star, batch_size=B)
     assert stability.label_noise_stationary_loss(P, star, eta=beyond, sigma=sigma, batch_size=B) == np.inf
@@ -232,10 +232,10 @@ def test_sde_generator_matches_simulated_sgd_sde():
     run = lambda k: sgd_sde(  # noqa: E731
         P, start, t1=float(t[-1]), eta=eta, batch_size=B, key=k, substeps=16, ts=t, save_params=False
     )
-    L = np.asarray(compare.ensemble(run, keys, chunk=8000).stats["loss"]).mean(0)
+    L = np.asarray(ensembles.ensemble(run, keys, chunk=8000).stats["loss"]).mean(0)
     np.testing.assert_allclose(L, closed, rtol=0.03)
     run = lambda k: sgd(P, start, steps=steps, eta=eta, batch_size=B, key=k, save_params=False)  # noqa: E731
-    L_sgd = np.asarray(compare.ensemble(run, keys, chunk=8000).stats["loss"]).mean(0)
+    L_sgd = np.asarray(ensembles.ensemble(run, keys, chunk=8000).stats["loss"]).mean(0)
     assert abs(L_sgd[-1] / closed[-1] - 1) > 0.035
 
 

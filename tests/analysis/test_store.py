@@ -14,6 +14,31 @@ def test_round_trip_and_key_independent_of_order(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary folder left behind
 
 
+def test_pytrees_round_trip_as_nested_dicts_or_in_their_own_structure(tmp_path):
+    """A result is any pytree: nested dicts come back as nested dicts (keys as strings), and `like` gives
+    back any structure (tuples, Equinox modules) with the stored leaves."""
+    import equinox as eqx
+
+    class Pair(eqx.Module):
+        a: np.ndarray
+        b: tuple
+
+    result = {"eta": {0.1: {"loss": np.arange(3.0)}}, "pair": Pair(np.ones(2), (np.zeros(1), np.eye(2)))}
+    flat = store.flatten(result)
+    assert sorted(flat) == ["eta/0.1/loss", "pair/a", "pair/b/0", "pair/b/1"]
+    store.save(tmp_path, "tree", {}, result)
+    nested = store.load(tmp_path, "tree", {})
+    np.testing.assert_array_equal(nested["eta"]["0.1"]["loss"], np.arange(3.0))
+    np.testing.assert_array_equal(nested["pair"]["b"]["1"], np.eye(2))
+    typed = store.load(tmp_path, "tree", {}, like={"eta": {"0.1": {"loss": 0}}, "pair": Pair(0, (0, 0))})
+    assert isinstance(typed["pair"], Pair) and isinstance(typed["pair"].b, tuple)
+    np.testing.assert_array_equal(typed["pair"].b[1], np.eye(2))
+    with pytest.raises(ValueError, match="do not have the structure asked for"):
+        store.load(tmp_path, "tree", {}, like={"eta": 0})
+    with pytest.raises(ValueError, match="hold no '/'"):
+        store.flatten({"a/b": np.zeros(1)})
+
+
 def test_cached_computes_once_and_recompute_overwrites(tmp_path):
     calls = []
 

@@ -122,6 +122,6 @@ def test_label_noise_on_one_example_follows_the_slow_flow_in_its_own_tau():
         P, P.params, etas=[0.005], sigma=1.0, tau1=0.1, num_saves=2, key=jax.random.key(1), seeds=16,
         noise_batch_size=1,
     )  # fmt: skip
-    flow = r["flow_trace_H_0.005"]
+    flow = r["eta"]["0.005"]["trace_H"]["flow"]
     assert float(flow[0] - flow[-1]) > 0.05 * float(flow[0])  # the flow moved
-    assert float(r["weak_error_trace_H_0.005"]) < 0.03 * float(flow[0])
+    assert float(r["eta"]["0.005"]["trace_H"]["weak_error"]) < 0.03 * float(flow[0])

@@ -1,0 +1,66 @@
+"""Statistics of ensembles: means with Student-t confidence bands, paired differences, weak errors with their
+sampling noise removed, and observed orders of convergence."""
+
+import numpy as np
+from scipy.stats import norm
+from scipy.stats import t as student_t
+
+from flows import Trajectory
+
+
+def mean_band(values, axis: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over `axis` and the half-width of its Student-t confidence interval at `level`:
+    t_{(1+level)/2, N-1} * std / sqrt(N), with the unbiased std over N samples (t, not the normal quantile:
+    at 16 seeds the normal band is 8% too narrow)."""
+    values = np.asarray(values)
+    count = values.shape[axis]
+    if count < 2:
+        raise ValueError(f"a confidence band needs at least 2 samples along axis {axis}, got {count}")
+    half = student_t.ppf((1 + level) / 2, count - 1) * values.std(axis=axis, ddof=1) / np.sqrt(count)
+    return values.mean(axis=axis), half
+
+
+def paired_difference(a: Trajectory, b: Trajectory, stat: str, level: float = 0.95):
+    """Mean over seeds of a.stats[stat] - b.stats[stat] at each saved time, and its confidence half-width.
+    `a` and `b` are ensembles (leading seed axis) on the same clock and save times, run with the same keys
+    (coupled where the flows allow it, which shrinks the band)."""
+    if a.clock != b.clock:
+        raise ValueError(f"mismatched clocks: {a.clock!r} against {b.clock!r}")
+    ta, tb = np.asarray(a.ts), np.asarray(b.ts)
+    if ta.shape != tb.shape or not np.allclose(ta, tb, rtol=1e-6, atol=1e-9):
+        raise ValueError(
+            f"mismatched save times: {ta.shape[-1]} times against {tb.shape[-1]}, or different ones"
+        )
+    return mean_band(np.asarray(a.stats[stat]) - np.asarray(b.stats[stat]), level=level)
+
+
+def debiased_weak_error(diff_mean, diff_band, level: float = 0.95) -> tuple[float, float]:
+    """sup_t |E a - E b| over T saved times, from the sample mean d_t of a - b and its pointwise confidence
+    half-width at `level`, with the sampling noise removed: |d_t|^2 overestimates (E d_t)^2 by se_t^2 on
+    average (se_t = half-width / z), so the estimate is sup_t sqrt(max(d_t^2 - se_t^2, 0)).
+
+    Returns (estimate, half-width): the half-width is simultaneous over the T times (Bonferroni,
+    z_{1 - (1 - level) / (2T)} se at the time of the sup), since a sup over T noisy values picks the
+    largest. An error below its half-width is not resolved by the sample."""
+    d, band = np.atleast_1d(np.asarray(diff_mean, float)), np.atleast_1d(np.asarray(diff_band, float))
+    se = band / norm.ppf((1 + level) / 2)
+    debiased = np.sqrt(np.maximum(d**2 - se**2, 0.0))
+    i = int(np.argmax(debiased))
+    return float(debiased[i]), float(norm.ppf(1 - (1 - level) / (2 * d.size)) * se[i])
+
+
+def resolved_order(etas, errors_and_bands) -> float:
+    """`order` of the errors against eta, or NaN unless every error exceeds its half-width (an order fitted
+    to sampling noise is no measurement)."""
+    errors = np.array([e for e, _ in errors_and_bands])
+    bands = np.array([b for _, b in errors_and_bands])
+    return order(etas, errors) if np.all(errors > bands) else float("nan")
+
+
+def order(etas, errors) -> float:
+    """The slope of log(error) against log(eta): the observed order of convergence (NaN when an error is 0,
+    e.g. an observable the runs never moved)."""
+    errors = np.asarray(errors, dtype=float)
+    if np.any(errors <= 0):
+        return float("nan")
+    return float(np.polyfit(np.log(np.asarray(etas)), np.log(errors), 1)[0])
