@@ -2,6 +2,7 @@
 
 from . import timescale as timescale
 from .central import central_flow as central_flow
+from .discrete import Steps as Steps
 from .discrete import gd as gd
 from .discrete import label_noise_sgd as label_noise_sgd
 from .discrete import sgd as sgd
@@ -31,6 +32,11 @@ from .manifold import (
 from .manifold import (
     trace_grad_hutchinson as trace_grad_hutchinson,
 )
+from .noise import StepNoise as StepNoise
 from .sde import label_noise_sde as label_noise_sde
 from .sde import sgd_sde as sgd_sde
+from .trajectory import DIVERGED as DIVERGED
+from .trajectory import MAX_STEPS as MAX_STEPS
+from .trajectory import SOLVER_FAILED as SOLVER_FAILED
+from .trajectory import SUCCESSFUL as SUCCESSFUL
 from .trajectory import Trajectory as Trajectory

@@ -37,7 +37,7 @@ from models import Problem, checks
 from models.problem import check_start
 
 from .gradient import save_times
-from .trajectory import Trajectory, default_metrics, evaluate
+from .trajectory import SUCCESSFUL, Trajectory, default_metrics, diverged_where, evaluate, finish
 
 COLD, REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
 
@@ -116,6 +116,7 @@ def central_flow(
     solver: diffrax.AbstractSolver | None = None,
     metrics=None,
     save_params: bool = True,
+    throw: bool = True,
 ) -> Trajectory:
     """The central flow of GD with step `eta` from `params0`, in gradient-flow time t = eta k, to `t1`.
 
@@ -131,7 +132,8 @@ def central_flow(
     the edge), `sigma_trace` = tr Sigma (GD's mean squared oscillation), and any `metrics`.
 
     eta may be traced (`jax.vmap` over step sizes); t1 and the save times must then lie on every eta's step
-    grid. **Returns:** a `Trajectory` with `clock="t"`.
+    grid. A flow whose loss becomes non-finite has `result = DIVERGED` and, with `throw=True`, raises
+    `equinox.EquinoxRuntimeError` (`flows.trajectory`). **Returns:** a `Trajectory` with `clock="t"`.
     """
     params0 = check_start(problem, params0)
     eta = checks.positive("eta", eta)
@@ -148,7 +150,7 @@ def central_flow(
             raise ValueError(
                 f"save times must lie on the step grid t = j eta / substeps (eta = {float(eta)})"
             )
-    return _solve(
+    traj = _solve(
         problem,
         params0,
         eta,
@@ -159,6 +161,7 @@ def central_flow(
         default_metrics(metrics),
         save_params,
     )
+    return finish("central_flow", traj, throw)
 
 
 @eqx.filter_jit
@@ -240,7 +243,8 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
 
     init = (flat0, U0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), out)
     *_, (params, stats) = lax.while_loop(lambda c: c[3] < saves, body, init)
-    return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t")
+    result = diverged_where(SUCCESSFUL, stats["loss"])
+    return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t", result=result)
 
 
 def _hvp(loss, w, v):

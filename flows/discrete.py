@@ -20,8 +20,9 @@ All three are the step theta_{k+1} = theta_k - eta g_k (an `optax.sgd` update) w
 Step k draws its randomness from `flows.brownian.step_keys(key, k)`: the same key gives the same bits, and an
 ensemble is `jax.vmap` over keys. Parameters are
 saved every `save_every` steps, at t = eta * k (`flows.timescale`), together with the metrics (the
-full-batch loss, and any given). A run whose loss becomes non-finite raises `FloatingPointError` naming the
-step, unless `raise_on_divergence=False`.
+full-batch loss, and any given). The step's randomness is a validated `flows.noise.StepNoise` and the save
+specification a validated `Steps`. A run whose loss becomes non-finite has `result = DIVERGED` and, with
+`throw=True` (the default), raises `equinox.EquinoxRuntimeError` naming the step (`flows.trajectory`).
 """
 
 from collections.abc import Mapping
@@ -32,14 +33,30 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jaxtyping import PRNGKeyArray, PyTree
+from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from models import Problem, checks
 from models.problem import check_start
 
 from . import brownian, timescale
 from .brownian import step_keys
-from .trajectory import Metric, Trajectory, default_metrics, evaluate
+from .noise import StepNoise
+from .trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, default_metrics, evaluate, finish
+
+
+class Steps(eqx.Module):
+    """What a discrete run does and keeps, validated when built: `steps` steps (a multiple of `save_every`)
+    from step index `first_step` (may be traced), saving the parameters (`save_params`) and the metrics
+    every `save_every` steps."""
+
+    steps: int = eqx.field(static=True, converter=lambda k: checks.positive_int("steps", k))
+    save_every: int = eqx.field(static=True, converter=lambda k: checks.positive_int("save_every", k))
+    first_step: Array = eqx.field(converter=lambda k: checks.step_index("first_step", k))
+    save_params: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        if self.steps % self.save_every:
+            raise ValueError(f"steps ({self.steps}) must be a multiple of save_every ({self.save_every})")
 
 
 def gd(
@@ -51,8 +68,8 @@ def gd(
     save_every: int = 1,
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
-    raise_on_divergence: bool = True,
     first_step: int = 0,
+    throw: bool = True,
 ) -> Trajectory:
     """Full-batch gradient descent theta_{k+1} = theta_k - eta grad L(theta_k), saved at t = eta * k.
 
@@ -60,27 +77,14 @@ def gd(
     `save_every`), step size `eta > 0`, `metrics` (name -> `fn(problem, params)`, the loss is always
     recorded), `save_params` (keep the parameters or only the metrics), `first_step` (the index k of the
     first step: a run continued from step k, e.g. a chunk of a long run, draws the same noise and saves at
-    the same times t = eta * k as one that never stopped; `analysis.store.resumable`).
+    the same times t = eta * k as one that never stopped; `analysis.store.resumable`), `throw` (raise on
+    divergence, or return the Trajectory with its `result` code; `flows.trajectory`).
 
     **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
     """
-    return _discrete(
-        "gd",
-        problem,
-        params0,
-        None,
-        eta,
-        None,
-        steps=steps,
-        save_every=save_every,
-        batch_size=None,
-        replace=True,
-        noise="gaussian",
-        metrics=metrics,
-        save_params=save_params,
-        raise_on_divergence=raise_on_divergence,
-        first_step=first_step,
-    )
+    noise = StepNoise(batch_size=problem.n)
+    save = Steps(steps, save_every, first_step, save_params)
+    return _discrete("gd", problem, params0, None, eta, noise, save, metrics, throw)
 
 
 def sgd(
@@ -95,28 +99,14 @@ def sgd(
     save_every: int = 1,
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
-    raise_on_divergence: bool = True,
     first_step: int = 0,
+    throw: bool = True,
 ) -> Trajectory:
     """Minibatch SGD: g_k = (1/B) sum_{i in batch_k} g_i, B = `batch_size` in 1..n, drawn with replacement
     (or without, `replace=False`) afresh every step from `key`. Arguments otherwise as `gd`."""
-    return _discrete(
-        "sgd",
-        problem,
-        params0,
-        key,
-        eta,
-        None,
-        steps=steps,
-        save_every=save_every,
-        batch_size=batch_size,
-        replace=replace,
-        noise="gaussian",
-        metrics=metrics,
-        save_params=save_params,
-        raise_on_divergence=raise_on_divergence,
-        first_step=first_step,
-    )
+    noise = StepNoise(batch_size=checks.batch_size(batch_size, problem.n), replace=replace)
+    save = Steps(steps, save_every, first_step, save_params)
+    return _discrete("sgd", problem, params0, key, eta, noise, save, metrics, throw)
 
 
 def label_noise_sgd(
@@ -134,32 +124,23 @@ def label_noise_sgd(
     save_every: int = 1,
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
-    raise_on_divergence: bool = True,
     first_step: int = 0,
+    throw: bool = True,
 ) -> Trajectory:
     """Label-noise SGD: every step the labels are y_i + eps_i with fresh eps_i ~ N(0, sigma^2)
     (`noise="gaussian"`) or uniform on {-sigma, +sigma} (`"rademacher"`); both have variance sigma^2.
     Full batch (label-noise GD) unless `batch_size` is given. `noise_batch_size` = B_eps puts the label
     noise on B_eps examples drawn apart from the gradient batch (the module docstring gives the step; its
     slow time is tau = eta^2 sigma^2 B_eps k / B^2, `flows.timescale`). Arguments otherwise as `sgd`."""
-    return _discrete(
-        "label_noise_sgd",
-        problem,
-        params0,
-        key,
-        eta,
-        sigma,
-        steps=steps,
-        save_every=save_every,
-        batch_size=batch_size,
-        noise_batch_size=noise_batch_size,
+    step_noise = StepNoise(
+        batch_size=checks.batch_size(batch_size, problem.n),
+        sigma=checks.non_negative("sigma", sigma),
         replace=replace,
         noise=noise,
-        metrics=metrics,
-        save_params=save_params,
-        raise_on_divergence=raise_on_divergence,
-        first_step=first_step,
+        noise_batch_size=noise_batch_size,
     )
+    save = Steps(steps, save_every, first_step, save_params)
+    return _discrete("label_noise_sgd", problem, params0, key, eta, step_noise, save, metrics, throw)
 
 
 def svag(
@@ -176,8 +157,8 @@ def svag(
     save_every: int = 1,
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
-    raise_on_divergence: bool = True,
     first_step: int = 0,
+    throw: bool = True,
 ) -> Trajectory:
     """SVAG (Li, Malladi & Arora 2021, "On the validity of modeling SGD with SDEs"):
     theta_{k+1} = theta_k - (eta/l) grad[c1 L_1 + c2 L_2](theta_k) with two independent minibatches of
@@ -188,123 +169,41 @@ def svag(
     batch as SGD does and the second from its bridge key (`flows.brownian.step_keys`). Costs two minibatch
     gradients a step. Arguments otherwise as `sgd`."""
     l = checks.positive_int("l", l)  # noqa: E741
-    if checks.is_concrete(eta):
-        eta = checks.positive("eta", eta)
-    return _discrete(
-        "svag",
-        problem,
-        params0,
-        key,
-        eta / l,
-        sigma,
-        steps=steps,
-        save_every=save_every,
-        batch_size=batch_size,
-        replace=replace,
-        noise="gaussian",
-        metrics=metrics,
-        save_params=save_params,
-        raise_on_divergence=raise_on_divergence,
-        first_step=first_step,
-        svag_l=l,
-    )
-
-
-def _discrete(
-    name,
-    problem,
-    params0,
-    key,
-    eta,
-    sigma,
-    *,
-    steps,
-    save_every,
-    batch_size,
-    replace,
-    noise,
-    metrics,
-    save_params,
-    raise_on_divergence,
-    first_step,
-    noise_batch_size=None,
-    svag_l=None,
-) -> Trajectory:
-    params0 = check_start(problem, params0)
-    first_step = checks.step_index("first_step", first_step)
+    noise = StepNoise(batch_size=checks.batch_size(batch_size, problem.n), sigma=sigma, replace=replace)
+    save = Steps(steps, save_every, first_step, save_params)
     eta = checks.positive("eta", eta)
-    if sigma is not None:
-        sigma = checks.non_negative("sigma", sigma)
-    steps = checks.positive_int("steps", steps)
-    save_every = checks.positive_int("save_every", save_every)
-    if steps % save_every:
-        raise ValueError(f"steps ({steps}) must be a multiple of save_every ({save_every})")
-    batch_size = checks.batch_size(batch_size, problem.n)
-    if noise_batch_size is not None:
-        noise_batch_size = checks.positive_int("noise_batch_size", noise_batch_size)
-    if noise not in ("gaussian", "rademacher"):
-        raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
-    if key is None and (sigma is not None or batch_size < problem.n):
-        raise ValueError(f"{name} needs a PRNG key")
-    traj, first_bad = _scan(
-        problem,
-        params0,
-        key,
-        eta,
-        sigma,
-        steps=steps,
-        save_every=save_every,
-        batch_size=batch_size,
-        replace=replace,
-        noise=noise,
-        metrics=default_metrics(metrics),
-        save_params=save_params,
-        first_step=first_step,
-        noise_batch_size=noise_batch_size,
-        svag_l=svag_l,
-    )
-    if not raise_on_divergence:
-        return traj
+    return _discrete("svag", problem, params0, key, eta / l, noise, save, metrics, throw, svag_l=l)
 
-    last = first_step + steps  # the loss after the last step, which no step saw
-    first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(traj.stats["loss"][-1]), last, first_bad)
+
+def _discrete(name, problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, throw, svag_l=None):
+    params0 = check_start(problem, params0)
+    eta = checks.positive("eta", eta)
+    if key is None and (noise.sigma is not None or noise.batch_size < problem.n):
+        raise ValueError(f"{name} needs a PRNG key")
+    traj, first_bad = _scan(problem, params0, key, eta, noise, save, default_metrics(metrics), svag_l)
 
     def where():
         k = int(first_bad)
         t = float(timescale.flow_time(k, eta))
-        return f" at step {k} (t = eta * k = {t:.4g}) with eta = {float(eta):.4g}"
+        return f" at step {k} (t = eta * k = {t:.4g}) with eta = {float(eta):.4g}; reduce eta"
 
-    return checks.diverged(name, traj, first_bad >= 0, where, hint="; reduce eta")
+    return finish(name, traj, throw, where)
 
 
 @eqx.filter_jit
-def _scan(
-    problem,
-    params0,
-    key,
-    eta,
-    sigma,
-    *,
-    steps,
-    save_every,
-    batch_size,
-    replace,
-    noise,
-    metrics,
-    save_params,
-    first_step,
-    noise_batch_size,
-    svag_l,
-):
-    n = problem.n
+def _scan(problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, svag_l):
+    """The run as one `lax.scan` over saves of a `lax.scan` over steps. Returns the Trajectory (its
+    `result` DIVERGED if a step's loss, or the last loss, is not finite) and the first such step (-1:
+    none)."""
+    n, batch_size, sigma, noise_batch_size = problem.n, noise.batch_size, noise.sigma, noise.noise_batch_size
     opt = optax.sgd(eta)
-    draw = brownian.normal if noise == "gaussian" else brownian.rademacher
+    draw = brownian.normal if noise.noise == "gaussian" else brownian.rademacher
 
     def noisy_loss(params, k_batch, k_noise):
         """One step's minibatch loss with its label noise, from the step's batch and noise keys."""
         X, y = problem.X, problem.y
         if batch_size < n:
-            idx = brownian.batch_indices(k_batch, n, batch_size, replace)
+            idx = brownian.batch_indices(k_batch, n, batch_size, noise.replace)
             X, y = X[idx], y[idx]
         if sigma is None:
             return problem.loss(params, X, y)
@@ -335,14 +234,17 @@ def _scan(
         return (params, state, k + 1, first_bad), None
 
     def record(params):
-        return (params if save_params else None), evaluate(problem, params, metrics)
+        return (params if save.save_params else None), evaluate(problem, params, metrics)
 
     def chunk(carry, _):
-        carry, _ = lax.scan(step, carry, None, length=save_every)
+        carry, _ = lax.scan(step, carry, None, length=save.save_every)
         return carry, record(carry[0])
 
-    init = (params0, opt.init(params0), first_step, jnp.asarray(-1))
-    (_, _, _, first_bad), saved = lax.scan(chunk, init, None, length=steps // save_every)
+    init = (params0, opt.init(params0), save.first_step, jnp.asarray(-1))
+    (_, _, _, first_bad), saved = lax.scan(chunk, init, None, length=save.steps // save.save_every)
     saved = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(params0), saved)
-    ts = timescale.flow_time(first_step + jnp.arange(0, steps + 1, save_every), eta)
-    return Trajectory(ts=ts, params=saved[0], stats=saved[1], clock="t"), first_bad
+    last = save.first_step + save.steps  # the loss after the last step, which no step saw
+    first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(saved[1]["loss"][-1]), last, first_bad)
+    result = jnp.where(first_bad >= 0, DIVERGED, SUCCESSFUL).astype(jnp.int32)
+    ts = timescale.flow_time(save.first_step + jnp.arange(0, save.steps + 1, save.save_every), eta)
+    return Trajectory(ts=ts, params=saved[0], stats=saved[1], clock="t", result=result), first_bad

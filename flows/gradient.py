@@ -15,7 +15,7 @@ from jaxtyping import PyTree
 from models import Problem, checks
 from models.problem import check_start
 
-from .trajectory import Metric, Trajectory, default_metrics, evaluate
+from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish, solver_result
 
 
 def save_times(t1, ts=None, save_every=None, num_saves: int = 101, *, t0=0.0):
@@ -64,20 +64,22 @@ def gradient_flow(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     progress: bool = False,
+    throw: bool = True,
 ) -> Trajectory:
     """Gradient flow from `params0` at time `t0` (default 0) to `t1`.
 
     Solved by `solver` (default `diffrax.Tsit5()`) with a PID step-size controller (`rtol`, `atol`), saving
     at `ts` (default: every `save_every` in time, else 101 points in [t0, t1]); metrics are evaluated on the
-    fly at the save times. `progress=True` shows diffrax's tqdm progress meter. Raises if the solver fails
-    (e.g. `max_steps` reached).
+    fly at the save times. `progress=True` shows diffrax's tqdm progress meter. A solve that fails
+    (`max_steps` reached, a non-finite loss) has its `result` code set and, with `throw=True`, raises
+    `equinox.EquinoxRuntimeError` (`flows.trajectory`).
 
     **Returns:** a `Trajectory` in gradient-flow time t.
     """
     params0 = check_start(problem, params0)
     times = save_times(t1, ts, save_every, t0=t0)  # from t1 as given: the number of saves is static
     t1 = checks.positive("t1", t1)
-    return _solve(
+    traj = _solve(
         problem,
         params0,
         t0,
@@ -91,6 +93,7 @@ def gradient_flow(
         save_params,
         progress,
     )
+    return finish("gradient_flow", traj, throw)
 
 
 @eqx.filter_jit
@@ -101,14 +104,19 @@ def _solve(problem, params0, t0, t1, ts, solver, rtol, atol, max_steps, metrics,
     def save(t, params, args):
         return (params if save_params else None), evaluate(problem, params, metrics)
 
-    ts, (params, stats) = solve_ode(field, params0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress)
-    return Trajectory(ts=ts, params=params, stats=stats, clock="t")
+    ts, (params, stats), result = solve_ode(
+        field, params0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress
+    )
+    return Trajectory(
+        ts=ts, params=params, stats=stats, clock="t", result=diverged_where(result, stats["loss"])
+    )
 
 
 def solve_ode(field, y0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress):
     """The one diffrax call of the deterministic flows: d y / dt = field(t, y, None) on [t0, t1] with
-    adaptive PID steps, `save(t, y, None)` recorded at `ts`. Returns (ts, saved). The times take the dtype
-    of y0 (diffrax would promote a float32 state to float64 times)."""
+    adaptive PID steps, `save(t, y, None)` recorded at `ts`. Returns (ts, saved, result code): a failed
+    solve does not raise here (`flows.trajectory.finish` does). The times take the dtype of y0 (diffrax would
+    promote a float32 state to float64 times)."""
     dtype = jnp.result_type(*jax.tree.leaves(y0))
     t0, t1, ts = (jnp.asarray(x, dtype) for x in (t0, t1, ts))
     sol = diffrax.diffeqsolve(
@@ -122,5 +130,6 @@ def solve_ode(field, y0, t0, t1, ts, save, solver, rtol, atol, max_steps, progre
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+        throw=False,
     )
-    return sol.ts, sol.ys
+    return sol.ts, sol.ys, solver_result(sol.result)

@@ -41,7 +41,7 @@ from models.problem import check_start
 from . import geometry
 from .geometry import Mode
 from .gradient import save_times, solve_ode
-from .trajectory import Metric, Trajectory, default_metrics, evaluate
+from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish
 
 Objective = Callable[[Problem, PyTree], Array]
 
@@ -113,8 +113,9 @@ def _point_and_grad(problem, flat, unravel, objective, mode):
 def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50, mode: Mode = "auto") -> PyTree:
     """The Gauss-Newton retraction: theta <- theta - J^T K^+ r(theta) until max_i |r_i| <= tol.
 
-    `tol` defaults to 1e3 eps (1 + max |y|). Raises `ValueError` if it has not converged after `max_iter`
-    iterations (the point is too far from the manifold) or went non-finite. Each iteration is one solve with
+    `tol` defaults to 1e3 eps (1 + max |y|). Raises `equinox.EquinoxRuntimeError` if it has not converged
+    after `max_iter` iterations (the point is too far from the manifold) or went non-finite, `ValueError`
+    where J J^T is singular. Each iteration is one solve with
     K (`flows.geometry`)."""
     return _onto(problem, params, phi=False, res_tol=tol, max_iter=max_iter, mode=mode)[0]
 
@@ -132,9 +133,10 @@ def limit_map(
     of Gamma it is attached to (Phi differs from the orthogonal projection at second order). Cost: the
     gradient-flow steps (one gradient each) and a few solves with K; one compiled call.
 
-    Raises `ValueError` naming `limit_map` when gradient flow has not settled within `max_time` and
-    `max_steps` (the start is far from any zero-loss point, or gradient flow has no zero-loss limit there),
-    and saying so when the landing fails because J J^T is singular there."""
+    Raises `equinox.EquinoxRuntimeError` naming `limit_map` when gradient flow has not settled within
+    `max_time` and `max_steps` (the start is far from any zero-loss point, or gradient flow has no zero-loss
+    limit there), and `ValueError` saying so when the landing fails because J J^T is singular there (as
+    every flow fails, `flows.trajectory`; a degenerate point is bad input)."""
     return _onto(problem, params, phi=True, flow_tol=tol, max_time=max_time, max_steps=max_steps, mode=mode)[
         0
     ]
@@ -164,8 +166,10 @@ def _onto(
     gram: bool = False,
 ):
     """Map `params` onto the manifold (Phi when `phi`, else the retraction) in one compiled call, raising
-    the errors of `limit_map` and `retract`. With `gram`, also returns the smallest and largest eigenvalues
-    of K = J J^T at the result (dense; None where J is too large to form)."""
+    the errors of `limit_map` and `retract`: `ValueError` where J J^T is singular (a degenerate start),
+    `equinox.EquinoxRuntimeError` where the map fails to converge (eagerly with the numbers, or traced).
+    With `gram`, also returns the smallest and largest eigenvalues of K = J J^T at the result (dense; None
+    where J is too large to form)."""
     checks.same_structure("params", params, problem.params, "problem.params")
     flat, unravel = problem.ravel(params)
     eps = float(jnp.finfo(flat.dtype).eps)
@@ -183,7 +187,7 @@ def _onto(
     if checks.is_concrete((settled, ok)):
         settled, res, ok = jax.device_get((settled, res, ok))
         if not settled:
-            raise ValueError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
+            raise eqx.EquinoxRuntimeError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
         if lam is not None:
             _check_regular(problem, lam, flat.dtype, "where the start lands")
         if not ok:
@@ -192,7 +196,7 @@ def _onto(
                 _check_regular(
                     problem, jnp.linalg.eigvalsh(J @ J.T)[jnp.array([0, -1])], flat.dtype, "near the start"
                 )
-            raise ValueError(
+            raise eqx.EquinoxRuntimeError(
                 f"{_TOO_FAR}; max|r| = {float(res):.3g} after {max_iter} iterations, "
                 f"tol = {float(res_tol):.3g}"
             )
@@ -273,6 +277,7 @@ def riemannian_flow(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     progress: bool = False,
+    throw: bool = True,
 ) -> Trajectory:
     """Riemannian gradient flow of `objective` on the zero-loss manifold, on [t0, t1].
 
@@ -294,9 +299,11 @@ def riemannian_flow(
     - saved at `ts` (default: every `save_every`, else 101 points in [t0, t1]); records `loss`, `objective`
       and `grad_norm` (||P_T grad F||) besides any given `metrics`.
 
-    Raises `ValueError` if params0 cannot be mapped onto the manifold, if J J^T is singular there (the
-    constraints are dependent, or N > p: the manifold is not smooth there), or if params0 is not finite.
-    Approaching rank loss along the way (a sparse optimum) is allowed.
+    Raises `ValueError` if J J^T is singular where params0 lands (the constraints are dependent, or N > p:
+    the manifold is not smooth there) or if params0 is not finite, and `equinox.EquinoxRuntimeError` if it
+    cannot be mapped onto the manifold (`limit_map`). Approaching rank loss along the way (a sparse optimum)
+    is allowed. A solve that fails on the way (`max_steps`, a non-finite loss) has its `result` code set and,
+    with `throw=True`, raises `equinox.EquinoxRuntimeError` (`flows.trajectory`).
 
     **Returns:** a `Trajectory` with `clock="tau"` for the default objective, `"t"` otherwise.
     """
@@ -330,7 +337,8 @@ def riemannian_flow(
         save_params,
         progress,
     )
-    return Trajectory(ts=traj.ts, params=traj.params, stats=traj.stats, clock=clock)
+    traj = Trajectory(ts=traj.ts, params=traj.params, stats=traj.stats, clock=clock, result=traj.result)
+    return finish("riemannian_flow", traj, throw)
 
 
 @eqx.filter_jit
@@ -363,5 +371,7 @@ def _riemannian_solve(
         stats["grad_norm"] = jnp.linalg.norm(_riemannian_grad(problem, v, unravel, objective, mode))
         return (params if save_params else None), stats
 
-    ts, (params, stats) = solve_ode(field, flat0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress)
-    return Trajectory(ts=ts, params=params, stats=stats)
+    ts, (params, stats), result = solve_ode(
+        field, flat0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress
+    )
+    return Trajectory(ts=ts, params=params, stats=stats, result=diverged_where(result, stats["loss"]))

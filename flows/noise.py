@@ -14,11 +14,42 @@ takes for the drift.
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from models import Problem
+from models import Problem, checks
+
+
+class StepNoise(eqx.Module):
+    """The randomness of one SGD step, validated when built: a minibatch of `batch_size` (1..n; n is full
+    batch) drawn with replacement or not (`replace`), label noise of scale `sigma` (None: none; Gaussian or
+    Rademacher, `noise`), on the gradient batch or on `noise_batch_size` examples drawn apart from it. The
+    discrete flows step with it and the SDEs model it. `sigma` may be traced; the rest is static."""
+
+    batch_size: int = eqx.field(static=True, converter=lambda b: checks.positive_int("batch_size", b))
+    sigma: Array | None = eqx.field(
+        default=None, converter=lambda s: None if s is None else checks.non_negative("sigma", s)
+    )
+    replace: bool = eqx.field(static=True, default=True)
+    noise: str = eqx.field(static=True, default="gaussian")  # "gaussian" or "rademacher"
+    noise_batch_size: int | None = eqx.field(
+        static=True,
+        default=None,
+        converter=lambda b: None if b is None else checks.positive_int("noise_batch_size", b),
+    )
+
+    def __check_init__(self):
+        if self.noise not in ("gaussian", "rademacher"):
+            raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {self.noise!r}")
+        if not isinstance(self.replace, bool):
+            raise ValueError(f"replace must be True or False, got {self.replace!r}")
+
+    @property
+    def factor_args(self) -> dict:
+        """The keyword arguments of the noise factors below (`diffusion`, `noise_cotangent`, ...)."""
+        return dict(sigma=self.sigma, batch_size=self.batch_size, replace=self.replace)
 
 
 def noise_parts(problem: Problem, sigma, batch_size: int) -> dict[str, tuple[int, ...]]:

@@ -50,10 +50,11 @@ from jaxtyping import PRNGKeyArray, PyTree
 from models import Problem, checks
 from models.problem import check_start
 
+from . import timescale
 from .brownian import BrownianGrid
 from .gradient import save_times
-from .noise import diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
-from .trajectory import Metric, Trajectory, default_metrics, evaluate
+from .noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
+from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish, solver_result
 
 _ADDITIVE_ONLY = (diffrax.ShARK, diffrax.SRA1, diffrax.SEA)
 _MILSTEIN = (diffrax.ItoMilstein, diffrax.StratonovichMilstein)
@@ -80,7 +81,7 @@ def label_noise_sde(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     progress: bool = False,
-    raise_on_divergence: bool = True,
+    throw: bool = True,
 ) -> Trajectory:
     """The SDE of label-noise SGD (`flows.label_noise_sgd` with the same eta, sigma, batch_size,
     noise_batch_size, replace): the label term, plus the minibatch term when `batch_size < n`. With a
@@ -101,8 +102,9 @@ def label_noise_sde(
     - `ts` / `save_every`, `metrics`, `save_params`: as for `gradient_flow`; `progress` shows diffrax's tqdm
       progress meter; `max_steps` bounds adaptive solves (default 100 times the fixed step count).
 
-    **Returns:** a `Trajectory` in gradient-flow time t. A path whose loss becomes non-finite raises
-    `FloatingPointError` naming the time, unless `raise_on_divergence=False`.
+    **Returns:** a `Trajectory` in gradient-flow time t. A path whose loss becomes non-finite, or an adaptive
+    solve that fails, has its `result` code set and, with `throw=True`, raises `equinox.EquinoxRuntimeError`
+    naming the time (`flows.trajectory`).
     """
     batch_size = checks.batch_size(batch_size, problem.n)
     sigma = checks.non_negative("sigma", sigma)
@@ -114,9 +116,7 @@ def label_noise_sde(
         params0,
         key,
         eta,
-        sigma,
-        batch_size,
-        replace,
+        StepNoise(batch_size=batch_size, sigma=sigma, replace=replace),
         t1=t1,
         substeps=substeps,
         solver=solver,
@@ -128,7 +128,7 @@ def label_noise_sde(
         metrics=metrics,
         save_params=save_params,
         progress=progress,
-        raise_on_divergence=raise_on_divergence,
+        throw=throw,
     )
 
 
@@ -151,7 +151,7 @@ def sgd_sde(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     progress: bool = False,
-    raise_on_divergence: bool = True,
+    throw: bool = True,
 ) -> Trajectory:
     """The SDE of minibatch SGD (`flows.sgd` with the same eta, batch_size < n, replace): the batch term
     only. Arguments as `label_noise_sde`."""
@@ -166,9 +166,7 @@ def sgd_sde(
         params0,
         key,
         eta,
-        None,
-        batch_size,
-        replace,
+        StepNoise(batch_size=batch_size, replace=replace),
         t1=t1,
         substeps=substeps,
         solver=solver,
@@ -180,7 +178,7 @@ def sgd_sde(
         metrics=metrics,
         save_params=save_params,
         progress=progress,
-        raise_on_divergence=raise_on_divergence,
+        throw=throw,
     )
 
 
@@ -191,9 +189,7 @@ def _sde(
     params0,
     key,
     eta,
-    sigma,
-    batch_size,
-    replace,
+    noise: StepNoise,
     *,
     t1,
     substeps,
@@ -206,7 +202,7 @@ def _sde(
     metrics,
     save_params,
     progress,
-    raise_on_divergence,
+    throw,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
     eta = checks.positive("eta", eta)
@@ -222,13 +218,13 @@ def _sde(
         raise ValueError("adaptive steps (rtol) need a solver with an error estimate, e.g. diffrax.Heun()")
     dtype = problem.y.dtype
     h = eta / substeps
-    steps = _whole("t1", t1 / h, h)
+    steps = timescale.steps_for_time(t1, h, name="t1")
     fast = rtol is None and (solver is None or type(solver) is diffrax.Euler)
     if rtol is None:
         index = _save_index(t1, h, steps, ts, save_every)
     else:
         index = None
-    hyper = dict(sigma=sigma, batch_size=batch_size, replace=replace)
+    hyper = noise.factor_args
     if fast:
         even = _even(index)
         traj = _euler(
@@ -260,14 +256,15 @@ def _sde(
             save_params=save_params,
             progress=progress,
         )
-    if not raise_on_divergence:
-        return traj
-    bad = ~jnp.isfinite(traj.stats["loss"])
+    traj = eqx.tree_at(lambda tr: tr.result, traj, diverged_where(traj.result, traj.stats["loss"]))
 
     def where():
-        return f" by t = {float(traj.ts[jnp.argmax(bad)]):.4g} with eta = {float(eta):.4g}"
+        bad = ~np.isfinite(np.asarray(traj.stats["loss"]))
+        return (
+            f" by t = {float(traj.ts[np.argmax(bad)]):.4g} with eta = {float(eta):.4g}" if bad.any() else ""
+        )
 
-    return checks.diverged(name, traj, jnp.any(bad), where)
+    return finish(name, traj, throw, where)
 
 
 def _check_solver(solver, rtol):
@@ -288,21 +285,6 @@ def _check_solver(solver, rtol):
             f"adaptive steps (rtol) need a solver with an error estimate, e.g. diffrax.Heun(); "
             f"{type(solver).__name__} has none"
         )
-
-
-def _whole(name, count, h):
-    """round(count) as a step count, checked to be a whole number (to 1e-6 relative) when concrete."""
-    if checks.is_concrete(count):
-        c = float(count)
-        k = round(c)
-        if k < 1 or abs(c - k) > 1e-6 * max(1.0, c):
-            raise ValueError(
-                f"{name} = {c * float(h):.6g} is not a whole number of steps eta / substeps = {float(h):.6g}"
-            )
-        return jnp.asarray(k)
-    k = jnp.round(count)
-    return eqx.error_if(k.astype(jnp.int32), (k < 1) | (jnp.abs(count - k) > 1e-6 * jnp.maximum(1.0, count)),
-                        f"{name} is not a whole number of steps eta / substeps")  # fmt: skip
 
 
 def _save_index(t1, h, steps, ts, save_every):
@@ -466,6 +448,7 @@ def _diffrax_solve(
         max_steps=max_steps,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
         adjoint=diffrax.ForwardMode(),
+        throw=False,  # the failure convention of flows.trajectory: a result code, raised by `finish`
     )
     params, stats = sol.ys
-    return Trajectory(ts=sol.ts, params=params, stats=stats, clock="t")
+    return Trajectory(ts=sol.ts, params=params, stats=stats, clock="t", result=solver_result(sol.result))

@@ -18,7 +18,15 @@ noise (covariance sigma^2 J^T J / (B n)) it is a relative correction of order et
 does not remove. A weak error that does not fall like eta says one of them is not small.
 """
 
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
+
+from models import checks
+
+WHOLE_RTOL = (
+    1e-6  # how far from a whole number t / eta may be and still count as one (float32 rounds at 6e-8)
+)
 
 
 def flow_time(step, eta):
@@ -26,9 +34,20 @@ def flow_time(step, eta):
     return eta * step
 
 
-def steps_for_time(t, eta) -> int:
-    """The number of steps k with eta * k = t; t must be a whole number of steps (to 1e-9 relative)."""
-    return _whole(t / eta, f"t = {t} is not a whole number of steps of eta = {eta}")
+def steps_for_time(t, eta, *, name: str = "t"):
+    """The number of steps k >= 1 with eta * k = t (to `WHOLE_RTOL` relative). Concrete t and eta give a
+    Python int, and a `ValueError` naming `name` when t is not a whole number of steps; traced ones (a flow
+    under `jax.jit` or `jax.vmap`) give an int32 array guarded by `eqx.error_if`."""
+    count = t / eta
+    if checks.is_concrete(count):
+        c = float(count)
+        k = round(c)
+        if k < 1 or abs(c - k) > WHOLE_RTOL * max(1.0, c):
+            raise ValueError(f"{name} = {float(t):.6g} is not a whole number of steps of {float(eta):.6g}")
+        return k
+    k = jnp.round(count)
+    off = (k < 1) | (jnp.abs(count - k) > WHOLE_RTOL * jnp.maximum(1.0, count))
+    return eqx.error_if(k.astype(jnp.int32), off, f"{name} is not a whole number of steps")
 
 
 def slow_time(step, eta, sigma, batch_size, noise_batch_size=None):
@@ -45,10 +64,3 @@ def steps_for_slow_time(tau, eta, sigma, batch_size, noise_batch_size=None) -> i
 def _effective_batch(batch_size, noise_batch_size):
     """B, or B^2 / B_eps: the batch that label noise on the gradient batch would need for the same tau."""
     return batch_size if noise_batch_size is None else batch_size**2 / noise_batch_size
-
-
-def _whole(k, message) -> int:
-    r = round(float(k))
-    if abs(k - r) > 1e-9 * max(1.0, abs(k)):
-        raise ValueError(message)
-    return r

@@ -1,10 +1,25 @@
-"""The one result type of every flow, and the metrics recorded along it."""
+"""The one result type of every flow, the metrics recorded along it, and the one failure convention.
+
+Every flow takes `throw` (default True) and returns a `Trajectory` whose `result` is a code: `SUCCESSFUL`,
+`DIVERGED` (the loss became non-finite), `MAX_STEPS` (an adaptive solve ran out of its step budget) or
+`SOLVER_FAILED` (any other failure of the ODE solver). With `throw=True` a failed flow raises
+`equinox.EquinoxRuntimeError`: at once, naming the step or time, when its arguments are concrete; from
+`eqx.branched_error_if` when the flow runs under the caller's `eqx.filter_jit` or `vmap` (under a bare
+`jax.jit`, JAX raises its own runtime error carrying the same message). With `throw=False` it returns
+the Trajectory (its values after the failure are not meaningful) and the caller reads `result`, per seed in an
+ensemble. Bad arguments are another matter: they raise `ValueError` naming the argument (`models.checks`).
+"""
 
 from collections.abc import Callable, Mapping
 
+import diffrax
 import equinox as eqx
 import jax
-from jaxtyping import Array, Float, PyTree
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PyTree
+
+from models import checks
 
 Metric = Callable[..., Array]  # metric(problem, params) -> scalar
 
@@ -23,9 +38,19 @@ def evaluate(problem, params, metrics: Mapping[str, Metric]) -> dict[str, Array]
     return {name: fn(problem, params) for name, fn in metrics.items()}
 
 
+SUCCESSFUL, DIVERGED, MAX_STEPS, SOLVER_FAILED = 0, 1, 2, 3
+MESSAGES = (
+    "succeeded",
+    "diverged: the loss became non-finite",
+    "ran out of steps (max_steps) before t1",
+    "failed: the ODE solver could not take a step",
+)
+
+
 class Trajectory(eqx.Module):
     """A saved path: `ts` (T,), `params` stacked over a leading axis of length T, `stats[name]` (T,).
 
+    `result` is the flow's code (module docstring): `SUCCESSFUL`, `DIVERGED`, `MAX_STEPS` or `SOLVER_FAILED`.
     `ts` is in the flow's clock, `clock`: `"t"` is gradient-flow time t = eta * k (GD, SGD, gradient flow,
     the SDEs), `"tau"` the slow time tau = eta^2 sigma^2 k / B of the flow on the zero-loss manifold
     (see `flows.timescale`). `params` is `None` when a flow was asked not to keep them. An ensemble
@@ -37,6 +62,7 @@ class Trajectory(eqx.Module):
     params: PyTree | None
     stats: dict[str, Array]
     clock: str = eqx.field(static=True, default="t")
+    result: Int[Array, "*seeds"] = eqx.field(default_factory=lambda: jnp.asarray(SUCCESSFUL, jnp.int32))
 
     def at(self, i: int) -> PyTree:
         """The parameters saved at index i (negative counts from the end)."""
@@ -45,3 +71,31 @@ class Trajectory(eqx.Module):
     @property
     def final(self) -> PyTree:
         return self.at(-1)
+
+
+def solver_result(result) -> Int[Array, ""]:
+    """A diffrax solve's `result` as a flow's code."""
+    code = jnp.where(result == diffrax.RESULTS.max_steps_reached, MAX_STEPS, SOLVER_FAILED)
+    return jnp.where(result == diffrax.RESULTS.successful, SUCCESSFUL, code).astype(jnp.int32)
+
+
+def diverged_where(result, loss) -> Int[Array, ""]:
+    """`result`, or `DIVERGED` where it is `SUCCESSFUL` but a saved loss is not finite."""
+    return jnp.where((result == SUCCESSFUL) & ~jnp.all(jnp.isfinite(loss)), DIVERGED, result).astype(
+        jnp.int32
+    )
+
+
+def finish(name: str, traj: Trajectory, throw: bool, where: Callable[[], str] = lambda: "") -> Trajectory:
+    """The end of every flow: `traj` as it is with `throw=False`; else raises `equinox.EquinoxRuntimeError`
+    "{name} {message}{where()}" on failure (`where`, called only then, says when), or, traced, guards `traj`
+    with `eqx.branched_error_if`."""
+    if not throw:
+        return traj
+    if checks.is_concrete(traj.result):
+        code = int(np.max(np.asarray(traj.result)))
+        if code != SUCCESSFUL:
+            raise eqx.EquinoxRuntimeError(f"{name} {MESSAGES[code]}{where()}")
+        return traj
+    failed = traj.result != SUCCESSFUL
+    return eqx.branched_error_if(traj, failed, traj.result, [f"{name} {m}" for m in MESSAGES])

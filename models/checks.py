@@ -91,16 +91,3 @@ def same_structure(name: str, tree, reference, reference_name: str):
                 f"{name} has a leaf of dtype {jnp.result_type(x)} where {reference_name} has "
                 f"{jnp.result_type(y)}; cast one to the other"
             )
-
-
-def diverged(name: str, tree, bad, where, hint: str = ""):
-    """The divergence check every flow ends with: `bad` (a boolean scalar) says the loss became non-finite.
-    Concrete: raises `FloatingPointError("{name} diverged: the loss became non-finite{where()}{hint}")`, where
-    `where()` (called only then) says when. Traced: `eqx.error_if` with the message less `where()`. Returns
-    `tree`."""
-    message = f"{name} diverged: the loss became non-finite"
-    if is_concrete(bad):
-        if bool(bad):
-            raise FloatingPointError(message + where() + hint)
-        return tree
-    return eqx.error_if(tree, bad, message + hint)

@@ -83,7 +83,7 @@ def compute(cfg, progress, part):
     start = perturbed(P, star)
     L0 = out["L0"] = np.asarray(P.loss(start))
     keys = jax.random.split(jax.random.key(2), cfg["seeds"])
-    kw = dict(steps=cfg["steps"], batch_size=B, save_params=False, raise_on_divergence=False)
+    kw = dict(steps=cfg["steps"], batch_size=B, save_params=False, throw=False)
 
     def at_factor(f):
         eta = f * eta_ms
@@ -107,7 +107,7 @@ def compute(cfg, progress, part):
         ts = timescale.flow_time(np.arange(0, cfg["steps"] + 1, 10), eta)
         paths = losses(
             lambda k: sgd_sde(P, start, t1=float(ts[-1]), eta=eta, batch_size=B, key=k, substeps=8, ts=ts,
-                              save_params=False, raise_on_divergence=False),
+                              save_params=False, throw=False),
             keys,
         )  # fmt: skip
         return {"sde": paths, "sde_rate": stability.sde_rate(P, star, eta=eta, batch_size=B)}

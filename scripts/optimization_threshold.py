@@ -30,7 +30,7 @@ import numpy as np
 from common import Figure, main
 
 from analysis import features, plots
-from flows import gd, label_noise_sgd, sgd, sgd_sde
+from flows import gd, label_noise_sgd, sgd, sgd_sde, timescale
 from models import Problem, TwoLayerNet
 
 PRESETS = {
@@ -77,8 +77,9 @@ def train(cfg, method, seed, n):
         traj = label_noise_sgd(P, P.params, steps=steps, eta=eta, sigma=cfg["label_sigma"], key=key,
                                save_every=steps, **common)  # fmt: skip
     else:
-        traj = sgd_sde(P, P.params, t1=eta * steps, eta=eta, batch_size=cfg["batch"], key=key,
-                       save_every=eta * steps, **common)  # fmt: skip
+        t1 = timescale.flow_time(steps, eta)
+        traj = sgd_sde(P, P.params, t1=t1, eta=eta, batch_size=cfg["batch"], key=key, save_every=t1,
+                       **common)  # fmt: skip
     final = traj.final
     X_test = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 13), (cfg["test"], cfg["d"]))
     f = P.outputs(final, X_test)

@@ -79,7 +79,7 @@ def runs(cfg, P, eta, B):
     rows = []
     for seed in range(cfg["seeds"]):
         tr = sgd(P, P.params, steps=cfg["steps"], eta=eta, batch_size=B, key=jax.random.key(seed),
-                 save_every=cfg["steps"], raise_on_divergence=False)  # fmt: skip
+                 save_every=cfg["steps"], throw=False)  # fmt: skip
         loss = float(tr.stats["loss"][-1])
         row = [B, eta, seed, loss] + [np.nan] * 4
         if np.isfinite(loss) and loss < tol:

@@ -265,7 +265,7 @@ def test_every_minimum_sgd_finds_in_a_small_sweep_satisfies_the_bound():
         for f in (0.25, 0.5, 1.0):
             eta = f * eta0
             tr = sgd(P, P.params, steps=4000, eta=eta, batch_size=B, key=jax.random.key(B), save_every=4000,
-                     raise_on_divergence=False)  # fmt: skip
+                     throw=False)  # fmt: skip
             if not float(tr.stats["loss"][-1]) < 1e-6 * float(jnp.mean(P.y**2)):
                 continue
             found += 1

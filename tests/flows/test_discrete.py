@@ -1,8 +1,10 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flows
 from flows import gd, gradient_flow, label_noise_sgd, sgd
 from tests.helpers import linear_regression, tree_allclose, two_layer
 
@@ -146,12 +148,17 @@ def test_bad_input_names_the_argument(key):
         gd(P, P.params, steps=2, eta=0.1, first_step=-1)
 
 
-def test_divergence_raises_naming_the_step():
+def test_divergence_raises_naming_the_step_or_returns_its_result_code():
+    """One failure convention (flows.trajectory): `throw=True` raises EquinoxRuntimeError naming the step;
+    `throw=False` returns the run with `result = DIVERGED`, per seed under vmap."""
     P = linear_regression()
-    with pytest.raises(FloatingPointError, match=r"gd diverged: the loss became non-finite at step \d+"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"gd diverged: the loss became non-finite at step \d+"):
         gd(P, P.params, steps=2000, eta=10.0, save_every=100)
-    run = gd(P, P.params, steps=2000, eta=10.0, save_every=100, raise_on_divergence=False)
-    assert not np.isfinite(run.stats["loss"][-1])
+    run = gd(P, P.params, steps=2000, eta=10.0, save_every=100, throw=False)
+    assert not np.isfinite(run.stats["loss"][-1]) and int(run.result) == flows.DIVERGED
+    assert int(gd(P, P.params, steps=10, eta=0.01).result) == flows.SUCCESSFUL
+    runs = jax.vmap(lambda eta: gd(P, P.params, steps=200, eta=eta, throw=False))(jnp.array([0.01, 10.0]))
+    np.testing.assert_array_equal(runs.result, [flows.SUCCESSFUL, flows.DIVERGED])
 
 
 def test_a_start_of_another_dtype_is_refused():
@@ -165,14 +172,34 @@ def test_a_start_of_another_dtype_is_refused():
 def test_divergence_at_the_last_step_is_caught():
     """The loss after the last step is checked too, not only the losses the steps saw."""
     P = linear_regression()
-    with pytest.raises(FloatingPointError, match="gd diverged"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="gd diverged"):
         gd(P, P.params, steps=1, eta=1e300)
 
 
 def test_divergence_inside_jit_is_still_an_error():
     P = linear_regression()
     f = jax.jit(lambda eta: gd(P, P.params, steps=2000, eta=eta, save_every=100).stats["loss"])
-    with pytest.raises(Exception, match="diverged"):
+    with pytest.raises(Exception, match="gd diverged"):  # jax.jit: JAX's error, holding equinox's message
         jax.block_until_ready(f(10.0))
+    g = eqx.filter_jit(lambda eta: gd(P, P.params, steps=2000, eta=eta, save_every=100).stats["loss"])
+    with pytest.raises(eqx.EquinoxRuntimeError, match="gd diverged"):
+        jax.block_until_ready(g(10.0))
     with pytest.raises(Exception, match="eta must be > 0"):
         jax.block_until_ready(f(-1.0))
+
+
+def test_hyper_parameters_are_modules_validated_when_built():
+    """`StepNoise` and `Steps` check themselves when built (`__check_init__` and field converters): eagerly
+    with ValueError naming the argument, and a traced sigma inside `eqx.filter_jit`."""
+    with pytest.raises(ValueError, match="noise must be 'gaussian' or 'rademacher', got 'uniform'"):
+        flows.StepNoise(batch_size=2, sigma=1.0, noise="uniform")
+    with pytest.raises(ValueError, match="sigma must be >= 0, got -1.0"):
+        flows.StepNoise(batch_size=2, sigma=-1.0)
+    with pytest.raises(ValueError, match="noise_batch_size must be a positive integer"):
+        flows.StepNoise(batch_size=2, sigma=1.0, noise_batch_size=0)
+    with pytest.raises(ValueError, match=r"steps \(10\) must be a multiple of save_every \(3\)"):
+        flows.Steps(10, 3, 0)
+    traced = eqx.filter_jit(lambda s: flows.StepNoise(batch_size=2, sigma=s).sigma)
+    assert float(traced(jnp.asarray(0.5))) == 0.5
+    with pytest.raises(eqx.EquinoxRuntimeError, match="sigma must be >= 0"):
+        jax.block_until_ready(traced(jnp.asarray(-1.0)))

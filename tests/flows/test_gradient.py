@@ -1,9 +1,11 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 
+import flows
 from analysis import hessian
 from flows import gradient_flow
 from tests.helpers import linear_regression, two_layer
@@ -41,5 +43,9 @@ def test_bad_input():
     for every in (0.4, 0.6):  # 1 / 0.4 saves stopped at 0.8; 1 / 0.6 failed inside diffrax
         with pytest.raises(ValueError, match="save_every"):
             gradient_flow(P, P.params, t1=1.0, save_every=every)
-    with pytest.raises(Exception, match="maximum number of solver steps"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"gradient_flow ran out of steps \(max_steps\)"):
         gradient_flow(P, P.params, t1=100.0, max_steps=3)
+    assert int(gradient_flow(P, P.params, t1=100.0, max_steps=3, throw=False).result) == flows.MAX_STEPS
+    jitted = eqx.filter_jit(lambda t1: gradient_flow(P, P.params, t1=t1, ts=jnp.array([t1]), max_steps=3).ts)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="gradient_flow ran out of steps"):
+        jax.block_until_ready(jitted(100.0))

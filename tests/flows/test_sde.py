@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import flows
 from flows import brownian, label_noise_sde, label_noise_sgd, sgd, sgd_sde, trace_grad
 from flows.brownian import BrownianGrid, step_keys
 from flows.noise import diffusion, ito_correction, noise_parts
@@ -287,8 +288,10 @@ def test_same_key_same_bits_and_vmap_equals_single_runs(key):
 
 def test_divergence_raises_naming_the_time(key):
     P = linear_regression()  # eta * lambda_max(H) > 2: GD and its SDE blow up geometrically
-    with pytest.raises(FloatingPointError, match="label_noise_sde diverged.*t ="):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="label_noise_sde diverged.*t ="):
         label_noise_sde(P, P.params, t1=5000.0, eta=5.0, sigma=1.0, key=key)
+    path = label_noise_sde(P, P.params, t1=5000.0, eta=5.0, sigma=1.0, key=key, throw=False)
+    assert int(path.result) == flows.DIVERGED
 
 
 @pytest.mark.parametrize(
