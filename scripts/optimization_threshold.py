@@ -34,7 +34,7 @@ from flows import gd, label_noise_sgd, sgd, sgd_sde, timescale
 from models import Problem, TwoLayerNet
 
 PRESETS = {
-    "smoke": dict(d=2, width=6, ns=[3, 12], seeds=2, noise=0.5, scale=1e-6, eta=0.05, steps=400, batch=2,
+    "smoke": dict(d=2, width=6, ns=[12], seeds=2, noise=0.5, scale=1e-6, eta=0.05, steps=400, batch=2,
                   label_sigma=0.1, test=64, large_scale=0.4),
     "quick": dict(d=4, width=50, ns=[3, 5, 7, 10, 14, 20, 40, 80, 160, 320], seeds=6, noise=0.5, scale=1e-6,
                   eta=0.05, steps=20000, batch=4, label_sigma=0.1, test=4096, large_scale=0.4),

@@ -28,7 +28,7 @@ from flows import sgd_sde, svag, timescale
 from models import Problem, TwoLayerNet, data
 
 PRESETS = {
-    "smoke": dict(n=8, d=3, width=6, batch=2, etas=[0.05, 0.4], t1=1.6, ls=[1, 2, 4], seeds=8, saves=4),
+    "smoke": dict(n=8, d=3, width=6, batch=2, etas=[0.05, 0.4], t1=1.6, ls=[1, 2], seeds=8, saves=4),
     "quick": dict(
         n=16, d=5, width=16, batch=2, etas=[0.05, 0.25], t1=3.0, ls=[1, 2, 4, 8, 16], seeds=1024, saves=6
     ),
