@@ -51,7 +51,7 @@ def sde_vs_sgd(
     metrics=None,
     progress: bool = False,
     part: Callable[[str, Callable[[], dict]], dict] | None = None,
-) -> dict[str, np.ndarray]:
+) -> dict:
     """SGD (`noise="batch"`: `flows.sgd` with `batch_size`) or label-noise SGD (`noise="label"`:
     `flows.label_noise_sgd` with `sigma`, full batch unless `batch_size`) against its SDE and gradient flow.
 
@@ -147,7 +147,7 @@ def label_noise_slow_clock(
     noise_batch_size: int | None = None,
     observables: Mapping[str, Callable[[Problem, PyTree], Array]] | None = None,
     part: Callable[[str, Callable[[], dict]], dict] | None = None,
-) -> dict[str, np.ndarray]:
+) -> dict:
     """Label-noise SGD ensembles at each eta, mapped by Phi, against the Riemannian flow, in tau.
 
     From `params0` mapped onto the manifold, every eta runs `seeds` label-noise SGD paths for
