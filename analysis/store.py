@@ -60,13 +60,18 @@ def load(root, name: str, config: Mapping, *, like: PyTree = None) -> PyTree | N
 def flatten(result: PyTree) -> dict[str, np.ndarray]:
     """The leaves of a pytree of arrays keyed by their paths, e.g. {"eta": {0.1: {"loss": x}}} ->
     {"eta/0.1/loss": x}. A dict key holding '/' is refused (it would read back as two levels)."""
-    flat = {}
-    for keys, leaf in jax.tree_util.tree_flatten_with_path(result)[0]:
+    return dict(zip(_paths(result), (np.asarray(leaf) for leaf in jax.tree.leaves(result)), strict=True))
+
+
+def _paths(tree: PyTree) -> list[str]:
+    """The '/'-joined path of each leaf of `tree`, in `jax.tree.leaves` order (the leaves are not touched)."""
+    paths = []
+    for keys, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = [_name(k) for k in keys]
         if any(not n or "/" in n for n in names):
             raise ValueError(f"result keys must be non-empty and hold no '/', got the path {names}")
-        flat["/".join(names)] = np.asarray(leaf)
-    return flat
+        paths.append("/".join(names))
+    return paths
 
 
 def unflatten(flat: Mapping[str, np.ndarray], like: PyTree = None) -> PyTree:
@@ -80,7 +85,7 @@ def unflatten(flat: Mapping[str, np.ndarray], like: PyTree = None) -> PyTree:
                 node = node.setdefault(name, {})
             node[last] = leaf
         return tree
-    expected = flatten(like)
+    expected = _paths(like)
     if set(expected) != set(flat):
         raise ValueError(
             f"the stored arrays {sorted(flat)} do not have the structure asked for: {sorted(expected)}"
@@ -98,7 +103,10 @@ def _name(key) -> str:
 def write(folder, config: Mapping, result: PyTree) -> Path:
     """Write `config.json`, then `arrays.npz` (`flatten(result)`), into `folder`, each atomically (a temporary
     file beside it, renamed over it): the arrays are there whole or not at all, old or new."""
-    arrays = flatten(result)
+    return _write_arrays(folder, config, flatten(result))
+
+
+def _write_arrays(folder, config: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     text = json.dumps(json.loads(canonical(config)), indent=2, sort_keys=True)
@@ -162,9 +170,9 @@ def cached(
 def _read_or_compute(folder, config, compute, recompute) -> PyTree:
     if not recompute and (hit := read(folder, config)) is not None:
         return hit
-    result = compute()
-    write(folder, config, result)
-    return unflatten(flatten(result))
+    arrays = flatten(compute())  # once: leaves on a device come to the host once
+    _write_arrays(folder, config, arrays)
+    return unflatten(arrays)
 
 
 def part(

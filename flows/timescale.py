@@ -24,9 +24,8 @@ import numpy as np
 
 from models import checks
 
-WHOLE_RTOL = (
-    1e-6  # how far from a whole number t / eta may be and still count as one (float32 rounds at 6e-8)
-)
+# how far from a whole number t / eta may be and still count as one (float32 rounds at 6e-8)
+WHOLE_RTOL = 1e-6
 
 
 def flow_time(step, eta):
