@@ -194,11 +194,11 @@ def sweep_row(cfg, act, m, n, d):
     """[activation, m, n, d, s2/s1 at sweep_tau, relative gap of tr H to its minimum, status]; status 1:
     reached sweep_tau; 0: the solver's step budget ran out on the way; -1: Phi found no zero-loss point
     from the start (the paper sweep's tanh row m = 40, n = 20, d = 10: its gradient flow crawls toward a
-    label of 0.987, near the edge of tanh's range)."""
+    label of 0.987, near the edge of tanh's range), or one where J J^T is singular."""
     P = problem(act, m, n, d)
     try:
         p0 = start(P, 0)
-    except eqx.EquinoxRuntimeError:  # limit_map: gradient flow did not settle (flows.trajectory)
+    except (eqx.EquinoxRuntimeError, ValueError):  # limit_map did not settle, or J J^T is singular there
         return np.array([ACTIVATIONS.index(act), m, n, d, np.nan, np.nan, -1])
     tau = cfg["sweep_tau"]
     end = riemannian_flow(P, p0, t1=tau, ts=[0.0, tau], rtol=1e-10, metrics=TRACE, throw=False)
