@@ -36,6 +36,7 @@ from jaxtyping import Array, Float, PyTree
 from models import Problem, checks
 from models.problem import check_start
 
+from . import timescale
 from .gradient import save_times
 from .trajectory import SUCCESSFUL, Trajectory, default_metrics, diverged_where, evaluate, finish
 
@@ -143,18 +144,13 @@ def central_flow(
     if num_eigs > problem.num_params:
         raise ValueError(f"num_eigs = {num_eigs} exceeds the number of parameters, {problem.num_params}")
     times = save_times(t1, ts, None, num_saves)
-    index = times * substeps / eta
-    if checks.is_concrete(index):
-        off = jnp.abs(index - jnp.round(index)) > 1e-6 * jnp.maximum(1.0, jnp.abs(index))
-        if bool(jnp.any(off)):
-            raise ValueError(
-                f"save times must lie on the step grid t = j eta / substeps (eta = {float(eta)})"
-            )
+    name = "ts" if ts is not None else f"the num_saves = {num_saves} even save times"
+    index = timescale.grid_index(times, eta / substeps, t1 * substeps / eta, name=name)
     traj = _solve(
         problem,
         params0,
         eta,
-        jnp.round(index).astype(jnp.int32),
+        index,
         num_eigs,
         substeps,
         solver or diffrax.Heun(),

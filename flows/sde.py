@@ -292,32 +292,15 @@ def _save_index(t1, h, steps, ts, save_every):
     grid points spread evenly over [0, t1]. The number of saves is static; the times may be traced."""
     if ts is None and save_every is None:
         return jnp.round(jnp.linspace(0.0, 1.0, 101) * steps).astype(jnp.int32)
+    name = "ts"
     if ts is None:
+        name = "save_every"
         if not checks.is_concrete((t1, save_every)):
             raise ValueError(
                 "save_every under jit needs t1 and save_every as concrete numbers; give ts instead"
             )
-        save_every = float(checks.positive("save_every", save_every))
-        count = int(round(float(t1) / save_every))
-        ts = np.arange(count + 1) * save_every
-    if checks.is_concrete((ts, h, steps)):
-        host = np.asarray(ts, dtype=np.float64)
-        hf, k = float(h), int(steps)
-        index = np.round(host / hf)
-        if host.ndim != 1 or np.any(np.diff(host) < 0) or host[0] < 0 or index[-1] > k:
-            raise ValueError(f"ts must be a non-decreasing 1-D array of times in [0, t1 = {k * hf:.6g}]")
-        if np.any(np.abs(host - index * hf) > 1e-6 * hf * np.maximum(1.0, index)):
-            raise ValueError(
-                f"ts (or save_every) must lie on the step grid of eta / substeps = {hf:.6g}: fixed steps do "
-                "not interpolate"
-            )
-        return jnp.asarray(index, jnp.int32)
-    ts = jnp.asarray(ts)
-    index = jnp.round(ts / h)
-    off = jnp.any(jnp.abs(ts - index * h) > 1e-6 * h * jnp.maximum(1.0, index)) | jnp.any(index > steps)
-    return eqx.error_if(
-        index.astype(jnp.int32), off, "ts must lie on the step grid of eta / substeps, in [0, t1]"
-    )
+        ts = save_times(t1, None, save_every)
+    return timescale.grid_index(ts, h, steps, name=name)
 
 
 def _even(index) -> tuple[int, int] | None:

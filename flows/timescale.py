@@ -41,12 +41,40 @@ def steps_for_time(t, eta, *, name: str = "t"):
     if checks.is_concrete(count):
         c = float(count)
         k = round(c)
-        if k < 1 or abs(c - k) > WHOLE_RTOL * max(1.0, c):
+        if k < 1 or not _whole(c, k):
             raise ValueError(f"{name} = {float(t):.6g} is not a whole number of steps of {float(eta):.6g}")
         return k
     k = jnp.round(count)
-    off = (k < 1) | (jnp.abs(count - k) > WHOLE_RTOL * jnp.maximum(1.0, count))
-    return eqx.error_if(k.astype(jnp.int32), off, f"{name} is not a whole number of steps")
+    return eqx.error_if(k.astype(jnp.int32), (k < 1) | ~_whole(count, k, jnp), f"{name} is not a whole number of steps")
+
+
+def grid_index(ts, h, last, *, name: str = "ts"):
+    """The step indices j = ts / h of save times on the grid of step h: each a whole number (to `WHOLE_RTOL`
+    relative) in [0, last] (last = t1 / h), non-decreasing. Concrete arguments give an int32 array, and a
+    `ValueError` naming `name` for times off the grid or out of range; traced ones give one guarded by
+    `eqx.error_if`."""
+    if checks.is_concrete((ts, h, last)):
+        count, last = np.asarray(ts, np.float64) / float(h), float(last)
+        j = np.round(count)
+        if count.ndim != 1 or np.any(np.diff(count) < 0) or np.any(j < 0) or np.any(_beyond(j, last, np)):
+            raise ValueError(f"{name} must be a non-decreasing 1-D array of times in [0, {last * float(h):.6g}]")
+        if not np.all(_whole(count, j)):
+            raise ValueError(f"{name} must lie on the step grid of {float(h):.6g}: fixed steps do not interpolate")
+        return jnp.asarray(j, jnp.int32)
+    count = jnp.asarray(ts) / h
+    j = jnp.round(count)
+    off = jnp.any(~_whole(count, j, jnp) | (j < 0) | _beyond(j, last, jnp))
+    return eqx.error_if(j.astype(jnp.int32), off, f"{name} must lie on the step grid, in [0, t1]")
+
+
+def _whole(count, k, xp=np):
+    """count is the whole number k, to `WHOLE_RTOL` relative (xp: numpy on the host, jax.numpy traced)."""
+    return xp.abs(count - k) <= WHOLE_RTOL * xp.maximum(1.0, xp.abs(count))
+
+
+def _beyond(j, last, xp=np):
+    """Step j lies past step `last` by more than `WHOLE_RTOL` relative."""
+    return j - last > WHOLE_RTOL * xp.maximum(1.0, last)
 
 
 def slow_time(step, eta, sigma, batch_size, noise_batch_size=None):

@@ -140,3 +140,5 @@ def test_bad_input_is_refused():
         central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=3)
     with pytest.raises(ValueError, match="step grid"):
         central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, ts=jnp.array([0.0, 0.3]))
+    with pytest.raises(ValueError, match="num_saves = 4 even save times must lie on the step grid"):
+        central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, num_saves=4)

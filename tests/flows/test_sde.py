@@ -362,6 +362,8 @@ def test_fixed_step_saves_off_the_grid_are_refused(key):
         label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, ts=[0.0, 0.55, 1.0])
     with pytest.raises(ValueError, match="must lie on the step grid"):
         label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, save_every=0.25)
+    with pytest.raises(ValueError, match="save_every = 0.4 must divide"):  # on the grid, but 0.8 is not t1
+        label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, save_every=0.4)
     traj = label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key)  # default: 101 grid points
     assert traj.ts.shape == (101,)
     np.testing.assert_allclose(traj.ts / 0.1, np.round(np.asarray(traj.ts) / 0.1), atol=1e-9)
