@@ -45,7 +45,9 @@ def steps_for_time(t, eta, *, name: str = "t"):
             raise ValueError(f"{name} = {float(t):.6g} is not a whole number of steps of {float(eta):.6g}")
         return k
     k = jnp.round(count)
-    return eqx.error_if(k.astype(jnp.int32), (k < 1) | ~_whole(count, k, jnp), f"{name} is not a whole number of steps")
+    return eqx.error_if(
+        k.astype(jnp.int32), (k < 1) | ~_whole(count, k, jnp), f"{name} is not a whole number of steps"
+    )
 
 
 def grid_index(ts, h, last, *, name: str = "ts"):
@@ -57,9 +59,13 @@ def grid_index(ts, h, last, *, name: str = "ts"):
         count, last = np.asarray(ts, np.float64) / float(h), float(last)
         j = np.round(count)
         if count.ndim != 1 or np.any(np.diff(count) < 0) or np.any(j < 0) or np.any(_beyond(j, last, np)):
-            raise ValueError(f"{name} must be a non-decreasing 1-D array of times in [0, {last * float(h):.6g}]")
+            raise ValueError(
+                f"{name} must be a non-decreasing 1-D array of times in [0, {last * float(h):.6g}]"
+            )
         if not np.all(_whole(count, j)):
-            raise ValueError(f"{name} must lie on the step grid of {float(h):.6g}: fixed steps do not interpolate")
+            raise ValueError(
+                f"{name} must lie on the step grid of {float(h):.6g}: fixed steps do not interpolate"
+            )
         return jnp.asarray(j, jnp.int32)
     count = jnp.asarray(ts) / h
     j = jnp.round(count)

@@ -28,7 +28,9 @@ def test_grid_index_gives_save_steps_and_refuses_times_off_the_grid_or_past_t1()
     np.testing.assert_array_equal(timescale.grid_index(ts32, h, 20.0), [0, 5, 10, 15, 20])
     with pytest.raises(ValueError, match="ts must lie on the step grid of 0.05"):
         timescale.grid_index([0.0, 0.12], h, 20)
-    with pytest.raises(ValueError, match=r"save_every must be a non-decreasing 1-D array of times in \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"save_every must be a non-decreasing 1-D array of times in \[0, 1\]"
+    ):
         timescale.grid_index([0.0, 1.05], h, 20, name="save_every")
     with pytest.raises(ValueError, match="non-decreasing"):
         timescale.grid_index([0.5, 0.25], h, 20)
