@@ -116,9 +116,15 @@ class _Linearised:
         """X -> T(X), the exact one-step map of E r r^T."""
         return lambda X: X + eta * self.drift(X) + eta**2 * self.noise(X)
 
+    def diffusion(self, X):
+        """X -> P(X) = noise(X) - gd_square(X): the covariance of the minibatch gradient about the full one
+        (PSD to PSD)."""
+        return self.noise(X) - self.gd_square(X)
+
     def generator(self, eta):
-        """X -> A(X), the SDE's generator d E r r^T / dt: the discrete map less its GD term, over eta."""
-        return lambda X: self.drift(X) + eta * (self.noise(X) - self.gd_square(X))
+        """X -> A(X) = drift(X) + eta P(X), the SDE's generator d E r r^T / dt: the discrete map less its GD
+        term, over eta."""
+        return lambda X: self.drift(X) + eta * self.diffusion(X)
 
     def matrix(self, linear_map):
         """The (q^2, q^2) matrix of a linear map on (q, q) matrices, column by column."""
@@ -188,10 +194,19 @@ def _mean_square_mode(lin, eta, method=None, num_iter=5000, tol=1e-10) -> tuple[
         return float(np.abs(w[top])), X / np.trace(X)
     if method != "power":
         raise ValueError(f"method must be 'dense' or 'power', got {method!r}")
+    return _perron(T, q, num_iter, tol)
+
+
+def _perron(linear_map, q, num_iter=5000, tol=1e-10) -> tuple[float, np.ndarray]:
+    """(rho, X): the spectral radius of a linear map on (q, q) matrices that maps PSD matrices to PSD
+    matrices, and its PSD eigenvector (trace one), by power iteration X <- M(X) / tr M(X) from X = I / q until
+    the ratio moves less than `tol` (relative). Cost O(num_iter) applications of the map."""
     X, rate = np.eye(q) / q, np.inf
     for _ in range(num_iter):
-        Y = T(X)
+        Y = linear_map(X)
         new = np.trace(Y)
+        if new <= 0:  # the map sends I to 0 (e.g. no noise): its radius is 0
+            return 0.0, X
         X = (Y + Y.T) / (2 * new)
         if abs(new - rate) <= tol * abs(new):
             break
@@ -220,6 +235,18 @@ def sde_rate(
 def _sde_rate(lin, eta) -> float:
     abscissa = np.max(np.linalg.eigvals(lin.matrix(lin.generator(eta))).real)
     return float(np.exp(min(eta * abscissa, 700.0)))
+
+
+def _sde_threshold(lin) -> float:
+    """The eta at which the SDE's generator A = D + eta P (`_Linearised.generator`) reaches abscissa 0, in
+    closed form: 1 / rho(-D^{-1} P). D(X) = -(Lam X + X Lam) / n is stable and -D^{-1}, X_ij ->
+    n X_ij / (lam_i + lam_j) = n int_0^inf e^{-s Lam/n} X e^{-s Lam/n} ds, maps PSD matrices to PSD
+    matrices, as P does; for such a resolvent-positive A, a(D + eta P) < 0 iff eta rho(-D^{-1} P) < 1
+    (Damm & Hinrichsen 2001), and rho is a Perron root found by power iteration (`_perron`): matrix-free,
+    O(q^3) a step, where the dense abscissa is O(q^6)."""
+    L = lin.lam
+    rho, _ = _perron(lambda X: lin.n * lin.diffusion(X) / (L[:, None] + L[None, :]), L.shape[0], tol=1e-12)
+    return 1 / rho if rho > 0 else float("inf")
 
 
 def lyapunov_exponent(
@@ -277,8 +304,9 @@ def threshold(
     eta_max: float | None = None,
 ) -> float:
     """The step size at which the minimum stops being stable: the root in eta of rho(T) = 1
-    (`"mean_square"`), of `sde_rate` = 1 (`"sde"`), or of the Lyapunov exponent = 0 (`"lyapunov"`, common
-    random numbers from `key` for every eta), by bisection in log eta to relative `rtol`.
+    (`"mean_square"`) or of the Lyapunov exponent = 0 (`"lyapunov"`, common random numbers from `key` for
+    every eta), by bisection in log eta to relative `rtol`; for `"sde"` the root of `sde_rate` = 1 in closed
+    form, 1 / rho(-D^{-1} P) (`_sde_threshold`; the SDE's generator is affine in eta).
 
     The bracket's top is `eta_max`, by default 2 / lambda_max(G) (GD's threshold, above which no batch is
     mean-square stable) for the mean-square criterion and 20 times that for the others; `inf` is returned
@@ -296,10 +324,11 @@ def threshold(
     def unstable(eta) -> bool:
         if criterion == "mean_square":
             return _mean_square_rate(lin, eta) > 1
-        if criterion == "sde":
-            return _sde_rate(lin, eta) > 1
         return _lyapunov_exponent(lin, eta, key, steps, replace) > 0
 
+    if criterion == "sde":
+        eta = _sde_threshold(lin)
+        return eta if eta < hi else float("inf")
     if not unstable(hi):
         return float("inf")
     lo = hi

@@ -156,6 +156,22 @@ def test_thresholds_order_mean_square_then_typical_run_then_sde():
         assert lyap_exp <= 0.5 * np.log(rho)  # Jensen
 
 
+def test_sde_threshold_is_where_the_dense_generator_turns_unstable():
+    """The closed form 1 / rho(-D^{-1} P) against the dense spectral abscissa of A = D + eta P (q^2 x q^2):
+    sde_rate crosses 1 there, on a net with and without replacement and on least squares."""
+    for (P, star), B, replace in (
+        (net_minimum(), 2, True),
+        (net_minimum(), 3, False),
+        (least_squares(), 1, True),
+    ):
+        eta = stability.threshold(P, star, batch_size=B, replace=replace, criterion="sde")
+        assert np.isfinite(eta)
+        below, above = (
+            stability.sde_rate(P, star, eta=f * eta, batch_size=B, replace=replace) for f in (0.999, 1.001)
+        )
+        assert below < 1 < above
+
+
 def test_alignment_matches_dense_covariance_on_a_net():
     P = two_layer(n=6, d=3, width=5)
     for params in (P.params,):
