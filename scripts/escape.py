@@ -139,6 +139,11 @@ def compute(cfg, progress, part):
 
 
 def draw(cfg, r, path):
+    with np.errstate(over="ignore"):  # escaped runs, and rho^k above the threshold, overflow to inf
+        return _draw(cfg, r, path)
+
+
+def _draw(cfg, r, path):
     fig, ax = plots.figure(5, 1, width=3.6, height=3.2)
     k = np.arange(cfg["steps"] + 1)
     L0 = float(r["L0"])
@@ -198,7 +203,13 @@ def summary(cfg, r):
         L, rho, lyap = r["sgd"][str(f)][:, -1], float(r["rho"][str(f)]), float(r["lyap"][str(f)])
         print(f"eta = {f} eta_ms: rho {rho:.4f}, Lyapunov {lyap:+.4f}; "
               f"final median loss / L0 {np.median(L) / float(r['L0']):.3g}")  # fmt: skip
-    print("escaped fraction:", dict(zip(cfg["sweep"], np.round(r["escaped"], 2).tolist())))
+    print(
+        "escaped fraction at eta / eta_ms = "
+        + ", ".join(f"{s:g}: {e:.2f}" for s, e in zip(cfg["sweep"], r["escaped"]))
+    )
+    print("largest stable eta at B = " + ", ".join(f"{int(b)}" for b in r["by_batch"][:, 0]))
+    for j, label in enumerate(("mean-square", "typical run", "SDE", "Wu bound")):
+        print(f"{label:>12}: " + " ".join(f"{v:.4g}" for v in r["by_batch"][:, 1 + j]))
 
 
 FIGURE = Figure("escape", __doc__, PRESETS, compute, draw, summary, x64=True)

@@ -170,6 +170,9 @@ def test_sde_threshold_is_where_the_dense_generator_turns_unstable():
             stability.sde_rate(P, star, eta=f * eta, batch_size=B, replace=replace) for f in (0.999, 1.001)
         )
         assert below < 1 < above
+    P, star = net_minimum()  # with replacement P is exactly (1/B) (one example's covariance): eta_sde ~ B
+    one, two = (stability.threshold(P, star, batch_size=B, criterion="sde") for B in (1, 2))
+    assert two == pytest.approx(2 * one, rel=1e-8)
 
 
 def test_alignment_matches_dense_covariance_on_a_net():
