@@ -237,15 +237,19 @@ def _sde_rate(lin, eta) -> float:
     return float(np.exp(min(eta * abscissa, 700.0)))
 
 
-def _sde_threshold(lin) -> float:
-    """The eta at which the SDE's generator A = D + eta P (`_Linearised.generator`) reaches abscissa 0, in
-    closed form: 1 / rho(-D^{-1} P). D(X) = -(Lam X + X Lam) / n is stable and -D^{-1}, X_ij ->
-    n X_ij / (lam_i + lam_j) = n int_0^inf e^{-s Lam/n} X e^{-s Lam/n} ds, maps PSD matrices to PSD
-    matrices, as P does; for such a resolvent-positive A, a(D + eta P) < 0 iff eta rho(-D^{-1} P) < 1
-    (Damm & Hinrichsen 2001), and rho is a Perron root found by power iteration (`_perron`): matrix-free,
-    O(q^3) a step, where the dense abscissa is O(q^6)."""
+def _closed_threshold(lin, criterion) -> float:
+    """The eta at which the minimum turns unstable, in closed form, for the two criteria whose operators are
+    affine in eta past the identity: the SDE's generator A = D + eta P (P = `_Linearised.diffusion`), and
+    the discrete map T = I + eta (D + eta N) (N = `_Linearised.noise`), where rho(T) = 1 + eta a(D + eta N).
+    D(X) = -(Lam X + X Lam) / n is stable and -D^{-1}, X_ij -> n X_ij / (lam_i + lam_j)
+    = n int_0^inf e^{-s Lam/n} X e^{-s Lam/n} ds, maps PSD matrices to PSD matrices, as P and N do. For such
+    a resolvent-positive operator a(D + eta M) < 0 iff eta rho(-D^{-1} M) < 1 (Damm & Hinrichsen 2001), so
+    the threshold is 1 / rho(-D^{-1} M), a Perron root found by power iteration (`_perron`): matrix-free,
+    O(q^3) a step, and its spectrum is not crowded at 1 as T's is for small eta. The dense abscissa would be
+    O(q^6)."""
     L = lin.lam
-    rho, _ = _perron(lambda X: lin.n * lin.diffusion(X) / (L[:, None] + L[None, :]), L.shape[0], tol=1e-12)
+    M = lin.diffusion if criterion == "sde" else lin.noise
+    rho, _ = _perron(lambda X: lin.n * M(X) / (L[:, None] + L[None, :]), L.shape[0], tol=1e-12)
     return 1 / rho if rho > 0 else float("inf")
 
 
@@ -304,9 +308,9 @@ def threshold(
     eta_max: float | None = None,
 ) -> float:
     """The step size at which the minimum stops being stable: the root in eta of rho(T) = 1
-    (`"mean_square"`) or of the Lyapunov exponent = 0 (`"lyapunov"`, common random numbers from `key` for
-    every eta), by bisection in log eta to relative `rtol`; for `"sde"` the root of `sde_rate` = 1 in closed
-    form, 1 / rho(-D^{-1} P) (`_sde_threshold`; the SDE's generator is affine in eta).
+    (`"mean_square"`) or of `sde_rate` = 1 (`"sde"`), both in closed form (`_closed_threshold`), or of the
+    Lyapunov exponent = 0 (`"lyapunov"`, common random numbers from `key` for every eta), by bisection in
+    log eta to relative `rtol`.
 
     The bracket's top is `eta_max`, by default 2 / lambda_max(G) (GD's threshold, above which no batch is
     mean-square stable) for the mean-square criterion and 20 times that for the others; `inf` is returned
@@ -322,12 +326,10 @@ def threshold(
     steps = checks.positive_int("steps", steps)
 
     def unstable(eta) -> bool:
-        if criterion == "mean_square":
-            return _mean_square_rate(lin, eta) > 1
         return _lyapunov_exponent(lin, eta, key, steps, replace) > 0
 
-    if criterion == "sde":
-        eta = _sde_threshold(lin)
+    if criterion != "lyapunov":
+        eta = _closed_threshold(lin, criterion)
         return eta if eta < hi else float("inf")
     if not unstable(hi):
         return float("inf")

@@ -3,11 +3,12 @@
 For each problem, SGD from one initialisation at every (eta, B) of a grid (and several seeds) runs until
 the loss is below 5e-5 of its scale mean(y^2)/2; runs that diverge (or end above the initial loss) or have
 not converged yet are counted, not drawn. At each minimum found: ||H||_F and lambda_max (of G = H at the
-minimum, from the Gram matrix), the alignment constant mu* and the exact mean-square rate rho of
-`analysis.stability`. Top row: ||H||_F against sqrt(B)/eta on log-log axes with the bound
-||H||_F <= sqrt(B/mu)/eta drawn for the smallest mu* found; bottom: lambda_max. Filled markers: minima the
-exact criterion calls stable (rho <= 1); crosses: minima SGD converged to although they are not
-mean-square stable (heavy tails: a typical run follows the Lyapunov exponent, not the mean square).
+minimum, from the Gram matrix), the alignment constant mu* and the largest step eta_ms at which the minimum
+is mean-square stable (`analysis.stability.threshold`, closed form). Top row: ||H||_F against sqrt(B)/eta
+on log-log axes with the bound ||H||_F <= sqrt(B/mu)/eta drawn for the smallest mu* found; bottom:
+lambda_max. Filled markers: minima the exact criterion calls stable (eta <= eta_ms, i.e. rho(T) <= 1);
+crosses: minima SGD converged to although they are not mean-square stable (heavy tails: a typical run
+follows the Lyapunov exponent, not the mean square).
 
 Problems: (i) random-features regression (tanh features, only the outer layer trained, so H is the same at
 every minimum and the sweep shows which (eta, B) converge), (ii) a two-layer tanh net (trainable outer
@@ -25,17 +26,17 @@ from analysis import plots, stability
 from flows import sgd
 from models import MLP, Problem, RandomFeatures, TwoLayerNet, data
 
-PRESETS = {
+PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
     "smoke": dict(
-        n=8, d=3, digits_n=12, width=6, rf_width=16, mlp_width=4, steps=400, seeds=1,
+        layout=2, n=8, d=3, digits_n=12, width=6, rf_width=16, mlp_width=4, steps=400, seeds=1,
         eta_factors=[0.5, 1.0], batch_sizes=[2, 8],
     ),
     "quick": dict(
-        n=32, d=8, digits_n=64, width=32, rf_width=512, mlp_width=16, steps=6000, seeds=2,
+        layout=2, n=32, d=8, digits_n=64, width=32, rf_width=512, mlp_width=16, steps=6000, seeds=2,
         eta_factors=[0.25, 0.5, 1.0, 2.0, 3.0], batch_sizes=[2, 8, 32],
     ),
     "paper": dict(
-        n=128, d=16, digits_n=256, width=128, rf_width=2048, mlp_width=32, steps=20000, seeds=5,
+        layout=2, n=128, d=16, digits_n=256, width=128, rf_width=2048, mlp_width=32, steps=20000, seeds=5,
         eta_factors=[0.125, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], batch_sizes=[1, 4, 16, 64],
     ),
 }  # fmt: skip
@@ -86,13 +87,13 @@ def runs(cfg, P, eta, B):
             theta = tr.final
             fro, lmax = stability.gauss_newton_norms(P, theta)
             mu = stability.min_alignment(P, theta, min_loss_rtol=1e-4)
-            rho = stability.mean_square_rate(P, theta, eta=eta, batch_size=B)
-            row[4:] = [fro, lmax, mu, rho]
+            eta_ms = stability.threshold(P, theta, batch_size=B)
+            row[4:] = [fro, lmax, mu, eta_ms]
         rows.append(row)
     return np.asarray(rows, dtype=float)
 
 
-COLUMNS = ("B", "eta", "seed", "loss", "fro", "lmax", "mu", "rho")
+COLUMNS = ("B", "eta", "seed", "loss", "fro", "lmax", "mu", "eta_ms")
 
 
 def table(r, name):
@@ -109,7 +110,7 @@ def draw(cfg, r, path):
             ax = axes[3 * row + col]
             for B in cfg["batch_sizes"]:
                 sel = found & (t["B"] == B)
-                stable = sel & (t["rho"] <= 1)
+                stable = sel & (t["eta"] <= t["eta_ms"])
                 (line,) = ax.loglog(x[stable], t[key][stable], "o", label=f"B={B}")
                 ax.loglog(x[sel & ~stable], t[key][sel & ~stable], "x", color=line.get_color())
             if found.any():
@@ -135,8 +136,8 @@ def summary(cfg, r):
         print(
             f"{title}: {found.sum()}/{found.size} runs converged; ||H||_F / bound max "
             f"{np.nanmax(t['fro'] / bound):.2f} (<= 1: the bound holds); "
-            f"{int((found & (t['rho'] > 1)).sum())} minima found are not mean-square stable "
-            f"(max rho {np.nanmax(t['rho']):.4f})"
+            f"{int((found & (t['eta'] > t['eta_ms'])).sum())} minima found are not mean-square stable "
+            f"(max eta / eta_ms {np.nanmax(t['eta'] / t['eta_ms']):.4f})"
         )
 
 

@@ -156,20 +156,28 @@ def test_thresholds_order_mean_square_then_typical_run_then_sde():
         assert lyap_exp <= 0.5 * np.log(rho)  # Jensen
 
 
-def test_sde_threshold_is_where_the_dense_generator_turns_unstable():
-    """The closed form 1 / rho(-D^{-1} P) against the dense spectral abscissa of A = D + eta P (q^2 x q^2):
-    sde_rate crosses 1 there, on a net with and without replacement and on least squares."""
+@pytest.mark.parametrize("criterion", ["mean_square", "sde"])
+def test_closed_form_thresholds_are_where_the_dense_operators_turn_unstable(criterion):
+    """The closed forms 1 / rho(-D^{-1} M) against the dense eigenvalues of the q^2 x q^2 matrices of T
+    (mean-square) and of the SDE's generator: the rate crosses 1 there (to 1e-4 relative), on a net with and
+    without replacement and on least squares."""
+    dense = {
+        "mean_square": lambda P, star, **kw: stability.mean_square_rate(P, star, method="dense", **kw),
+        "sde": stability.sde_rate,
+    }[criterion]
     for (P, star), B, replace in (
         (net_minimum(), 2, True),
         (net_minimum(), 3, False),
         (least_squares(), 1, True),
     ):
-        eta = stability.threshold(P, star, batch_size=B, replace=replace, criterion="sde")
+        eta = stability.threshold(P, star, batch_size=B, replace=replace, criterion=criterion)
         assert np.isfinite(eta)
         below, above = (
-            stability.sde_rate(P, star, eta=f * eta, batch_size=B, replace=replace) for f in (0.999, 1.001)
+            dense(P, star, eta=f * eta, batch_size=B, replace=replace) for f in (1 - 1e-4, 1 + 1e-4)
         )
         assert below < 1 < above
+    if criterion == "mean_square":
+        return
     P, star = net_minimum()  # with replacement P is exactly (1/B) (one example's covariance): eta_sde ~ B
     one, two = (stability.threshold(P, star, batch_size=B, criterion="sde") for B in (1, 2))
     assert two == pytest.approx(2 * one, rel=1e-8)
