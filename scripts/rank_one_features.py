@@ -274,7 +274,7 @@ def draw(cfg, r, path):
         im = ax.imshow(both, vmin=0, vmax=1, cmap="viridis")
         ax.set(
             title=f"({'e' if act == 'cubic' else 'f'}) |cos| between neurons, {act}, end",
-            xlabel=f"neuron (above the diagonal: flow; below: SGD, eta={eta:g})",
+            xlabel=f"neuron (upper: flow; lower: SGD, eta = {eta:g})",
             ylabel="neuron",
         )
         ax.grid(False)
