@@ -36,6 +36,10 @@ products instead, which is smaller (Jensen), so typical runs stay at some minima
 stable. `lyapunov_exponent` measures it. The SGD SDE (`flows.sgd_sde`) linearised at the minimum has its own
 mean-square generator, which lacks the eta^2 K R K / n^2 term of the discrete map: `sde_rate` gives its
 growth per step, and it does not see the discrete threshold.
+
+`threshold` finds both thresholds without a search: T = I + eta (D + eta N) and the SDE's generator
+D + eta P are a stable Lyapunov part D plus eta times a map that keeps PSD matrices PSD, so each turns
+unstable exactly at eta = 1 / rho(-D^{-1} N) (or P), a Perron root (`_closed_threshold`).
 """
 
 from typing import Literal
