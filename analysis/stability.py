@@ -318,7 +318,11 @@ def threshold(
 
     The bracket's top is `eta_max`, by default 2 / lambda_max(G) (GD's threshold, above which no batch is
     mean-square stable) for the mean-square criterion and 20 times that for the others; `inf` is returned
-    when the minimum is still stable there (gradient flow is stable at every eta)."""
+    when the minimum is still stable there (gradient flow is stable at every eta).
+
+    Cost, for N = n k outputs and p parameters: the Jacobian J (memory O(N p), never p x p), K = J J^T
+    (O(N^2 p)) and its eigendecomposition (O(N^3)); then O(q^3) per power-iteration step on (q, q) matrices
+    (q = rank K <= N) for the closed forms, or `steps` steps of O(N^2) per bisection point (Lyapunov)."""
     _check_minimum(problem, params, 1e-4)
     lin = _Linearised(problem, params, batch_size, replace)
     gd_eta = 2 * lin.n / lin.lam.max()
@@ -329,12 +333,13 @@ def threshold(
     hi = eta_max or (gd_eta * (1 + 1e-9) if criterion == "mean_square" else 20 * gd_eta)
     steps = checks.positive_int("steps", steps)
 
-    def unstable(eta) -> bool:
-        return _lyapunov_exponent(lin, eta, key, steps, replace) > 0
-
     if criterion != "lyapunov":
         eta = _closed_threshold(lin, criterion)
         return eta if eta < hi else float("inf")
+
+    def unstable(eta) -> bool:
+        return _lyapunov_exponent(lin, eta, key, steps, replace) > 0
+
     if not unstable(hi):
         return float("inf")
     lo = hi
