@@ -134,7 +134,7 @@ def label_noise_sgd(
     slow time is tau = eta^2 sigma^2 B_eps k / B^2, `flows.timescale`). Arguments otherwise as `sgd`."""
     step_noise = StepNoise(
         batch_size=checks.batch_size(batch_size, problem.n),
-        sigma=checks.non_negative("sigma", sigma),
+        sigma=sigma,
         replace=replace,
         noise=noise,
         noise_batch_size=noise_batch_size,
