@@ -108,9 +108,9 @@ def sde_vs_sgd(
             s["sgd_mean"], s["sgd_band"] = mean_band(a.stats[m])
             s["sde_mean"], s["sde_band"] = mean_band(b.stats[m])
             s["diff_mean"], s["diff_band"] = paired_difference(a, b, m)
-            s["weak_error"], s["weak_error_band"] = debiased_weak_error(s["diff_mean"], s["diff_band"])
+            s["weak_error"], s["weak_error_band"] = debiased_weak_error(s["diff_mean"], s["diff_band"], seeds)
             s["gf_error"], s["gf_error_band"] = debiased_weak_error(
-                s["sgd_mean"] - out["gf"][m], s["sgd_band"]
+                s["sgd_mean"] - out["gf"][m], s["sgd_band"], seeds
             )
         return r
 
@@ -202,7 +202,7 @@ def label_noise_slow_clock(
             s["sgd_mean"], s["sgd_band"] = mean_band(values[name])
             s["flow"] = np.asarray(flow.stats[name])
             s["weak_error"], s["weak_error_band"] = debiased_weak_error(
-                s["sgd_mean"] - s["flow"], s["sgd_band"]
+                s["sgd_mean"] - s["flow"], s["sgd_band"], seeds
             )
         return r
 

@@ -25,10 +25,14 @@ of one example's gradient g_i = J_i^T r_i and G the Gauss-Newton matrix,
 
     mu(theta) = tr(Sigma_1 G) / (2 L ||G||_F^2),
 
-and SGD's noise covariance is c_B Sigma_1 (c_B = 1/B with replacement, (n-B)/(B(n-1)) without). Since
-E L_{k+1} >= (eta^2/2) c_B tr(Sigma_1 G) >= eta^2 c_B mu ||G||_F^2 E L_k, a stable minimum satisfies
+and SGD's noise covariance is v_B Sigma_1 (v_B = c_B^2 / B with the c_B of docs/conventions.md: 1/B with
+replacement, (n-B)/(B(n-1)) without, 0 for the full batch B = n). Since
+E L_{k+1} >= (eta^2/2) v_B tr(Sigma_1 G) >= eta^2 v_B mu ||G||_F^2 E L_k, a stable minimum satisfies
 
-    ||H||_F <= 1 / (eta sqrt(c_B mu)) = sqrt(B / mu) / eta      (with replacement).
+    ||H||_F <= 1 / (eta sqrt(v_B mu)) = sqrt(B / mu) / eta      (with replacement).
+
+B = n is the full batch, GD, whatever `replace` says (docs/conventions.md), as in the flows: its criterion
+is GD's, eta lambda_max(G) <= 2.
 
 `min_alignment` is the mu of that argument at a minimum (the worst direction of the linearised model).
 Mean-square stability is the strict criterion; a typical run follows the top Lyapunov exponent of the random
@@ -64,17 +68,19 @@ def gram(problem: Problem, params: PyTree) -> Float[Array, "N N"]:
     return J @ J.T
 
 
-def noise_factor(batch_size: int, n: int, replace: bool = True) -> float:
-    """c_B: the minibatch gradient's covariance is c_B Sigma_1. 1/B with replacement, (n-B)/(B(n-1))
-    without (0 for full-batch GD)."""
-    if replace:
+def batch_covariance_factor(batch_size: int, n: int, replace: bool = True) -> float:
+    """v_B = c_B^2 / B: the minibatch gradient's covariance is v_B Sigma_1. 1/B with replacement,
+    (n-B)/(B(n-1)) without, 0 for the full batch B = n (GD, either way)."""
+    if replace and batch_size < n:
         return 1.0 / batch_size
     return 0.0 if n == 1 else (n - batch_size) / (batch_size * (n - 1))
 
 
 def _batch_moments(batch_size: int, n: int, replace: bool) -> tuple[float, float]:
-    """(alpha, beta) with E[c_i c_j] = alpha + beta [i = j] for the counts c of a minibatch."""
+    """(alpha, beta) with E[c_i c_j] = alpha + beta [i = j] for the counts c of a minibatch (B = n: the full
+    batch, every count 1)."""
     B = batch_size
+    replace = replace and B < n
     alpha = B * (B - 1) / n**2 if replace else (B * (B - 1) / (n * (n - 1)) if n > 1 else 0.0)
     beta = B / n if replace else B / n - alpha
     return alpha, beta
@@ -97,6 +103,7 @@ class _Linearised:
         k = K.shape[0] // self.n
         self.example = np.repeat(np.arange(self.n), k)
         self.B = checks.batch_size(batch_size, self.n)
+        self.replace = replace and self.B < self.n  # B = n is the full batch
         self.alpha, self.beta = _batch_moments(self.B, self.n, replace)
         self.same = (self.example[:, None] == self.example[None, :]).astype(np.float64)
         self.normK2 = float(np.sum(lam[keep] ** 2))  # ||K||_F^2
@@ -122,7 +129,9 @@ class _Linearised:
 
     def diffusion(self, X):
         """X -> P(X) = noise(X) - gd_square(X): the covariance of the minibatch gradient about the full one
-        (PSD to PSD)."""
+        (PSD to PSD); zero for the full batch, whose gradient is GD's (exactly, not to round-off)."""
+        if self.B == self.n:
+            return np.zeros_like(X)
         return self.noise(X) - self.gd_square(X)
 
     def generator(self, eta):
@@ -165,9 +174,10 @@ def mean_square_rate(
 
     The minimum is mean-square stable iff rho <= 1. `batch_size=None` is the full batch; with
     `replace=False` and B = n this is GD, rho = max_i (1 - eta lambda_i(G))^2. `method="dense"` takes the
-    eigenvalues of the (q^2, q^2) matrix of T (q = rank K); `"power"` runs power iteration
-    R <- T(R) / tr T(R) from R = I, matrix-free (T maps PSD matrices to PSD matrices, so its spectral radius
-    is the growth of that cone), until the ratio moves less than `tol` (relative). Default: dense for q <= 24.
+    eigenvalues of the (q^2, q^2) matrix of T (q = rank K); `"power"` is matrix-free: T = I + eta A with
+    A = D + eta N resolvent-positive, so rho(T) = 1 + eta a(A), and the abscissa a(A) is the root in s of a
+    Perron root (`_abscissa`), which gives 1 - rho to within `tol` times 2 eta lambda_min(K) / n (power
+    iteration on T itself would crawl: its spectrum crowds at 1 for small eta). Default: dense for q <= 24.
 
     With `return_mode`, returns `(rho, R)`: R (N, N), trace one, the second moment of the residuals that
     grows (or decays slowest) at exactly rho per step, T(R) = rho R. Started there, E L_k = rho^k E L_0.
@@ -187,35 +197,106 @@ def _mean_square_rate(lin, eta) -> float:
 
 
 def _mean_square_mode(lin, eta, method=None, num_iter=5000, tol=1e-10) -> tuple[float, np.ndarray]:
-    T = lin.discrete(eta)
     q = lin.lam.shape[0]
     method = method or ("dense" if q <= 24 else "power")
     if method == "dense":
-        w, V = np.linalg.eig(lin.matrix(T))
+        w, V = np.linalg.eig(lin.matrix(lin.discrete(eta)))
         top = np.argmax(np.abs(w))
         X = np.real(V[:, top]).reshape(q, q)
         X = (X + X.T) / 2
         return float(np.abs(w[top])), X / np.trace(X)
     if method != "power":
         raise ValueError(f"method must be 'dense' or 'power', got {method!r}")
-    return _perron(T, q, num_iter, tol)
+    a, X = _abscissa(lin, lambda X: eta * lin.noise(X), num_iter, tol)
+    return 1 + eta * a, X
 
 
-def _perron(linear_map, q, num_iter=5000, tol=1e-10) -> tuple[float, np.ndarray]:
-    """(rho, X): the spectral radius of a linear map on (q, q) matrices that maps PSD matrices to PSD
-    matrices, and its PSD eigenvector (trace one), by power iteration X <- M(X) / tr M(X) from X = I / q until
-    the ratio moves less than `tol` (relative). Cost O(num_iter) applications of the map."""
-    X, rate = np.eye(q) / q, np.inf
-    for _ in range(num_iter):
+def _abscissa(lin, M, num_iter=5000, tol=1e-10) -> tuple[float, np.ndarray]:
+    """(a, X): the spectral abscissa a of D + M, D(X) = -(Lam X + X Lam) / n and M mapping PSD matrices to
+    PSD matrices (so D + M is resolvent-positive), and its PSD eigenvector X (trace one), (D + M)(X) = a X.
+
+    For s > a(D) = -2 lam_min / n, (sI - D)^{-1} acts entrywise, X_ij -> X_ij / (s + (lam_i + lam_j) / n),
+    and maps PSD matrices to PSD matrices; a(D + M) < s iff rho((sI - D)^{-1} M) < 1, and that Perron root
+    falls as s grows (Damm & Hinrichsen 2001). So a is the root in s of rho((sI - D)^{-1} M) = 1, found by
+    bisection, each side decided by `_perron`'s two-sided bounds. The mean-square rate is
+    rho(T) = 1 + eta a(D + eta N): this gives 1 - rho to within `tol` times 2 eta lam_min / n (GD's own
+    1 - rho at small eta), however crowded T's spectrum is at 1."""
+    L = lin.lam
+    low = -2 * L.min() / lin.n  # a(D): the bracket's bottom
+    scale = abs(low)
+    summed = (L[:, None] + L[None, :]) / lin.n
+
+    def side(s):
+        """(-1, X) if a < s, (1, X) if a > s, (0, X) if rho((sI - D)^{-1} M) is 1 to round-off."""
+        rho, X, (lo, hi) = _perron(lambda Y: M(Y) / (s + summed), L.shape[0], num_iter, 1e-11, decide=1.0)
+        return (-1 if hi < 1 else 1 if lo > 1 else 0), X
+
+    high = 0.0
+    sign, X = side(high)
+    while sign > 0:
+        high = 2 * high if high > 0 else scale
+        sign, X = side(high)
+    while sign and high - low > tol * scale:
+        mid = (low + high) / 2
+        sign, Y = side(mid)
+        if sign > 0:
+            low = mid
+        else:
+            high, X = mid, Y
+    return high, X
+
+
+def _perron(linear_map, q, num_iter=5000, tol=1e-10, decide=None) -> tuple[float, np.ndarray, tuple]:
+    """(rho, X, (lo, hi)): the spectral radius of a linear map M on (q, q) matrices that maps PSD matrices to
+    PSD matrices, its PSD eigenvector X (trace one), and two-sided bounds lo <= rho <= hi.
+
+    Power iteration X <- M(X) / tr M(X) from X = I / q, with Collatz-Wielandt's bounds for the PSD cone,
+    checked every 8 steps: for X positive definite, M(X) - lo X and hi X - M(X) are PSD at
+    lo = lambda_min(X^{-1/2} M(X) X^{-1/2}) and hi = lambda_max(...), so lo <= rho <= hi; and for any PSD
+    Z != 0, M(Z) - a Z PSD gives rho >= a, which bounds rho from below where the Perron vector is singular
+    (Z: the iterate with its eigenvalues below 1e-8 of its largest dropped). It stops when
+    hi - lo <= `tol` hi, or, given `decide`, as soon as decide lies outside [lo, hi]. Cost O(q^3) a step.
+    Raises `equinox.EquinoxRuntimeError` when the bounds have not met within `num_iter` steps (a spectrum
+    too crowded for power iteration), rather than return an unconverged ratio."""
+    X = np.eye(q) / q
+    lo, hi = 0.0, np.inf
+    for i in range(num_iter):
         Y = linear_map(X)
-        new = np.trace(Y)
-        if new <= 0:  # the map sends I to 0 (e.g. no noise): its radius is 0
-            return 0.0, X
-        X = (Y + Y.T) / (2 * new)
-        if abs(new - rate) <= tol * abs(new):
-            break
-        rate = new
-    return float(new), X
+        Y = (Y + Y.T) / 2
+        rate = np.trace(Y)
+        if rate <= 0:  # the map sends I to 0 (e.g. no noise): its radius is 0
+            return 0.0, X, (0.0, 0.0)
+        if i % 8 == 7:
+            w, V = np.linalg.eigh(X)
+            if w[0] > 0:
+                inv_root = (V / np.sqrt(w)) @ V.T
+                bounds = np.linalg.eigvalsh(inv_root @ Y @ inv_root)
+                lo, hi = max(lo, bounds[0]), min(hi, bounds[-1])
+            if hi - lo > tol * hi:
+                Z = (V * np.where(w > 1e-8 * w[-1], w, 0.0)) @ V.T
+                lo = max(lo, _subinvariance(linear_map(Z), Z, hi))
+            if hi - lo <= tol * hi or (decide is not None and not lo <= decide <= hi):
+                return float((lo + hi) / 2), Y / rate, (lo, hi)
+        X = Y / rate
+    raise eqx.EquinoxRuntimeError(
+        f"stability: power iteration for a Perron root did not converge in num_iter = {num_iter} steps "
+        f"(bounds {lo:.6g} <= rho <= {hi:.6g}); raise num_iter, or use method='dense' where q is small"
+    )
+
+
+def _subinvariance(Y, Z, hi) -> float:
+    """The largest a in [0, hi] with Y - a Z PSD (to round-off, 1e-13 of |Y|), by bisection: for Y = M(Z),
+    Z PSD, a lower bound on rho(M)."""
+    Y = (Y + Y.T) / 2
+    slack = 1e-13 * np.abs(Y).max()
+    low, high = 0.0, hi
+    for _ in range(60):
+        mid = (low + high) / 2
+        if np.linalg.eigvalsh(Y - mid * Z)[0] >= -slack:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def sde_rate(
@@ -253,7 +334,7 @@ def _closed_threshold(lin, criterion) -> float:
     O(q^6)."""
     L = lin.lam
     M = lin.diffusion if criterion == "sde" else lin.noise
-    rho, _ = _perron(lambda X: lin.n * M(X) / (L[:, None] + L[None, :]), L.shape[0], tol=1e-12)
+    rho, _, _ = _perron(lambda X: lin.n * M(X) / (L[:, None] + L[None, :]), L.shape[0], tol=1e-12)
     return 1 / rho if rho > 0 else float("inf")
 
 
@@ -274,14 +355,14 @@ def lyapunov_exponent(
     eta = checks.positive("eta", eta)
     _check_minimum(problem, params, min_loss_rtol)
     lin = _Linearised(problem, params, batch_size, replace)
-    return _lyapunov_exponent(lin, eta, key, checks.positive_int("steps", steps), replace)
+    return _lyapunov_exponent(lin, eta, key, checks.positive_int("steps", steps))
 
 
-def _lyapunov_exponent(lin, eta, key, steps, replace) -> float:
+def _lyapunov_exponent(lin, eta, key, steps) -> float:
     K = jnp.asarray(lin.U * lin.lam @ lin.U.T)
     r0 = jnp.asarray(lin.U @ np.ones(lin.lam.shape[0]))
     example = jnp.asarray(lin.example)
-    return float(_lyapunov(K, r0, example, key, jnp.asarray(eta), lin.B, lin.n, replace, steps))
+    return float(_lyapunov(K, r0, example, key, jnp.asarray(eta), lin.B, lin.n, lin.replace, steps))
 
 
 @jax.jit(static_argnames=("B", "n", "replace", "steps"))
@@ -330,7 +411,10 @@ def threshold(
         raise ValueError(f"criterion must be 'mean_square', 'sde' or 'lyapunov', got {criterion!r}")
     if criterion == "lyapunov" and key is None:
         raise ValueError("criterion='lyapunov' needs a PRNG key")
-    hi = eta_max or (gd_eta * (1 + 1e-9) if criterion == "mean_square" else 20 * gd_eta)
+    if eta_max is None:
+        hi = gd_eta * (1 + 1e-9) if criterion == "mean_square" else 20 * gd_eta
+    else:
+        hi = float(checks.positive("eta_max", eta_max))
     steps = checks.positive_int("steps", steps)
 
     if criterion != "lyapunov":
@@ -338,7 +422,7 @@ def threshold(
         return eta if eta < hi else float("inf")
 
     def unstable(eta) -> bool:
-        return _lyapunov_exponent(lin, eta, key, steps, replace) > 0
+        return _lyapunov_exponent(lin, eta, key, steps) > 0
 
     if not unstable(hi):
         return float("inf")
@@ -406,13 +490,17 @@ def min_alignment(problem: Problem, params: PyTree, *, min_loss_rtol: float = 1e
 
 
 def wu_bound(eta, batch_size: int, *, mu, n: int | None = None, replace: bool = True) -> float:
-    """The largest ||H||_F of a mean-square stable minimum: 1 / (eta sqrt(c_B mu)), i.e. sqrt(B / mu) / eta
-    with replacement; without replacement c_B = (n-B)/(B(n-1)) needs `n`."""
+    """The largest ||H||_F of a mean-square stable minimum: 1 / (eta sqrt(v_B mu)), i.e. sqrt(B / mu) / eta
+    with replacement; without replacement v_B = (n-B)/(B(n-1)) needs `n` (`batch_covariance_factor`)."""
     eta = float(checks.positive("eta", eta))
     mu = float(checks.positive("mu", mu))
     if not replace and n is None:
         raise ValueError("wu_bound without replacement needs n")
-    c = noise_factor(checks.positive_int("batch_size", batch_size), n or batch_size, replace)
+    batch_size = checks.positive_int("batch_size", batch_size)
+    if n is None:
+        c = 1.0 / batch_size
+    else:
+        c = batch_covariance_factor(batch_size, n, replace)
     return float("inf") if c == 0 else 1.0 / (eta * np.sqrt(c * mu))
 
 
@@ -438,7 +526,7 @@ def second_moments(
     n = problem.n
     example = jnp.repeat(jnp.arange(n), J.shape[0] // n)
     alpha, beta = _batch_moments(B, n, replace)
-    C = alpha + beta * (example[:, None] == example[None, :])
+    C = alpha + beta * (example[:, None] == example[None, :]).astype(J.dtype)
     cov0 = jnp.asarray(cov0, J.dtype)
     if cov0.shape != (J.shape[1],) * 2:
         raise ValueError(f"cov0 must have shape (p, p) = {(J.shape[1],) * 2}, got {cov0.shape}")

@@ -2,7 +2,6 @@
 sampling noise removed, and observed orders of convergence."""
 
 import numpy as np
-from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from flows import Trajectory
@@ -34,19 +33,24 @@ def paired_difference(a: Trajectory, b: Trajectory, stat: str, level: float = 0.
     return mean_band(np.asarray(a.stats[stat]) - np.asarray(b.stats[stat]), level=level)
 
 
-def debiased_weak_error(diff_mean, diff_band, level: float = 0.95) -> tuple[float, float]:
-    """sup_t |E a - E b| over T saved times, from the sample mean d_t of a - b and its pointwise confidence
-    half-width at `level`, with the sampling noise removed: |d_t|^2 overestimates (E d_t)^2 by se_t^2 on
-    average (se_t = half-width / z), so the estimate is sup_t sqrt(max(d_t^2 - se_t^2, 0)).
+def debiased_weak_error(diff_mean, diff_band, seeds: int, level: float = 0.95) -> tuple[float, float]:
+    """sup_t |E a - E b| over T saved times, from the sample mean d_t of a - b over `seeds` samples and its
+    pointwise Student-t half-width at `level` (`mean_band`, or the root sum of squares of two such bands of
+    independent ensembles of `seeds` each), with the sampling noise removed: |d_t|^2 overestimates
+    (E d_t)^2 by se_t^2 on average (se_t = half-width / t_{(1+level)/2, seeds-1}, the quantile the band was
+    made with), so the estimate is sup_t sqrt(max(d_t^2 - se_t^2, 0)).
 
     Returns (estimate, half-width): the half-width is simultaneous over the T times (Bonferroni,
-    z_{1 - (1 - level) / (2T)} se at the time of the sup), since a sup over T noisy values picks the
+    t_{1 - (1 - level) / (2T), seeds-1} se at the time of the sup), since a sup over T noisy values picks the
     largest. An error below its half-width is not resolved by the sample."""
+    seeds = int(seeds)
+    if seeds < 2:
+        raise ValueError(f"seeds must be at least 2 (the band's sample size), got {seeds}")
     d, band = np.atleast_1d(np.asarray(diff_mean, float)), np.atleast_1d(np.asarray(diff_band, float))
-    se = band / norm.ppf((1 + level) / 2)
+    se = band / student_t.ppf((1 + level) / 2, seeds - 1)
     debiased = np.sqrt(np.maximum(d**2 - se**2, 0.0))
     i = int(np.argmax(debiased))
-    return float(debiased[i]), float(norm.ppf(1 - (1 - level) / (2 * d.size)) * se[i])
+    return float(debiased[i]), float(student_t.ppf(1 - (1 - level) / (2 * d.size), seeds - 1) * se[i])
 
 
 def resolved_order(etas, errors_and_bands) -> float:

@@ -36,7 +36,9 @@ from .noise import StepNoise as StepNoise
 from .sde import label_noise_sde as label_noise_sde
 from .sde import sgd_sde as sgd_sde
 from .trajectory import DIVERGED as DIVERGED
+from .trajectory import INNER_SOLVER_FAILED as INNER_SOLVER_FAILED
 from .trajectory import MAX_STEPS as MAX_STEPS
 from .trajectory import SOLVER_FAILED as SOLVER_FAILED
 from .trajectory import SUCCESSFUL as SUCCESSFUL
+from .trajectory import UNBOUNDED as UNBOUNDED
 from .trajectory import Trajectory as Trajectory

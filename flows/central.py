@@ -31,21 +31,31 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float, Int, PyTree
 
 from models import Problem, checks
 from models.problem import check_start
 
 from . import timescale
 from .gradient import save_times
-from .trajectory import SUCCESSFUL, Trajectory, default_metrics, diverged_where, evaluate, finish
+from .trajectory import (
+    INNER_SOLVER_FAILED,
+    SUCCESSFUL,
+    UNBOUNDED,
+    Trajectory,
+    default_metrics,
+    diverged_where,
+    evaluate,
+    finish,
+)
 
 COLD, REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
+PAST_EDGE = 0.01  # eta lambda > 2 (1 + this): past the edge, not held at it (held ones sit within O(h))
 
 
 def sdcp(
     A: Float[Array, "k k"], B: Float[Array, "k k k k"], *, rtol=None, max_iter: int = 10_000
-) -> Float[Array, "k k"]:
+) -> tuple[Float[Array, "k k"], Int[Array, ""]]:
     """The semidefinite complementarity problem X >= 0, Y = A + B(X) >= 0, <X, Y> = 0, for a symmetric A and a
     positive semidefinite operator B(X)_ij = sum_kl B_ijkl X_kl on symmetric matrices.
 
@@ -53,11 +63,17 @@ def sdcp(
     accelerated projected gradient (FISTA with adaptive restart; projection onto the PSD cone by one k x k
     eigendecomposition) until the step moves X by less than `rtol` (default sqrt(eps)/100) relative, or
     `max_iter`. X = 0 when A >= 0. jit- and vmap-able; cost O(k^6) for the step size, O(k^4) an
-    iteration."""
+    iteration.
+
+    **Returns:** `(X, result)`, `result` a `flows.trajectory` code: `SUCCESSFUL` when the iteration settled
+    and X meets the complementarity conditions (Y >= 0 and <X, Y> = 0, to sqrt(rtol) of the problem's
+    scale); `UNBOUNDED` when the iterates leave every bound (no solution exists: a direction D >= 0 with
+    B(D) = 0 and <A, D> < 0, e.g. B = 0 and A not PSD, as on least squares past the edge); else
+    `INNER_SOLVER_FAILED` (`max_iter` reached, or conditions unmet)."""
     k = A.shape[0]
     dtype = A.dtype
     if k == 0:
-        return jnp.zeros((0, 0), dtype)
+        return jnp.zeros((0, 0), dtype), jnp.asarray(SUCCESSFUL, jnp.int32)
     rtol = jnp.sqrt(jnp.finfo(dtype).eps) / 100 if rtol is None else rtol
     i, j = jnp.triu_indices(k)
     c = jnp.where(i == j, 1.0, jnp.sqrt(2.0)).astype(dtype)  # vec(M) = c * M[i, j] is an isometry
@@ -71,7 +87,7 @@ def sdcp(
 
     def project(x):
         w, V = jnp.linalg.eigh(mat(x))
-        return vec((V * jnp.maximum(w, 0)) @ V.T)
+        return vec((V * jnp.maximum(w, 0)[None, :]) @ V.T)
 
     a = vec(A)
     Q = c[:, None] * c[None, :] * ((B + B.transpose(1, 0, 2, 3)) / 2)[i, j][:, i, j]
@@ -79,8 +95,8 @@ def sdcp(
     lipschitz = jnp.maximum(jnp.linalg.eigvalsh(Q)[-1], jnp.finfo(dtype).tiny)
 
     def cond(state):
-        _, _, _, moved, it = state
-        return (moved > 0) & (it < max_iter)
+        x, _, _, moved, it = state
+        return moved & (it < max_iter) & jnp.all(jnp.isfinite(x))
 
     def body(state):
         x, y, s, _, it = state
@@ -92,8 +108,17 @@ def sdcp(
         return x_new, y_new, s_new.astype(dtype), moved, it + 1
 
     zero = jnp.zeros_like(a)
-    x, *_ = lax.while_loop(cond, body, (zero, zero, jnp.ones((), dtype), jnp.asarray(True), 0))
-    return jnp.where(jnp.linalg.eigvalsh(A)[0] >= 0, jnp.zeros((k, k), dtype), mat(x))
+    x, _, _, moved, _ = lax.while_loop(cond, body, (zero, zero, jnp.ones((), dtype), jnp.asarray(True), 0))
+    held = jnp.linalg.eigvalsh(A)[0] >= 0
+    X = jnp.where(held, jnp.zeros((k, k), dtype), mat(x))
+    size = jnp.linalg.norm(x)
+    Y = A + mat(Q @ vec(X))
+    slack = jnp.sqrt(rtol) * (jnp.max(jnp.abs(A)) + lipschitz * size)
+    solved = (jnp.linalg.eigvalsh(Y)[0] >= -slack) & (jnp.abs(jnp.sum(X * Y)) <= slack * jnp.maximum(1, size))
+    code = jnp.where(
+        ~jnp.isfinite(size), UNBOUNDED, jnp.where(~moved & solved, SUCCESSFUL, INNER_SOLVER_FAILED)
+    )
+    return X, jnp.where(held, SUCCESSFUL, code).astype(jnp.int32)
 
 
 class _Edge(eqx.Module):
@@ -102,6 +127,8 @@ class _Edge(eqx.Module):
     eigenvalues: Array  # (k,) descending
     U: Array  # (p, k)
     X: Array  # (k, k)
+    residual: Array  # (k,) ||H u_i - lambda_i u_i||
+    result: Array  # sdcp's code
 
 
 def central_flow(
@@ -124,17 +151,26 @@ def central_flow(
     - `num_eigs`: the top eigenpairs of H tracked (at least the number that reach 2 / eta; those below the
       edge get X = 0 by complementarity).
     - `substeps`: steps of size h = eta / substeps per GD step (the look-ahead of `sdcp` is one step).
-    - saved at `ts` (on the step grid; default `num_saves` points evenly in [0, t1], which must fall on it).
+    - saved at `ts` (on the step grid; default `num_saves` points spread evenly over [0, t1], each rounded
+      to the nearest step, as the SDEs do).
     - `solver`: a diffrax solver for each step with Sigma frozen (default `diffrax.Heun()`, second order:
       before the edge the flow is gradient flow to O(h^2)).
 
     Records `loss`, `predicted_loss` = L + (1/2) <Sigma, H> (GD's time-averaged loss), `eigenvalues` (the
-    top num_eigs of H, descending, shape (T, num_eigs)), `edge_count` (the rank of X: eigenvalues held at
-    the edge), `sigma_trace` = tr Sigma (GD's mean squared oscillation), and any `metrics`.
+    top num_eigs of H, descending, shape (T, num_eigs)), `eigen_residual` (||H u_i - lambda_i u_i|| of
+    those eigenpairs, (T, num_eigs): the eigenpairs are tracked, not solved to a tolerance, and H has an
+    eigenvalue within the residual of each), `edge_count` (the rank of X: eigenvalues held at the edge),
+    `edge_saturated` (edge_count == num_eigs: more eigenvalues may have reached the edge untracked; raise
+    num_eigs), `past_edge` (how many tracked eigenvalues have eta lambda > 2 (1 + `PAST_EDGE`): at t = 0, a
+    start already past the edge, which GD leaves by a transient the flow does not describe), `sigma_trace`
+    = tr Sigma (GD's mean squared oscillation), and any `metrics`.
 
     eta may be traced (`jax.vmap` over step sizes); t1 and the save times must then lie on every eta's step
-    grid. A flow whose loss becomes non-finite has `result = DIVERGED` and, with `throw=True`, raises
-    `equinox.EquinoxRuntimeError` (`flows.trajectory`). **Returns:** a `Trajectory` with `clock="t"`.
+    grid. The result (`flows.trajectory`): `DIVERGED` when the loss becomes non-finite; `UNBOUNDED` when
+    the complementarity problem has no solution, so no oscillation holds GD at the edge (e.g. least squares
+    past 2 / eta: GD diverges); `INNER_SOLVER_FAILED` when `sdcp` does not converge; with `throw=True`
+    each raises `equinox.EquinoxRuntimeError`.
+    **Returns:** a `Trajectory` with `clock="t"`.
     """
     params0 = check_start(problem, params0)
     eta = checks.positive("eta", eta)
@@ -143,9 +179,11 @@ def central_flow(
     num_eigs = checks.positive_int("num_eigs", num_eigs)
     if num_eigs > problem.num_params:
         raise ValueError(f"num_eigs = {num_eigs} exceeds the number of parameters, {problem.num_params}")
-    times = save_times(t1, ts, None, num_saves)
-    name = "ts" if ts is not None else f"the num_saves = {num_saves} even save times"
-    index = timescale.grid_index(times, eta / substeps, t1 * substeps / eta, name=name)
+    last = timescale.steps_for_time(t1, eta / substeps, name="t1")
+    if ts is None:
+        index = timescale.even_index(last, checks.positive_int("num_saves", num_saves))
+    else:
+        index = timescale.grid_index(save_times(t1, ts), eta / substeps, last, name="ts")
     traj = _solve(
         problem,
         params0,
@@ -179,13 +217,14 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
     upper = jnp.triu_indices(k)
 
     def edge(w, U0, iterations=1) -> _Edge:
-        lam, U = _top_eigenpairs(lambda v: _hvp(loss, w, v), U0, iterations)
+        lam, U, residual = _top_eigenpairs(lambda v: _hvp(loss, w, v), U0, iterations)
         g = jax.grad(loss)(w)
         rows = jax.vmap(lambda u, v: jax.grad(quad)(w, u, v))(U.T[upper[0]], U.T[upper[1]])  # t_ij, i <= j
         T = jnp.zeros((k, k, p), dtype).at[upper].set(rows).at[upper[1], upper[0]].set(rows)
         A = jnp.diag(2 / eta - lam) + h * jnp.einsum("ijp,p->ij", T, g)
         B = (h / 2) * jnp.einsum("ijp,klp->ijkl", T, T)
-        return _Edge(lam, U, sdcp(A, B))
+        X, result = sdcp(A, B)
+        return _Edge(lam, U, X, residual, result)
 
     def field(t, w, args):
         V = args  # Sigma = V V^T, frozen over the step
@@ -195,7 +234,7 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
 
     def step(w, e):
         mu, Q = jnp.linalg.eigh(e.X)
-        V = e.U @ (Q * jnp.sqrt(jnp.maximum(mu, 0)))
+        V = e.U @ (Q * jnp.sqrt(jnp.maximum(mu, 0))[None, :])
         zero = jnp.zeros((), dtype)
         state = solver.init(term, zero, h, w, V)
         return solver.step(term, zero, h, w, V, state, made_jump=True)[0]
@@ -204,10 +243,14 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
         params = unravel(w)
         stats = evaluate(problem, params, metrics)
         x_eigs = jnp.linalg.eigvalsh(e.X)
+        edge_count = jnp.sum(x_eigs > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(x_eigs[-1], 0))
         stats |= {
             "predicted_loss": stats["loss"] + 0.5 * jnp.sum(jnp.diag(e.X) * e.eigenvalues),
             "eigenvalues": e.eigenvalues,
-            "edge_count": jnp.sum(x_eigs > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(x_eigs[-1], 0)),
+            "eigen_residual": e.residual,
+            "edge_count": edge_count,
+            "edge_saturated": edge_count == k,
+            "past_edge": jnp.sum(eta * e.eigenvalues > 2 * (1 + PAST_EDGE)),
             "sigma_trace": jnp.trace(e.X),
         }
         return (params if save_params else None), stats
@@ -222,10 +265,11 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
     )
 
     def body(state):
-        w, U, j, s, out = state
+        w, U, j, s, out, result = state
         at_save = (s < saves) & (index[jnp.minimum(s, saves - 1)] == j)
         iterations = jnp.where(j + s == 0, COLD, jnp.where(at_save, REFRESH, 1))
         e = edge(w, U, iterations)
+        result = jnp.where(result == SUCCESSFUL, e.result, result)  # the first failure of sdcp
 
         def save(_):
             new = jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, e))
@@ -235,11 +279,11 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
             return step(w, e), j + 1, s, out
 
         w, j, s, out = lax.cond(at_save, save, advance, None)
-        return w, e.U, j, s, out
+        return w, e.U, j, s, out, result
 
-    init = (flat0, U0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), out)
-    *_, (params, stats) = lax.while_loop(lambda c: c[3] < saves, body, init)
-    result = diverged_where(SUCCESSFUL, stats["loss"])
+    init = (flat0, U0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), out, jnp.asarray(SUCCESSFUL))
+    *_, (params, stats), result = lax.while_loop(lambda c: c[3] < saves, body, init)
+    result = diverged_where(result, stats["loss"])
     return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t", result=result)
 
 
@@ -260,7 +304,7 @@ def _top_eigenpairs(hvp, U0, iterations):
     p, k = U0.shape
     if p <= 2 * k:
         lam, V = jnp.linalg.eigh(jax.vmap(hvp)(jnp.eye(p, dtype=U0.dtype)))
-        return lam[::-1][:k], V[:, ::-1][:, :k]
+        return lam[::-1][:k], V[:, ::-1][:, :k], jnp.zeros(k, U0.dtype)
     H = jax.vmap(hvp, 1, 1)
 
     def refine(_, U):
@@ -270,4 +314,6 @@ def _top_eigenpairs(hvp, U0, iterations):
         return Q @ V[:, ::-1][:, :k]
 
     U = lax.fori_loop(0, iterations, refine, U0)
-    return jnp.einsum("pi,pi->i", U, H(U)), U
+    HU = H(U)
+    lam = jnp.einsum("pi,pi->i", U, HU)
+    return lam, U, jnp.linalg.norm(HU - U * lam[None, :], axis=0)

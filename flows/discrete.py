@@ -134,7 +134,7 @@ def label_noise_sgd(
     slow time is tau = eta^2 sigma^2 B_eps k / B^2, `flows.timescale`). Arguments otherwise as `sgd`."""
     step_noise = StepNoise(
         batch_size=checks.batch_size(batch_size, problem.n),
-        sigma=sigma,
+        sigma=checks.non_negative("sigma", sigma),  # required: without it this would be plain GD or SGD
         replace=replace,
         noise=noise,
         noise_batch_size=noise_batch_size,
@@ -181,11 +181,15 @@ def _discrete(name, problem, params0, key, eta, noise: StepNoise, save: Steps, m
     if key is None and (noise.sigma is not None or noise.batch_size < problem.n):
         raise ValueError(f"{name} needs a PRNG key")
     traj, first_bad = _scan(problem, params0, key, eta, noise, save, default_metrics(metrics), svag_l)
+    recorded = None if name == "gd" else noise
+    traj = eqx.tree_at(lambda tr: (tr.eta, tr.noise), traj, (eta, recorded), is_leaf=lambda x: x is None)
 
     def where():
         k = int(first_bad)
         t = float(timescale.flow_time(k, eta))
-        return f" at step {k} (t = eta * k = {t:.4g}) with eta = {float(eta):.4g}; reduce eta"
+        step = "eta" if svag_l is None else "eta / l"
+        given = "" if svag_l is None else f" (eta = {float(eta) * svag_l:.4g}, l = {svag_l})"
+        return f" at step {k} (t = {step} * k = {t:.4g}) with {step} = {float(eta):.4g}{given}; reduce eta"
 
     return finish(name, traj, throw, where)
 

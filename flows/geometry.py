@@ -13,16 +13,20 @@ a = (example, output) over the N = n k scalar outputs.
 
 Modes (`mode_for` picks one; a flow can be told which):
 
+Both modes solve with (K + mu I)^{-1}, mu = `rcond` max_a ||grad f_a||^2: K^+ to a relative mu / lambda on
+K's eigenvalues lambda >> mu, and those far below mu (near rank loss, e.g. two inputs 1e-9 apart, or the
+sparse optima of the quadratic parametrisation) dropped, the same rank decision in both modes, so that they
+agree there too (to 1e-4 and better) and neither returns NaN.
+
 - `"dense"`: J formed once per point, row by row from per-example gradients (memory N p; cost N gradient
   evaluations; grad tr G comes out of the same pass, reverse over reverse per example), K = J J^T (N^2 p),
-  factorised once by Cholesky (N^3 / 3). Near rank loss (a pivot below `rcond` times the largest diagonal
-  entry of K, e.g. at the sparse optima of the quadratic parametrisation) the solve falls back to the
-  pseudo-inverse from an eigendecomposition of K, eigenvalues below `rcond` times the largest dropped.
-  Accuracy: a solve with K loses cond(J)^2 eps; float32 needs cond(J) well below 1e3.
+  K + mu I factorised once by Cholesky (N^3 / 3). Accuracy: a solve with K loses cond(J)^2 eps; float32
+  needs cond(J) well below 1e3.
 - `"matrix_free"`: K u is one JVP and one VJP of the residuals (the primal pass linearised once: memory
-  O(p + N + one batch of activations), never N p); K^+ b by conjugate gradients (lineax CG, Jacobi
-  preconditioner diag K_aa = ||grad f_a||^2, which the trace pass yields for free); grad tr G streamed over
-  examples in chunks of `chunk` (memory chunk * p).
+  O(p + N + one batch of activations), never N p); (K + mu I)^{-1} b by conjugate gradients (lineax CG,
+  Jacobi preconditioner diag K_aa = ||grad f_a||^2, which the trace pass yields for free); a solve that
+  misses its tolerance is recorded (`Point.solved`) and the flows report it (`INNER_SOLVER_FAILED`, never
+  DIVERGED); grad tr G streamed over examples in chunks of `chunk` (memory chunk * p).
 """
 
 from collections.abc import Callable
@@ -36,6 +40,7 @@ from jaxtyping import Array, Float
 
 Mode = Literal["auto", "dense", "matrix_free"]
 DENSE_BUDGET = 2**30  # bytes: the dense mode is chosen while J (N, p) fits in this
+CG_RTOL = {"float64": 1e-10, "float32": 1e-5}  # the matrix-free solves' relative tolerance, by dtype
 
 
 def mode_for(problem, mode: Mode = "auto", dtype=None) -> Literal["dense", "matrix_free"]:
@@ -82,18 +87,18 @@ class Point:
         if mode == "dense":
             self.r = residual(flat)
             self.J, self.sq, self.trace_grad = _rows(problem, flat, unravel, trace_grad)
-            J = self.J
-            self._K = J @ J.T
-            self._L = jnp.linalg.cholesky(self._K)
-            pivots = jnp.diagonal(self._L) ** 2
-            self._chol_ok = jnp.all(jnp.isfinite(self._L)) & (
-                jnp.min(pivots) > self.rcond * jnp.max(jnp.diagonal(self._K))
-            )
         else:
             self.r, self._jvp = jax.linearize(residual, flat)
             self._vjp = jax.linear_transpose(self._jvp, flat)
             self.sq, self.trace_grad = _streamed(problem, flat, unravel, chunk, trace_grad)
-            self._cg_rtol = cg_rtol if cg_rtol is not None else (1e-10 if dtype == jnp.float64 else 1e-5)
+            self._cg_rtol = CG_RTOL[jnp.dtype(dtype).name] if cg_rtol is None else cg_rtol
+        # the one rank rule of both modes: K's eigenvalues far below mu = rcond max_a ||grad f_a||^2 count as
+        # zero, through the regularised inverse (K + mu I)^{-1}, which is K^+ to a relative mu / lambda
+        # elsewhere
+        self.mu = self.rcond * jnp.maximum(jnp.max(self.sq), jnp.finfo(dtype).tiny)
+        if mode == "dense":
+            self._L = jnp.linalg.cholesky(self.J @ self.J.T + self.mu * jnp.eye(self.N, dtype=dtype))
+        self.solved = jnp.asarray(True)  # False once a conjugate-gradient solve has failed
 
     def jv(self, v: Float[Array, " p"]) -> Float[Array, " N"]:
         return self.J @ v if self.mode == "dense" else self._jvp(v)
@@ -102,28 +107,23 @@ class Point:
         return u @ self.J if self.mode == "dense" else self._vjp(u)[0]
 
     def solve(self, b: Float[Array, " N"]) -> Float[Array, " N"]:
-        """K^+ b (for b in range(K): the least-squares solution of minimum norm)."""
+        """(K + mu I)^{-1} b: K^+ b for b in range(K), with K's eigenvalues far below mu dropped (the rank
+        rule above; at a point where J loses rank, the pseudo-inverse of the rank kept). Dense: one Cholesky
+        solve. Matrix-free: conjugate gradients (Jacobi preconditioner); a solve that does not reach its
+        tolerance sets `solved` to False (the flows report it as `INNER_SOLVER_FAILED`)."""
         if self.mode == "dense":
-            return lax.cond(self._chol_ok, self._cholesky_solve, self._eigh_solve, b)
+            return jax.scipy.linalg.cho_solve((self._L, True), b)
         K = lx.FunctionLinearOperator(
-            lambda u: self.jv(self.jtu(u)),
+            lambda u: self.jv(self.jtu(u)) + self.mu * u,
             jax.ShapeDtypeStruct(b.shape, b.dtype),
             lx.positive_semidefinite_tag,
         )
-        diag = jnp.where(self.sq > 0, self.sq, 1.0)
-        precond = lx.DiagonalLinearOperator(1.0 / diag)
+        precond = lx.DiagonalLinearOperator(1.0 / (self.sq + self.mu))
         precond = lx.TaggedLinearOperator(precond, lx.positive_semidefinite_tag)
         solver = lx.CG(rtol=self._cg_rtol, atol=0.0, max_steps=10 * self.N + 100)
-        return lx.linear_solve(K, b, solver, options={"preconditioner": precond}, throw=False).value
-
-    def _cholesky_solve(self, b):
-        return jax.scipy.linalg.cho_solve((self._L, True), b)
-
-    def _eigh_solve(self, b):
-        lam, U = jnp.linalg.eigh(self._K)
-        keep = lam > self.rcond * lam[-1]
-        inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-        return U @ (inv * (U.T @ b))
+        sol = lx.linear_solve(K, b, solver, options={"preconditioner": precond}, throw=False)
+        self.solved = self.solved & (sol.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
+        return sol.value
 
     def min_norm(self, b: Float[Array, " N"]) -> Float[Array, " p"]:
         """J^+ b = J^T K^+ b."""

@@ -77,6 +77,8 @@ def gradient_flow(
     **Returns:** a `Trajectory` in gradient-flow time t.
     """
     params0 = check_start(problem, params0)
+    checks.positive("t1", t1)
+    checks.forward_span(t0, t1)
     times = save_times(t1, ts, save_every, t0=t0)  # from t1 as given: the number of saves is static
     t1 = checks.positive("t1", t1)
     traj = _solve(

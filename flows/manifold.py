@@ -41,7 +41,15 @@ from models.problem import check_start
 from . import geometry
 from .geometry import Mode
 from .gradient import save_times, solve_ode
-from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish
+from .trajectory import (
+    INNER_SOLVER_FAILED,
+    Metric,
+    Trajectory,
+    default_metrics,
+    diverged_where,
+    evaluate,
+    finish,
+)
 
 Objective = Callable[[Problem, PyTree], Array]
 
@@ -146,6 +154,10 @@ _UNSETTLED = (
     "limit_map: gradient flow from params did not settle (RMS of grad L <= tol) within max_time and "
     "max_steps; the start is far from the zero-loss manifold or gradient flow has no limit on it there"
 )
+_UNSOLVED = (
+    "retraction onto the zero-loss manifold failed: conjugate gradients did not reach their tolerance in a "
+    "matrix-free Gauss-Newton step (J J^T too ill-conditioned there); mode='dense' factorises it where J fits"
+)
 _TOO_FAR = (
     "retraction onto the zero-loss manifold failed: the start is too far from the manifold "
     "(Gauss-Newton did not reach max|r| <= tol)"
@@ -168,8 +180,8 @@ def _onto(
     """Map `params` onto the manifold (Phi when `phi`, else the retraction) in one compiled call, raising
     the errors of `limit_map` and `retract`: `ValueError` where J J^T is singular (a degenerate start),
     `equinox.EquinoxRuntimeError` where the map fails to converge (eagerly with the numbers, or traced).
-    With `gram`, also returns the smallest and largest eigenvalues of K = J J^T at the result (dense; None
-    where J is too large to form)."""
+    With `gram`, also returns the smallest and largest eigenvalues of K = J J^T at the result (in the dense
+    mode; None in the matrix-free one, which never forms J)."""
     checks.same_structure("params", params, problem.params, "problem.params")
     flat, unravel = problem.ravel(params)
     eps = float(jnp.finfo(flat.dtype).eps)
@@ -180,14 +192,16 @@ def _onto(
     if res_tol is None:
         res_tol = 1e3 * eps * (1 + float(np.max(np.abs(problem.y))) if checks.is_concrete(problem.y) else 1.0)
     mode = geometry.mode_for(problem, mode, flat.dtype)
-    gram = gram and problem.y.size * problem.num_params * flat.dtype.itemsize <= geometry.DENSE_BUDGET
-    v, settled, res, ok, lam = _onto_compiled(
+    gram = gram and mode == "dense"  # the matrix-free mode never forms J
+    v, settled, res, ok, solved, lam = _onto_compiled(
         problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
     )
-    if checks.is_concrete((settled, ok)):
-        settled, res, ok = jax.device_get((settled, res, ok))
+    if checks.is_concrete((settled, ok, solved)):
+        settled, res, ok, solved = jax.device_get((settled, res, ok, solved))
         if not settled:
             raise eqx.EquinoxRuntimeError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
+        if not solved:
+            raise eqx.EquinoxRuntimeError(_UNSOLVED)
         if lam is not None:
             _check_regular(problem, lam, flat.dtype, "where the start lands")
         if not ok:
@@ -201,7 +215,9 @@ def _onto(
                 f"tol = {float(res_tol):.3g}"
             )
     else:
-        v = eqx.error_if(eqx.error_if(v, ~settled, _UNSETTLED), ~ok, _TOO_FAR)
+        v = eqx.error_if(
+            eqx.error_if(eqx.error_if(v, ~settled, _UNSETTLED), ~solved, _UNSOLVED), ~ok, _TOO_FAR
+        )
     return unravel(v), lam
 
 
@@ -237,25 +253,26 @@ def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_it
         flat, settled = sol.ys[-1], sol.result == diffrax.RESULTS.event_occurred
 
     def cond(state):
-        _, res, i = state
-        return (res > res_tol) & (i < max_iter) & jnp.isfinite(res)
+        _, res, i, solved = state
+        return (res > res_tol) & (i < max_iter) & jnp.isfinite(res) & solved
 
     def body(state):
-        v, _, i = state
+        v, _, i, solved = state
         point = geometry.Point(problem, v, unravel, mode)
         v = v - point.min_norm(point.r)
-        return v, jnp.max(jnp.abs(problem.residuals(unravel(v)))), i + 1
+        return v, jnp.max(jnp.abs(problem.residuals(unravel(v)))), i + 1, solved & point.solved
 
     res0 = jnp.max(jnp.abs(problem.residuals(unravel(flat))))
-    v, res, i = jax.lax.while_loop(cond, body, (flat, res0, 0))
+    v, res, i, solved = jax.lax.while_loop(cond, body, (flat, res0, 0, jnp.asarray(True)))
     # one more Gauss-Newton step squares a residual at res_tol down to round-off; kept where it helps
-    polished, res2, _ = body((v, res, i))
-    v, res = jax.tree.map(lambda a, b: jnp.where(res2 < res, a, b), (polished, res2), (v, res))
+    polished, res2, _, polish_solved = body((v, res, i, solved))
+    better = (res2 < res) & polish_solved
+    v, res = jax.tree.map(lambda a, b: jnp.where(better, a, b), (polished, res2), (v, res))
     lam = None
     if gram:
         J = problem.jacobian(unravel(v))
         lam = jnp.linalg.eigvalsh(J @ J.T)[jnp.array([0, -1])]
-    return v, settled, res, res <= res_tol, lam
+    return v, settled, res, res <= res_tol, solved, lam
 
 
 def riemannian_flow(
@@ -309,6 +326,7 @@ def riemannian_flow(
     """
     params0 = check_start(problem, params0)
     t1 = checks.positive("t1", t1)
+    checks.forward_span(t0, t1)
     stabilize = checks.non_negative("stabilize", stabilize)
     if start not in ("limit_map", "retract"):
         raise ValueError(f"start must be 'limit_map' or 'retract', got {start!r}")
@@ -318,7 +336,6 @@ def riemannian_flow(
     if rtol is None:  # below float32's eps a controller cannot meet its tolerance and crawls
         rtol = 1e-8 if flat0.dtype == jnp.float64 else 1e-5
     atol = rtol / 100 if atol is None else atol
-    metrics = {**default_metrics(metrics), "objective": objective or label_noise_objective}
     clock = "tau" if objective in (None, label_noise_objective) else "t"
     traj = _riemannian_solve(
         problem,
@@ -333,7 +350,7 @@ def riemannian_flow(
         rtol,
         atol,
         max_steps,
-        metrics,
+        default_metrics(metrics),
         save_params,
         progress,
     )
@@ -367,11 +384,18 @@ def _riemannian_solve(
 
     def save(t, v, args):
         params = unravel(v)
+        point, g = _point_and_grad(problem, v, unravel, objective, mode)
         stats = evaluate(problem, params, metrics)
-        stats["grad_norm"] = jnp.linalg.norm(_riemannian_grad(problem, v, unravel, objective, mode))
-        return (params if save_params else None), stats
+        # the default objective tr G / 4 from the squared gradient norms the geometry has (never J in the
+        # matrix-free mode)
+        default = objective is None or objective is label_noise_objective
+        stats["objective"] = jnp.sum(point.sq) / (4 * problem.n) if default else objective(problem, params)
+        stats["grad_norm"] = jnp.linalg.norm(point.project(g))
+        return (params if save_params else None), (stats, point.solved)
 
-    ts, (params, stats), result = solve_ode(
+    ts, (params, (stats, solved)), result = solve_ode(
         field, flat0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress
     )
+    # a failed conjugate-gradient solve at a save (matrix-free mode) is an inner failure, not a divergence
+    result = jnp.where(jnp.all(solved), result, INNER_SOLVER_FAILED)
     return Trajectory(ts=ts, params=params, stats=stats, result=diverged_where(result, stats["loss"]))

@@ -23,10 +23,16 @@ from models import Problem, checks
 
 
 class StepNoise(eqx.Module):
-    """The randomness of one SGD step, validated when built: a minibatch of `batch_size` (1..n; n is full
-    batch) drawn with replacement or not (`replace`), label noise of scale `sigma` (None: none; Gaussian or
-    Rademacher, `noise`), on the gradient batch or on `noise_batch_size` examples drawn apart from it. The
-    discrete flows step with it and the SDEs model it. `sigma` may be traced; the rest is static."""
+    """The randomness of one SGD step, validated when built: a minibatch of `batch_size` (1..n; B = n is the
+    full batch, GD's gradient, whatever `replace` says: docs/conventions.md) drawn with replacement or not
+    (`replace`), label noise of scale `sigma` (None: none; Gaussian or Rademacher, `noise`), on the gradient
+    batch or on `noise_batch_size` examples drawn apart from it. The discrete flows step with it and the SDEs
+    model it. `sigma` may be traced; the rest is static.
+
+    The label noise is weighted as the batch's loss weights its examples, 1/B each: on the gradient batch the
+    step's gradient is that of (1/(2B)) sum_i (f_i - y_i - eps_i)^2; on a separate noise batch it gains
+    -(1/B) sum_j eps_j grad f_j. A published scheme that adds one example's unweighted noise term
+    -delta z grad f_j (z ~ N(0, 1)) to the full-batch gradient is B = n, B_eps = 1 with sigma = n delta."""
 
     batch_size: int = eqx.field(static=True, converter=lambda b: checks.positive_int("batch_size", b))
     sigma: Array | None = eqx.field(
@@ -45,11 +51,22 @@ class StepNoise(eqx.Module):
             raise ValueError(f"noise must be 'gaussian' or 'rademacher', got {self.noise!r}")
         if not isinstance(self.replace, bool):
             raise ValueError(f"replace must be True or False, got {self.replace!r}")
+        if self.sigma is None and self.noise_batch_size is not None:
+            raise ValueError(
+                f"noise_batch_size = {self.noise_batch_size} places label noise, but sigma is None (no label "
+                "noise): give sigma, or drop noise_batch_size"
+            )
 
     @property
     def factor_args(self) -> dict:
-        """The keyword arguments of the noise factors below (`diffusion`, `noise_cotangent`, ...)."""
-        return dict(sigma=self.sigma, batch_size=self.batch_size, replace=self.replace)
+        """The keyword arguments of the noise factors below (`diffusion`, `noise_cotangent`, ...). With a
+        label-noise batch of B_eps apart from the gradient batch of B, the label term's covariance is
+        sigma^2 B_eps J^T J / (B^2 n), B_eps / B times that of noise on the gradient batch: the factors get
+        sigma sqrt(B_eps / B)."""
+        sigma = self.sigma
+        if self.noise_batch_size is not None:
+            sigma = sigma * (self.noise_batch_size / self.batch_size) ** 0.5
+        return dict(sigma=sigma, batch_size=self.batch_size, replace=self.replace)
 
 
 def noise_parts(problem: Problem, sigma, batch_size: int) -> dict[str, tuple[int, ...]]:

@@ -6,11 +6,15 @@ with independent Brownian motions and the noise factors of `flows.noise` (F F^T 
 step's gradient noise). Label-noise GD (B = n) has only the label term; plain SGD only the batch term;
 label-noise SGD on minibatches both.
 
-**The default: Euler on the step grid, one pass per step.** Fixed steps h = eta / `substeps` on the
+**The default: Euler on the step grid, four substeps a step.** Fixed steps h = eta / `substeps` on the
 `BrownianGrid` path (`flows.brownian`): the increment over step k of size eta is sqrt(eta) z_k with z_k drawn
 exactly as label-noise SGD draws its step-k label noise, so an SDE path and a label-noise GD run with the
-same key are coupled (Euler with `substeps=1` *is* label-noise GD); `substeps = 2^L` refines each step by
-Brownian bridges, and every refinement sees the same path. One Euler-Maruyama step is
+same key are coupled; `substeps = 2^L` refines each step by Brownian bridges, and every refinement sees the
+same path. The default `substeps=4` solves the SDE (its strong error against a fine solve is a quarter of
+label-noise GD's). **`substeps=1` is not a solve of the SDE:** Euler at the step size *is* label-noise GD
+(the same iterates to round-off, with the same key), and for `sgd_sde` it is SGD with its minibatch
+gradient replaced by a Gaussian of the same mean and covariance; a comparison of SGD with the SDE at
+`substeps=1` measures nothing but that. One Euler-Maruyama step is
 
     theta <- theta + J^T [-(h / n) r + sqrt(eta) (sigma dW_label + c_B r * (dW_batch - mean)) / sqrt(B n)]
 
@@ -71,7 +75,7 @@ def label_noise_sde(
     batch_size: int | None = None,
     noise_batch_size: int | None = None,
     replace: bool = True,
-    substeps: int = 1,
+    substeps: int = 4,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -95,7 +99,8 @@ def label_noise_sde(
     - `eta > 0`, `sigma >= 0`, `batch_size` in 1..n (default n: label-noise GD), `noise_batch_size`,
       `replace`: as for `label_noise_sgd`.
     - `key`: the Brownian path's key; with the same key, label-noise GD draws the same increments.
-    - `substeps`: fixed steps of eta / substeps (a power of two) on the `BrownianGrid` path.
+    - `substeps`: fixed steps of eta / substeps (a power of two) on the `BrownianGrid` path; default 4.
+      `substeps=1` is label-noise SGD itself, not a solve of the SDE (module docstring).
     - `solver`: default `diffrax.Euler()`; see the module docstring for the others.
     - `rtol`, `atol`: given, steps are adaptive (PID controller, from eta / substeps) on a
       `diffrax.VirtualBrownianTree`; the solver must have an error estimate (e.g. `diffrax.Heun()`).
@@ -108,15 +113,13 @@ def label_noise_sde(
     """
     batch_size = checks.batch_size(batch_size, problem.n)
     sigma = checks.non_negative("sigma", sigma)
-    if noise_batch_size is not None:
-        sigma = sigma * (checks.positive_int("noise_batch_size", noise_batch_size) / batch_size) ** 0.5
     return _sde(
         "label_noise_sde",
         problem,
         params0,
         key,
         eta,
-        StepNoise(batch_size=batch_size, sigma=sigma, replace=replace),
+        StepNoise(batch_size=batch_size, sigma=sigma, replace=replace, noise_batch_size=noise_batch_size),
         t1=t1,
         substeps=substeps,
         solver=solver,
@@ -141,7 +144,7 @@ def sgd_sde(
     batch_size: int,
     key: PRNGKeyArray,
     replace: bool = True,
-    substeps: int = 1,
+    substeps: int = 4,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -257,6 +260,7 @@ def _sde(
             progress=progress,
         )
     traj = eqx.tree_at(lambda tr: tr.result, traj, diverged_where(traj.result, traj.stats["loss"]))
+    traj = eqx.tree_at(lambda tr: (tr.eta, tr.noise), traj, (eta, noise), is_leaf=lambda x: x is None)
 
     def where():
         bad = ~np.isfinite(np.asarray(traj.stats["loss"]))
@@ -291,7 +295,7 @@ def _save_index(t1, h, steps, ts, save_every):
     """The fine-step indices of the save times: `ts` (or 0, save_every, ..., t1) on the step grid, else 101
     grid points spread evenly over [0, t1]. The number of saves is static; the times may be traced."""
     if ts is None and save_every is None:
-        return jnp.round(jnp.linspace(0.0, 1.0, 101) * steps).astype(jnp.int32)
+        return timescale.even_index(steps, 101)
     name = "ts"
     if ts is None:
         name = "save_every"
@@ -337,7 +341,9 @@ def _euler(problem, params0, key, eta, index, even, substeps, hyper, metrics, sa
         return (params, target), record(params)
 
     def run(params, first, length):
-        return lax.scan(lambda p, j: (step(j, p), None), params, first + jnp.arange(length))[0]
+        return lax.scan(lambda p, j: (step(j, p), None), params, first + jnp.arange(length, dtype=jnp.int32))[
+            0
+        ]
 
     if even is None:
         _, (params, stats) = lax.scan(segment, (params0, jnp.zeros((), jnp.int32)), index)

@@ -19,6 +19,7 @@ does not remove. A weak error that does not fall like eta says one of them is no
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,8 +30,12 @@ WHOLE_RTOL = 1e-6
 
 
 def flow_time(step, eta):
-    """t = eta * k."""
-    return eta * step
+    """t = eta * k: NumPy for NumPy or Python arguments; otherwise a JAX array in eta's dtype (an integer
+    step array is cast to it, not promoted)."""
+    if not any(isinstance(x, jax.Array) for x in (step, eta)):
+        return eta * step
+    eta = jnp.asarray(eta)
+    return eta * jnp.asarray(step).astype(eta.dtype)
 
 
 def steps_for_time(t, eta, *, name: str = "t"):
@@ -69,6 +74,7 @@ def grid_index(ts, h, last, *, name: str = "ts"):
         return jnp.asarray(j, jnp.int32)
     count = jnp.asarray(ts) / h
     j = jnp.round(count)
+    last = jnp.asarray(last).astype(j.dtype)
     off = jnp.any(~_whole(count, j, jnp) | (j < 0) | _beyond(j, last, jnp))
     return eqx.error_if(j.astype(jnp.int32), off, f"{name} must lie on the step grid, in [0, t1]")
 
@@ -90,8 +96,19 @@ def slow_time(step, eta, sigma, batch_size, noise_batch_size=None):
 
 
 def steps_for_slow_time(tau, eta, sigma, batch_size, noise_batch_size=None) -> int:
-    """The number of steps k with `slow_time(k, ...)` = tau, rounded up to a whole step."""
-    return int(np.ceil(tau * _effective_batch(batch_size, noise_batch_size) / (eta**2 * sigma**2) - 1e-9))
+    """The number of steps k with `slow_time(k, ...)` = tau, rounded up to a whole step (a count within
+    `WHOLE_RTOL` relative of a whole number is that number)."""
+    count = float(tau * _effective_batch(batch_size, noise_batch_size) / (eta**2 * sigma**2))
+    k = round(count)
+    return k if _whole(count, k) else int(np.ceil(count))
+
+
+def even_index(steps, num_saves: int):
+    """`num_saves` step indices spread evenly over 0..steps, each rounded to the nearest step: the default
+    save grid of the fixed-step flows (the SDEs, the central flow). `steps` may be traced; the count is
+    static."""
+    grid = jnp.linspace(0.0, 1.0, num_saves)
+    return jnp.round(grid * jnp.asarray(steps).astype(grid.dtype)).astype(jnp.int32)
 
 
 def _effective_batch(batch_size, noise_batch_size):

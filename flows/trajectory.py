@@ -1,13 +1,18 @@
 """The one result type of every flow, the metrics recorded along it, and the one failure convention.
 
 Every flow takes `throw` (default True) and returns a `Trajectory` whose `result` is a code: `SUCCESSFUL`,
-`DIVERGED` (the loss became non-finite), `MAX_STEPS` (an adaptive solve ran out of its step budget) or
-`SOLVER_FAILED` (any other failure of the ODE solver). With `throw=True` a failed flow raises
-`equinox.EquinoxRuntimeError`: at once, naming the step or time, when its arguments are concrete; from
-`eqx.branched_error_if` when the flow runs under the caller's `eqx.filter_jit` or `vmap` (under a bare
-`jax.jit`, JAX raises its own runtime error carrying the same message). With `throw=False` it returns
-the Trajectory (its values after the failure are not meaningful) and the caller reads `result`, per seed in an
-ensemble. Bad arguments are another matter: they raise `ValueError` naming the argument (`models.checks`).
+`DIVERGED` (the loss became non-finite), `MAX_STEPS` (an adaptive solve ran out of its step budget),
+`SOLVER_FAILED` (any other failure of the ODE solver), `INNER_SOLVER_FAILED` (an iterative solve inside a
+step did not converge: conjugate gradients, the central flow's complementarity problem or its eigenpairs)
+or `UNBOUNDED` (the central flow's complementarity problem has no solution: GD cannot be held at the
+edge). A failed inner solve is never reported as a divergence, nor its number as a result.
+
+With `throw=True` a failed flow raises `equinox.EquinoxRuntimeError`: at once, naming the step or time,
+when its arguments are concrete; from `eqx.branched_error_if` when the flow runs under the caller's
+`eqx.filter_jit` or `vmap` (under a bare `jax.jit`, JAX raises its own runtime error carrying the same
+message). With `throw=False` it returns the Trajectory (its values after the failure are not meaningful)
+and the caller reads `result`, per seed in an ensemble. Bad arguments are another matter: they raise
+`ValueError` naming the argument (`models.checks`).
 """
 
 from collections.abc import Callable, Mapping
@@ -20,6 +25,8 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from models import checks
+
+from . import timescale
 
 Metric = Callable[..., Array]  # metric(problem, params) -> scalar
 
@@ -38,24 +45,30 @@ def evaluate(problem, params, metrics: Mapping[str, Metric]) -> dict[str, Array]
     return {name: fn(problem, params) for name, fn in metrics.items()}
 
 
-SUCCESSFUL, DIVERGED, MAX_STEPS, SOLVER_FAILED = 0, 1, 2, 3
+SUCCESSFUL, DIVERGED, MAX_STEPS, SOLVER_FAILED, INNER_SOLVER_FAILED, UNBOUNDED = 0, 1, 2, 3, 4, 5
 MESSAGES = (
     "succeeded",
     "diverged: the loss became non-finite",
     "ran out of steps (max_steps) before t1",
     "failed: the ODE solver could not take a step",
+    "failed: an inner solver did not converge (conjugate gradients, the complementarity problem or the "
+    "eigenpairs)",
+    "failed: the edge cannot be held: the complementarity problem is unbounded (the eigenvalues past 2 / eta "
+    "gain no curvature from the oscillation, as on least squares, and GD diverges there)",
 )
 
 
 class Trajectory(eqx.Module):
     """A saved path: `ts` (T,), `params` stacked over a leading axis of length T, `stats[name]` (T,).
 
-    `result` is the flow's code (module docstring): `SUCCESSFUL`, `DIVERGED`, `MAX_STEPS` or `SOLVER_FAILED`.
+    `result` is the flow's code (module docstring), `SUCCESSFUL` or the failure's.
     `ts` is in the flow's clock, `clock`: `"t"` is gradient-flow time t = eta * k (GD, SGD, gradient flow,
-    the SDEs), `"tau"` the slow time tau = eta^2 sigma^2 k / B of the flow on the zero-loss manifold
-    (see `flows.timescale`). `params` is `None` when a flow was asked not to keep them. An ensemble
-    (`jax.vmap` over keys, `analysis.ensembles.ensemble`) is a Trajectory with a leading seed axis on
-    every array.
+    the SDEs), `"tau"` the slow time tau = eta^2 sigma^2 k / B (eta^2 sigma^2 B_eps k / B^2 with a separate
+    label-noise batch) of the flow on the zero-loss manifold (see `flows.timescale`). `params` is `None`
+    when a flow was asked not to keep them. The discrete flows and the SDEs record their step size `eta`
+    and their step's randomness `noise` (a `flows.StepNoise`; None for GD and the deterministic flows), so
+    that `slow_time()` gives tau at the saved times without repeating them. An ensemble (`jax.vmap` over
+    keys, `analysis.ensembles.ensemble`) is a Trajectory with a leading seed axis on every array.
     """
 
     ts: Float[Array, "*seeds T"]
@@ -63,6 +76,8 @@ class Trajectory(eqx.Module):
     stats: dict[str, Array]
     clock: str = eqx.field(static=True, default="t")
     result: Int[Array, "*seeds"] = eqx.field(default_factory=lambda: jnp.asarray(SUCCESSFUL, jnp.int32))
+    eta: Array | None = None
+    noise: eqx.Module | None = None
 
     def at(self, i: int) -> PyTree:
         """The parameters saved at index i (negative counts from the end)."""
@@ -70,7 +85,20 @@ class Trajectory(eqx.Module):
 
     @property
     def final(self) -> PyTree:
+        """The parameters saved last (`at(-1)`)."""
         return self.at(-1)
+
+    def slow_time(self) -> Array:
+        """tau at the saved times of a label-noise run in gradient-flow time: tau = eta sigma^2 t / B, or
+        eta sigma^2 B_eps t / B^2 with a separate label-noise batch (`flows.timescale.slow_time` at step
+        k = t / eta)."""
+        if self.clock != "t" or self.eta is None or self.noise is None or self.noise.sigma is None:
+            raise ValueError(
+                "slow_time needs a label-noise run in gradient-flow time (eta and sigma recorded)"
+            )
+        n = self.noise
+        eta, sigma = jnp.asarray(self.eta)[..., None], jnp.asarray(n.sigma)[..., None]  # per seed
+        return timescale.slow_time(self.ts / eta, eta, sigma, n.batch_size, n.noise_batch_size)
 
 
 def solver_result(result) -> Int[Array, ""]:

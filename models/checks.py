@@ -39,6 +39,12 @@ def _check(name, value, ok, what):
     return eqx.error_if(value, ~(jnp.isfinite(value) & ok(value)), f"{name} {what}")
 
 
+def forward_span(t0, t1) -> None:
+    """t1 > t0 when both are concrete: a flow runs forward in time (backwards, gradient flow would ascend)."""
+    if is_concrete((t0, t1)) and not float(t1) > float(t0):
+        raise ValueError(f"t1 = {float(t1):.6g} must be greater than t0 = {float(t0):.6g}: flows run forward")
+
+
 def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -28,7 +28,7 @@ def orthogonal(key: PRNGKeyArray, n: int, d: int) -> Float[Array, "n d"]:
     if n > d:
         raise ValueError(f"orthogonal inputs need n <= d, got n = {n}, d = {d}")
     q, r = jnp.linalg.qr(jax.random.normal(key, (d, n)))
-    return (q * jnp.sign(jnp.diag(r))).T
+    return (q * jnp.sign(jnp.diag(r))[None, :]).T
 
 
 def sphere(key: PRNGKeyArray, n: int, d: int) -> Float[Array, "n d"]:
@@ -72,7 +72,8 @@ def digits(*, classes: tuple[int, ...] | None = None, one_hot: bool = False, sta
 
     Returns (X (n, 64), y). With `one_hot`, y is (n, 10) (or (n, len(classes))) in {0, 1}; with two
     `classes` and no `one_hot`, y is +-1 (a binary regression target); otherwise y is the class index as a
-    float. `standardize` centres every pixel and scales by the global standard deviation.
+    float. `standardize` centres every pixel and scales by the global standard deviation (computed in
+    float32). Both arrays in the default float dtype, float64 when `jax_enable_x64` is set.
     """
     from sklearn.datasets import load_digits
 
@@ -91,4 +92,5 @@ def digits(*, classes: tuple[int, ...] | None = None, one_hot: bool = False, sta
         y = np.where(labels == 1, 1.0, -1.0).astype(np.float32)
     else:
         y = labels.astype(np.float32)
-    return jnp.asarray(X), jnp.asarray(y)
+    dtype = jnp.result_type(float)  # the default float, as the other generators give (float64 under x64)
+    return jnp.asarray(X, dtype), jnp.asarray(y, dtype)

@@ -3,7 +3,7 @@
 A two-layer tanh net (init scale 2) is trained to a sharp global minimum theta* by GD with a small step.
 `analysis.stability` gives, at batch size B, three thresholds on eta: the exact mean-square one (rho(T) = 1),
 the typical-run one (top Lyapunov exponent = 0), and the one the minibatch SDE would predict (its linearised
-mean-square generator); below, Wu et al.'s necessary bound 1 / (||H||_F sqrt(c_B mu*)).
+mean-square generator); below, Wu et al.'s necessary bound 1 / (||H||_F sqrt(v_B mu*)).
 
 - (a) SGD from theta* + a 1e-5 perturbation at three step sizes (below both thresholds, between, above):
   the mean loss over seeds (solid) against L_0 rho^k, and the median (dashed) against L_0 exp(2 lambda k),

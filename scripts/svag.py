@@ -87,7 +87,7 @@ def at_eta(cfg, eta, t, progress):
     for ell in cfg["ls"]:
         d = out[f"svag{ell}"]["loss"] - out["sde"]["loss"]
         band = np.hypot(out[f"svag{ell}"]["loss_band"], out["sde"]["loss_band"])
-        gaps.append(statistics.debiased_weak_error(d, band))
+        gaps.append(statistics.debiased_weak_error(d, band, cfg["seeds"]))  # two ensembles of `seeds`
     out["gap"] = np.asarray(gaps)
     return out
 

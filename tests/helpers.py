@@ -32,3 +32,22 @@ def two_layer(n=6, d=3, width=5, activation="tanh", seed=0, train_outer=True) ->
 def float32(tree):
     """Every floating-point array of `tree` (a Problem, parameters, ...) cast to float32."""
     return jax.tree.map(lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x, tree)
+
+
+def largest_intermediate(jaxpr) -> int:
+    """The most numbers any one value of a jaxpr holds, its sub-jaxprs (loops, conditionals, solves)
+    included: what a program allocates at once for one array, read without running it."""
+    import math
+
+    from jax.extend import core
+
+    sizes = [0]
+    for eqn in jaxpr.eqns:
+        sizes += [math.prod(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, list | tuple) else [param]:
+                if isinstance(sub, core.ClosedJaxpr):
+                    sizes.append(largest_intermediate(sub.jaxpr))
+                elif isinstance(sub, core.Jaxpr):
+                    sizes.append(largest_intermediate(sub))
+    return max(sizes)

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.stats import t as stats_t
 
 import flows
 from analysis import compare, ensembles, hessian, statistics
@@ -103,11 +104,24 @@ def test_debiased_weak_error_removes_the_noise_floor():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(64, 10)), rng.normal(size=(64, 10))
     d, band = statistics.mean_band(a - b)
-    err, half = statistics.debiased_weak_error(d, band)
+    err, half = statistics.debiased_weak_error(d, band, 64)
     assert np.max(np.abs(d)) > 0.2 and err < half
     se = float(np.mean(band)) / 1.96
-    err, half = statistics.debiased_weak_error(d + 5 * se, band)
+    err, half = statistics.debiased_weak_error(d + 5 * se, band, 64)
     assert err > half and abs(err - np.max(np.abs(d + 5 * se))) < 2 * se
+
+
+def test_debiased_weak_error_takes_the_standard_error_the_band_was_made_with():
+    """With 16 seeds the band is t_{0.975, 15} se = 2.131 se: the noise floor removed is se exactly (a
+    normal quantile would take it as 1.087 se, t / z too much), and the simultaneous half-width over one time
+    is the band itself."""
+    se = 0.1
+    band = stats_t.ppf(0.975, 15) * se
+    err, half = statistics.debiased_weak_error([np.hypot(3 * se, se)], [band], 16)
+    np.testing.assert_allclose(err, 3 * se, rtol=1e-12)
+    np.testing.assert_allclose(half, band, rtol=1e-12)
+    with pytest.raises(ValueError, match="seeds"):
+        statistics.debiased_weak_error([1.0], [0.1], 1)
     assert np.isnan(statistics.resolved_order([0.1, 0.05], [(1.0, 0.1), (0.2, 0.3)]))
 
 
@@ -116,7 +130,8 @@ def test_paired_difference_refuses_mismatched_clocks_and_times():
     keys = jax.random.split(jax.random.key(0), 2)
     a = ensembles.ensemble(lambda k: label_noise_sgd(P, P.params, steps=4, eta=0.1, sigma=1.0, key=k), keys)
     b = ensembles.ensemble(
-        lambda k: label_noise_sde(P, P.params, t1=0.4, eta=0.1, sigma=1.0, key=k, ts=a.ts[0]), keys
+        lambda k: label_noise_sde(P, P.params, t1=0.4, eta=0.1, sigma=1.0, key=k, ts=a.ts[0], substeps=1),
+        keys,
     )
     mean, _ = statistics.paired_difference(a, b, "loss")
     np.testing.assert_allclose(mean, 0.0, atol=1e-12)  # Euler at step eta is label-noise GD

@@ -47,7 +47,7 @@ def test_lanczos_top_eigenvalues_to_1e_6(problem):
     )
     np.testing.assert_allclose(top, evals[:3], rtol=1e-6)
     H = _dense(problem)
-    np.testing.assert_allclose(H @ vecs, vecs * top, atol=1e-6 * evals[0])
+    np.testing.assert_allclose(H @ vecs, vecs * top[None, :], atol=1e-6 * evals[0])
 
 
 def test_lanczos_with_few_iterations_still_finds_the_top_eigenvalue():

@@ -2,6 +2,7 @@
 GD's closed form, the alignment ratio against dense and Gaussian closed forms, the bound as a theorem on
 random instances, label noise's stationary loss, and the SDE's generator against simulated SDE paths."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,6 +113,44 @@ def test_gd_closed_form_and_threshold():
     assert stability.threshold(P, star, batch_size=P.n, replace=False, criterion="sde") == np.inf
 
 
+@pytest.mark.parametrize("eta", [0.01, 0.03, 0.1])
+def test_power_method_gives_one_minus_rho_at_small_eta(eta):
+    """T's spectrum crowds at 1 for small eta (power iteration on T stopped 25% off in 1 - rho at
+    eta = 0.03); through the abscissa of D + eta N, 1 - rho matches the dense eigenvalues to 1e-8, and the
+    returned mode is T's eigenvector."""
+    P, star = net_minimum()
+    for B, replace in ((2, True), (3, False)):
+        dense = stability.mean_square_rate(P, star, eta=eta, batch_size=B, replace=replace, method="dense")
+        power, R = stability.mean_square_rate(
+            P, star, eta=eta, batch_size=B, replace=replace, method="power", return_mode=True
+        )
+        assert 1 - power == pytest.approx(1 - dense, rel=1e-8)
+        assert np.linalg.eigvalsh(R)[0] > -1e-10  # PSD
+    with pytest.raises(eqx.EquinoxRuntimeError, match="did not converge"):
+        stability.mean_square_rate(P, star, eta=eta, batch_size=2, method="power", num_iter=4)
+
+
+def test_the_full_batch_is_gd_whatever_replace_says():
+    """B = n (or None) is GD in every module, as in flows.sgd: the same rate with or without replacement,
+    GD's threshold, and no SDE threshold."""
+    P, star = net_minimum()
+    gd = stability.mean_square_rate(P, star, eta=0.3, batch_size=P.n, replace=False)
+    assert stability.mean_square_rate(P, star, eta=0.3, batch_size=P.n) == pytest.approx(gd, rel=1e-12)
+    assert stability.mean_square_rate(P, star, eta=0.3) == pytest.approx(gd, rel=1e-12)
+    _, lmax = stability.gauss_newton_norms(P, star)
+    assert stability.threshold(P, star) == pytest.approx(2 / lmax, rel=1e-6)
+    assert stability.threshold(P, star, criterion="sde") == np.inf
+    assert stability.batch_covariance_factor(P.n, P.n, replace=True) == 0.0
+    assert stability.wu_bound(0.1, P.n, mu=0.5, n=P.n) == np.inf
+
+
+def test_threshold_refuses_an_eta_max_that_is_not_a_step_size():
+    P, star = net_minimum()
+    for bad in (-1.0, 0.0):
+        with pytest.raises(ValueError, match="eta_max must be > 0"):
+            stability.threshold(P, star, batch_size=2, eta_max=bad)
+
+
 def test_dense_and_power_iteration_agree_on_a_net():
     P, star = net_minimum()
     for B, replace in ((1, True), (3, False)):
@@ -122,15 +161,15 @@ def test_dense_and_power_iteration_agree_on_a_net():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_wu_bound_holds_at_every_stable_minimum(seed):
-    """Wu et al.'s argument as a theorem: rho >= eta^2 c_B mu* ||G||_F^2, so a stable minimum has
-    ||H||_F <= 1 / (eta sqrt(c_B mu*)); checked on nets and least squares over eta and B."""
+    """Wu et al.'s argument as a theorem: rho >= eta^2 v_B mu* ||G||_F^2, so a stable minimum has
+    ||H||_F <= 1 / (eta sqrt(v_B mu*)); checked on nets and least squares over eta and B."""
     for P, star in (net_minimum(seed), least_squares(seed=seed)):
         fro, lmax = stability.gauss_newton_norms(P, star)
         mu = stability.min_alignment(P, star)
         assert mu > 0
         for B in (1, 2, P.n // 2):
             for replace in (True, False):
-                c = stability.noise_factor(B, P.n, replace)
+                c = stability.batch_covariance_factor(B, P.n, replace)
                 for eta in np.array([0.2, 0.6, 1.0]) * 2 / lmax:
                     rho = stability.mean_square_rate(P, star, eta=eta, batch_size=B, replace=replace)
                     assert rho >= eta**2 * c * mu * fro**2 * (1 - 1e-9)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+import flows
 from flows import central_flow, gd, gradient_flow
 from flows.central import sdcp
 from models import Problem
-from tests.helpers import two_layer
+from tests.helpers import linear_regression, two_layer
 
 
 def brute_force_sdcp(A, B, starts=8, seed=0):
@@ -49,7 +50,9 @@ def random_instance(k, negative, seed):
 @pytest.mark.parametrize("k, negative", [(1, 0), (1, 1), (3, 0), (3, 1), (3, 2), (4, 4)])
 def test_sdcp_matches_brute_force_and_its_complementarity_conditions(k, negative):
     A, B = random_instance(k, negative, seed=10 * k + negative)
-    X = np.asarray(sdcp(jnp.asarray(A), jnp.asarray(B)))
+    X, result = sdcp(jnp.asarray(A), jnp.asarray(B))
+    assert int(result) == flows.SUCCESSFUL
+    X = np.asarray(X)
     Y = A + np.einsum("ijkl,kl->ij", B, X)
     scale = np.abs(A).max()
     assert np.linalg.eigvalsh(X)[0] >= -1e-10 and np.linalg.eigvalsh(Y)[0] >= -1e-7 * scale
@@ -62,12 +65,36 @@ def test_sdcp_matches_brute_force_and_its_complementarity_conditions(k, negative
 
 
 def test_sdcp_on_no_eigenvalues_and_under_vmap():
-    assert sdcp(jnp.zeros((0, 0)), jnp.zeros((0, 0, 0, 0))).shape == (0, 0)
+    assert sdcp(jnp.zeros((0, 0)), jnp.zeros((0, 0, 0, 0)))[0].shape == (0, 0)
     instances = [random_instance(2, m, seed=m) for m in (0, 1, 2)]
     A, B = (jnp.asarray(np.stack(x)) for x in zip(*instances))
-    batched = jax.vmap(sdcp)(A, B)
+    batched, results = jax.vmap(sdcp)(A, B)
+    assert np.all(np.asarray(results) == flows.SUCCESSFUL)
     for i in range(3):
-        np.testing.assert_allclose(batched[i], sdcp(A[i], B[i]), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(batched[i], sdcp(A[i], B[i])[0], rtol=1e-12, atol=1e-14)
+
+
+def test_sdcp_reports_an_unbounded_problem_and_an_iteration_cap():
+    """B = 0 with A not PSD has no solution (X -> inf along the negative eigenvector): UNBOUNDED, not a
+    huge X called a success; a cap on the iterations that stops short says so."""
+    A = jnp.diag(jnp.array([-0.1, 0.3]))
+    assert int(sdcp(A, jnp.zeros((2, 2, 2, 2)))[1]) == flows.UNBOUNDED
+    A, B = random_instance(3, 2, seed=1)
+    assert int(sdcp(jnp.asarray(A), jnp.asarray(B), max_iter=2)[1]) == flows.INNER_SOLVER_FAILED
+
+
+def test_central_flow_past_an_edge_it_cannot_hold_fails_as_unbounded():
+    """Least squares (third derivatives zero) at eta lambda_max = 2.5: no oscillation lowers the sharpness, GD
+    diverges, and the flow says so (it returned SUCCESSFUL with a predicted loss of 1e307), recording that
+    the start is past the edge."""
+    P = linear_regression()
+    lmax = float(jnp.linalg.eigvalsh(P.X.T @ P.X / P.n)[-1])
+    eta = 2.5 / lmax
+    traj = central_flow(P, P.params, eta=eta, t1=20 * eta, num_eigs=2, throw=False)
+    assert int(traj.result) == flows.UNBOUNDED
+    assert int(traj.stats["past_edge"][0]) == 1
+    with pytest.raises(eqx.EquinoxRuntimeError, match="unbounded"):
+        central_flow(P, P.params, eta=eta, t1=20 * eta, num_eigs=2)
 
 
 class EdgeToy(eqx.Module):
@@ -140,5 +167,13 @@ def test_bad_input_is_refused():
         central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=3)
     with pytest.raises(ValueError, match="step grid"):
         central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, ts=jnp.array([0.0, 0.3]))
-    with pytest.raises(ValueError, match="num_saves = 4 even save times must lie on the step grid"):
-        central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, num_saves=4)
+    with pytest.raises(ValueError, match="t1 = 1.1 is not a whole number of steps"):
+        central_flow(P, P.params, eta=0.5, t1=1.1, num_eigs=1)
+
+
+def test_default_saves_round_to_the_step_grid_as_the_sdes_do():
+    """num_saves points that fall between steps are rounded to the nearest one (they were refused here and
+    rounded by the SDEs): 4 saves over 8 steps of 0.125 are steps 0, 3, 5, 8."""
+    P = edge_toy()
+    traj = central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, num_saves=4)
+    np.testing.assert_allclose(traj.ts, [0.0, 0.375, 0.625, 1.0])

@@ -19,7 +19,7 @@ def test_gd_on_linear_regression_matches_the_closed_form():
     for i, k in enumerate(range(0, steps + 1, 10)):
         expect = w_star + jnp.linalg.matrix_power(jnp.eye(4) - eta * H, k) @ (P.params.w - w_star)
         np.testing.assert_allclose(traj.params.w[i], expect, rtol=1e-10)
-    np.testing.assert_allclose(traj.ts, eta * jnp.arange(0, steps + 1, 10), rtol=1e-12)
+    np.testing.assert_allclose(traj.ts, eta * np.arange(0, steps + 1, 10), rtol=1e-12)
     assert traj.stats["loss"].shape == (6,)
 
 
@@ -61,11 +61,20 @@ def test_minibatch_gradient_is_unbiased(replace):
     assert np.any(se > 0)
 
 
-def test_sampling_without_replacement_of_the_full_batch_is_gd():
+def test_a_batch_drawn_without_replacement_is_distinct_examples_and_the_full_batch_is_gd():
+    """One SGD step without replacement is the mean gradient over B distinct examples, the ones its batch key
+    draws (the sampling code itself, B < n); B = n is GD whatever `replace` says (docs/conventions.md)."""
     P = two_layer(n=8)
-    a = sgd(P, P.params, steps=5, eta=0.1, batch_size=8, replace=False, key=jax.random.key(0))
-    b = gd(P, P.params, steps=5, eta=0.1)
-    assert tree_allclose(a.params, b.params, rtol=1e-12, atol=1e-14)
+    key, eta = jax.random.key(0), 0.1
+    idx = np.asarray(flows.brownian.batch_indices(flows.brownian.step_keys(key, 0)[0], 8, 5, replace=False))
+    assert len(set(idx.tolist())) == 5
+    step = sgd(P, P.params, steps=1, eta=eta, batch_size=5, replace=False, key=key)
+    g = (P.ravel(P.params)[0] - P.ravel(step.final)[0]) / eta
+    np.testing.assert_allclose(g, np.asarray(P.per_example_grads(P.params))[idx].mean(0), rtol=1e-10)
+    b = gd(P, P.params, steps=5, eta=eta)
+    for replace in (True, False):
+        a = sgd(P, P.params, steps=5, eta=eta, batch_size=8, replace=replace, key=key)
+        assert tree_allclose(a.params, b.params, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
@@ -77,7 +86,7 @@ def test_label_noise_has_the_stated_variance(noise):
     keys = jax.random.split(jax.random.key(2), N)
     w1 = jax.vmap(lambda k: _one_step(P, k, run=label_noise_sgd, eta=eta, sigma=sigma, noise=noise))(keys)
     w_gd = P.ravel(gd(P, P.params, steps=1, eta=eta).final)[0]
-    dev = w1 - w_gd
+    dev = w1 - w_gd[None, :]
     C = dev.T @ dev / N
     expect = eta**2 * sigma**2 * P.X.T @ P.X / P.n**2
     # var of a product of two zero-mean entries: E[a^2 b^2] - E[ab]^2 (estimated)
@@ -203,3 +212,32 @@ def test_hyper_parameters_are_modules_validated_when_built():
     assert float(traced(jnp.asarray(0.5))) == 0.5
     with pytest.raises(eqx.EquinoxRuntimeError, match="sigma must be >= 0"):
         jax.block_until_ready(traced(jnp.asarray(-1.0)))
+
+
+def test_arguments_that_cannot_mean_what_was_asked_are_refused():
+    """label_noise_sgd without sigma would be plain GD; SVAG's divergence names eta / l, its real step."""
+    P = linear_regression()
+    with pytest.raises(ValueError, match="sigma is required"):
+        label_noise_sgd(P, P.params, steps=2, eta=0.1, sigma=None, key=jax.random.key(0))
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"eta / l = 5 \(eta = 10, l = 2\)"):
+        flows.svag(P, P.params, steps=200, eta=10.0, batch_size=3, l=2, key=jax.random.key(0))
+
+
+def test_a_trajectory_records_its_step_and_noise_and_gives_its_slow_time():
+    """The discrete runs and the SDEs record eta and their StepNoise, so tau needs no repeated arguments:
+    tau = eta^2 sigma^2 k / B, and with a separate noise batch eta^2 sigma^2 B_eps k / B^2, per seed."""
+    P = two_layer(n=8)
+    key = jax.random.key(0)
+    run = label_noise_sgd(P, P.params, steps=20, eta=0.1, sigma=0.5, key=key, batch_size=4, save_every=10)
+    np.testing.assert_allclose(run.slow_time(), 0.1**2 * 0.25 * np.array([0, 10, 20]) / 4, rtol=1e-12)
+    apart = label_noise_sgd(
+        P, P.params, steps=20, eta=0.1, sigma=0.5, key=key, noise_batch_size=2, save_every=10
+    )
+    np.testing.assert_allclose(apart.slow_time(), 0.1**2 * 0.25 * 2 * np.array([0, 10, 20]) / 64, rtol=1e-12)
+    keys = jax.random.split(key, 3)
+    sde = jax.vmap(
+        lambda k: flows.label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=k, ts=[0.0, 1.0])
+    )(keys)
+    np.testing.assert_allclose(sde.slow_time(), np.tile([0.0, 0.1 * 0.25 / 8], (3, 1)), rtol=1e-12)
+    with pytest.raises(ValueError, match="slow_time needs a label-noise run"):
+        gd(P, P.params, steps=2, eta=0.1).slow_time()

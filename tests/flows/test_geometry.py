@@ -10,7 +10,7 @@ import pytest
 from flows import limit_map, riemannian_flow, tangent_projection, trace_grad
 from flows.geometry import Point, mode_for
 from models import Problem, TwoLayerNet, data
-from tests.helpers import float32
+from tests.helpers import float32, largest_intermediate
 
 
 def net(n=6, d=4, width=8, activation="tanh", outputs=False, seed=0):
@@ -88,3 +88,52 @@ def test_a_regular_float32_start_is_not_refused():
         wide, wide.params, t1=0.1, ts=jnp.array([0.0, 0.1], jnp.float32), save_params=False
     )
     assert bool(jnp.all(jnp.isfinite(flow.stats["objective"])))
+
+
+@pytest.mark.parametrize("gap", [0.0, 1e-9, 1e-8, 1e-7, 1e-6])
+def test_both_modes_agree_near_rank_loss(gap):
+    """Two inputs `gap` apart: K = J J^T is singular (gap 0) or nearly so. Both modes make the same rank
+    decision and agree to 1e-4 relative (the matrix-free mode's conjugate gradients gave NaN or another
+    answer there); the projection is finite and kills J to the same order."""
+    X = data.gaussian(jax.random.key(0), 6, 3)
+    X = X.at[1].set(X[0] + gap)
+    P = Problem(TwoLayerNet(3, 5, key=jax.random.key(1), activation="tanh"), X, jnp.sin(X[:, 0]))
+    v = jax.random.normal(jax.random.key(2), (P.num_params,))
+    dense = tangent_projection(P, P.params, v, mode="dense")
+    free = tangent_projection(P, P.params, v, mode="matrix_free")
+    assert bool(jnp.all(jnp.isfinite(free)))
+    np.testing.assert_allclose(free, dense, rtol=0, atol=1e-4 * float(jnp.linalg.norm(dense)))
+
+
+def test_a_failed_conjugate_gradient_solve_is_reported_not_called_a_divergence(monkeypatch):
+    """CG held to a tolerance it cannot reach: the point records it, the flow's result is
+    INNER_SOLVER_FAILED (not DIVERGED, not SUCCESSFUL) and, thrown, the error names it."""
+    import flows
+    from flows import geometry
+
+    P = net(n=11, d=4, width=8)
+    start = limit_map(P, P.params)
+    flat, unravel = P.ravel(start)
+    point = Point(P, flat, unravel, "matrix_free", cg_rtol=1e-30)
+    point.solve(point.r + 1.0)
+    assert not bool(point.solved)
+    monkeypatch.setitem(geometry.CG_RTOL, "float64", 1e-30)
+    traj = riemannian_flow(P, start, t1=0.1, ts=jnp.array([0.0, 0.1]), mode="matrix_free", throw=False)
+    assert int(traj.result) == flows.INNER_SOLVER_FAILED
+    with pytest.raises(eqx.EquinoxRuntimeError, match="inner solver"):
+        riemannian_flow(P, start, t1=0.1, ts=jnp.array([0.0, 0.1]), mode="matrix_free")
+
+
+def test_the_matrix_free_flow_never_forms_an_N_by_p_array():
+    """Every intermediate of the matrix-free slow flow, its saved metrics included, holds fewer than N p
+    numbers (the default objective metric formed J at every save): read from the traced program."""
+    P = net(n=600, d=20, width=32)
+    N, p = P.y.size, P.num_params
+    jaxpr = jax.make_jaxpr(
+        lambda w: riemannian_flow(P, w, t1=0.1, ts=jnp.array([0.0, 0.1]), mode="matrix_free").stats
+    )(P.params)
+    assert largest_intermediate(jaxpr.jaxpr) < N * p
+    dense = jax.make_jaxpr(
+        lambda w: riemannian_flow(P, w, t1=0.1, ts=jnp.array([0.0, 0.1]), mode="dense").stats
+    )(P.params)
+    assert largest_intermediate(dense.jaxpr) >= N * p  # the check sees J where it is formed

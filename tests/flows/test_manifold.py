@@ -1,5 +1,7 @@
 """The zero-loss manifold: projection, retraction, Phi, the Riemannian flow of tr H (float64)."""
 
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import scipy.optimize
 
 from analysis import hessian
 from flows import (
+    gradient_flow,
     label_noise_objective,
     limit_map,
     retract,
@@ -154,3 +157,47 @@ def test_hessian_trace_objective_matches_analysis_trace_on_the_manifold():
     P = gatmiry("sinh", width=4)
     on = retract(P, P.params)
     np.testing.assert_allclose(4 * label_noise_objective(P, on), hessian.trace(P, on), rtol=1e-10)
+
+
+def test_a_backward_span_is_refused():
+    """t1 < t0 would integrate backwards and ascend tr H, reported as a success."""
+    P = gatmiry("cubic")
+    with pytest.raises(ValueError, match="t1 = 0.5 must be greater than t0 = 1"):
+        riemannian_flow(P, P.params, t0=1.0, t1=0.5)
+    with pytest.raises(ValueError, match="t1 = 0.5 must be greater than t0 = 1"):
+        gradient_flow(P, P.params, t0=1.0, t1=0.5)
+
+
+def test_a_vmapped_limit_map_of_many_points_finishes():
+    """jax.jit(jax.vmap(limit_map)) over 160 label-noise GD iterates of f(x) = <v*v, x> (d = 100, n = 40,
+    float64) deadlocked XLA's CPU runtime (every thread idle): a batched lax.cond between a Cholesky and an
+    eigendecomposition solve inside the while loops. Run in a subprocess that must end within 240 s."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, equinox as eqx
+        jax.config.update("jax_enable_x64", True)
+        from models import Problem, data
+        from flows import label_noise_sgd, limit_map
+
+        class Squares(eqx.Module):
+            v: jax.Array
+            def __call__(self, x):
+                return (self.v * self.v) @ x
+
+        X = data.gaussian(jax.random.key(0), 40, 100)
+        P = Problem(Squares(jnp.full((100,), 0.5)), X, X[:, :5].sum(1))
+        start = limit_map(P, P.params)
+        run = label_noise_sgd(P, start, steps=1600, eta=0.01, sigma=0.5, key=jax.random.key(1), save_every=10)
+        points = jax.tree.map(lambda x: x[:160], run.params)
+        out = jax.block_until_ready(jax.jit(jax.vmap(lambda p: limit_map(P, p)))(points))
+        print(float(jnp.max(jnp.abs(jax.vmap(P.residuals)(out)))))
+        """
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-10  # every point landed on the manifold

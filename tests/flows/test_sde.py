@@ -27,12 +27,32 @@ def dense_factor(P, params, **hyper):
 
 # -- coupling and the Brownian grid ------------------------------------------------------------------------
 def test_euler_at_step_eta_is_label_noise_gd_with_the_same_key(key):
+    """`substeps=1` is label-noise GD itself (what the docstring says it is), not a solve of the SDE."""
     P = two_layer()
     a = label_noise_sgd(P, P.params, steps=40, eta=0.05, sigma=0.5, key=key, save_every=10)
-    b = label_noise_sde(P, P.params, t1=2.0, eta=0.05, sigma=0.5, key=key, save_every=0.5)
+    b = label_noise_sde(P, P.params, t1=2.0, eta=0.05, sigma=0.5, key=key, save_every=0.5, substeps=1)
     np.testing.assert_allclose(a.ts, b.ts, rtol=1e-12)
     assert tree_allclose(a.params, b.params, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(a.stats["loss"], b.stats["loss"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("noise", ["label", "batch"])
+def test_the_default_solves_the_sde_rather_than_repeating_the_discrete_run(key, noise):
+    """At its defaults the SDE path is measurably closer to a fine solve (64 substeps, the same Brownian
+    path) than the discrete run with the same key is: it solves the SDE; SGD is not its default."""
+    P = two_layer()
+    eta, t1, keys = 0.1, 1.0, jax.random.split(key, 16)
+    if noise == "label":
+        sde = lambda k, **kw: label_noise_sde(P, P.params, t1=t1, eta=eta, sigma=0.5, key=k, ts=[t1], **kw)  # noqa: E731
+    else:
+        sde = lambda k, **kw: sgd_sde(P, P.params, t1=t1, eta=eta, batch_size=2, key=k, ts=[t1], **kw)  # noqa: E731
+
+    def gaps(k):
+        fine = P.ravel(sde(k, substeps=64).final)[0]
+        return [jnp.linalg.norm(P.ravel(sde(k, **kw).final)[0] - fine) for kw in ({}, {"substeps": 1})]
+
+    default, one = np.mean([gaps(k) for k in keys], axis=0)
+    assert default < 0.5 * one, (default, one)
 
 
 def test_refined_paths_converge_to_the_coupled_label_noise_gd_path_as_eta_shrinks(key):
@@ -64,7 +84,7 @@ def test_brownian_grid_refinements_are_one_brownian_motion(key):
     level2 = increments(paths[2], 12).reshape(6, 2, 5).sum(axis=1)
     np.testing.assert_allclose(level2, increments(paths[1], 6), rtol=1e-10, atol=1e-12)
     # the variance of a level-3 increment is h = eta / 8 (chi-square with 5 * 2000 dof: 3% relative s.e.)
-    many = jax.vmap(lambda i: paths[3].evaluate(i * eta / 8, (i + 1) * eta / 8))(jnp.arange(2000))
+    many = jax.vmap(lambda i: paths[3].evaluate(i * eta / 8, (i + 1) * eta / 8))(jnp.arange(2000.0))
     assert abs(float(jnp.var(many)) / (eta / 8) - 1) < 0.1
     # and the coarse increment is sqrt(eta) times label-noise SGD's step-k draw
     z = brownian.normal(step_keys(key, 2)[1], (5,), jnp.float64)
@@ -79,7 +99,7 @@ def one_step_gradients(run, P, params, eta, seeds, **kw):
     """g = (theta_0 - theta_1) / eta of one discrete step, for many keys."""
     keys = jax.random.split(jax.random.key(7), seeds)
     step = jax.vmap(lambda k: P.ravel(run(P, params, steps=1, eta=eta, key=k, **kw).final)[0])(keys)
-    return (P.ravel(params)[0] - step) / eta
+    return (P.ravel(params)[0][None, :] - step) / eta
 
 
 @pytest.mark.parametrize("replace", [True, False])
@@ -287,10 +307,10 @@ def test_same_key_same_bits_and_vmap_equals_single_runs(key):
 
 
 def test_divergence_raises_naming_the_time(key):
-    P = linear_regression()  # eta * lambda_max(H) > 2: GD and its SDE blow up geometrically
+    P = linear_regression()  # h lambda_max(H) > 2 for the Euler step h = eta / 4: the path blows up
     with pytest.raises(eqx.EquinoxRuntimeError, match="label_noise_sde diverged.*t ="):
-        label_noise_sde(P, P.params, t1=5000.0, eta=5.0, sigma=1.0, key=key)
-    path = label_noise_sde(P, P.params, t1=5000.0, eta=5.0, sigma=1.0, key=key, throw=False)
+        label_noise_sde(P, P.params, t1=20000.0, eta=20.0, sigma=1.0, key=key)
+    path = label_noise_sde(P, P.params, t1=20000.0, eta=20.0, sigma=1.0, key=key, throw=False)
     assert int(path.result) == flows.DIVERGED
 
 
@@ -347,7 +367,7 @@ def test_one_pass_euler_is_diffrax_euler_on_the_same_path(ts, key):
             lambda t, p, a: lx.FunctionLinearOperator(lambda w: diffusion(P, p, w, **hyper), shape), path
         ),
     )
-    grid = jnp.arange(81) * (eta / 4)
+    grid = jnp.arange(81.0) * (eta / 4)
     sol = diffrax.diffeqsolve(
         terms, diffrax.Euler(), 0.0, t1, None, P.params, saveat=diffrax.SaveAt(ts=times),
         stepsize_controller=diffrax.StepTo(ts=grid.at[-1].set(t1)), max_steps=80,
@@ -359,11 +379,12 @@ def test_one_pass_euler_is_diffrax_euler_on_the_same_path(ts, key):
 def test_fixed_step_saves_off_the_grid_are_refused(key):
     P = two_layer()
     with pytest.raises(ValueError, match="must lie on the step grid"):
-        label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, ts=[0.0, 0.55, 1.0])
+        label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, ts=[0.0, 0.55, 1.0], substeps=1)
     with pytest.raises(ValueError, match="must lie on the step grid"):
-        label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, save_every=0.25)
+        label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, save_every=0.25, substeps=1)
     with pytest.raises(ValueError, match="save_every = 0.4 must divide"):  # on the grid, but 0.8 is not t1
         label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key, save_every=0.4)
     traj = label_noise_sde(P, P.params, t1=1.0, eta=0.1, sigma=0.5, key=key)  # default: 101 grid points
     assert traj.ts.shape == (101,)
-    np.testing.assert_allclose(traj.ts / 0.1, np.round(np.asarray(traj.ts) / 0.1), atol=1e-9)
+    h = 0.1 / 4  # the default four substeps a step
+    np.testing.assert_allclose(traj.ts / h, np.round(np.asarray(traj.ts) / h), atol=1e-9)

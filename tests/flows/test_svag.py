@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import flows
 from analysis import compare
 from flows import label_noise_sgd, sgd, svag, timescale
 from flows.noise import diffusion
@@ -37,7 +38,7 @@ def test_one_svag_step_has_the_drift_and_covariance_of_the_sgd_sde_per_unit_time
     step = jax.vmap(
         lambda k: P.ravel(svag(P, P.params, steps=1, eta=eta, batch_size=B, l=ell, key=k).final)[0]
     )
-    rate = (step(keys) - theta0) / h
+    rate = (step(keys) - theta0[None, :]) / h
     grad, _ = P.ravel(P.grad(P.params))
     se = rate.std(0) / np.sqrt(N)
     assert np.all(np.abs(rate.mean(0) + grad) < 5 * se + 1e-12)
@@ -95,19 +96,17 @@ def test_label_noise_on_one_example_apart_has_the_stated_covariance_and_sde_fact
     )(keys)
     from flows import gd
 
-    dev = one - P.ravel(gd(P, P.params, steps=1, eta=eta).final)[0]
+    dev = one - P.ravel(gd(P, P.params, steps=1, eta=eta).final)[0][None, :]
     J = np.asarray(P.jacobian(P.params))
     expect = eta**2 * sigma**2 * J.T @ J / (P.n**2 * P.n)
     C = np.asarray(dev.T @ dev / N)
     se = np.sqrt(np.var(np.asarray(dev)[:, :, None] * np.asarray(dev)[:, None, :], axis=0) / N)
     assert np.all(np.abs(C - expect) < 5 * se)
-    m = P.n
-    cols = jax.vmap(
-        lambda e: P.ravel(diffusion(P, P.params, e, eta=eta, sigma=sigma * np.sqrt(1 / P.n), batch_size=P.n))[
-            0
-        ]
-    )(jnp.eye(m))
+    factor = flows.StepNoise(batch_size=P.n, sigma=sigma, noise_batch_size=1).factor_args  # its own factor
+    cols = jax.vmap(lambda e: P.ravel(diffusion(P, P.params, e, eta=eta, **factor))[0])(jnp.eye(P.n))
     np.testing.assert_allclose(cols.T @ cols * eta, expect, rtol=1e-10)  # factor covariance times one step
+    with pytest.raises(ValueError, match="noise_batch_size = 1 places label noise, but sigma is None"):
+        flows.StepNoise(batch_size=P.n, noise_batch_size=1)
     assert timescale.slow_time(1, eta, sigma, P.n, 1) == pytest.approx(eta**2 * sigma**2 / P.n**2)
 
 

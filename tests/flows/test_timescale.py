@@ -39,3 +39,13 @@ def test_grid_index_gives_save_steps_and_refuses_times_off_the_grid_or_past_t1()
     for bad in ([0.0, 0.12], [0.0, 1.05]):
         with pytest.raises(eqx.EquinoxRuntimeError, match="ts must lie on the step grid, in"):
             traced(jnp.array(bad))
+
+
+def test_steps_for_slow_time_rounds_with_the_relative_tolerance():
+    """tau / (eta^2 sigma^2 / B) a whole number to WHOLE_RTOL relative is that number (an absolute 1e-9
+    gave one step too many at ~1e7 steps), otherwise it rounds up."""
+    eta, sigma, B = 0.01, 0.3, 7
+    k = 12_345_677
+    tau = timescale.slow_time(k, eta, sigma, B)
+    assert timescale.steps_for_slow_time(tau * (1 + 1e-12), eta, sigma, B) == k
+    assert timescale.steps_for_slow_time(tau * (1 + 1e-4), eta, sigma, B) == int(np.ceil(k * (1 + 1e-4)))

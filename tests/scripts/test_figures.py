@@ -1,10 +1,13 @@
 """The figure scripts run at their smoke preset (seconds) and write their PNG; a second run redraws from the
 stored result without computing (checked on one script: they all store and read through `common.main`)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,10 +35,18 @@ def test_smoke_preset_writes_a_figure_and_reuses_results(name, tmp_path):
         "--no-progress",
     ]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    image = matplotlib.image.imread(tmp_path / f"{name}.png")
+    assert image.shape[0] > 300 and image.shape[1] > 300 and np.ptp(image[..., :3]) > 0.5  # drawn, not blank
     assert f"figure: {tmp_path / name}.png" in first.stdout
     stored = list((tmp_path / "results").iterdir())
     assert len(stored) == 1
+    with np.load(stored[0] / "arrays.npz") as f:
+        leaves = [f[k] for k in f.files]
+    assert leaves and all(x.size for x in leaves)
+    curves = [x for x in leaves if np.issubdtype(x.dtype, np.floating) and x.ndim]  # scalars may be NaN
+    assert curves and all(np.isfinite(x).any() for x in curves), "a stored curve is all NaN or inf"
+    summary = first.stdout.split("figure:")[0]
+    assert re.search(r"\d\.\d", summary), "the summary printed no headline number"
     if name != SCRIPTS[0]:
         return
     mtime = (stored[0] / "arrays.npz").stat().st_mtime_ns
@@ -44,7 +55,6 @@ def test_smoke_preset_writes_a_figure_and_reuses_results(name, tmp_path):
 
 
 def test_a_killed_run_resumes_from_its_stored_parts(tmp_path):
-    import numpy as np
     from common import Figure, main
 
     calls = []
