@@ -49,6 +49,7 @@ def sde_vs_sgd(
     substeps: int = 4,
     num_saves: int = 20,
     metrics=None,
+    mesh=None,
     progress: bool = False,
     part: Callable[[str, Callable[[], dict]], dict] | None = None,
 ) -> dict:
@@ -56,8 +57,9 @@ def sde_vs_sgd(
     `flows.label_noise_sgd` with `sigma`, full batch unless `batch_size`) against its SDE and gradient flow.
 
     For each eta, `seeds` SGD runs of t1 / eta steps and `seeds` SDE paths (Euler, fixed steps of
-    eta / `substeps`, the same keys) are saved at `num_saves + 1` times in [0, t1]. For each metric (default
-    the loss and tr H): the ensemble means and 95% bands, the paired SGD - SDE difference, the weak error
+    eta / `substeps`, the same keys) are saved at `num_saves + 1` times in [0, t1], as ensembles over
+    `mesh` (`analysis.ensembles.ensemble`; `mesh=False`: a plain vmap). For each metric (the loss, and
+    `metrics`, default {"trace_H": `hessian.trace`}, exact at p Hessian-vector products a call): the ensemble means and 95% bands, the paired SGD - SDE difference, the weak error
     sup_t |E SGD - E SDE| and that of gradient flow, sup_t |E SGD - GF|, each with its sampling noise removed
     and its 95% band (`debiased_weak_error`). Label noise couples SGD and SDE path by path (a small band);
     minibatch noise cannot be coupled, and its band is that of two independent ensembles.
@@ -78,7 +80,7 @@ def sde_vs_sgd(
     elif checks.batch_size(batch_size, problem.n) == problem.n:
         raise ValueError("noise='batch' needs batch_size < n")
     seeds = checks.positive_int("seeds", seeds)
-    metrics = {"trace_H": hessian.trace} | dict(metrics or {})
+    metrics = {"trace_H": hessian.trace} if metrics is None else dict(metrics)
     keys = jax.random.split(key, seeds)
     t = np.linspace(0.0, t1, num_saves + 1)
     gf = gradient_flow(problem, params0, t1=t1, ts=t, save_params=False, metrics=metrics)
@@ -100,8 +102,8 @@ def sde_vs_sgd(
             run = label_noise_sde if noise == "label" else sgd_sde
             return run(problem, params0, key=k, t1=t1, ts=t, substeps=substeps, **common)
 
-        a = ensemble(discrete, keys, progress=progress)
-        b = ensemble(continuous, keys, progress=progress)
+        a = ensemble(discrete, keys, mesh=mesh, progress=progress)
+        b = ensemble(continuous, keys, mesh=mesh, progress=progress)
         r = {}
         for m in gf.stats:
             s = r[m] = {}

@@ -42,8 +42,9 @@ def ensemble(
 ):
     """`flow(key, *args)` for every key (and the matching slices of `per_seed`, pytrees with a leading seed
     axis), stacked over a leading seed axis: `jax.vmap`-ed, compiled once (`jax.jit`) and sharded over the
-    seed axis of `mesh` (default `seed_mesh()`: all devices of all processes), `chunk` seeds at a time (all at
-    once by default; `progress=True` shows a tqdm bar over the chunks).
+    seed axis of `mesh` (default `seed_mesh()`: all devices of all processes; `mesh=False`: a plain vmap on
+    the default device, for a flow whose batching rules do not survive sharding), `chunk` seeds at a time
+    (all at once by default; `progress=True` shows a tqdm bar over the chunks).
 
     Every device runs the same compiled per-seed program on its share of the seeds, so the same keys give
     the same bits on one device, on several and across processes (`jax.distributed`, started by
@@ -59,19 +60,24 @@ def ensemble(
     impl = jax.random.key_impl(keys) if typed else None
     data = np.asarray(jax.random.key_data(keys) if typed else keys)
     per_seed = jax.tree.map(np.asarray, per_seed)
-    mesh = mesh if mesh is not None else seed_mesh()
-    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+    if mesh is False:  # a plain vmap on the default device, no sharding
+        sharding, size = None, 1
+    else:
+        mesh = mesh if mesh is not None else seed_mesh()
+        sharding, size = NamedSharding(mesh, PartitionSpec(mesh.axis_names)), mesh.size
 
     run = _vmapped(flow, impl)
     chunk = chunk or len(data)
     parts = []
     for start in tqdm(range(0, len(data), chunk), disable=not progress, desc="seeds"):
         count = min(chunk, len(data) - start)
-        pad = -count % mesh.size
+        pad = -count % size
 
         def shard(x, start=start, count=count, pad=pad):
             x = x[start : start + count]
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+            if sharding is None:
+                return jnp.asarray(x)
             return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
         out = run(shard(data), *jax.tree.map(shard, per_seed))

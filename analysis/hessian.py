@@ -8,6 +8,7 @@ scalar ones serve as flow metrics (`metrics={"trace_H": hessian.trace}`); tr G i
 `Problem.gauss_newton_trace`, which serves the same way.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -63,8 +64,12 @@ def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
 
 
 def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
-    """tr H = tr G + tr R, exact."""
-    return problem.gauss_newton_trace(params) + trace_residual(problem, params)
+    """tr H, exact. Square loss: tr G + tr R (N gradient evaluations and p Hessian-vector products of the
+    residual part); cross-entropy: sum_j e_j^T H e_j, p Hessian-vector products."""
+    if problem.loss_name == "square":
+        return problem.gauss_newton_trace(params) + trace_residual(problem, params)
+    H = operator(problem, params)
+    return _sum_over_basis(lambda j, e: H.mv(e)[j], problem.ravel(params)[0])
 
 
 def trace_hutchinson(
@@ -139,11 +144,17 @@ def lanczos(
     num_iter=None,
     dtype=jnp.float32,
     return_vectors: bool = False,
+    rtol: float = 1e-3,
 ):
     """The k largest eigenvalues of the symmetric operator `matvec` on R^dim (descending), by Lanczos with
     full reorthogonalisation. An invariant subspace found early (beta below 1e3 eps times the largest
     alpha or beta so far: relative, so the operator's scale does not matter) restarts from a fresh random
-    vector orthogonal to the basis, so the tridiagonal matrix stays block-exact."""
+    vector orthogonal to the basis, so the tridiagonal matrix stays block-exact.
+
+    Each Ritz pair's residual ||A v - theta v|| is |beta_m s_m| (s the eigenvector of the tridiagonal
+    matrix): the operator has an eigenvalue within it of theta, and within residual^2 / gap when theta is
+    separated by a gap. A residual above `rtol` |theta_1| after `num_iter` steps raises
+    `equinox.EquinoxRuntimeError` (eagerly and traced), rather than return an unconverged value."""
     k = checks.positive_int("k", k)
     if k > dim:
         raise ValueError(f"k must be <= the dimension {dim}, got {k}")
@@ -174,6 +185,12 @@ def lanczos(
     T = jnp.diag(alpha) + jnp.diag(beta[: m - 1], 1) + jnp.diag(beta[: m - 1], -1)
     evals, evecs = jnp.linalg.eigh(T)
     top = evals[::-1][:k]
+    residual = jnp.abs(beta[m - 1] * evecs[m - 1, ::-1][:k])
+    top = eqx.error_if(
+        top,
+        jnp.any(residual > rtol * jnp.abs(top[0])),
+        "lanczos: the top Ritz pairs did not converge (residual above rtol |lambda_1|): raise num_iter",
+    )
     if not return_vectors:
         return top
     return top, Q[:m].T @ evecs[:, ::-1][:, :k]

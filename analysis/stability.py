@@ -52,6 +52,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse.linalg
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
@@ -64,6 +65,7 @@ Criterion = Literal["mean_square", "sde", "lyapunov"]
 # -- the pieces: Gram matrix, batch coefficients, the map on the range of K ------------------------------
 def gram(problem: Problem, params: PyTree) -> Float[Array, "N N"]:
     """K = J J^T, the (N, N) Gram matrix of the per-output gradients (N = n k rows, example-major)."""
+    problem.require_square("analysis.stability")
     J = problem.jacobian(params)
     return J @ J.T
 
@@ -147,6 +149,7 @@ class _Linearised:
 
 
 def _check_minimum(problem: Problem, params: PyTree, rtol: float) -> None:
+    problem.require_square("analysis.stability")
     loss = float(problem.loss(params))
     scale = float(jnp.mean(problem.y**2)) / 2 or 1.0
     if not np.isfinite(loss) or loss > rtol * scale:
@@ -228,7 +231,7 @@ def _abscissa(lin, M, num_iter=5000, tol=1e-10) -> tuple[float, np.ndarray]:
 
     def side(s):
         """(-1, X) if a < s, (1, X) if a > s, (0, X) if rho((sI - D)^{-1} M) is 1 to round-off."""
-        rho, X, (lo, hi) = _perron(lambda Y: M(Y) / (s + summed), L.shape[0], num_iter, 1e-11, decide=1.0)
+        rho, X, (lo, hi) = _perron(lambda Y: M(Y) / (s + summed), L.shape[0], num_iter, 1e-9, decide=1.0)
         return (-1 if hi < 1 else 1 if lo > 1 else 0), X
 
     high = 0.0
@@ -250,15 +253,16 @@ def _perron(linear_map, q, num_iter=5000, tol=1e-10, decide=None) -> tuple[float
     """(rho, X, (lo, hi)): the spectral radius of a linear map M on (q, q) matrices that maps PSD matrices to
     PSD matrices, its PSD eigenvector X (trace one), and two-sided bounds lo <= rho <= hi.
 
-    Power iteration X <- M(X) / tr M(X) from X = I / q, with Collatz-Wielandt's bounds for the PSD cone,
-    checked every 8 steps: for X positive definite, M(X) - lo X and hi X - M(X) are PSD at
-    lo = lambda_min(X^{-1/2} M(X) X^{-1/2}) and hi = lambda_max(...), so lo <= rho <= hi; and for any PSD
-    Z != 0, M(Z) - a Z PSD gives rho >= a, which bounds rho from below where the Perron vector is singular
-    (Z: the iterate with its eigenvalues below 1e-8 of its largest dropped). It stops when
-    hi - lo <= `tol` hi, or, given `decide`, as soon as decide lies outside [lo, hi]. Cost O(q^3) a step.
-    Raises `equinox.EquinoxRuntimeError` when the bounds have not met within `num_iter` steps (a spectrum
-    too crowded for power iteration), rather than return an unconverged ratio."""
-    X = np.eye(q) / q
+    Power iteration X <- M(X) / tr M(X) from ARPACK's estimate of the top eigenvector (`_krylov_start`;
+    power iteration alone crawls where the spectrum is crowded), with Collatz-Wielandt's bounds for the
+    PSD cone, checked every 8 steps: for Z positive definite, hi Z - M(Z) is PSD at
+    hi = lambda_max(Z^{-1/2} M(Z) Z^{-1/2}), so rho <= hi (Z: the iterate, lifted by 1e-12 of its largest
+    eigenvalue where it is singular); for any PSD Z != 0, M(Z) - a Z PSD gives rho >= a (Z: the iterate,
+    and the iterate with its eigenvalues below 1e-8 of its largest dropped, which bounds rho from below
+    where the Perron vector is singular). It stops when hi - lo <= `tol` hi, or, given `decide`, as soon as
+    decide lies outside [lo, hi]. Cost O(q^3) a step. Raises `equinox.EquinoxRuntimeError` when the bounds
+    have not met within `num_iter` steps, rather than return an unconverged ratio."""
+    X = _krylov_start(linear_map, q)
     lo, hi = 0.0, np.inf
     for i in range(num_iter):
         Y = linear_map(X)
@@ -268,13 +272,18 @@ def _perron(linear_map, q, num_iter=5000, tol=1e-10, decide=None) -> tuple[float
             return 0.0, X, (0.0, 0.0)
         if i % 8 == 7:
             w, V = np.linalg.eigh(X)
-            if w[0] > 0:
-                inv_root = (V / np.sqrt(w)) @ V.T
-                bounds = np.linalg.eigvalsh(inv_root @ Y @ inv_root)
-                lo, hi = max(lo, bounds[0]), min(hi, bounds[-1])
+            lift = max(1e-12 * w[-1] - w[0], 0.0)
+            Z, MZ = (
+                (X, Y) if lift == 0 else (X + lift * np.eye(q), Y + lift * _symmetric(linear_map(np.eye(q))))
+            )
+            wz, Vz = np.linalg.eigh(Z)
+            inv_root = (Vz / np.sqrt(wz)) @ Vz.T
+            bounds = np.linalg.eigvalsh(inv_root @ MZ @ inv_root)
+            hi = min(hi, bounds[-1])
+            lo = max(lo, bounds[0] if lift == 0 else 0.0)
             if hi - lo > tol * hi:
-                Z = (V * np.where(w > 1e-8 * w[-1], w, 0.0)) @ V.T
-                lo = max(lo, _subinvariance(linear_map(Z), Z, hi))
+                T = (V * np.where(w > 1e-8 * w[-1], w, 0.0)) @ V.T
+                lo = max(lo, _subinvariance(linear_map(T), T, hi))
             if hi - lo <= tol * hi or (decide is not None and not lo <= decide <= hi):
                 return float((lo + hi) / 2), Y / rate, (lo, hi)
         X = Y / rate
@@ -282,6 +291,34 @@ def _perron(linear_map, q, num_iter=5000, tol=1e-10, decide=None) -> tuple[float
         f"stability: power iteration for a Perron root did not converge in num_iter = {num_iter} steps "
         f"(bounds {lo:.6g} <= rho <= {hi:.6g}); raise num_iter, or use method='dense' where q is small"
     )
+
+
+def _symmetric(Y):
+    return (Y + Y.T) / 2
+
+
+def _krylov_start(linear_map, q) -> np.ndarray:
+    """A start for `_perron`: the eigenvector of M's largest eigenvalue in magnitude (its Perron root) by
+    ARPACK on the (q^2)-dimensional space, symmetrised and pushed into the interior of the PSD cone (the
+    power iteration and its bounds then certify it); I / q where ARPACK does not converge."""
+    flat = np.eye(q) / q
+    if q < 3:
+        return flat
+    op = scipy.sparse.linalg.LinearOperator(
+        (q * q, q * q), matvec=lambda v: linear_map(np.real(v).reshape(q, q)).ravel(), dtype=np.float64
+    )
+    try:
+        _, V = scipy.sparse.linalg.eigs(op, k=1, which="LM", v0=flat.ravel(), tol=1e-10, maxiter=20 * q * q)
+    except (scipy.sparse.linalg.ArpackNoConvergence, scipy.sparse.linalg.ArpackError):  # e.g. M = 0
+        return flat
+    X = np.real(V[:, 0]).reshape(q, q)
+    X = (X + X.T) / 2
+    X = X * np.sign(np.trace(X))
+    w, U = np.linalg.eigh(X)
+    if w[-1] <= 0:
+        return flat
+    X = (U * np.maximum(w, 1e-10 * w[-1])) @ U.T
+    return X / np.trace(X)
 
 
 def _subinvariance(Y, Z, hi) -> float:
@@ -334,7 +371,7 @@ def _closed_threshold(lin, criterion) -> float:
     O(q^6)."""
     L = lin.lam
     M = lin.diffusion if criterion == "sde" else lin.noise
-    rho, _, _ = _perron(lambda X: lin.n * M(X) / (L[:, None] + L[None, :]), L.shape[0], tol=1e-12)
+    rho, _, _ = _perron(lambda X: lin.n * M(X) / (L[:, None] + L[None, :]), L.shape[0], tol=1e-8)
     return 1 / rho if rho > 0 else float("inf")
 
 
@@ -417,6 +454,8 @@ def threshold(
         hi = float(checks.positive("eta_max", eta_max))
     steps = checks.positive_int("steps", steps)
 
+    if lin.B == lin.n:  # the full batch is GD: stable up to 2 / lambda_max(G), and its SDE has no noise
+        return float("inf") if criterion == "sde" or gd_eta >= hi else gd_eta
     if criterion != "lyapunov":
         eta = _closed_threshold(lin, criterion)
         return eta if eta < hi else float("inf")

@@ -69,6 +69,7 @@ def gd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     first_step: int = 0,
+    optimizer: optax.GradientTransformation | None = None,
     throw: bool = True,
 ) -> Trajectory:
     """Full-batch gradient descent theta_{k+1} = theta_k - eta grad L(theta_k), saved at t = eta * k.
@@ -77,14 +78,17 @@ def gd(
     `save_every`), step size `eta > 0`, `metrics` (name -> `fn(problem, params)`, the loss is always
     recorded), `save_params` (keep the parameters or only the metrics), `first_step` (the index k of the
     first step: a run continued from step k, e.g. a chunk of a long run, draws the same noise and saves at
-    the same times t = eta * k as one that never stopped; `analysis.store.resumable`), `throw` (raise on
+    the same times t = eta * k as one that never stopped; `analysis.store.resumable`), `optimizer` (any
+    `optax.GradientTransformation` fed the step's gradient, e.g. `optax.sgd(eta, momentum=0.9)` or
+    `optax.adam(eta)`; default `optax.sgd(eta)`, the step above; the clock stays t = eta * k, and the SDEs
+    remain the limits of plain SGD only; its state starts afresh at `first_step`), `throw` (raise on
     divergence, or return the Trajectory with its `result` code; `flows.trajectory`).
 
     **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
     """
     noise = StepNoise(batch_size=problem.n)
     save = Steps(steps, save_every, first_step, save_params)
-    return _discrete("gd", problem, params0, None, eta, noise, save, metrics, throw)
+    return _discrete("gd", problem, params0, None, eta, noise, save, metrics, throw, optimizer=optimizer)
 
 
 def sgd(
@@ -100,13 +104,15 @@ def sgd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     first_step: int = 0,
+    optimizer: optax.GradientTransformation | None = None,
     throw: bool = True,
 ) -> Trajectory:
     """Minibatch SGD: g_k = (1/B) sum_{i in batch_k} g_i, B = `batch_size` in 1..n, drawn with replacement
-    (or without, `replace=False`) afresh every step from `key`. Arguments otherwise as `gd`."""
+    (or without, `replace=False`) afresh every step from `key`, fed to `optimizer` (default `optax.sgd(eta)`).
+    Arguments otherwise as `gd`."""
     noise = StepNoise(batch_size=checks.batch_size(batch_size, problem.n), replace=replace)
     save = Steps(steps, save_every, first_step, save_params)
-    return _discrete("sgd", problem, params0, key, eta, noise, save, metrics, throw)
+    return _discrete("sgd", problem, params0, key, eta, noise, save, metrics, throw, optimizer=optimizer)
 
 
 def label_noise_sgd(
@@ -175,12 +181,30 @@ def svag(
     return _discrete("svag", problem, params0, key, eta / l, noise, save, metrics, throw, svag_l=l)
 
 
-def _discrete(name, problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, throw, svag_l=None):
+def _discrete(
+    name,
+    problem,
+    params0,
+    key,
+    eta,
+    noise: StepNoise,
+    save: Steps,
+    metrics,
+    throw,
+    svag_l=None,
+    optimizer=None,
+):
     params0 = check_start(problem, params0)
+    if noise.sigma is not None:
+        problem.require_square(f"{name} with label noise")
     eta = checks.positive("eta", eta)
     if key is None and (noise.sigma is not None or noise.batch_size < problem.n):
         raise ValueError(f"{name} needs a PRNG key")
-    traj, first_bad = _scan(problem, params0, key, eta, noise, save, default_metrics(metrics), svag_l)
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    traj, first_bad = _scan(
+        problem, params0, key, eta, noise, save, default_metrics(metrics), svag_l, optimizer
+    )
     recorded = None if name == "gd" else noise
     traj = eqx.tree_at(lambda tr: (tr.eta, tr.noise), traj, (eta, recorded), is_leaf=lambda x: x is None)
 
@@ -195,12 +219,12 @@ def _discrete(name, problem, params0, key, eta, noise: StepNoise, save: Steps, m
 
 
 @eqx.filter_jit
-def _scan(problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, svag_l):
+def _scan(problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, svag_l, optimizer):
     """The run as one `lax.scan` over saves of a `lax.scan` over steps. Returns the Trajectory (its
     `result` DIVERGED if a step's loss, or the last loss, is not finite) and the first such step (-1:
     none)."""
     n, batch_size, sigma, noise_batch_size = problem.n, noise.batch_size, noise.sigma, noise.noise_batch_size
-    opt = optax.sgd(eta)
+    opt = optax.sgd(eta) if optimizer is None else optimizer
     draw = brownian.normal if noise.noise == "gaussian" else brownian.rademacher
 
     def noisy_loss(params, k_batch, k_noise):

@@ -50,7 +50,7 @@ def mode_for(problem, mode: Mode = "auto", dtype=None) -> Literal["dense", "matr
         raise ValueError(f"mode must be 'auto', 'dense' or 'matrix_free', got {mode!r}")
     if mode != "auto":
         return mode
-    itemsize = jnp.dtype(dtype or problem.y.dtype).itemsize
+    itemsize = jnp.dtype(dtype or problem.X.dtype).itemsize
     return "dense" if problem.y.size * problem.num_params * itemsize <= DENSE_BUDGET else "matrix_free"
 
 
@@ -79,6 +79,7 @@ class Point:
         chunk: int = 256,
         cg_rtol: float | None = None,
     ):
+        problem.require_square("the zero-loss manifold's geometry")
         self.mode = mode
         dtype = flat.dtype
         self.N = problem.y.size

@@ -9,7 +9,8 @@ With J = d r / d theta (N, p) and K = J J^T (N, N):
 The linear algebra is `flows.geometry`: a dense Gram matrix factorised once per point, or matrix-free
 products and conjugate gradients for problems whose J does not fit in memory; neither forms a p x p array.
 
-Label-noise SGD with step eta, noise sigma and batch B, in the slow time tau = eta^2 sigma^2 k / B, follows
+Label-noise SGD with step eta, noise sigma and batch B, in the slow time tau = eta^2 sigma^2 k / B (or
+eta^2 sigma^2 B_eps k / B^2 with label noise on B_eps examples apart from the batch), follows
 the Riemannian gradient flow of F = tr H / 4 (Blanc et al. 2020; Damian et al. 2021; Li, Wang & Arora 2022;
 Gatmiry et al. 2024):
 
@@ -299,7 +300,8 @@ def riemannian_flow(
     """Riemannian gradient flow of `objective` on the zero-loss manifold, on [t0, t1].
 
     d theta / dtau = -P_T grad F - alpha J^+ r, with F = `objective` (default `label_noise_objective`,
-    tr H / 4, whose flow in the slow time tau = eta^2 sigma^2 k / B is the label-noise limit) and
+    tr H / 4, whose flow in the slow time tau = eta^2 sigma^2 k / B, or eta^2 sigma^2 B_eps k / B^2 with a
+    separate noise batch (`flows.timescale`, `Trajectory.slow_time`), is the label-noise limit) and
     alpha = `stabilize`.
 
     **Arguments:**

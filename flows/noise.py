@@ -1,13 +1,14 @@
 """The gradient noise of one SGD step, as a matrix-free factor of its covariance (docs/conventions.md).
 
-With batch B of n examples, label noise sigma and residuals r,
+With batch B of n examples, label noise sigma and residuals r (square loss; for any loss the batch factor
+takes q_i = d l_i / d f_i, which is r_i for square loss, `Problem.output_grads`),
 
     F_label = (sigma / sqrt(B n)) J^T                          (p, N)  label noise eps ~ N(0, sigma^2)
     F_batch = (c_B / sqrt(B n)) [g_1 - gbar, ..., g_n - gbar]  (p, n)  minibatch of B, g_i = J_i^T r_i
 
 with c_B = 1 for batches drawn with replacement and sqrt((n - B) / (n - 1)) without; F F^T is the covariance
 of one step's gradient. Neither factor is formed: F_label w + F_batch v = J^T [sigma w + c_B r * (v - mean v)]
-/ sqrt(B n) is one vector-Jacobian product of the residuals (memory O(p + N), cost one backward pass), and the
+/ sqrt(B n) is one vector-Jacobian product of the outputs (memory O(p + N), cost one backward pass), and the
 p x p covariance never appears. `noise_cotangent` is that bracket, so a flow can fold it into the VJP it
 takes for the drift.
 """
@@ -91,16 +92,18 @@ def diffusion(
     replace: bool = True,
 ) -> PyTree:
     """sqrt(eta) [F_label w_label + F_batch w_batch] at `params` for w = (w_label, w_batch) flattened (see
-    `noise_parts`), as one VJP of the residuals; the module docstring gives F. The covariance of one SGD
+    `noise_parts`), as one VJP of the outputs; the module docstring gives F. The covariance of one SGD
     step's gradient noise is F F^T."""
-    r, vjp = jax.vjp(problem.residuals, params)
-    (out,) = vjp(noise_cotangent(problem, r, w, eta=eta, sigma=sigma, batch_size=batch_size, replace=replace))
+    out, vjp = jax.vjp(problem.outputs, params)
+    q = problem.output_grads(out)
+    (out,) = vjp(noise_cotangent(problem, q, w, eta=eta, sigma=sigma, batch_size=batch_size, replace=replace))
     return out
 
 
 def noise_cotangent(problem: Problem, r, w, *, eta, sigma, batch_size: int, replace: bool = True):
-    """sqrt(eta) [sigma w_label + c_B r * (w_batch - mean w_batch)] / sqrt(B n), shaped like the residuals r:
-    the cotangent whose VJP through the residuals is `diffusion`."""
+    """sqrt(eta) [sigma w_label + c_B r * (w_batch - mean w_batch)] / sqrt(B n), shaped like the outputs: the
+    cotangent whose VJP through the outputs is `diffusion`. `r` is q = `Problem.output_grads` (the
+    residuals for square loss)."""
     n = problem.n
     w = _split(w, noise_parts(problem, sigma, batch_size))
     cotangent = jnp.zeros_like(r)
@@ -144,5 +147,5 @@ def ito_correction(
         column = lambda p: diffusion(problem, p, e, **hyper)  # noqa: E731
         return jax.jvp(column, (params,), (column(params),))[1]
 
-    terms = jax.vmap(term)(jnp.eye(m, dtype=problem.y.dtype))
+    terms = jax.vmap(term)(jnp.eye(m, dtype=problem.X.dtype))
     return jax.tree.map(lambda x: 0.5 * jnp.sum(x, axis=0), terms)

@@ -18,7 +18,7 @@ gradient replaced by a Gaussian of the same mean and covariance; a comparison of
 
     theta <- theta + J^T [-(h / n) r + sqrt(eta) (sigma dW_label + c_B r * (dW_batch - mean)) / sqrt(B n)]
 
-one forward pass and ONE vector-Jacobian product of the residuals, drift and noise together: the cost of a
+one forward pass and ONE vector-Jacobian product of the outputs, drift and noise together: the cost of a
 label-noise SGD step. It runs as loops with dynamic bounds, so eta, t1 and the save times may be traced
 (`jax.jit`, `jax.vmap`); the number of saves is static.
 
@@ -208,6 +208,8 @@ def _sde(
     throw,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
+    if noise.sigma is not None:
+        problem.require_square(f"{name} (label noise)")
     eta = checks.positive("eta", eta)
     t1 = checks.positive("t1", t1)
     if key is None:
@@ -219,7 +221,7 @@ def _sde(
         _check_solver(solver, rtol)
     elif rtol is not None:
         raise ValueError("adaptive steps (rtol) need a solver with an error estimate, e.g. diffrax.Heun()")
-    dtype = problem.y.dtype
+    dtype = problem.X.dtype
     h = eta / substeps
     steps = timescale.steps_for_time(t1, h, name="t1")
     fast = rtol is None and (solver is None or type(solver) is diffrax.Euler)
@@ -321,15 +323,16 @@ def _even(index) -> tuple[int, int] | None:
 def _euler(problem, params0, key, eta, index, even, substeps, hyper, metrics, save_params):
     """Euler-Maruyama on the BrownianGrid, one forward pass and one VJP a step; saves at fine-step `index`
     (`even`: static (first, every) for evenly spaced saves)."""
-    dtype = problem.y.dtype
+    dtype = problem.X.dtype
     parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
     path = BrownianGrid(key, eta, parts, levels=substeps.bit_length() - 1, dtype=dtype)
     h = eta / substeps
     drift = (h / problem.n).astype(dtype)
 
     def step(j, params):
-        r, vjp = jax.vjp(problem.residuals, params)
-        (delta,) = vjp(noise_cotangent(problem, r, path.increment(j), eta=eta, **hyper) - drift * r)
+        out, vjp = jax.vjp(problem.outputs, params)
+        q = problem.output_grads(out)  # d l_i / d f_i: the residuals for square loss
+        (delta,) = vjp(noise_cotangent(problem, q, path.increment(j), eta=eta, **hyper) - drift * q)
         return jax.tree.map(jnp.add, params, delta)
 
     def record(params):
@@ -394,7 +397,7 @@ def _diffrax_solve(
 ):
     hyper = dict(eta=eta, **hyper)
     parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
-    dtype = problem.y.dtype
+    dtype = problem.X.dtype
     stratonovich = isinstance(solver, diffrax.AbstractStratonovichSolver)
 
     def drift(t, params, args):

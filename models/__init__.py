@@ -1,8 +1,10 @@
-"""Problems (model + data + square loss) and the models and data sets they are built from."""
+"""Problems (model + data + loss) and the models and data sets they are built from."""
 
 from . import checks as checks
 from . import data as data
 from .activations import cubic as cubic
+from .conv import CNN as CNN
+from .conv import ResNet as ResNet
 from .linear import Linear as Linear
 from .linear import QuadraticParam as QuadraticParam
 from .linear import RandomFeatures as RandomFeatures
@@ -10,3 +12,4 @@ from .matrix import MatrixFactorization as MatrixFactorization
 from .mlp import MLP as MLP
 from .problem import Problem as Problem
 from .two_layer import TwoLayerNet as TwoLayerNet
+from .vit import ViT as ViT

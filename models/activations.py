@@ -17,6 +17,7 @@ ACTIVATIONS: dict[str, Callable] = {
     "sinh": jnp.sinh,
     "softplus": jax.nn.softplus,
     "identity": lambda z: z,
+    "gelu": jax.nn.gelu,
 }
 
 

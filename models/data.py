@@ -1,7 +1,14 @@
-"""Data sets: synthetic generators and scikit-learn's bundled digits (no download, ever).
+"""Data sets: synthetic generators, scikit-learn's bundled digits (as vectors or 8 x 8 images), MNIST-1D
+generated offline by the `mnist1d` package, and CIFAR-10 read from a folder the user names. Nothing is
+downloaded, ever.
 
-Every generator takes an explicit PRNG key and returns JAX arrays; X has shape (n, d), y has (n,) or (n, k).
+Every generator takes an explicit PRNG key and returns JAX arrays; X has shape (n, d) or (n, c, h, w), y
+has (n,) or (n, k), or integer labels (n,) for cross-entropy (`labels=True`).
 """
+
+import os
+import pickle
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -67,30 +74,116 @@ def train_test_split(key: PRNGKeyArray, X, y, *, n_train: int):
     return (X[tr], y[tr]), (X[te], y[te])
 
 
-def digits(*, classes: tuple[int, ...] | None = None, one_hot: bool = False, standardize: bool = True):
+def digits(
+    *,
+    classes: tuple[int, ...] | None = None,
+    one_hot: bool = False,
+    standardize: bool = True,
+    images: bool = False,
+    labels: bool = False,
+):
     """scikit-learn's bundled 8x8 digits (1,797 images, shipped inside the package).
 
-    Returns (X (n, 64), y). With `one_hot`, y is (n, 10) (or (n, len(classes))) in {0, 1}; with two
-    `classes` and no `one_hot`, y is +-1 (a binary regression target); otherwise y is the class index as a
-    float. `standardize` centres every pixel and scales by the global standard deviation (computed in
-    float32). Both arrays in the default float dtype, float64 when `jax_enable_x64` is set.
+    Returns (X, y): X (n, 64), or (n, 1, 8, 8) images with `images`. With `labels`, y is the integer class
+    index (n,) in 0..k-1 (for cross-entropy); with `one_hot`, y is (n, 10) (or (n, len(classes))) in {0, 1};
+    with two `classes` and neither, y is +-1 (a binary regression target); otherwise y is the class index
+    as a float. `standardize` centres every pixel and scales by the global standard deviation (computed in
+    float32). X (and a float y) in the default float dtype, float64 when `jax_enable_x64` is set.
     """
     from sklearn.datasets import load_digits
 
-    X, labels = load_digits(return_X_y=True)
+    X, classes_of = load_digits(return_X_y=True)
     X = X.astype(np.float32)
     if classes is not None:
-        keep = np.isin(labels, classes)
-        X, labels = X[keep], labels[keep]
-        labels = np.searchsorted(np.asarray(sorted(classes)), labels)
+        keep = np.isin(classes_of, classes)
+        X, classes_of = X[keep], classes_of[keep]
+        classes_of = np.searchsorted(np.asarray(sorted(classes)), classes_of)
     if standardize:
         X = (X - X.mean(0)) / X.std()
     k = 10 if classes is None else len(classes)
-    if one_hot:
-        y = np.eye(k, dtype=np.float32)[labels]
+    if labels:
+        y = classes_of.astype(np.int32)
+    elif one_hot:
+        y = np.eye(k, dtype=np.float32)[classes_of]
     elif k == 2:
-        y = np.where(labels == 1, 1.0, -1.0).astype(np.float32)
+        y = np.where(classes_of == 1, 1.0, -1.0).astype(np.float32)
     else:
-        y = labels.astype(np.float32)
+        y = classes_of.astype(np.float32)
     dtype = jnp.result_type(float)  # the default float, as the other generators give (float64 under x64)
-    return jnp.asarray(X, dtype), jnp.asarray(y, dtype)
+    X = jnp.asarray(X, dtype).reshape(-1, 1, 8, 8) if images else jnp.asarray(X, dtype)
+    return X, jnp.asarray(y) if labels else jnp.asarray(y, dtype)
+
+
+def mnist1d(n: int = 4000, *, seed: int = 42, labels: bool = True):
+    """MNIST-1D (Greydanus 2020): n one-dimensional "digits" of length 40 in 10 classes, generated offline
+    by the `mnist1d` package from its ten templates (the published recipe and defaults: random padding,
+    scale, translation, shear, correlated and iid noise; `seed` fixes them). Returns (X (n, 1, 40): one
+    channel, as a 1-D convolution or `reshape` takes it; y): integer labels (n,) in 0..9 with `labels`,
+    else one-hot (n, 10) for square loss. X in the default float dtype, standardised as generated."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    n = checks.positive_int("n", n)
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = n, 1.0, seed
+    made = make_dataset(args)
+    dtype = jnp.result_type(float)
+    X = jnp.asarray(made["x"], dtype).reshape(n, 1, -1)
+    classes = np.asarray(made["y"], np.int32)
+    return X, jnp.asarray(classes) if labels else jnp.asarray(np.eye(10)[classes], dtype)
+
+
+CIFAR10_ENV = "SHARPFLOW_CIFAR10"  # the folder holding CIFAR-10's python batches, when no folder is given
+_CIFAR10_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_batch"]}
+
+
+def cifar10(
+    folder=None,
+    *,
+    classes: int = 10,
+    n: int | None = None,
+    train: bool = True,
+    labels: bool = True,
+    standardize: bool = True,
+):
+    """CIFAR-10 read from the standard python-format batches ("CIFAR-10 python version": `data_batch_1` ..
+    `data_batch_5`, `test_batch`, each a pickled dict of b"data" (m, 3072) uint8 rows, channel-major, and
+    b"labels") in `folder`, or in the folder the environment variable SHARPFLOW_CIFAR10 names. Nothing is
+    downloaded: a missing folder or file is a `ValueError` naming the path and the files expected.
+
+    The subsets the papers use: the examples of the first `classes` classes (in file order), the first `n` of
+    them. Returns (X (n, 3, 32, 32), y): integer labels (n,) in 0..classes-1 with `labels`, else one-hot
+    (n, classes) for square loss; X scaled to [0, 1] and, with `standardize`, centred and scaled per channel
+    by the subset's own mean and standard deviation; in the default float dtype."""
+    folder = folder if folder is not None else os.environ.get(CIFAR10_ENV)
+    if folder is None:
+        raise ValueError(
+            f"cifar10 needs the folder of CIFAR-10's python batches: pass folder=..., or set {CIFAR10_ENV}"
+        )
+    folder = Path(folder)
+    names = _CIFAR10_FILES[bool(train)]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"cifar10: {folder} lacks {', '.join(missing)}; it must hold the python-format batches "
+            f"{', '.join(names)} (the 'CIFAR-10 python version' archive, unpacked)"
+        )
+    classes = checks.positive_int("classes", classes)
+    if classes > 10:
+        raise ValueError(f"classes must be in 1..10, got {classes}")
+    rows, found = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        rows.append(np.asarray(batch[b"data"], np.uint8))
+        found.append(np.asarray(batch[b"labels"], np.int64))
+    data, y = np.concatenate(rows), np.concatenate(found)
+    keep = y < classes
+    data, y = data[keep][:n], y[keep][:n]
+    if n is not None and data.shape[0] < n:
+        raise ValueError(f"n = {n} exceeds the {data.shape[0]} examples of the first {classes} classes")
+    X = data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    if standardize:
+        X = (X - X.mean(axis=(0, 2, 3), keepdims=True)) / X.std(axis=(0, 2, 3), keepdims=True)
+    dtype = jnp.result_type(float)
+    targets = jnp.asarray(y, jnp.int32) if labels else jnp.asarray(np.eye(classes)[y], dtype)
+    return jnp.asarray(X, dtype), targets

@@ -11,15 +11,19 @@ The command line is the same for all of them:
 - `--seeds N`: the number of independent random replicates, the preset's `seeds` (seeds of an ensemble,
   random starts, random initialisations: each script's docstring says which). Refused by a figure whose
   presets have no `seeds`: it is deterministic.
-- `--out`: the folder for the PNG; `--results`: the folder of stored results (`analysis.store`), reused
-  unless `--recompute`. A long figure stores each independent part (a sweep row, a start, a step size) as it
-  finishes (`store.part`), so a run killed or crashed re-runs with the same command and goes on from the
-  part it was in.
+- `--out`: the folder for the PNG; `--results`: the folder of stored results (`analysis.store`), keyed by
+  the preset's config and `code_version` (the code that computes them), reused unless `--recompute`. A
+  long figure stores each independent part (a sweep row, a start, a step size) as it finishes
+  (`store.part`), so a run killed or crashed re-runs with the same command and goes on from the part it
+  was in.
 """
 
 import argparse
+import ast
 import dataclasses
 import functools
+import hashlib
+import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -47,6 +51,29 @@ class Figure:
     draw: Callable[[dict, dict, Path], Path]
     summary: Callable[[dict, dict], None]
     x64: bool = False
+
+
+LIBRARY = ("models", "flows", "analysis")
+DRAWING = {"analysis/plots.py"}  # draws, computes nothing stored
+
+
+def code_version(script) -> str:
+    """The first 16 hex digits of the SHA-256 of the code that computes a figure's stored results: every
+    module of models/, flows/ and analysis/ (but the plotting one) and the figure's script, each parsed and
+    dumped without its docstrings, so comments, docstrings and formatting do not count and any change to
+    what runs does. Part of every stored result's config (`cfg["code"]`): a changed library computes anew
+    rather than redraw numbers an older one produced."""
+    files = sorted(f for pkg in LIBRARY for f in (ROOT / pkg).rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in [*(f for f in files if f.relative_to(ROOT).as_posix() not in DRAWING), Path(script)]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+                if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+        digest.update(path.relative_to(path.parent.parent).as_posix().encode() + ast.dump(tree).encode())
+    return digest.hexdigest()[:16]
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -80,6 +107,7 @@ def main(figure: Figure, argv=None) -> dict:
         if args.seeds < 1:
             raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
         cfg["seeds"] = args.seeds
+    cfg["code"] = code_version(inspect.getsourcefile(figure.compute))
     part = functools.partial(
         store.part, store.path(args.results, figure.name, cfg), cfg, recompute=args.recompute
     )

@@ -127,7 +127,8 @@ def compute(cfg, progress, part):
         row = [b] + [
             stability.threshold(P, star, criterion=c, **kw_b) for c in ("mean_square", "lyapunov", "sde")
         ]
-        return {"row": np.asarray(row + [stability.wu_bound(1.0, b, mu=mu) / fro], dtype=float)}  # fmt: skip
+        bound = stability.wu_bound(1.0, b, mu=mu, n=P.n) / fro  # infinite at B = n: GD has no noise
+        return {"row": np.asarray(row + [bound], dtype=float)}
 
     rows = []
     for b in cfg["batch_sizes"]:

@@ -12,13 +12,10 @@ from analysis import hessian, plots
 from flows import gd, gradient_flow, timescale
 from models import Problem, TwoLayerNet, data
 
-PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
-    "smoke": dict(layout=2, n=8, d=3, width=6, teacher_width=2, t1=2.0, dt_save=0.2, etas=[0.2, 0.1]),
-    "quick": dict(
-        layout=2, n=20, d=5, width=16, teacher_width=3, t1=20.0, dt_save=0.2, etas=[0.2, 0.1, 0.05]
-    ),
+PRESETS = {
+    "smoke": dict(n=8, d=3, width=6, teacher_width=2, t1=2.0, dt_save=0.2, etas=[0.2, 0.1]),
+    "quick": dict(n=20, d=5, width=16, teacher_width=3, t1=20.0, dt_save=0.2, etas=[0.2, 0.1, 0.05]),
     "paper": dict(
-        layout=2,
         n=100,
         d=20,
         width=100,

@@ -39,9 +39,8 @@ from models import Problem, TwoLayerNet
 
 ACTIVATIONS = ("cubic", "sinh", "tanh")
 TRACE = {"trace_H": Problem.gauss_newton_trace}  # tr G = tr H on the zero-loss manifold, where the flow runs
-PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
+PRESETS = {
     "smoke": dict(
-        layout=4,
         activations=["cubic"],
         m=4,
         n=2,
@@ -56,7 +55,6 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
         sweep_tau=1e2,
     ),
     "quick": dict(
-        layout=4,
         activations=list(ACTIVATIONS),
         m=10,
         n=3,
@@ -71,7 +69,6 @@ PRESETS = {  # `layout` is part of the stored results' key: bump it when compute
         sweep_tau=1e5,
     ),
     "paper": dict(
-        layout=4,
         activations=list(ACTIVATIONS),
         m=10,
         n=3,

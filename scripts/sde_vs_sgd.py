@@ -19,11 +19,8 @@ from analysis import compare, plots
 from models import Problem, TwoLayerNet, data
 
 PRESETS = {
-    "smoke": dict(
-        layout=3, n=8, d=3, width=6, sigma=1.0, batch=2, t1=0.8, etas=[0.08, 0.04], seeds=8, substeps=2
-    ),
+    "smoke": dict(n=8, d=3, width=6, sigma=1.0, batch=2, t1=0.8, etas=[0.08, 0.04], seeds=8, substeps=2),
     "quick": dict(
-        layout=3,
         n=16,
         d=5,
         width=16,
@@ -35,7 +32,6 @@ PRESETS = {
         substeps=4,
     ),
     "paper": dict(
-        layout=3,
         n=64,
         d=10,
         width=64,

@@ -8,7 +8,8 @@ is mean-square stable (`analysis.stability.threshold`, closed form). Top row: ||
 on log-log axes with the bound ||H||_F <= sqrt(B/mu)/eta drawn for the smallest mu* found; bottom:
 lambda_max. Filled markers: minima the exact criterion calls stable (eta <= eta_ms, i.e. rho(T) <= 1);
 crosses: minima SGD converged to although they are not mean-square stable (heavy tails: a typical run
-follows the Lyapunov exponent, not the mean square).
+follows the Lyapunov exponent, not the mean square). A batch B = n is the full batch, GD (as everywhere in
+the library, docs/conventions.md): its eta_ms is GD's 2 / lambda_max and its Wu bound infinite (no noise).
 
 Problems: (i) random-features regression (tanh features, only the outer layer trained, so H is the same at
 every minimum and the sweep shows which (eta, B) converge), (ii) a two-layer tanh net (trainable outer
@@ -26,17 +27,17 @@ from analysis import plots, stability
 from flows import sgd
 from models import MLP, Problem, RandomFeatures, TwoLayerNet, data
 
-PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
+PRESETS = {
     "smoke": dict(
-        layout=2, n=8, d=3, digits_n=12, width=6, rf_width=16, mlp_width=4, steps=400, seeds=1,
+        n=8, d=3, digits_n=12, width=6, rf_width=16, mlp_width=4, steps=400, seeds=1,
         eta_factors=[0.5, 1.0], batch_sizes=[2, 8],
     ),
     "quick": dict(
-        layout=2, n=32, d=8, digits_n=64, width=32, rf_width=512, mlp_width=16, steps=6000, seeds=2,
+        n=32, d=8, digits_n=64, width=32, rf_width=512, mlp_width=16, steps=6000, seeds=2,
         eta_factors=[0.25, 0.5, 1.0, 2.0, 3.0], batch_sizes=[2, 8, 32],
     ),
     "paper": dict(
-        layout=2, n=128, d=16, digits_n=256, width=128, rf_width=2048, mlp_width=32, steps=20000, seeds=5,
+        n=128, d=16, digits_n=256, width=128, rf_width=2048, mlp_width=32, steps=20000, seeds=5,
         eta_factors=[0.125, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], batch_sizes=[1, 4, 16, 64],
     ),
 }  # fmt: skip
@@ -132,7 +133,13 @@ def summary(cfg, r):
     for name, title in PROBLEMS.items():
         t = table(r, name)
         found = np.isfinite(t["fro"])
-        bound = np.sqrt(t["B"] / t["mu"]) / t["eta"]
+        n = cfg["digits_n"] if name == "mlp" else cfg["n"]
+        bound = np.array(
+            [
+                stability.wu_bound(e, int(b), mu=m, n=n) if m > 0 else np.nan
+                for e, b, m in zip(t["eta"], t["B"], t["mu"])
+            ]
+        )  # infinite for B = n: GD has no gradient noise, its criterion is eta lambda_max <= 2
         print(
             f"{title}: {found.sum()}/{found.size} runs converged; ||H||_F / bound max "
             f"{np.nanmax(t['fro'] / bound):.2f} (<= 1: the bound holds); "

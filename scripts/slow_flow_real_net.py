@@ -31,15 +31,12 @@ from common import Figure, main
 from analysis import compare, hessian, plots
 from models import MLP, Problem, data
 
-PRESETS = {  # `layout` is part of the stored results' key: bump it when compute()'s arrays change
-    "smoke": dict(
-        layout=2, classes=[3, 8], n=12, width=6, sigma=0.5, etas=[0.1], tau1=0.01, num_saves=2, seeds=2
-    ),
+PRESETS = {
+    "smoke": dict(classes=[3, 8], n=12, width=6, sigma=0.5, etas=[0.1], tau1=0.01, num_saves=2, seeds=2),
     "quick": dict(
-        layout=2, classes=[3, 8], n=64, width=64, sigma=0.5, etas=[0.1, 0.05], tau1=0.2, num_saves=4, seeds=4
+        classes=[3, 8], n=64, width=64, sigma=0.5, etas=[0.1, 0.05], tau1=0.2, num_saves=4, seeds=4
     ),
     "paper": dict(
-        layout=2,
         classes=None,
         n=1024,
         width=128,

@@ -13,11 +13,9 @@ from flows import limit_map, riemannian_flow
 from models import Problem, QuadraticParam, data
 
 PRESETS = {
-    "smoke": dict(layout=3, n=3, d=5, sigma=1.0, tau1=0.2, etas=[0.04, 0.02], seeds=4, num_saves=2),
-    "quick": dict(layout=3, n=3, d=5, sigma=1.0, tau1=1.0, etas=[0.04, 0.02, 0.01], seeds=16, num_saves=10),
-    "paper": dict(
-        layout=3, n=10, d=30, sigma=1.0, tau1=3.0, etas=[0.02, 0.01, 0.005], seeds=64, num_saves=20
-    ),
+    "smoke": dict(n=3, d=5, sigma=1.0, tau1=0.2, etas=[0.04, 0.02], seeds=4, num_saves=2),
+    "quick": dict(n=3, d=5, sigma=1.0, tau1=1.0, etas=[0.04, 0.02, 0.01], seeds=16, num_saves=10),
+    "paper": dict(n=10, d=30, sigma=1.0, tau1=3.0, etas=[0.02, 0.01, 0.005], seeds=64, num_saves=20),
 }
 
 

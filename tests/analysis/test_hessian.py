@@ -1,5 +1,6 @@
 """Every Hessian metric against jax.hessian + numpy.linalg.eigvalsh on small two-layer problems."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +56,16 @@ def test_lanczos_with_few_iterations_still_finds_the_top_eigenvalue():
     evals = np.linalg.eigvalsh(_dense(P))
     top = hessian.top_eigenvalues(P, P.params, key=jax.random.key(2), num_iter=40)
     np.testing.assert_allclose(top, evals[-1:], rtol=1e-6)
+
+
+def test_lanczos_that_has_not_converged_raises():
+    """Three steps on a spectrum of 200 eigenvalues in [1, 2]: the Ritz residual |beta_m s_m| is far above
+    1e-3 lambda_1, and the unconverged value is not returned; the same operator with 200 steps is exact."""
+    d = jnp.linspace(1.0, 2.0, 200)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="did not converge"):
+        hessian.lanczos(lambda v: d * v, 200, 1, key=jax.random.key(0), num_iter=3, dtype=jnp.float64)
+    top = hessian.lanczos(lambda v: d * v, 200, 1, key=jax.random.key(0), num_iter=200, dtype=jnp.float64)
+    np.testing.assert_allclose(top, [2.0], rtol=1e-10)
 
 
 def test_lanczos_survives_an_invariant_subspace():

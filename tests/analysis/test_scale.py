@@ -117,6 +117,8 @@ def test_ensemble_chunks_pad_and_take_per_seed_arguments():
     plain = jax.vmap(flow)(keys, starts)
     np.testing.assert_allclose(whole.stats["loss"], plain.stats["loss"], rtol=1e-12)
     assert not np.allclose(whole.stats["loss"][0], whole.stats["loss"][1])
+    unsharded = ensembles.ensemble(flow, keys, starts, chunk=3, mesh=False)  # a plain vmap, no mesh
+    np.testing.assert_allclose(unsharded.stats["loss"], plain.stats["loss"], rtol=1e-12)
 
 
 def test_resumable_in_process(tmp_path):

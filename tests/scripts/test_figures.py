@@ -77,3 +77,17 @@ def test_a_killed_run_resumes_from_its_stored_parts(tmp_path):
     np.testing.assert_array_equal(r["x"], np.repeat(np.arange(3)[:, None], 3, axis=1))
     main(figure, argv + ["--recompute"])
     assert calls == [0, 1, 1, 2, 0, 1, 2]
+
+
+def test_stored_results_are_keyed_on_the_code_that_computes_them(tmp_path):
+    """A change to what runs (a library module or the script) changes the key, so old numbers are never
+    redrawn as new ones; a docstring, a comment or reformatting does not."""
+    from common import code_version
+
+    script = tmp_path / "figure.py"
+    script.write_text('"""A figure."""\n\ndef compute(cfg):\n    return 1  # one\n')
+    base = code_version(script)
+    script.write_text('"""Another docstring."""\n\n\ndef compute(cfg):\n    return 1  # another comment\n')
+    assert code_version(script) == base
+    script.write_text('"""A figure."""\n\ndef compute(cfg):\n    return 2\n')
+    assert code_version(script) != base

@@ -1,0 +1,133 @@
+"""Convolutional networks on images (c, h, w): a CNN (convolutions, pooling, a dense head) and a ResNet
+without batch normalisation.
+
+Neither normalises over the batch: the Hessian of a batch-normalised net depends on which examples share a
+batch, and every quantity here is a function of one example at a time (`models.Problem`). The ResNet keeps
+its residual branches tame by scaling them by 1 / sqrt(number of blocks) instead (SkipInit / Fixup in
+spirit, with a fixed scale).
+"""
+
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .activations import resolve
+
+
+def _pool(x: Float[Array, "c h w"]) -> Float[Array, "c h/2 w/2"]:
+    """2 x 2 average pooling, stride 2 (odd sizes drop their last row / column)."""
+    c, h, w = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+
+class CNN(eqx.Module):
+    """f(x) = W flatten(P(s(C_L ... P(s(C_1 x))))) + b: 3 x 3 convolutions C_l ('SAME' padding, with bias)
+    of `channels[l]` channels, each followed by the activation s and, while the image is at least 2 x 2, a
+    2 x 2 average pool P; then a dense layer to `outputs` (a scalar for `outputs=1`). The "CNN" of the
+    edge-of-stability and central-flow experiments (Cohen et al. 2021, 2024), sized by `channels`.
+
+    Parameters: sum_l (9 c_{l-1} c_l + c_l) convolution weights and biases (c_0 the input channels), then
+    (c_L h_L w_L + 1) k for the head (h_L, w_L the pooled size, k the outputs). Init: Equinox's default,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for every weight and bias.
+    """
+
+    convs: tuple[eqx.nn.Conv2d, ...]
+    head: eqx.nn.Linear
+    pools: tuple[bool, ...] = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        channels: Sequence[int] = (16, 32),
+        *,
+        outputs: int = 1,
+        activation: str | Callable = "relu",
+        key: PRNGKeyArray,
+    ):
+        c, h, w = in_shape
+        keys = jax.random.split(key, len(channels) + 1)
+        convs, pools = [], []
+        for out, k in zip(channels, keys[:-1]):
+            convs.append(eqx.nn.Conv2d(c, out, 3, padding="SAME", key=k))
+            pools.append(h >= 2 and w >= 2)
+            if pools[-1]:
+                h, w = h // 2, w // 2
+            c = out
+        self.convs, self.pools = tuple(convs), tuple(pools)
+        self.head = eqx.nn.Linear(c * h * w, "scalar" if outputs == 1 else outputs, key=keys[-1])
+        self.activation = resolve(activation)
+
+    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
+        for conv, pool in zip(self.convs, self.pools):
+            x = self.activation(conv(x))
+            if pool:
+                x = _pool(x)
+        return self.head(x.reshape(-1))
+
+
+class _Block(eqx.Module):
+    """x + alpha C_2(s(C_1(s(x)))): a pre-activation residual block of two 3 x 3 convolutions."""
+
+    first: eqx.nn.Conv2d
+    second: eqx.nn.Conv2d
+
+    def __init__(self, width: int, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.first = eqx.nn.Conv2d(width, width, 3, padding="SAME", key=k1)
+        self.second = eqx.nn.Conv2d(width, width, 3, padding="SAME", key=k2)
+
+    def __call__(self, x, activation, alpha):
+        return x + alpha * self.second(activation(self.first(activation(x))))
+
+
+class ResNet(eqx.Module):
+    """A ResNet without normalisation: a 3 x 3 stem convolution to `widths[0]` channels; for each stage s,
+    `blocks` residual blocks x + alpha C_2(s(C_1(s(x)))) at `widths[s]` channels (alpha = 1 / sqrt(total
+    blocks), fixed), and between stages a 2 x 2 average pool and a 1 x 1 convolution to the next width; then
+    the activation, a global average pool and a dense head to `outputs`. (PreResNet-style, as in Li, Malladi
+    & Arora 2021, with the batch normalisation left out: the module docstring says why.)
+
+    Parameters: 9 c_0 w_0 + w_0 (stem), per block 2 (9 w^2 + w), per stage change w_s w_{s+1} + w_{s+1},
+    head (w_last + 1) k. Init: Equinox's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """
+
+    stem: eqx.nn.Conv2d
+    stages: tuple[tuple[_Block, ...], ...]
+    transitions: tuple[eqx.nn.Conv2d, ...]
+    head: eqx.nn.Linear
+    alpha: float = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        widths: Sequence[int] = (16, 32),
+        blocks: int = 2,
+        *,
+        outputs: int = 1,
+        activation: str | Callable = "relu",
+        key: PRNGKeyArray,
+    ):
+        keys = iter(jax.random.split(key, 2 + len(widths) * (blocks + 1)))
+        self.stem = eqx.nn.Conv2d(in_channels, widths[0], 3, padding="SAME", key=next(keys))
+        self.stages = tuple(tuple(_Block(w, next(keys)) for _ in range(blocks)) for w in widths)
+        self.transitions = tuple(
+            eqx.nn.Conv2d(a, b, 1, key=next(keys)) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.head = eqx.nn.Linear(widths[-1], "scalar" if outputs == 1 else outputs, key=next(keys))
+        self.alpha = 1.0 / (len(widths) * blocks) ** 0.5
+        self.activation = resolve(activation)
+
+    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
+        x = self.stem(x)
+        for s, stage in enumerate(self.stages):
+            if s > 0:
+                x = self.transitions[s - 1](_pool(x) if min(x.shape[1:]) >= 2 else x)
+            for block in stage:
+                x = block(x, self.activation, self.alpha)
+        return self.head(jnp.mean(self.activation(x), axis=(1, 2)))

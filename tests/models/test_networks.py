@@ -1,0 +1,250 @@
+"""Real networks: image inputs, the CNN, ResNet and ViT against hand-written forward passes and their stated
+parameter counts, cross-entropy against a hand-written loss, physical batches against the unchunked
+numbers, any optax optimizer against hand-written loops, and the arguments only square loss admits."""
+
+import pickle
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from analysis import hessian, stability
+from flows import gd, label_noise_sgd, limit_map, sgd, sgd_sde
+from models import CNN, MLP, Problem, ResNet, ViT, data
+from tests.helpers import tree_allclose
+
+
+def conv(x, layer):
+    """A 'SAME' 3 x 3 (or any) convolution with bias, written with lax.conv_general_dilated."""
+    out = jax.lax.conv_general_dilated(
+        x[None],
+        layer.weight,
+        window_strides=layer.stride,
+        padding="SAME",
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )[0]
+    return out + layer.bias
+
+
+def pool(x):
+    c, h, w = x.shape
+    return x.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+
+def images(n=12, k=3, seed=0):
+    X, y = data.digits(images=True, labels=True, classes=tuple(range(k)))
+    idx = np.random.default_rng(seed).permutation(X.shape[0])[:n]
+    return X[idx], y[idx]
+
+
+def test_cnn_forward_and_parameter_count():
+    X, _ = images()
+    net = CNN((1, 8, 8), (4, 6), outputs=3, key=jax.random.key(0))
+    h = pool(jax.nn.relu(conv(X[0], net.convs[0])))
+    h = pool(jax.nn.relu(conv(h, net.convs[1])))
+    expect = net.head.weight @ h.reshape(-1) + net.head.bias
+    np.testing.assert_allclose(net(X[0]), expect, rtol=1e-12)
+    count = (9 * 1 * 4 + 4) + (9 * 4 * 6 + 6) + (6 * 2 * 2 + 1) * 3
+    assert Problem(net, X, jnp.zeros((X.shape[0], 3))).num_params == count
+
+
+def test_resnet_forward_and_parameter_count():
+    X, _ = images()
+    net = ResNet(1, (4, 6), blocks=1, outputs=2, activation="tanh", key=jax.random.key(1))
+    alpha = 1 / np.sqrt(2)
+    x = conv(X[0], net.stem)
+    b = net.stages[0][0]
+    x = x + alpha * conv(jnp.tanh(conv(jnp.tanh(x), b.first)), b.second)
+    x = conv(pool(x), net.transitions[0])
+    b = net.stages[1][0]
+    x = x + alpha * conv(jnp.tanh(conv(jnp.tanh(x), b.first)), b.second)
+    expect = net.head.weight @ jnp.tanh(x).mean(axis=(1, 2)) + net.head.bias
+    np.testing.assert_allclose(net(X[0]), expect, rtol=1e-12)
+    count = (9 * 4 + 4) + 2 * (9 * 16 + 4) + (4 * 6 + 6) + 2 * (9 * 36 + 6) + (6 + 1) * 2
+    assert Problem(net, X, jnp.zeros((X.shape[0], 2))).num_params == count
+
+
+@jax.numpy_rank_promotion("allow")  # the hand-written reference broadcasts its biases
+def test_vit_forward_and_parameter_count():
+    X, _ = images()
+    dim, heads = 8, 2
+    net = ViT((1, 8, 8), patch=4, dim=dim, depth=1, heads=heads, outputs=3, key=jax.random.key(2))
+    x = X[0]
+    patches = x.reshape(1, 2, 4, 2, 4).transpose(1, 3, 0, 2, 4).reshape(4, 16)  # (tokens, c p p), row-major
+    z = patches @ net.embed.weight.reshape(dim, 16).T + net.embed.bias.reshape(-1) + net.positions
+
+    def norm(ln, t):
+        t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(t.var(-1, keepdims=True) + ln.eps)
+        return t * ln.weight + ln.bias
+
+    layer = net.layers[0]
+    a = layer.attention
+    h = norm(layer.norm1, z)
+    q, k, v = (h @ m.weight.T + m.bias for m in (a.query_proj, a.key_proj, a.value_proj))
+    split = lambda t: t.reshape(4, heads, dim // heads).transpose(1, 0, 2)  # noqa: E731
+    scores = jnp.einsum("hqd,hkd->hqk", split(q), split(k)) / np.sqrt(dim // heads)
+    att = jnp.einsum("hqk,hkd->hqd", jax.nn.softmax(scores, -1), split(v)).transpose(1, 0, 2).reshape(4, dim)
+    z = z + att @ a.output_proj.weight.T + a.output_proj.bias
+    h = norm(layer.norm2, z)
+    z = z + jax.nn.gelu(h @ layer.up.weight.T + layer.up.bias) @ layer.down.weight.T + layer.down.bias
+    expect = net.head.weight @ norm(net.norm, z.mean(0)) + net.head.bias
+    np.testing.assert_allclose(net(x), expect, rtol=1e-10)
+    count = (
+        17 * dim + 4 * dim + 4 * (dim**2 + dim) + 2 * 4 * dim**2 + 5 * dim + 4 * dim + 2 * dim + (dim + 1) * 3
+    )
+    assert Problem(net, X, jnp.zeros((X.shape[0], 3))).num_params == count
+
+
+def hand_cross_entropy(P, flat, unravel):
+    logits = jax.vmap(P.model(unravel(flat)))(P.X)
+    logp = logits - jax.scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    return -jnp.mean(logp[jnp.arange(P.n), P.y])
+
+
+@pytest.mark.slow  # 16 s: jax.hessian of a CNN
+def test_cross_entropy_loss_gradient_and_hessian_trace_on_a_tiny_cnn():
+    X, y = images(n=6)
+    P = Problem(CNN((1, 8, 8), (2,), outputs=3, key=jax.random.key(3)), X, y, loss="cross_entropy")
+    flat, unravel = P.ravel(P.params)
+    hand = lambda v: hand_cross_entropy(P, v, unravel)  # noqa: E731
+    np.testing.assert_allclose(P.loss(P.params), hand(flat), rtol=1e-12)
+    np.testing.assert_allclose(P.ravel(P.grad(P.params))[0], jax.grad(hand)(flat), rtol=1e-10, atol=1e-14)
+    H = jax.hessian(hand)(flat)
+    np.testing.assert_allclose(hessian.trace(P, P.params), jnp.trace(H), rtol=1e-10)
+    top = hessian.top_eigenvalues(P, P.params, 2, key=jax.random.key(0))
+    np.testing.assert_allclose(top, np.linalg.eigvalsh(H)[::-1][:2], rtol=1e-6)
+    np.testing.assert_allclose(
+        P.per_example_grads(P.params).mean(0), jax.grad(hand)(flat), rtol=1e-10, atol=1e-14
+    )
+
+
+@pytest.mark.parametrize("loss", [pytest.param("square", marks=pytest.mark.slow), "cross_entropy"])
+def test_physical_batches_give_the_unchunked_numbers(loss):
+    """chunk = 5 of n = 12 (a padded last chunk): loss, gradient, a Hessian-vector product, the per-example
+    gradients and J match the all-at-once values to 1e-12 (float64)."""
+    X, y = images()
+    if loss == "square":
+        y = jax.nn.one_hot(y, 3, dtype=X.dtype)
+    net = CNN((1, 8, 8), (3,), outputs=3, activation="tanh", key=jax.random.key(4))
+    whole, parts = Problem(net, X, y, loss=loss), Problem(net, X, y, loss=loss, chunk=5)
+    np.testing.assert_allclose(parts.loss(parts.params), whole.loss(whole.params), rtol=1e-12)
+    assert tree_allclose(parts.grad(parts.params), whole.grad(whole.params), rtol=1e-12, atol=1e-14)
+    v = jax.random.normal(jax.random.key(1), (whole.num_params,))
+    np.testing.assert_allclose(
+        hessian.hvp(parts, parts.params, v), hessian.hvp(whole, whole.params, v), rtol=1e-11, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        parts.per_example_grads(parts.params), whole.per_example_grads(whole.params), rtol=1e-12, atol=1e-14
+    )
+    np.testing.assert_allclose(
+        parts.jacobian(parts.params), whole.jacobian(whole.params), rtol=1e-12, atol=1e-14
+    )
+
+
+def test_gd_and_sgd_take_any_optax_optimizer():
+    """Momentum and Adam against loops written by hand from their update rules."""
+    X, y = images(n=8)
+    P = Problem(CNN((1, 8, 8), (2,), outputs=3, key=jax.random.key(5)), X, y, loss="cross_entropy")
+    flat0, unravel = P.ravel(P.params)
+    grad = lambda v: P.ravel(P.grad(unravel(v)))[0]  # noqa: E731
+    eta, steps = 0.1, 5
+    run = gd(P, P.params, steps=steps, eta=eta, save_every=steps, optimizer=optax.sgd(eta, momentum=0.9))
+    w, m = flat0, jnp.zeros_like(flat0)
+    for _ in range(steps):
+        m = grad(w) + 0.9 * m
+        w = w - eta * m
+    np.testing.assert_allclose(P.ravel(run.final)[0], w, rtol=1e-10)
+    np.testing.assert_allclose(run.ts, [0.0, eta * steps])  # the clock stays t = eta k
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int32 and float
+        run = gd(P, P.params, steps=steps, eta=eta, save_every=steps, optimizer=optax.adam(0.01))
+    w, m, s = flat0, jnp.zeros_like(flat0), jnp.zeros_like(flat0)
+    for k in range(1, steps + 1):
+        g = grad(w)
+        m, s = 0.9 * m + 0.1 * g, 0.999 * s + 0.001 * g**2
+        w = w - 0.01 * (m / (1 - 0.9**k)) / (jnp.sqrt(s / (1 - 0.999**k)) + 1e-8)
+    np.testing.assert_allclose(P.ravel(run.final)[0], w, rtol=1e-8)
+    a = sgd(P, P.params, steps=3, eta=eta, batch_size=2, key=jax.random.key(0), optimizer=optax.sgd(eta))
+    b = sgd(P, P.params, steps=3, eta=eta, batch_size=2, key=jax.random.key(0))
+    assert tree_allclose(a.params, b.params, rtol=1e-14)
+    with pytest.raises((ValueError, TypeError), match="optimizer"):  # TypeError: the tests' type checker
+        gd(P, P.params, steps=1, eta=eta, optimizer="adam")
+
+
+def test_the_minibatch_sde_on_cross_entropy_has_the_sgd_covariance():
+    """With cross-entropy the batch factor takes q_i = softmax(f_i) - e_{y_i}: its covariance is that of
+    the per-example gradients (1/B)[(1/n) sum g_i g_i^T - gbar gbar^T], and the SDE runs on a CNN."""
+    from flows.noise import diffusion
+
+    X, y = images(n=6)
+    P = Problem(CNN((1, 8, 8), (2,), outputs=3, key=jax.random.key(6)), X, y, loss="cross_entropy")
+    g = np.asarray(P.per_example_grads(P.params))
+    cov = (g.T @ g / P.n - np.outer(g.mean(0), g.mean(0))) / 2
+    cols = jax.vmap(lambda e: P.ravel(diffusion(P, P.params, e, eta=1.0, sigma=None, batch_size=2))[0])(
+        jnp.eye(P.n)
+    )
+    np.testing.assert_allclose(cols.T @ cols, cov, rtol=1e-10, atol=1e-14)
+    path = sgd_sde(P, P.params, t1=0.2, eta=0.1, batch_size=2, key=jax.random.key(0), ts=[0.0, 0.2])
+    assert bool(jnp.all(jnp.isfinite(path.stats["loss"])))
+
+
+def test_bad_input_names_the_argument():
+    X, y = images(n=6)
+    net = CNN((1, 8, 8), (2,), outputs=3, key=jax.random.key(7))
+    with pytest.raises(ValueError, match=r"labels in 0..2 \(the model's 3 logits\), got 3..5"):
+        Problem(net, X, y + 3, loss="cross_entropy")
+    with pytest.raises(ValueError, match="integer class labels"):
+        Problem(net, X, y.astype(X.dtype), loss="cross_entropy")
+    with pytest.raises(ValueError, match="model cannot be called on one input of shape"):
+        Problem(net, X.reshape(6, 64), y, loss="cross_entropy")
+    with pytest.raises((ValueError, TypeError), match="loss"):  # TypeError: the tests' type checker
+        Problem(net, X, y, loss="hinge")
+    with pytest.raises(ValueError, match="y has dtype float32 where X has float64"):
+        Problem(MLP(64, 4, key=jax.random.key(0)), X.reshape(6, 64), jnp.zeros(6, jnp.float32))
+    P = Problem(net, X, y, loss="cross_entropy")
+    for call in (
+        lambda: label_noise_sgd(P, P.params, steps=1, eta=0.1, sigma=0.1, key=jax.random.key(0)),
+        lambda: limit_map(P, P.params),
+        lambda: stability.threshold(P, P.params),
+        lambda: P.gauss_newton_trace(P.params),
+    ):
+        with pytest.raises(ValueError, match="needs the square loss"):
+            call()
+
+
+def test_cifar10_is_read_from_the_folder_the_user_names(tmp_path, monkeypatch):
+    """Python-format batches written here (5 train batches of 4 images, a test batch): the first k classes,
+    the first n of them, channel-major, standardised per channel; a missing folder or file names them."""
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, 4)),
+        }
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f)
+    X, y = data.cifar10(tmp_path, classes=10, standardize=False)
+    assert X.shape == (20, 3, 32, 32) and y.dtype == jnp.int32
+    with open(tmp_path / "data_batch_1", "rb") as f:
+        first = pickle.load(f, encoding="bytes")
+    np.testing.assert_allclose(X[0, 1, 0, :3], first[b"data"][0, 1024:1027] / 255.0, rtol=1e-6)
+    monkeypatch.setenv("SHARPFLOW_CIFAR10", str(tmp_path))
+    X, y = data.cifar10(classes=4, n=3)
+    assert X.shape == (3, 3, 32, 32) and int(y.max()) < 4
+    np.testing.assert_allclose(X.mean(axis=(0, 2, 3)), 0.0, atol=1e-6)
+    (tmp_path / "test_batch").unlink()
+    with pytest.raises(ValueError, match="lacks test_batch"):
+        data.cifar10(tmp_path, train=False)
+    with pytest.raises(ValueError, match="nowhere lacks"):
+        data.cifar10(tmp_path / "nowhere")
+
+
+def test_image_and_sequence_data_sets():
+    X, y = data.digits(images=True, labels=True)
+    assert X.shape == (1797, 1, 8, 8) and y.dtype == jnp.int32 and int(y.max()) == 9
+    X, y = data.mnist1d(200)
+    assert X.shape == (200, 1, 40) and y.shape == (200,) and set(np.unique(y)) <= set(range(10))
+    again, _ = data.mnist1d(200)
+    np.testing.assert_array_equal(X, again)  # generated offline, the same for the same seed
