@@ -4,7 +4,6 @@ numbers, any optax optimizer against hand-written loops, and the arguments only 
 
 import pickle
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
