@@ -61,8 +61,9 @@ def sde_vs_sgd(
     `mesh` (`analysis.ensembles.ensemble`; `mesh=False`: a plain vmap). For each metric (the loss, and
     `metrics`, default {"trace_H": `hessian.trace`}, exact at p Hessian-vector products a call): the
     ensemble means and 95% bands, the paired SGD - SDE difference, the weak error sup_t |E SGD - E SDE|
-    and that of gradient flow, sup_t |E SGD - GF|, each with its sampling noise removed and its 95% band (`debiased_weak_error`). Label noise couples SGD and SDE path by path (a small band);
-    minibatch noise cannot be coupled, and its band is that of two independent ensembles.
+    and that of gradient flow, sup_t |E SGD - GF|, each with its sampling noise removed and its 95% band
+    (`debiased_weak_error`). Label noise couples SGD and SDE path by path (a small band); minibatch noise
+    cannot be coupled, and its band is that of two independent ensembles.
 
     **Returns:** a dict: `t`, the save times; `gf[m]`, gradient flow's metric m; `eta[str(eta)][m]`, a dict of
     `sgd_mean`, `sgd_band`, `sde_mean`, `sde_band`, `diff_mean`, `diff_band` (over time), `weak_error`,
