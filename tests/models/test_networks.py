@@ -120,7 +120,22 @@ def test_cross_entropy_loss_gradient_and_hessian_trace_on_a_tiny_cnn():
     )
 
 
-@pytest.mark.parametrize("loss", [pytest.param("square", marks=pytest.mark.slow), "cross_entropy"])
+def test_physical_batches_of_an_mlp_give_the_unchunked_loss_gradient_and_hvp():
+    """chunk = 5 of n = 12 (a padded last chunk), cross-entropy on digits vectors: to 1e-12 (float64)."""
+    X, y = images()
+    net = MLP(64, 8, 1, outputs=3, key=jax.random.key(4))
+    whole = Problem(net, X.reshape(12, 64), y, loss="cross_entropy")
+    parts = Problem(net, X.reshape(12, 64), y, loss="cross_entropy", chunk=5)
+    np.testing.assert_allclose(parts.loss(parts.params), whole.loss(whole.params), rtol=1e-12)
+    assert tree_allclose(parts.grad(parts.params), whole.grad(whole.params), rtol=1e-12, atol=1e-14)
+    v = jax.random.normal(jax.random.key(1), (whole.num_params,))
+    np.testing.assert_allclose(
+        hessian.hvp(parts, parts.params, v), hessian.hvp(whole, whole.params, v), rtol=1e-11
+    )
+
+
+@pytest.mark.slow  # 30 s each: J and the per-example gradients of a CNN, chunked and not
+@pytest.mark.parametrize("loss", ["square", "cross_entropy"])
 def test_physical_batches_give_the_unchunked_numbers(loss):
     """chunk = 5 of n = 12 (a padded last chunk): loss, gradient, a Hessian-vector product, the per-example
     gradients and J match the all-at-once values to 1e-12 (float64)."""
@@ -148,7 +163,7 @@ def test_gd_and_sgd_take_any_optax_optimizer():
     X, y = images(n=8)
     P = Problem(CNN((1, 8, 8), (2,), outputs=3, key=jax.random.key(5)), X, y, loss="cross_entropy")
     flat0, unravel = P.ravel(P.params)
-    grad = lambda v: P.ravel(P.grad(unravel(v)))[0]  # noqa: E731
+    grad = jax.jit(lambda v: P.ravel(P.grad(unravel(v)))[0])
     eta, steps = 0.1, 5
     run = gd(P, P.params, steps=steps, eta=eta, save_every=steps, optimizer=optax.sgd(eta, momentum=0.9))
     w, m = flat0, jnp.zeros_like(flat0)
