@@ -16,11 +16,11 @@ TIMES = [0.0, 0.2, 0.4]
 
 
 def sde(eta, t1, ts):
-    return label_noise_sde(P, P.params, t1=t1, eta=eta, sigma=0.5, key=KEY, ts=ts).stats["loss"]
+    return label_noise_sde(P, P.params, t1=t1, eta=eta, sigma=0.5, key=KEY, ts=ts, substeps=1).stats["loss"]
 
 
 def minibatch_sde(eta, t1, ts):
-    return sgd_sde(P, P.params, t1=t1, eta=eta, batch_size=2, key=KEY, ts=ts).stats["loss"]
+    return sgd_sde(P, P.params, t1=t1, eta=eta, batch_size=2, key=KEY, ts=ts, substeps=1).stats["loss"]
 
 
 def flow(eta, t1, ts):

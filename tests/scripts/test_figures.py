@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from run_figures import SCRIPTS  # noqa: E402
 
-SLOW = {
-    "slow_flow_real_net"
-}  # 50 s of compilation; its pipeline is slow_flow_vs_label_noise's (make test-all)
+# make test-all draws these too: slow_flow_real_net (50 s of compilation) runs slow_flow_vs_label_noise's
+# pipeline; rank_one_features (30 s) is the slow flow, label-noise GD and analysis.features, each tested on
+# its own; sde_vs_sgd (27 s) is compare.sde_vs_sgd, which tests/analysis/test_compare.py runs
+SLOW = {"slow_flow_real_net", "rank_one_features", "sde_vs_sgd"}
 
 
 @pytest.mark.parametrize(
