@@ -420,7 +420,9 @@ def _diffrax_solve(
     t1 = jnp.asarray(t1, dtype)
     if rtol is None:
         path = BrownianGrid(key, eta, parts, levels=substeps.bit_length() - 1, dtype=dtype)
-        grid = (jnp.arange(steps + 1) * h).astype(dtype).at[-1].set(t1)  # StepTo wants t1 exactly
+        grid = (
+            (jnp.arange(steps + 1, dtype=dtype) * h).astype(dtype).at[-1].set(t1)
+        )  # StepTo wants t1 exactly
         controller, dt0 = diffrax.StepTo(ts=grid), None
     else:
         levy = _levy_class(getattr(solver, "minimal_levy_area", diffrax.BrownianIncrement))

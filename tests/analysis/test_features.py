@@ -56,7 +56,7 @@ def test_min_trace_is_a_lower_bound_attained_by_equal_preactivations():
     assert float(P.gauss_newton_trace(limit_map(P, P.params))) > expect
 
 
-@pytest.mark.slow  # a long-horizon paper claim (make test-all); the rank_one_features smoke runs the pipeline
+@pytest.mark.slow  # a long-horizon paper claim (make test-all, with the rank_one_features smoke figure)
 @pytest.mark.parametrize("activation", ["cubic", "sinh"])
 def test_slow_flow_ends_rank_one_at_the_minimum_of_tr_h(activation):
     P = gatmiry(activation)

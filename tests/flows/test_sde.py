@@ -157,7 +157,7 @@ def test_ito_correction_of_minibatch_noise_matches_the_dense_derivative():
 
 # -- Ornstein-Uhlenbeck: label noise on linear regression ----------------------------------------------------
 def stationary_covariance(samples, center):
-    x = np.asarray(samples).reshape(-1, samples.shape[-1]) - center
+    x = np.asarray(samples).reshape(-1, samples.shape[-1]) - np.asarray(center)
     return x.T @ x / x.shape[0]
 
 
