@@ -12,10 +12,10 @@ exactly as label-noise SGD draws its step-k label noise, so an SDE path and a la
 same key are coupled; `substeps = 2^L` refines each step by Brownian bridges, and every refinement sees the
 same path. The default `substeps=4` solves the SDE (on a two-layer net at eta = 0.1, t = 1: its distance to
 a 64-substep solve on the same path is 4.4 times smaller than label-noise GD's, 2.7 times for minibatch
-noise; tests/flows/test_sde.py). **`substeps=1` is not a solve of the SDE:** Euler at the step size *is* label-noise GD
-(the same iterates to round-off, with the same key), and for `sgd_sde` it is SGD with its minibatch
-gradient replaced by a Gaussian of the same mean and covariance; a comparison of SGD with the SDE at
-`substeps=1` measures nothing but that. One Euler-Maruyama step is
+noise; tests/flows/test_sde.py). **`substeps=1` is not a solve of the SDE:** Euler at the step size *is*
+label-noise GD (the same iterates to round-off, with the same key), and for `sgd_sde` it is SGD with its
+minibatch gradient replaced by a Gaussian of the same mean and covariance; a comparison of SGD with the SDE
+at `substeps=1` measures nothing but that. One Euler-Maruyama step is
 
     theta <- theta + J^T [-(h / n) r + sqrt(eta) (sigma dW_label + c_B r * (dW_batch - mean)) / sqrt(B n)]
 
