@@ -319,7 +319,8 @@ def riemannian_flow(
       and `grad_norm` (||P_T grad F||) besides any given `metrics`.
 
     Raises `ValueError` if J J^T is singular where params0 lands (the constraints are dependent, or N > p:
-    the manifold is not smooth there) or if params0 is not finite, and `equinox.EquinoxRuntimeError` if it
+    the manifold is not smooth there; checked in the dense mode, since the matrix-free one never forms J)
+    or if params0 is not finite, and `equinox.EquinoxRuntimeError` if it
     cannot be mapped onto the manifold (`limit_map`). Approaching rank loss along the way (a sparse optimum)
     is allowed. A solve that fails on the way (`max_steps`, a non-finite loss) has its `result` code set and,
     with `throw=True`, raises `equinox.EquinoxRuntimeError` (`flows.trajectory`).
