@@ -107,12 +107,14 @@ def draw(cfg, r, path):
         t = table(r, name)
         found = np.isfinite(t["fro"])
         x = np.sqrt(t["B"]) / t["eta"]
+        n = cfg["digits_n"] if name == "mlp" else cfg["n"]
         for row, (key, label) in enumerate((("fro", "||H||_F"), ("lmax", "lambda_max(H)"))):
             ax = axes[3 * row + col]
             for B in cfg["batch_sizes"]:
                 sel = found & (t["B"] == B)
                 stable = sel & (t["eta"] <= t["eta_ms"])
-                (line,) = ax.loglog(x[stable], t[key][stable], "o", label=f"B={B}")
+                name_B = f"B={B} = n (GD: no noise, no bound)" if B == n else f"B={B}"
+                (line,) = ax.loglog(x[stable], t[key][stable], "o", label=name_B)
                 ax.loglog(x[sel & ~stable], t[key][sel & ~stable], "x", color=line.get_color())
             if found.any():
                 mu = np.nanmin(t["mu"])
