@@ -205,7 +205,7 @@ def _discrete(
     traj, first_bad = _scan(
         problem, params0, key, eta, noise, save, default_metrics(metrics), svag_l, optimizer
     )
-    recorded = None if name == "gd" else noise
+    recorded = None if noise.sigma is None and noise.batch_size == problem.n else noise  # GD: none
     traj = eqx.tree_at(lambda tr: (tr.eta, tr.noise), traj, (eta, recorded), is_leaf=lambda x: x is None)
 
     def where():

@@ -38,6 +38,8 @@ import lineax as lx
 from jax import lax
 from jaxtyping import Array, Float
 
+from models.problem import chunked
+
 Mode = Literal["auto", "dense", "matrix_free"]
 DENSE_BUDGET = 2**30  # bytes: the dense mode is chosen while J (N, p) fits in this
 CG_RTOL = {"float64": 1e-10, "float32": 1e-5}  # the matrix-free solves' relative tolerance, by dtype
@@ -169,11 +171,8 @@ def _streamed(problem, flat, unravel, chunk, trace_grad):
     chunk * p): a scan over chunks, the last one padded and masked."""
     n = problem.n
     chunk = max(1, min(chunk, n))
-    count = -(-n // chunk)
-    pad = count * chunk - n
-    X = jnp.concatenate([problem.X, jnp.repeat(problem.X[-1:], pad, axis=0)])
-    X = X.reshape(count, chunk, *problem.X.shape[1:])
-    mask = (jnp.arange(count * chunk) < n).reshape(count, chunk).astype(flat.dtype)
+    X, mask = chunked(problem.X, chunk, flat.dtype)
+    count = mask.shape[0]
     terms = _example_terms(problem, unravel, trace_grad)
 
     def body(total, xs):

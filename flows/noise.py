@@ -94,10 +94,12 @@ def diffusion(
     """sqrt(eta) [F_label w_label + F_batch w_batch] at `params` for w = (w_label, w_batch) flattened (see
     `noise_parts`), as one VJP of the outputs; the module docstring gives F. The covariance of one SGD
     step's gradient noise is F F^T."""
-    out, vjp = jax.vjp(problem.outputs, params)
-    q = problem.output_grads(out)
-    (out,) = vjp(noise_cotangent(problem, q, w, eta=eta, sigma=sigma, batch_size=batch_size, replace=replace))
-    return out
+    outputs, vjp = jax.vjp(problem.outputs, params)
+    q = problem.output_grads(outputs)
+    (step,) = vjp(
+        noise_cotangent(problem, q, w, eta=eta, sigma=sigma, batch_size=batch_size, replace=replace)
+    )
+    return step
 
 
 def noise_cotangent(problem: Problem, r, w, *, eta, sigma, batch_size: int, replace: bool = True):

@@ -210,7 +210,7 @@ class Problem(eqx.Module):
         b = X.shape[0]
         if self.chunk is None or self.chunk >= b:
             return jnp.mean(self.example_losses(params, X, y))
-        Xc, yc, wc = _chunked(X, y, self.chunk)
+        (Xc, yc), wc = chunked((X, y), self.chunk, X.dtype)
         f = self.model(params)
 
         @jax.checkpoint
@@ -263,10 +263,11 @@ class Problem(eqx.Module):
         return lax.map(fn, xs, batch_size=self.chunk)
 
 
-def _chunked(X, y, chunk):
-    """(X, y, weights) reshaped to (count, chunk, ...), the last chunk padded with copies of the last example
-    at weight 0."""
-    b = X.shape[0]
+def chunked(examples: PyTree, chunk: int, dtype) -> tuple[PyTree, Array]:
+    """`examples` (arrays with a leading example axis of b) reshaped to (count, chunk, ...), the last chunk
+    padded with copies of the last example, and weights (count, chunk) of `dtype`: 1, and 0 on the padding.
+    The one way physical batches are cut (the problem's loss, the geometry's streamed terms)."""
+    b = jax.tree.leaves(examples)[0].shape[0]
     count = -(-b // chunk)
     pad = count * chunk - b
 
@@ -274,8 +275,8 @@ def _chunked(X, y, chunk):
         a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
         return a.reshape(count, chunk, *a.shape[1:])
 
-    weights = (jnp.arange(count * chunk) < b).astype(X.dtype).reshape(count, chunk)
-    return split(X), split(y), weights
+    weights = (jnp.arange(count * chunk) < b).astype(dtype).reshape(count, chunk)
+    return jax.tree.map(split, examples), weights
 
 
 def check_start(problem: Problem, params0: PyTree) -> PyTree:

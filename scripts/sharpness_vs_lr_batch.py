@@ -97,6 +97,11 @@ def runs(cfg, P, eta, B):
 COLUMNS = ("B", "eta", "seed", "loss", "fro", "lmax", "mu", "eta_ms")
 
 
+def examples(cfg, name) -> int:
+    """n of problem `name`: the digits subset for the MLP, the synthetic set for the others."""
+    return cfg["digits_n"] if name == "mlp" else cfg["n"]
+
+
 def table(r, name):
     return {c: r[name]["rows"][:, i] for i, c in enumerate(COLUMNS)}
 
@@ -107,7 +112,7 @@ def draw(cfg, r, path):
         t = table(r, name)
         found = np.isfinite(t["fro"])
         x = np.sqrt(t["B"]) / t["eta"]
-        n = cfg["digits_n"] if name == "mlp" else cfg["n"]
+        n = examples(cfg, name)
         for row, (key, label) in enumerate((("fro", "||H||_F"), ("lmax", "lambda_max(H)"))):
             ax = axes[3 * row + col]
             for B in cfg["batch_sizes"]:
@@ -135,7 +140,7 @@ def summary(cfg, r):
     for name, title in PROBLEMS.items():
         t = table(r, name)
         found = np.isfinite(t["fro"])
-        n = cfg["digits_n"] if name == "mlp" else cfg["n"]
+        n = examples(cfg, name)
         bound = np.array(
             [
                 stability.wu_bound(e, int(b), mu=m, n=n) if m > 0 else np.nan
