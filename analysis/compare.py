@@ -115,7 +115,7 @@ def sde_vs_sgd(
             s["gf_error"], s["gf_error_band"] = debiased_weak_error(
                 s["sgd_mean"] - out["gf"][m], s["sgd_band"], seeds
             )
-        return r
+        return jax.tree.map(np.asarray, r)  # arrays throughout, as `analysis.store` reads them back
 
     for eta in etas:
         out["eta"][str(eta)] = part(f"eta{eta}", lambda eta=eta: at_eta(eta))

@@ -6,6 +6,16 @@
 Vectors are flat, in the order of `Problem.ravel`. Every function takes `(problem, params, ...)`, so the
 scalar ones serve as flow metrics (`metrics={"trace_H": hessian.trace}`); tr G is
 `Problem.gauss_newton_trace`, which serves the same way.
+
+Costs, in Hessian-vector products (HVPs, each ~3 gradients; with `Problem.chunk` set, memory O(chunk x
+activations + p)):
+    trace                 exact; p HVPs (square loss: N per-example gradients + p HVPs of the residual part)
+    trace_split           square loss: tr G exact (N per-example gradients) + tr R by Hutchinson, s HVPs
+    trace_hutchinson      s HVPs, standard error ~ sqrt(2 ||H||_F^2 / s)
+    trace_xtrace          2s HVPs, error ~ the tail of the spectrum beyond the s largest / s (XTrace)
+    spectral_density      s probes x m Lanczos steps: s m HVPs, memory s m p
+    lambda_max            40 HVPs; top_eigenvalues(k) max(4k, 60) HVPs
+Dense matrices (`dense`, `gauss_newton`, `spectrum`) are for small p only.
 """
 
 import equinox as eqx
@@ -14,6 +24,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from matfree import decomp, stochtrace
 
 from models import Problem, checks
 
@@ -51,16 +62,11 @@ def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
 
 
 def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
-    """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: the Laplacian of phi = (1/n) sum_i sg(r_i) . f_i,
-    one Hessian-vector product per coordinate. Zero on the zero-loss manifold."""
-    flat, unravel = problem.ravel(params)
-    r = lax.stop_gradient(problem.residuals(params))
-
-    def phi(v):
-        return jnp.sum(r * problem.outputs(unravel(v))) / problem.n
-
-    _, hvp_phi = jax.linearize(jax.grad(phi), flat)
-    return _sum_over_basis(lambda j, e: hvp_phi(e)[j], flat)
+    """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: one Hessian-vector product of the residual part per
+    coordinate (p in all). Zero on the zero-loss manifold."""
+    flat, _ = problem.ravel(params)
+    residual_hvp = _residual_operator(problem, params)
+    return _sum_over_basis(lambda j, e: residual_hvp(e)[j], flat)
 
 
 def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
@@ -72,15 +78,109 @@ def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return _sum_over_basis(lambda j, e: H.mv(e)[j], problem.ravel(params)[0])
 
 
+def trace_split(
+    problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 10
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """tr H = tr G + tr R (square loss) with tr G exact from the rows of J (`Problem.gauss_newton_trace`: N
+    per-example gradient evaluations, J never stored) and tr R by Hutchinson, E[z^T R z] over `num_samples`
+    Rademacher z (one Hessian-vector product of the residual part each): (estimate, standard error).
+
+    The error is the residual part's alone: Var = 2 (||R||_F^2 - sum_j R_jj^2) / num_samples, zero on the
+    zero-loss manifold and small near it, where the whole-H Hutchinson estimate keeps the variance of G.
+    Cost O(N + num_samples) gradients instead of `trace`'s p Hessian-vector products."""
+    problem.require_square("trace_split")
+    flat, _ = problem.ravel(params)
+    mean, se = _hutchinson(_residual_operator(problem, params), key, flat, num_samples)
+    return problem.gauss_newton_trace(params) + mean, se
+
+
 def trace_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
-    """Hutchinson's estimate of tr H = E[z^T H z], z Rademacher: (mean, standard error) over `num_samples`."""
+    """Hutchinson's estimate of tr H = E[z^T H z], z Rademacher: (mean, standard error) over `num_samples`
+    (>= 2); Var = 2 (||H||_F^2 - sum_j H_jj^2) / num_samples. Cost `num_samples` Hessian-vector products."""
+    flat, _ = problem.ravel(params)
+    return _hutchinson(operator(problem, params).mv, key, flat, num_samples)
+
+
+def trace_xtrace(
+    problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 20
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """tr H by XTrace (Epperly, Tropp & Webber 2024, matfree's `leave_one_out_xtrace`): (estimate,
+    standard error from its leave-one-out estimates). From s = `num_samples` Gaussian probes Omega it forms
+    Q = orth(H Omega) and adds tr(Q^T H Q) to a Hutchinson estimate of the deflated rest, each probe left out
+    of the Q it is used against; the estimate is unbiased and, like Hutch++ (of which it is the exchangeable
+    successor, better at equal cost), its error falls like 1/s where the spectrum beyond the s largest
+    eigenvalues is small (Hutchinson: 1/sqrt(s)). Cost 2s Hessian-vector products and memory 2 s p; exact
+    (the dense operator, p products) when 2s >= p."""
     num_samples = checks.positive_int("num_samples", num_samples)
-    z = _rademacher(key, problem, params, num_samples)
-    H = operator(problem, params)
-    q = jax.vmap(lambda v: v @ H.mv(v))(z)
-    return q.mean(), q.std(ddof=1) / jnp.sqrt(num_samples)
+    flat, _ = problem.ravel(params)
+    if num_samples < 2 or num_samples > flat.shape[0]:
+        raise ValueError(f"num_samples must be in 2..p = {flat.shape[0]}, got {num_samples}")
+    probes = jax.random.normal(key, (num_samples, flat.shape[0]), flat.dtype)
+    with jax.numpy_rank_promotion("allow"):  # matfree broadcasts implicitly
+        estimates = stochtrace.leave_one_out_xtrace()(operator(problem, params).mv, probes)
+    return estimates.mean(), estimates.std(ddof=1) / jnp.sqrt(num_samples)
+
+
+class SpectralDensity(eqx.Module):
+    """A stochastic Lanczos quadrature (SLQ) of the spectral measure mu = (1/p) sum_k delta(lambda_k) of a
+    symmetric operator on R^p.
+
+    For each probe z_i, m Lanczos steps from z_i / ||z_i|| give a tridiagonal T_i = S diag(theta_i) S^T;
+    the Gauss quadrature with `nodes` theta_ij and `weights` w_ij = S_1j^2 (sum_j w_ij = 1) gives
+    z_i^T g(A) z_i / ||z_i||^2 = sum_j w_ij g(theta_ij) exactly for every polynomial g of degree <= 2m - 1.
+    With Rademacher probes (||z||^2 = p, E[z z^T] = I) the average over probes is an unbiased estimate of
+    (1/p) tr g(A) = integral g d mu for those g. The extreme nodes converge to the extreme eigenvalues first.
+    """
+
+    nodes: Float[Array, "probes m"]
+    weights: Float[Array, "probes m"]
+
+    def density(self, x: Float[Array, " g"], width) -> Float[Array, " g"]:
+        """The measure smoothed by a Gaussian of standard deviation `width` at the points `x`:
+        (1/s) sum_ij w_ij N(x; theta_ij, width^2). Integrates to 1 over the real line."""
+        z = (x[:, None, None] - self.nodes[None]) / width
+        g = jnp.exp(-0.5 * z**2) / (jnp.sqrt(2 * jnp.pi) * width)
+        return jnp.sum(self.weights[None] * g, axis=(1, 2)) / self.nodes.shape[0]
+
+    def moment(self, k: int) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        """(1/p) tr A^k, estimated: (mean over probes of sum_j w_ij theta_ij^k, its standard error over the
+        probes). Exact per probe for k <= 2m - 1."""
+        per_probe = jnp.sum(self.weights * self.nodes**k, axis=1)
+        return per_probe.mean(), per_probe.std(ddof=1) / jnp.sqrt(per_probe.shape[0])
+
+
+def spectral_density(
+    problem: Problem, params: PyTree, key: PRNGKeyArray, *, num_probes: int = 10, num_steps: int = 80
+) -> SpectralDensity:
+    """The spectral density of H by stochastic Lanczos quadrature (`SpectralDensity`, `lanczos_quadrature`)
+    from `num_probes` Rademacher probes and `num_steps` Lanczos steps each (at most p). Cost num_probes x
+    num_steps Hessian-vector products (the probes batched together) and O(num_probes num_steps^2 p) for the
+    reorthogonalisation; memory num_probes x num_steps x p."""
+    num_probes = checks.positive_int("num_probes", num_probes)
+    if num_probes < 2:
+        raise ValueError(f"num_probes must be >= 2 (the moments' standard error needs two), got {num_probes}")
+    flat, _ = problem.ravel(params)
+    probes = jax.random.rademacher(key, (num_probes, flat.shape[0]), flat.dtype)
+    return lanczos_quadrature(operator(problem, params).mv, probes, num_steps)
+
+
+def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> SpectralDensity:
+    """Stochastic Lanczos quadrature of the symmetric operator `matvec` on R^p from the rows of `probes`
+    (any nonzero vectors; Rademacher for an unbiased estimate of mu): `num_steps` (<= p) Lanczos steps from
+    each, full reorthogonalisation (matfree's `tridiag_sym`), vmapped over the probes."""
+    num_steps = checks.positive_int("num_steps", num_steps)
+    if num_steps > probes.shape[1]:
+        raise ValueError(f"num_steps must be <= the dimension p = {probes.shape[1]}, got {num_steps}")
+    tridiagonal = decomp.tridiag_sym(num_steps, reortho="full", custom_vjp=False)
+
+    def one(z):
+        theta, S = jnp.linalg.eigh(tridiagonal(matvec, z).J_small)
+        return theta, S[0] ** 2
+
+    nodes, weights = jax.vmap(one)(probes)
+    return SpectralDensity(nodes, weights)
 
 
 def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
@@ -95,8 +195,7 @@ def frobenius_norm_hutchinson(
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Estimate of ||H||_F from ||H||_F^2 = E ||H z||^2, z Rademacher: (estimate, standard error by the
     delta method) over `num_samples`."""
-    num_samples = checks.positive_int("num_samples", num_samples)
-    z = _rademacher(key, problem, params, num_samples)
+    z = _rademacher(key, problem.ravel(params)[0], num_samples)
     H = operator(problem, params)
     q = jax.vmap(lambda v: jnp.sum(H.mv(v) ** 2))(z)
     f = jnp.sqrt(q.mean())
@@ -196,9 +295,30 @@ def lanczos(
     return top, Q[:m].T @ evecs[:, ::-1][:, :k]
 
 
-def _rademacher(key, problem, params, num_samples):
-    flat, _ = problem.ravel(params)
+def _rademacher(key, flat, num_samples):
+    """`num_samples` (>= 2, for a standard error) Rademacher vectors shaped like `flat`."""
+    num_samples = checks.positive_int("num_samples", num_samples)
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be >= 2 (a standard error needs two), got {num_samples}")
     return jax.random.rademacher(key, (num_samples, flat.shape[0]), flat.dtype)
+
+
+def _hutchinson(matvec, key, flat, num_samples):
+    """(mean, standard error) of z^T A z over `num_samples` Rademacher z: Hutchinson's estimate of tr A."""
+    q = jax.vmap(lambda v: v @ matvec(v))(_rademacher(key, flat, num_samples))
+    return q.mean(), q.std(ddof=1) / jnp.sqrt(q.shape[0])
+
+
+def _residual_operator(problem, params):
+    """v -> R v, R = (1/n) sum_i r_i . grad^2 f_i: the Hessian of phi = (1/n) sum_i sg(r_i) . f_i (square
+    loss), linearised once."""
+    flat, unravel = problem.ravel(params)
+    r = lax.stop_gradient(problem.residuals(params))
+
+    def phi(v):
+        return jnp.sum(r * problem.outputs(unravel(v))) / problem.n
+
+    return jax.linearize(jax.grad(phi), flat)[1]
 
 
 def _sum_over_basis(fn, flat):

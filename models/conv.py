@@ -5,6 +5,11 @@ Neither normalises over the batch: the Hessian of a batch-normalised net depends
 batch, and every quantity here is a function of one example at a time (`models.Problem`). The ResNet keeps
 its residual branches tame by scaling them by 1 / sqrt(number of blocks) instead (SkipInit / Fixup in
 spirit, with a fixed scale).
+
+Convolutions are applied as im2col matrix products (`conv`): the weights are `eqx.nn.Conv2d`'s, the numbers
+its own to rounding. XLA's CPU convolutions run 7-20x slower inside a loop body than outside
+(jax-ml/jax#12868), and every flow, chunked loss and Lanczos iteration is a loop (README: the CNN
+benchmark).
 """
 
 from collections.abc import Callable, Sequence
@@ -15,6 +20,32 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
+
+
+def conv(layer: eqx.nn.Conv2d, x: Float[Array, "c h w"]) -> Float[Array, "o h2 w2"]:
+    """`layer(x)` (its stride and padding; no dilation or groups) as W (o, c kh kw) @ patches
+    (c kh kw, h2 w2), the patches gathered by kh kw strided slices of the padded image (im2col, in the
+    weight's (c, kh, kw) order). Memory kh kw times the input's; cost that of the convolution."""
+    w = layer.weight
+    o, c, kh, kw = w.shape
+    (sh, sw), (_, h, wd) = layer.stride, x.shape
+    if layer.padding == "SAME":
+        ph, pw = (-(-h // sh) - 1) * sh + kh - h, (-(-wd // sw) - 1) * sw + kw - wd
+        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+    else:
+        pad = tuple(layer.padding)
+    x = jnp.pad(x, ((0, 0), *pad))
+    h2, w2 = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    patches = jnp.stack(
+        [
+            x[:, i : i + (h2 - 1) * sh + 1 : sh, j : j + (w2 - 1) * sw + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ],
+        axis=1,
+    )  # (c, kh kw, h2, w2)
+    out = (w.reshape(o, -1) @ patches.reshape(c * kh * kw, h2 * w2)).reshape(o, h2, w2)
+    return out if layer.bias is None else out + layer.bias
 
 
 def _pool(x: Float[Array, "c h w"]) -> Float[Array, "c h/2 w/2"]:
@@ -63,8 +94,8 @@ class CNN(eqx.Module):
         self.activation = resolve(activation)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
-        for conv, pool in zip(self.convs, self.pools):
-            x = self.activation(conv(x))
+        for layer, pool in zip(self.convs, self.pools):
+            x = self.activation(conv(layer, x))
             if pool:
                 x = _pool(x)
         return self.head(x.reshape(-1))
@@ -82,7 +113,7 @@ class _Block(eqx.Module):
         self.second = eqx.nn.Conv2d(width, width, 3, padding="SAME", key=k2)
 
     def __call__(self, x, activation, alpha):
-        return x + alpha * self.second(activation(self.first(activation(x))))
+        return x + alpha * conv(self.second, activation(conv(self.first, activation(x))))
 
 
 class ResNet(eqx.Module):
@@ -124,10 +155,10 @@ class ResNet(eqx.Module):
         self.activation = resolve(activation)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
-        x = self.stem(x)
+        x = conv(self.stem, x)
         for s, stage in enumerate(self.stages):
             if s > 0:
-                x = self.transitions[s - 1](_pool(x) if min(x.shape[1:]) >= 2 else x)
+                x = conv(self.transitions[s - 1], _pool(x) if min(x.shape[1:]) >= 2 else x)
             for block in stage:
                 x = block(x, self.activation, self.alpha)
         return self.head(jnp.mean(self.activation(x), axis=(1, 2)))

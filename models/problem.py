@@ -229,20 +229,16 @@ class Problem(eqx.Module):
         mode over the p parameters when k > p). Memory N p, cost N gradient evaluations of one example; never
         the N x N (or p x p) basis that differentiating the batched outputs would push through every
         example."""
-        flat, unravel = self.ravel(params)
-        k = int(np.prod(eqx.filter_eval_shape(self.model(params), self.X[0]).shape))
-
-        def rows(x):
-            f = lambda w: jnp.reshape(self.model(unravel(w))(x), (-1,))  # noqa: E731
-            return (jax.jacrev if k <= flat.shape[0] else jax.jacfwd)(f)(flat)
-
-        return self._per_example(rows, self.X).reshape(-1, flat.shape[0])
+        rows, p = self._jacobian_rows(params)
+        return self._per_example(rows, self.X).reshape(-1, p)
 
     def gauss_newton_trace(self, params: PyTree) -> Float[Array, ""]:
         """tr G = (1/n) ||J||_F^2 = (1/n) sum_i ||grad f_i||^2, the trace of H on the zero-loss manifold
-        (square loss; memory N p, cost N gradient evaluations)."""
+        (square loss). Cost N gradient evaluations of one example; memory k p per example in flight (chunk k p
+        with `chunk` set, n k p without): J itself is never stored."""
         self.require_square("gauss_newton_trace")
-        return jnp.sum(self.jacobian(params) ** 2) / self.n
+        rows, _ = self._jacobian_rows(params)
+        return jnp.sum(self._per_example(lambda x: jnp.sum(rows(x) ** 2), self.X)) / self.n
 
     def per_example_grads(self, params: PyTree) -> Float[Array, "n p"]:
         """g_i = grad l_i, shape (n, p); grad L is their mean. Memory n p."""
@@ -255,6 +251,18 @@ class Problem(eqx.Module):
             )
 
         return self._per_example(g, (self.X, self.y))
+
+    def _jacobian_rows(self, params):
+        """(x -> d f(x) / d theta of shape (k, p), p): reverse mode over the k outputs, forward mode over the
+        p parameters when k > p."""
+        flat, unravel = self.ravel(params)
+        k = int(np.prod(eqx.filter_eval_shape(self.model(params), self.X[0]).shape))
+
+        def rows(x):
+            f = lambda w: jnp.reshape(self.model(unravel(w))(x), (-1,))  # noqa: E731
+            return (jax.jacrev if k <= flat.shape[0] else jax.jacfwd)(f)(flat)
+
+        return rows, flat.shape[0]
 
     def _per_example(self, fn, xs):
         """fn over the examples (a pytree with a leading example axis), `chunk` at a time when set."""

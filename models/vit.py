@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
+from .conv import conv
 
 
 class _Layer(eqx.Module):
@@ -78,7 +79,7 @@ class ViT(eqx.Module):
         self.activation = resolve(activation)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
-        z = self.embed(x)  # (dim, h / patch, w / patch)
+        z = conv(self.embed, x)  # (dim, h / patch, w / patch), as a matrix product (models.conv says why)
         z = z.reshape(z.shape[0], -1).T + self.positions  # (tokens, dim)
         for layer in self.layers:
             z = layer(z, self.activation)

@@ -104,3 +104,70 @@ def test_lanczos_is_scale_free(dtype):
     d = (1e-5 * jnp.linspace(-1.0, 3.0, 100)).astype(dtype)
     top = hessian.lanczos(lambda v: d * v, 100, 2, key=jax.random.key(0), dtype=dtype, num_iter=100)
     np.testing.assert_allclose(top, [3e-5, d[-2]], rtol=1e-4 if dtype == jnp.float32 else 1e-10)
+
+
+def test_trace_split_is_exact_in_gauss_newton_and_unbiased_in_the_residual_part(problem):
+    tr = np.trace(_dense(problem))
+    est, se = hessian.trace_split(problem, problem.params, jax.random.key(5), num_samples=400)
+    assert 0 < se and abs(est - tr) < 4 * se, (est, se, tr)
+    # at zero loss R = 0: the estimate is tr H exactly, with no error
+    exact = eqx.tree_at(lambda P: P.y, problem, problem.outputs(problem.params))
+    est, se = hessian.trace_split(exact, exact.params, jax.random.key(5), num_samples=4)
+    np.testing.assert_allclose(est, np.trace(_dense(exact)), rtol=1e-12)
+    assert se == 0
+
+
+def test_xtrace_within_its_error_and_far_closer_than_hutchinson_near_zero_loss():
+    """Near the zero-loss manifold H is G (rank <= n = 10) plus a small residual part: XTrace's deflation
+    captures G, where Hutchinson keeps its variance (measured: mean errors 0.002 against 0.41)."""
+    P = two_layer(n=10, d=6, width=12)  # p = 84
+    noise = 0.01 * jax.random.normal(jax.random.key(9), (P.n,))
+    P = eqx.tree_at(lambda P: P.y, P, P.outputs(P.params) + noise)
+    tr = np.trace(_dense(P))
+    xtrace = jax.jit(lambda k: hessian.trace_xtrace(P, P.params, k, num_samples=20))
+    hutchinson = jax.jit(lambda k: hessian.trace_hutchinson(P, P.params, k, num_samples=40))  # equal cost
+    errors = {"xtrace": [], "hutchinson": []}
+    for seed in range(5):
+        est, se = xtrace(jax.random.key(seed))
+        assert abs(est - tr) < 4 * se, (est, se, tr)
+        errors["xtrace"].append(abs(est - tr))
+        errors["hutchinson"].append(abs(hutchinson(jax.random.key(seed))[0] - tr))
+    assert np.mean(errors["xtrace"]) < 0.05 * np.mean(errors["hutchinson"]), errors
+    with pytest.raises(ValueError, match="num_samples"):
+        hessian.trace_xtrace(P, P.params, jax.random.key(0), num_samples=1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_lanczos_quadrature_is_gauss_quadrature_of_each_probe(dtype):
+    """Per probe z, sum_j w_j theta_j^k = z^T A^k z / ||z||^2 for k <= 2m - 1 (m = 6 steps on p = 40)."""
+    A = jax.random.normal(jax.random.key(0), (40, 40), dtype)
+    A = (A + A.T) / 2
+    Z = jax.random.normal(jax.random.key(1), (3, 40), dtype)
+    slq = hessian.lanczos_quadrature(lambda v: A @ v, Z, 6)
+    np.testing.assert_allclose(slq.weights.sum(axis=1), 1.0, rtol=1e-5 if dtype == jnp.float32 else 1e-12)
+    A64, Z64 = np.asarray(A, np.float64), np.asarray(Z, np.float64)
+    for k in range(12):
+        exact = np.einsum("ip,pq,iq->i", Z64, np.linalg.matrix_power(A64, k), Z64) / np.sum(Z64**2, axis=1)
+        got = np.sum(np.asarray(slq.weights, np.float64) * np.asarray(slq.nodes, np.float64) ** k, axis=1)
+        scale = np.linalg.norm(A64, 2) ** k
+        np.testing.assert_allclose(got, exact, atol=(1e-4 if dtype == jnp.float32 else 1e-11) * scale)
+
+
+def test_spectral_density_against_eigvalsh():
+    """On p = 84: the extreme nodes are H's extreme eigenvalues, the moments (1/p) tr H^k lie within their
+    error, the smoothed density integrates to 1; under jit and vmap over keys."""
+    P = two_layer(n=10, d=6, width=12)
+    evals = np.linalg.eigvalsh(_dense(P))
+    density = jax.jit(lambda k: hessian.spectral_density(P, P.params, k, num_probes=30, num_steps=30))
+    slq = density(jax.random.key(0))
+    np.testing.assert_allclose([slq.nodes.min(), slq.nodes.max()], evals[[0, -1]], rtol=1e-6)
+    for k in (1, 2, 3):
+        mean, se = slq.moment(k)
+        exact = np.mean(evals**k)
+        assert abs(mean - exact) < 4 * se, (k, mean, se, exact)
+    width = 0.05 * (evals[-1] - evals[0])
+    x = jnp.linspace(evals[0] - 10 * width, evals[-1] + 10 * width, 4001)
+    np.testing.assert_allclose(jnp.trapezoid(slq.density(x, width), x), 1.0, rtol=1e-6)
+    batched = jax.vmap(density)(jax.random.split(jax.random.key(1), 2))
+    assert batched.nodes.shape == (2, 30, 30)
+    np.testing.assert_allclose(batched.nodes.max(axis=(1, 2)), evals[-1], rtol=1e-6)

@@ -4,6 +4,7 @@ numbers, any optax optimizer against hand-written loops, and the arguments only 
 
 import pickle
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +49,15 @@ def test_cnn_forward_and_parameter_count():
     np.testing.assert_allclose(net(X[0]), expect, rtol=1e-12)
     count = (9 * 1 * 4 + 4) + (9 * 4 * 6 + 6) + (6 * 2 * 2 + 1) * 3
     assert Problem(net, X, jnp.zeros((X.shape[0], 3))).num_params == count
+
+
+@pytest.mark.parametrize(("size", "padding", "stride"), [(3, "SAME", 1), (1, 0, 1), (3, 1, 2), (4, 0, 4)])
+def test_the_matrix_product_convolution_is_equinox_s(size, padding, stride):
+    from models.conv import conv as product
+
+    layer = eqx.nn.Conv2d(3, 5, size, padding=padding, stride=stride, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 8, 7))
+    np.testing.assert_allclose(product(layer, x), layer(x), rtol=1e-12, atol=1e-13)
 
 
 def test_resnet_forward_and_parameter_count():
@@ -202,6 +212,36 @@ def test_the_minibatch_sde_on_cross_entropy_has_the_sgd_covariance():
     np.testing.assert_allclose(cols.T @ cols, cov, rtol=1e-10, atol=1e-14)
     path = sgd_sde(P, P.params, t1=0.2, eta=0.1, batch_size=2, key=jax.random.key(0), ts=[0.0, 0.2])
     assert bool(jnp.all(jnp.isfinite(path.stats["loss"])))
+
+
+@pytest.mark.slow  # 30 s: SGD and SDE ensembles with Lanczos, compiled twice
+def test_the_drivers_run_on_a_cnn_sharded_or_not_and_store_their_parts(tmp_path):
+    """compare.sde_vs_sgd on a CNN with cross-entropy and a caller's metric (no tr H forced): the sharded
+    ensemble (default mesh) and the plain vmap give the same bits, and a stored part is read back, not
+    recomputed."""
+    from analysis import compare, store
+
+    X, y = images(n=16)
+    P = Problem(CNN((1, 8, 8), (2, 4), outputs=3, key=jax.random.key(8)), X, y, loss="cross_entropy")
+    calls = []
+
+    def part(label, compute):
+        calls.append(label)
+        return store.part(tmp_path, {"case": "cnn"}, label, compute)
+
+    args = dict(noise="batch", etas=(0.1,), t1=0.4, key=jax.random.key(1), seeds=2, batch_size=4, num_saves=2)
+    metrics = {"lambda_max": hessian.lambda_max}
+    sharded = compare.sde_vs_sgd(P, P.params, metrics=metrics, part=part, **args)
+    plain = compare.sde_vs_sgd(P, P.params, metrics=metrics, mesh=False, **args)
+    assert set(sharded["eta"]["0.1"]) == {"loss", "lambda_max"}
+    assert tree_allclose(sharded["eta"], plain["eta"], rtol=0, atol=0)
+    again = compare.sde_vs_sgd(
+        P, P.params, metrics={"lambda_max": lambda *a: jnp.asarray(jnp.nan)}, part=part, **args
+    )
+    assert tree_allclose(
+        again["eta"], sharded["eta"], rtol=0, atol=0
+    )  # read back: no NaN from the new metric
+    assert calls == ["eta0.1", "eta0.1"]
 
 
 def test_bad_input_names_the_argument():

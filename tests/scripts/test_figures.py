@@ -16,8 +16,10 @@ from run_figures import SCRIPTS  # noqa: E402
 
 # make test-all draws these too: slow_flow_real_net (50 s of compilation) runs slow_flow_vs_label_noise's
 # pipeline; rank_one_features (30 s) is the slow flow, label-noise GD and analysis.features, each tested on
-# its own; sde_vs_sgd (27 s) is compare.sde_vs_sgd, which tests/analysis/test_compare.py runs
-SLOW = {"slow_flow_real_net", "rank_one_features", "sde_vs_sgd"}
+# its own; sde_vs_sgd (27 s) is compare.sde_vs_sgd, which tests/analysis/test_compare.py runs; central_flow
+# (28 s), svag (23 s) and escape (22 s) are central_flow, svag and sgd with analysis.stability, each tested in
+# tests/flows and tests/analysis (make test stays under 8 minutes)
+SLOW = {"slow_flow_real_net", "rank_one_features", "sde_vs_sgd", "central_flow", "svag", "escape"}
 
 
 @pytest.mark.parametrize(
