@@ -28,6 +28,7 @@ specification a validated `Steps`. A run whose loss becomes non-finite has `resu
 from collections.abc import Mapping
 from typing import Literal
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -47,12 +48,14 @@ from .trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, default_metric
 class Steps(eqx.Module):
     """What a discrete run does and keeps, validated when built: `steps` steps (a multiple of `save_every`)
     from step index `first_step` (may be traced), saving the parameters (`save_params`) and the metrics
-    every `save_every` steps."""
+    every `save_every` steps; `progress` shows a tqdm bar over the steps (diffrax's `TqdmProgressMeter`,
+    refreshed about 100 times a run; under `jax.vmap`, the slowest run's progress)."""
 
     steps: int = eqx.field(static=True, converter=lambda k: checks.positive_int("steps", k))
     save_every: int = eqx.field(static=True, converter=lambda k: checks.positive_int("save_every", k))
     first_step: Array = eqx.field(converter=lambda k: checks.step_index("first_step", k))
     save_params: bool = eqx.field(static=True, default=True)
+    progress: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if self.steps % self.save_every:
@@ -70,6 +73,7 @@ def gd(
     save_params: bool = True,
     first_step: int = 0,
     optimizer: optax.GradientTransformation | None = None,
+    progress: bool = False,
     throw: bool = True,
 ) -> Trajectory:
     """Full-batch gradient descent theta_{k+1} = theta_k - eta grad L(theta_k), saved at t = eta * k.
@@ -81,13 +85,14 @@ def gd(
     the same times t = eta * k as one that never stopped; `analysis.store.resumable`), `optimizer` (any
     `optax.GradientTransformation` fed the step's gradient, e.g. `optax.sgd(eta, momentum=0.9)` or
     `optax.adam(eta)`; default `optax.sgd(eta)`, the step above; the clock stays t = eta * k, and the SDEs
-    remain the limits of plain SGD only; its state starts afresh at `first_step`), `throw` (raise on
+    remain the limits of plain SGD only; its state starts afresh at `first_step`), `progress` (a tqdm bar
+    over the steps, as diffrax's `TqdmProgressMeter`; the numbers are the same bits), `throw` (raise on
     divergence, or return the Trajectory with its `result` code; `flows.trajectory`).
 
     **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
     """
     noise = StepNoise(batch_size=problem.n)
-    save = Steps(steps, save_every, first_step, save_params)
+    save = Steps(steps, save_every, first_step, save_params, progress)
     return _discrete("gd", problem, params0, None, eta, noise, save, metrics, throw, optimizer=optimizer)
 
 
@@ -105,13 +110,14 @@ def sgd(
     save_params: bool = True,
     first_step: int = 0,
     optimizer: optax.GradientTransformation | None = None,
+    progress: bool = False,
     throw: bool = True,
 ) -> Trajectory:
     """Minibatch SGD: g_k = (1/B) sum_{i in batch_k} g_i, B = `batch_size` in 1..n, drawn with replacement
     (or without, `replace=False`) afresh every step from `key`, fed to `optimizer` (default `optax.sgd(eta)`).
     Arguments otherwise as `gd`."""
     noise = StepNoise(batch_size=checks.batch_size(batch_size, problem.n), replace=replace)
-    save = Steps(steps, save_every, first_step, save_params)
+    save = Steps(steps, save_every, first_step, save_params, progress)
     return _discrete("sgd", problem, params0, key, eta, noise, save, metrics, throw, optimizer=optimizer)
 
 
@@ -131,6 +137,7 @@ def label_noise_sgd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     first_step: int = 0,
+    progress: bool = False,
     throw: bool = True,
 ) -> Trajectory:
     """Label-noise SGD: every step the labels are y_i + eps_i with fresh eps_i ~ N(0, sigma^2)
@@ -145,7 +152,7 @@ def label_noise_sgd(
         noise=noise,
         noise_batch_size=noise_batch_size,
     )
-    save = Steps(steps, save_every, first_step, save_params)
+    save = Steps(steps, save_every, first_step, save_params, progress)
     return _discrete("label_noise_sgd", problem, params0, key, eta, step_noise, save, metrics, throw)
 
 
@@ -164,6 +171,7 @@ def svag(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     first_step: int = 0,
+    progress: bool = False,
     throw: bool = True,
 ) -> Trajectory:
     """SVAG (Li, Malladi & Arora 2021, "On the validity of modeling SGD with SDEs"):
@@ -176,7 +184,7 @@ def svag(
     gradients a step. Arguments otherwise as `sgd`."""
     l = checks.positive_int("l", l)  # noqa: E741
     noise = StepNoise(batch_size=checks.batch_size(batch_size, problem.n), sigma=sigma, replace=replace)
-    save = Steps(steps, save_every, first_step, save_params)
+    save = Steps(steps, save_every, first_step, save_params, progress)
     eta = checks.positive("eta", eta)
     return _discrete("svag", problem, params0, key, eta / l, noise, save, metrics, throw, svag_l=l)
 
@@ -264,12 +272,21 @@ def _scan(problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, sv
     def record(params):
         return (params if save.save_params else None), evaluate(problem, params, metrics)
 
+    saves = save.steps // save.save_every
+    if save.progress:
+        meter = diffrax.TqdmProgressMeter(refresh_steps=max(1, saves // 100))
+    else:
+        meter = diffrax.NoProgressMeter()
+
     def chunk(carry, _):
+        carry, bar = carry
         carry, _ = lax.scan(step, carry, None, length=save.save_every)
-        return carry, record(carry[0])
+        bar = meter.step(bar, (carry[2] - save.first_step) / save.steps)
+        return (carry, bar), record(carry[0])
 
     init = (params0, opt.init(params0), save.first_step, jnp.asarray(-1))
-    (_, _, _, first_bad), saved = lax.scan(chunk, init, None, length=save.steps // save.save_every)
+    ((_, _, _, first_bad), bar), saved = lax.scan(chunk, (init, meter.init()), None, length=saves)
+    meter.close(bar)
     saved = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), record(params0), saved)
     last = save.first_step + save.steps  # the loss after the last step, which no step saw
     first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(saved[1]["loss"][-1]), last, first_bad)

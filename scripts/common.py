@@ -3,14 +3,18 @@
 A figure script declares a `Figure` (its presets, `compute`, `draw` and `summary`) and calls `main(FIGURE)`.
 The command line is the same for all of them:
 
-    python scripts/NAME.py [--preset smoke|quick|paper] [--seeds N] [--out DIR] [--results DIR]
-                           [--recompute] [--no-progress]
+    python scripts/NAME.py [--preset smoke|quick|paper] [--seeds N] [--set KEY=VALUE ...] [--out DIR]
+                           [--results DIR] [--recompute] [--no-progress]
 
 - `--preset`: `smoke` runs in seconds (the test suite draws every figure at it), `quick` in minutes on a
   laptop CPU (`make figures`), `paper` at the paper's sizes (hours on a CPU, or a GPU).
 - `--seeds N`: the number of independent random replicates, the preset's `seeds` (seeds of an ensemble,
   random starts, random initialisations: each script's docstring says which). Refused by a figure whose
   presets have no `seeds`: it is deterministic.
+- `--set KEY=VALUE` (repeatable): override one entry of the preset, e.g. `--set t1=100 --set
+  "etas=(0.2,)"`. VALUE is a Python literal of the entry's type (an int where a float is, a list where a
+  tuple is, are accepted); an unknown key or a wrong type is refused, naming the preset's keys. Overrides are
+  part of the config, so a narrowed run is stored apart from the preset's.
 - `--out`: the folder for the PNG; `--results`: the folder of stored results (`analysis.store`), keyed by
   the preset's config and `code_version` (the code that computes them), reused unless `--recompute`. A
   long figure stores each independent part (a sweep row, a start, a step size) as it finishes
@@ -87,11 +91,46 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", type=int, default=None, help="independent random replicates (default: the preset's)"
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset entry (a Python literal of its type); repeatable",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "figures", help="folder for the PNG")
     p.add_argument("--results", type=Path, default=ROOT / "results", help="folder of stored results")
     p.add_argument("--recompute", action="store_true", help="ignore stored results")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def override(cfg: Mapping, assignments) -> dict:
+    """`cfg` with each "KEY=VALUE" of `assignments` applied: VALUE parsed by `ast.literal_eval` (a bare word
+    is a string) and checked against the type of cfg[KEY] (int for float and list for tuple accepted, and
+    converted). Raises SystemExit naming the key, the value and the preset's keys."""
+    cfg = dict(cfg)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or key not in cfg:
+            raise SystemExit(f"--set {assignment!r}: KEY must be one of the preset's {sorted(cfg)}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        old = cfg[key]
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif isinstance(old, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if old is not None and type(value) is not type(old):
+            raise SystemExit(
+                f"--set {assignment!r}: {key} is a {type(old).__name__} in the preset ({old!r}), "
+                f"got a {type(value).__name__}"
+            )
+        cfg[key] = value
+    return cfg
 
 
 def main(figure: Figure, argv=None) -> dict:
@@ -107,6 +146,7 @@ def main(figure: Figure, argv=None) -> dict:
         if args.seeds < 1:
             raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
         cfg["seeds"] = args.seeds
+    cfg = override(cfg, args.set)
     cfg["code"] = code_version(inspect.getsourcefile(figure.compute))
     part = functools.partial(
         store.part, store.path(args.results, figure.name, cfg), cfg, recompute=args.recompute

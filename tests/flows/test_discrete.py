@@ -1,3 +1,5 @@
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -241,3 +243,16 @@ def test_a_trajectory_records_its_step_and_noise_and_gives_its_slow_time():
     np.testing.assert_allclose(sde.slow_time(), np.tile([0.0, 0.1 * 0.25 / 8], (3, 1)), rtol=1e-12)
     with pytest.raises(ValueError, match="slow_time needs a label-noise run"):
         gd(P, P.params, steps=2, eta=0.1).slow_time()
+
+
+def test_progress_bar_changes_no_bit_and_shows_one_bar_under_vmap(capfd):
+    P = two_layer()
+    run = functools.partial(sgd, P, P.params, steps=200, eta=0.1, batch_size=2, save_every=2)
+    quiet = run(key=jax.random.key(0))
+    capfd.readouterr()
+    shown = run(key=jax.random.key(0), progress=True)
+    assert tree_allclose(shown, quiet, rtol=0, atol=0)
+    assert capfd.readouterr().err.count("100.00%|") == 2  # the last refresh and the close, one bar
+    keys = jax.random.split(jax.random.key(1), 3)
+    jax.vmap(lambda k: run(key=k, progress=True).stats["loss"])(keys)
+    assert capfd.readouterr().err.count("100.00%|") == 2  # three runs, one bar
