@@ -43,6 +43,30 @@ def band(ax, t, mean, half_width=None, *, label=None, color=None, **kw):
     return line
 
 
+CLOCKS = {"t": "t = eta k", "tau": "tau (slow time)"}
+
+
+def trajectory(ax, traj, stat: str = "loss", *, label=None, color=None, level: float = 0.95, **kw):
+    """`traj.stats[stat]` against its clock: a line for one run; for an ensemble (leading seed axis) the mean
+    over seeds with its Student-t band at `level` (`analysis.statistics.ensemble_bands`). Labels the x axis
+    with the clock when it has no label yet. Returns the line."""
+    from .statistics import ensemble_bands
+
+    if stat not in traj.stats:
+        raise ValueError(f"stat must be one of the trajectory's {sorted(traj.stats)}, got {stat!r}")
+    ts = np.asarray(traj.ts)
+    if ts.ndim == 1:
+        line = band(ax, ts, np.asarray(traj.stats[stat]), label=label, color=color, **kw)
+    else:
+        if not np.all(ts == ts[:1]):
+            raise ValueError("the ensemble's seeds were saved at different times: plot them one by one")
+        mean, half = ensemble_bands(traj, level)[stat]
+        line = band(ax, ts[0], mean, half, label=label, color=color, **kw)
+    if not ax.get_xlabel():
+        ax.set_xlabel(CLOCKS.get(traj.clock, traj.clock))
+    return line
+
+
 def save(fig, path) -> Path:
     """Save as PNG (creating the folder), close the figure, and return the path."""
     path = Path(path)

@@ -1,6 +1,10 @@
-"""Statistics of ensembles: means with Student-t confidence bands, paired differences, weak errors with their
-sampling noise removed, and observed orders of convergence."""
+"""Statistics of trajectories and ensembles: means with Student-t confidence bands (of arrays and of an
+ensemble's every stat), time averages over a window of saves, distances between parameter pytrees, paired
+differences, weak errors with their sampling noise removed, and observed orders of convergence. numpy, on
+the host (not under jit)."""
 
+import equinox as eqx
+import jax
 import numpy as np
 from scipy.stats import t as student_t
 
@@ -17,6 +21,58 @@ def mean_band(values, axis: int = 0, level: float = 0.95) -> tuple[np.ndarray, n
         raise ValueError(f"a confidence band needs at least 2 samples along axis {axis}, got {count}")
     half = student_t.ppf((1 + level) / 2, count - 1) * values.std(axis=axis, ddof=1) / np.sqrt(count)
     return values.mean(axis=axis), half
+
+
+def ensemble_bands(traj: Trajectory, level: float = 0.95) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every stat of an ensemble (a Trajectory with a leading seed axis, `analysis.ensembles.ensemble`):
+    name -> (mean over the seeds, Student-t half-width at `level`) at each saved time (`mean_band`)."""
+    if np.ndim(traj.ts) < 2:
+        raise ValueError(
+            f"traj must be an ensemble (ts of shape (seeds, T)), got ts of shape {np.shape(traj.ts)}"
+        )
+    return {name: mean_band(values, level=level) for name, values in traj.stats.items()}
+
+
+def time_average(traj: Trajectory, window: int) -> Trajectory:
+    """`traj` with its parameters and stats averaged over a centred window of `window` consecutive saves:
+    at save k the mean over saves k - window // 2 .. k - window // 2 + window - 1, NaN where that window
+    leaves the run; `ts` and the rest unchanged. A GD run saved every step, averaged over its cycles at the
+    edge of stability, is what the central flow predicts (Cohen, Damian et al. 2024). An ensemble is
+    averaged along its save axis. Running sums in float64: cost O(T) per number, memory that of `traj`."""
+    T = np.shape(traj.ts)[-1]
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or not 1 <= window <= T:
+        raise ValueError(f"window must be an int in 1..{T} (the saves), got {window!r}")
+    axis, start = np.ndim(traj.ts) - 1, window // 2
+
+    def average(x):
+        dtype = np.result_type(np.asarray(x).dtype, np.float32)  # an int stat averages to floats
+        x = np.moveaxis(np.asarray(x, np.float64), axis, 0)
+        sums = np.concatenate([np.zeros((1, *x.shape[1:])), np.cumsum(x, axis=0)])
+        out = np.full(x.shape, np.nan)
+        valid = np.arange(start, T - (window - start) + 1)  # saves whose window lies inside the run
+        out[valid] = (sums[valid - start + window] - sums[valid - start]) / window
+        return np.moveaxis(out, 0, axis).astype(dtype)
+
+    return eqx.tree_at(
+        lambda tr: (tr.params, tr.stats),
+        traj,
+        (jax.tree.map(average, traj.params), {k: average(v) for k, v in traj.stats.items()}),
+        is_leaf=lambda x: x is None,
+    )
+
+
+def distance(a, b, *, batch_dims: int = 0) -> np.ndarray:
+    """The Euclidean distance ||a - b|| between two parameter pytrees of one structure, over every leaf: the
+    root of the sum of squared differences over each leaf's axes after its first `batch_dims` (e.g.
+    `batch_dims=1` for a Trajectory's saved params against one point, which broadcasts against them)."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        raise ValueError("a and b must be pytrees of the same structure (parameters of one model)")
+    squares = [
+        np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2, axis=tuple(range(batch_dims, d)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        for d in [max(np.ndim(x), np.ndim(y))]
+    ]
+    return np.asarray(np.sqrt(sum(squares)))
 
 
 def paired_difference(a: Trajectory, b: Trajectory, stat: str, level: float = 0.95):

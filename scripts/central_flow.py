@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import Figure, main
 
-from analysis import hessian, plots
+from analysis import hessian, plots, statistics
 from flows import central_flow, gd, gradient_flow, timescale
 from models import MLP, Problem, data
 
@@ -48,39 +48,26 @@ def problem(cfg):
     return Problem(MLP(X.shape[1], cfg["width"], 2, key=jax.random.key(1)), X, y.at[flip].multiply(-1))
 
 
-def window_mean(x, centres, window):
-    """The mean of x[k - window/2 : k + window/2] at each centre k; NaN where the window leaves the run."""
-    half = window // 2
-    return np.stack(
-        [
-            x[k - half : k + half].mean(0) if half <= k <= len(x) - half else np.full(x.shape[1:], np.nan)
-            for k in centres
-        ]
-    )
-
-
 def at_eta(cfg, P, eta):
     """GD (every step kept), gradient flow and the central flow, read at `saves + 1` common times."""
     steps = timescale.steps_for_time(cfg["t1"], eta)
     ks = np.arange(0, steps + 1, steps // cfg["saves"])
     ts = jnp.asarray(timescale.flow_time(ks, eta))
     run = gd(P, P.params, steps=steps, eta=eta, save_every=1)
-    flat = np.asarray(jax.vmap(lambda p: P.ravel(p)[0])(run.params))
     gd_lambda = jax.lax.map(lambda k: hessian.lambda_max(P, run.at(k)), jnp.asarray(ks))
     metrics = {"lambda_max": hessian.lambda_max}
     gf = gradient_flow(P, P.params, t1=cfg["t1"], ts=ts, metrics=metrics)
     cf = central_flow(P, P.params, eta=eta, t1=cfg["t1"], ts=ts, num_eigs=cfg["num_eigs"])
-    mean_params = window_mean(flat, ks, cfg["window"])
+    averaged = statistics.time_average(run, cfg["window"])
+    mean_params = jax.tree.map(lambda x: x[ks], averaged.params)
 
     def distance(traj):
-        return np.linalg.norm(
-            mean_params - np.asarray(jax.vmap(lambda p: P.ravel(p)[0])(traj.params)), axis=1
-        )
+        return statistics.distance(traj.params, mean_params, batch_dims=1)
 
     return {
         "t": np.asarray(ts),
         "gd_loss": np.asarray(run.stats["loss"]),
-        "gd_mean_loss": window_mean(np.asarray(run.stats["loss"]), ks, cfg["window"]),
+        "gd_mean_loss": averaged.stats["loss"][ks],
         "gd_lambda": np.asarray(gd_lambda),
         "gf_loss": gf.stats["loss"],
         "gf_lambda": gf.stats["lambda_max"],

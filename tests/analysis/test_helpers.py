@@ -1,0 +1,66 @@
+"""The helpers a researcher would otherwise write by hand (analysis.statistics, analysis.plots), against
+direct computations."""
+
+import jax
+import matplotlib
+import numpy as np
+import pytest
+
+from analysis import plots, statistics
+from flows import gd, sgd
+from tests.helpers import two_layer
+
+matplotlib.use("Agg")
+
+
+def test_time_average_is_the_centred_window_mean_of_every_saved_quantity():
+    P = two_layer()
+    run = gd(P, P.params, steps=20, eta=0.3)
+    avg = statistics.time_average(run, 6)
+    loss = np.asarray(run.stats["loss"])
+    for k in range(21):
+        expected = loss[k - 3 : k + 3].mean() if 3 <= k <= 18 else np.nan
+        np.testing.assert_allclose(avg.stats["loss"][k], expected, rtol=1e-12)
+    np.testing.assert_allclose(avg.params.W[10], np.asarray(run.params.W)[7:13].mean(0), rtol=1e-12)
+    np.testing.assert_array_equal(avg.ts, run.ts)
+    ensemble = jax.vmap(lambda k: sgd(P, P.params, steps=20, eta=0.3, batch_size=2, key=k))(
+        jax.random.split(jax.random.key(0), 2)
+    )
+    seeds = statistics.time_average(ensemble, 5)
+    np.testing.assert_allclose(seeds.stats["loss"][1, 9], np.asarray(ensemble.stats["loss"])[1, 7:12].mean())
+    with pytest.raises(ValueError, match="window must be an int in 1..21"):
+        statistics.time_average(run, 22)
+
+
+def test_distance_between_parameter_pytrees():
+    P = two_layer()
+    run = gd(P, P.params, steps=4, eta=0.3)
+    flat = np.asarray(jax.vmap(lambda p: P.ravel(p)[0])(run.params))
+    np.testing.assert_allclose(
+        statistics.distance(run.final, P.params), np.linalg.norm(flat[-1] - flat[0]), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        statistics.distance(run.params, P.params, batch_dims=1), np.linalg.norm(flat - flat[0], axis=1)
+    )
+    with pytest.raises(ValueError, match="same structure"):
+        statistics.distance(run.final, {"W": P.params.W})
+
+
+def test_ensemble_bands_and_the_trajectory_plot():
+    P = two_layer()
+    keys = jax.random.split(jax.random.key(1), 4)
+    ensemble = jax.vmap(lambda k: sgd(P, P.params, steps=10, eta=0.3, batch_size=2, key=k))(keys)
+    bands = statistics.ensemble_bands(ensemble)
+    mean, half = statistics.mean_band(ensemble.stats["loss"])
+    np.testing.assert_array_equal(bands["loss"][0], mean)
+    np.testing.assert_array_equal(bands["loss"][1], half)
+    fig, (ax,) = plots.figure()
+    line = plots.trajectory(ax, ensemble, "loss", label="SGD")
+    np.testing.assert_array_equal(line.get_ydata(), mean)
+    assert len(ax.collections) == 1 and ax.get_xlabel() == "t = eta k"  # the band, the clock
+    plots.trajectory(ax, gd(P, P.params, steps=10, eta=0.3), label="GD")
+    assert len(ax.lines) == 2 and len(ax.collections) == 1  # one run: a line, no band
+    with pytest.raises(ValueError, match="an ensemble"):
+        statistics.ensemble_bands(gd(P, P.params, steps=2, eta=0.3))
+    with pytest.raises(ValueError, match="stat must be one of"):
+        plots.trajectory(ax, ensemble, "trace_H")
