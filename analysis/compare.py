@@ -34,6 +34,8 @@ from . import hessian
 from .ensembles import ensemble
 from .statistics import debiased_weak_error, mean_band, paired_difference, resolved_order
 
+__all__ = ["sde_vs_sgd", "label_noise_slow_clock"]
+
 
 def sde_vs_sgd(
     problem: Problem,

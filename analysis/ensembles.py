@@ -16,6 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flows import Trajectory
 
+__all__ = ["init_processes", "seed_mesh", "ensemble"]
+
 
 def init_processes() -> None:
     """Join a multi-process `jax.distributed` run when this process was started as one of its processes:

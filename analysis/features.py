@@ -22,6 +22,21 @@ from jaxtyping import Array, Float, PyTree
 
 from models import Problem, TwoLayerNet
 
+__all__ = [
+    "feature_matrix",
+    "singular_values",
+    "stable_rank",
+    "feature_cosines",
+    "min_trace_fixed_outer",
+    "neuron_directions",
+    "extremal_directions",
+    "angles_to",
+    "count_directions",
+    "alignment_end",
+    "ols",
+    "distance_to_ols",
+]
+
 
 def feature_matrix(problem: Problem, params: PyTree) -> Float[Array, "m n"]:
     """Phi = W X^T, the pre-activations of every neuron on every training input."""

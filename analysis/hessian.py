@@ -28,13 +28,34 @@ from matfree import decomp, stochtrace
 
 from models import Problem, checks
 
+__all__ = [
+    "operator",
+    "hvp",
+    "dense",
+    "gauss_newton",
+    "spectrum",
+    "trace_residual",
+    "trace",
+    "trace_split",
+    "trace_hutchinson",
+    "trace_xtrace",
+    "SpectralDensity",
+    "spectral_density",
+    "lanczos_quadrature",
+    "frobenius_norm",
+    "frobenius_norm_hutchinson",
+    "top_eigenvalues",
+    "lambda_max",
+    "lanczos",
+]
+
 _CHUNK = 128  # Hessian-vector products evaluated together when sweeping a basis
 
 
 def operator(problem: Problem, params: PyTree) -> lx.FunctionLinearOperator:
     """H as a symmetric lineax operator; `.mv(v)` is one Hessian-vector product (forward over reverse,
     linearised once so repeated products reuse the primal pass)."""
-    flat, unravel = problem.ravel(params)
+    flat, unravel = _ravel(problem, params)
     _, hvp = jax.linearize(jax.grad(lambda v: problem.loss(unravel(v))), flat)
     return lx.FunctionLinearOperator(hvp, jax.ShapeDtypeStruct(flat.shape, flat.dtype), lx.symmetric_tag)
 
@@ -46,12 +67,13 @@ def hvp(problem: Problem, params: PyTree, v: Float[Array, " p"]) -> Float[Array,
 
 def dense(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     """The dense Hessian (small p only)."""
-    flat, unravel = problem.ravel(params)
+    flat, unravel = _ravel(problem, params)
     return jax.hessian(lambda v: problem.loss(unravel(v)))(flat)
 
 
 def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     """The dense Gauss-Newton part G = (1/n) J^T J (small p only); H - G is the residual part R."""
+    _ravel(problem, params)
     J = problem.jacobian(params)
     return J.T @ J / problem.n
 
@@ -64,7 +86,7 @@ def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
 def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: one Hessian-vector product of the residual part per
     coordinate (p in all). Zero on the zero-loss manifold."""
-    flat, _ = problem.ravel(params)
+    flat, _ = _ravel(problem, params)
     residual_hvp = _residual_operator(problem, params)
     return _sum_over_basis(lambda j, e: residual_hvp(e)[j], flat)
 
@@ -72,10 +94,11 @@ def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
 def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr H, exact. Square loss: tr G + tr R (N gradient evaluations and p Hessian-vector products of the
     residual part); cross-entropy: sum_j e_j^T H e_j, p Hessian-vector products."""
+    _ravel(problem, params)
     if problem.loss_name == "square":
         return problem.gauss_newton_trace(params) + trace_residual(problem, params)
     H = operator(problem, params)
-    return _sum_over_basis(lambda j, e: H.mv(e)[j], problem.ravel(params)[0])
+    return _sum_over_basis(lambda j, e: H.mv(e)[j], _ravel(problem, params)[0])
 
 
 def trace_split(
@@ -89,7 +112,7 @@ def trace_split(
     zero-loss manifold and small near it, where the whole-H Hutchinson estimate keeps the variance of G.
     Cost O(N + num_samples) gradients instead of `trace`'s p Hessian-vector products."""
     problem.require_square("trace_split")
-    flat, _ = problem.ravel(params)
+    flat, _ = _ravel(problem, params)
     mean, se = _hutchinson(_residual_operator(problem, params), key, flat, num_samples)
     return problem.gauss_newton_trace(params) + mean, se
 
@@ -99,7 +122,7 @@ def trace_hutchinson(
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Hutchinson's estimate of tr H = E[z^T H z], z Rademacher: (mean, standard error) over `num_samples`
     (>= 2); Var = 2 (||H||_F^2 - sum_j H_jj^2) / num_samples. Cost `num_samples` Hessian-vector products."""
-    flat, _ = problem.ravel(params)
+    flat, _ = _ravel(problem, params)
     return _hutchinson(operator(problem, params).mv, key, flat, num_samples)
 
 
@@ -114,7 +137,7 @@ def trace_xtrace(
     eigenvalues is small (Hutchinson: 1/sqrt(s)). Cost 2s Hessian-vector products and memory 2 s p; exact
     (the dense operator, p products) when 2s >= p."""
     num_samples = checks.positive_int("num_samples", num_samples)
-    flat, _ = problem.ravel(params)
+    flat, _ = _ravel(problem, params)
     if num_samples < 2 or num_samples > flat.shape[0]:
         raise ValueError(f"num_samples must be in 2..p = {flat.shape[0]}, got {num_samples}")
     probes = jax.random.normal(key, (num_samples, flat.shape[0]), flat.dtype)
@@ -161,7 +184,7 @@ def spectral_density(
     num_probes = checks.positive_int("num_probes", num_probes)
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2 (the moments' standard error needs two), got {num_probes}")
-    flat, _ = problem.ravel(params)
+    flat, _ = _ravel(problem, params)
     probes = jax.random.rademacher(key, (num_probes, flat.shape[0]), flat.dtype)
     return lanczos_quadrature(operator(problem, params).mv, probes, num_steps)
 
@@ -186,7 +209,7 @@ def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> S
 def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """||H||_F = sqrt(sum_j ||H e_j||^2), exact: p Hessian-vector products (small to moderate p)."""
     H = operator(problem, params)
-    flat, _ = problem.ravel(params)
+    flat, _ = _ravel(problem, params)
     return jnp.sqrt(_sum_over_basis(lambda j, e: jnp.sum(H.mv(e) ** 2), flat))
 
 
@@ -195,7 +218,7 @@ def frobenius_norm_hutchinson(
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Estimate of ||H||_F from ||H||_F^2 = E ||H z||^2, z Rademacher: (estimate, standard error by the
     delta method) over `num_samples`."""
-    z = _rademacher(key, problem.ravel(params)[0], num_samples)
+    z = _rademacher(key, _ravel(problem, params)[0], num_samples)
     H = operator(problem, params)
     q = jax.vmap(lambda v: jnp.sum(H.mv(v) ** 2))(z)
     f = jnp.sqrt(q.mean())
@@ -216,7 +239,7 @@ def top_eigenvalues(
     `num_iter` Lanczos steps (default min(p, max(4k, 60))) with full reorthogonalisation; with
     `return_vectors`, also the Ritz vectors as the columns of a (p, k) array.
     """
-    flat, _ = problem.ravel(params)
+    flat, _ = _ravel(problem, params)
     return lanczos(
         operator(problem, params).mv,
         flat.shape[0],
@@ -295,6 +318,13 @@ def lanczos(
     return top, Q[:m].T @ evecs[:, ::-1][:, :k]
 
 
+def _ravel(problem, params):
+    """`problem.ravel(params)` after checking that `params` are this problem's (structure, shapes, dtypes),
+    as the flows check their start."""
+    checks.same_structure("params", params, problem.params, "problem.params")
+    return problem.ravel(params)
+
+
 def _rademacher(key, flat, num_samples):
     """`num_samples` (>= 2, for a standard error) Rademacher vectors shaped like `flat`."""
     num_samples = checks.positive_int("num_samples", num_samples)
@@ -312,7 +342,7 @@ def _hutchinson(matvec, key, flat, num_samples):
 def _residual_operator(problem, params):
     """v -> R v, R = (1/n) sum_i r_i . grad^2 f_i: the Hessian of phi = (1/n) sum_i sg(r_i) . f_i (square
     loss), linearised once."""
-    flat, unravel = problem.ravel(params)
+    flat, unravel = _ravel(problem, params)
     r = lax.stop_gradient(problem.residuals(params))
 
     def phi(v):

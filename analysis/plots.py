@@ -6,6 +6,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+__all__ = ["STYLE", "figure", "band", "CLOCKS", "trajectory", "save"]
+
 STYLE = {
     "figure.dpi": 110,
     "savefig.dpi": 150,

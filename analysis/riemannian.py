@@ -28,7 +28,7 @@ from models import Problem
 
 from .hessian import lanczos
 
-__all__ = ["grad_norm", "hessian", "min_eigenvalue", "riemannian_grad", "tangent_basis"]
+__all__ = ["grad_norm", "tangent_basis", "hessian", "min_eigenvalue"]
 
 
 @eqx.filter_jit

@@ -59,6 +59,22 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from flows import brownian
 from models import Problem, checks
 
+__all__ = [
+    "Criterion",
+    "gram",
+    "batch_covariance_factor",
+    "mean_square_rate",
+    "sde_rate",
+    "lyapunov_exponent",
+    "threshold",
+    "gauss_newton_norms",
+    "alignment",
+    "min_alignment",
+    "wu_bound",
+    "second_moments",
+    "label_noise_stationary_loss",
+]
+
 Criterion = Literal["mean_square", "sde", "lyapunov"]
 
 

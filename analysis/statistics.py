@@ -10,6 +10,17 @@ from scipy.stats import t as student_t
 
 from flows import Trajectory
 
+__all__ = [
+    "mean_band",
+    "ensemble_bands",
+    "time_average",
+    "distance",
+    "paired_difference",
+    "debiased_weak_error",
+    "resolved_order",
+    "order",
+]
+
 
 def mean_band(values, axis: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Mean over `axis` and the half-width of its Student-t confidence interval at `level`:

@@ -30,6 +30,21 @@ import jax
 import numpy as np
 from jaxtyping import PyTree
 
+__all__ = [
+    "canonical",
+    "config_hash",
+    "path",
+    "save",
+    "load",
+    "flatten",
+    "unflatten",
+    "write",
+    "read",
+    "cached",
+    "part",
+    "resumable",
+]
+
 
 def canonical(config: Mapping) -> str:
     """Canonical JSON: sorted keys, no spaces; tuples become lists, NumPy scalars plain numbers."""
@@ -42,6 +57,7 @@ def config_hash(config: Mapping) -> str:
 
 
 def path(root, name: str, config: Mapping) -> Path:
+    """The folder of the result `name` for `config` under `root`: NAME-HASH (`config_hash`)."""
     if not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
     return Path(root) / f"{name}-{config_hash(config)}"

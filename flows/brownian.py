@@ -23,6 +23,8 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .noise import noise_dim
 
+__all__ = ["normal", "rademacher", "batch_indices", "step_keys", "BrownianGrid"]
+
 
 def normal(key: PRNGKeyArray, shape, dtype) -> Array:
     """N(0, 1) draws, made in float32 and cast to `dtype` (the same bits in every dtype)."""
@@ -67,17 +69,21 @@ class BrownianGrid(diffrax.AbstractBrownianPath):
 
     @property
     def shape(self) -> jax.ShapeDtypeStruct:
+        """The Brownian motion's shape and dtype (diffrax's `AbstractBrownianPath` interface)."""
         return jax.ShapeDtypeStruct((noise_dim(dict(self.parts)),), self.dtype)
 
     @property
     def t0(self):
+        """The start of the grid's time axis, 0."""
         return 0.0
 
     @property
     def t1(self):
+        """The end of its time axis: unbounded (steps are indexed, not stored)."""
         return jnp.inf
 
     def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
+        """W(t1) - W(t0) over one fine grid step starting at t0 (diffrax's interface; `left` unused)."""
         del left
         if t1 is None:
             raise ValueError("BrownianGrid answers increments over one grid step, not W(t) at a point")

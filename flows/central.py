@@ -49,6 +49,8 @@ from .trajectory import (
     finish,
 )
 
+__all__ = ["PAST_EDGE", "sdcp", "central_flow"]
+
 COLD, REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
 PAST_EDGE = 0.01  # eta lambda > 2 (1 + this): past the edge, not held at it (held ones sit within O(h))
 

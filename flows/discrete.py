@@ -44,6 +44,8 @@ from .brownian import step_keys
 from .noise import StepNoise
 from .trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, default_metrics, evaluate, finish
 
+__all__ = ["Steps", "gd", "sgd", "label_noise_sgd", "svag"]
+
 
 class Steps(eqx.Module):
     """What a discrete run does and keeps, validated when built: `steps` steps (a multiple of `save_every`)

@@ -40,6 +40,8 @@ from jaxtyping import Array, Float
 
 from models.problem import chunked
 
+__all__ = ["Mode", "DENSE_BUDGET", "CG_RTOL", "mode_for", "rcond", "Point"]
+
 Mode = Literal["auto", "dense", "matrix_free"]
 DENSE_BUDGET = 2**30  # bytes: the dense mode is chosen while J (N, p) fits in this
 CG_RTOL = {"float64": 1e-10, "float32": 1e-5}  # the matrix-free solves' relative tolerance, by dtype
@@ -104,9 +106,11 @@ class Point:
         self.solved = jnp.asarray(True)  # False once a conjugate-gradient solve has failed
 
     def jv(self, v: Float[Array, " p"]) -> Float[Array, " N"]:
+        """J v (a Jacobian-vector product in matrix-free mode)."""
         return self.J @ v if self.mode == "dense" else self._jvp(v)
 
     def jtu(self, u: Float[Array, " N"]) -> Float[Array, " p"]:
+        """J^T u (a vector-Jacobian product in matrix-free mode)."""
         return u @ self.J if self.mode == "dense" else self._vjp(u)[0]
 
     def solve(self, b: Float[Array, " N"]) -> Float[Array, " N"]:

@@ -17,6 +17,8 @@ from models.problem import check_start
 
 from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish, solver_result
 
+__all__ = ["save_times", "gradient_flow", "solve_ode"]
+
 
 def save_times(t1, ts=None, save_every=None, num_saves: int = 101, *, t0=0.0):
     """Save times: `ts` as given, else t0, t0 + save_every, ..., t1 (save_every must divide t1 - t0),

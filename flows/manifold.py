@@ -52,6 +52,18 @@ from .trajectory import (
     finish,
 )
 
+__all__ = [
+    "Objective",
+    "label_noise_objective",
+    "trace_grad",
+    "trace_grad_hutchinson",
+    "tangent_projection",
+    "riemannian_grad",
+    "retract",
+    "limit_map",
+    "riemannian_flow",
+]
+
 Objective = Callable[[Problem, PyTree], Array]
 
 

@@ -22,6 +22,8 @@ from jaxtyping import Array, Float, PyTree
 
 from models import Problem, checks
 
+__all__ = ["StepNoise", "noise_parts", "diffusion", "noise_cotangent", "noise_dim", "ito_correction"]
+
 
 class StepNoise(eqx.Module):
     """The randomness of one SGD step, validated when built: a minibatch of `batch_size` (1..n; B = n is the

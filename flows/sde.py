@@ -61,6 +61,8 @@ from .gradient import save_times
 from .noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
 from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish, solver_result
 
+__all__ = ["label_noise_sde", "sgd_sde"]
+
 _ADDITIVE_ONLY = (diffrax.ShARK, diffrax.SRA1, diffrax.SEA)
 _MILSTEIN = (diffrax.ItoMilstein, diffrax.StratonovichMilstein)
 

@@ -25,6 +25,16 @@ import numpy as np
 
 from models import checks
 
+__all__ = [
+    "WHOLE_RTOL",
+    "flow_time",
+    "steps_for_time",
+    "grid_index",
+    "slow_time",
+    "steps_for_slow_time",
+    "even_index",
+]
+
 # how far from a whole number t / eta may be and still count as one (float32 rounds at 6e-8)
 WHOLE_RTOL = 1e-6
 

@@ -28,10 +28,23 @@ from models import checks
 
 from . import timescale
 
+__all__ = [
+    "Metric",
+    "loss",
+    "default_metrics",
+    "evaluate",
+    "MESSAGES",
+    "Trajectory",
+    "solver_result",
+    "diverged_where",
+    "finish",
+]
+
 Metric = Callable[..., Array]  # metric(problem, params) -> scalar
 
 
 def loss(problem, params) -> Array:
+    """The full-batch loss L(params), the metric every flow records."""
     return problem.loss(params)
 
 
@@ -42,6 +55,7 @@ def default_metrics(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
 
 
 def evaluate(problem, params, metrics: Mapping[str, Metric]) -> dict[str, Array]:
+    """name -> fn(problem, params) for every metric."""
     return {name: fn(problem, params) for name, fn in metrics.items()}
 
 

@@ -10,8 +10,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "is_concrete",
+    "positive",
+    "non_negative",
+    "forward_span",
+    "positive_int",
+    "step_index",
+    "batch_size",
+    "finite_tree",
+    "same_structure",
+]
+
 
 def is_concrete(x) -> bool:
+    """True unless a leaf of `x` is a JAX tracer (a value known only inside a jit or vmap)."""
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
 
 
@@ -46,6 +59,7 @@ def forward_span(t0, t1) -> None:
 
 
 def positive_int(name: str, value) -> int:
+    """`value` as a Python int if it is an integer > 0 (not a bool); else ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)

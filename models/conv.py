@@ -21,6 +21,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
 
+__all__ = ["conv", "CNN", "ResNet"]
+
 
 def conv(layer: eqx.nn.Conv2d, x: Float[Array, "c h w"]) -> Float[Array, "o h2 w2"]:
     """`layer(x)` (its stride and padding; no dilation or groups) as W (o, c kh kw) @ patches

@@ -19,6 +19,21 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import checks
 from .two_layer import TwoLayerNet
 
+__all__ = [
+    "gaussian",
+    "uniform",
+    "orthogonal",
+    "sphere",
+    "linear_teacher",
+    "two_layer_teacher",
+    "label_noise",
+    "train_test_split",
+    "digits",
+    "mnist1d",
+    "CIFAR10_ENV",
+    "cifar10",
+]
+
 
 def gaussian(key: PRNGKeyArray, n: int, d: int, *, scale: float = 1.0) -> Float[Array, "n d"]:
     """x_i ~ N(0, scale^2 I_d)."""

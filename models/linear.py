@@ -9,6 +9,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
 
+__all__ = ["Linear", "RandomFeatures", "QuadraticParam"]
+
 
 class Linear(eqx.Module):
     """f(x) = w . x; with `outputs=k`, f(x) = W x with W of shape (k, d). Starts at `init_scale` N(0, 1/d)."""
@@ -40,6 +42,7 @@ class RandomFeatures(eqx.Module):
         return self.a @ self.activation(self.V @ x) / jnp.sqrt(self.a.shape[0])
 
     def trainable(self):
+        """The filter spec that trains the outer weights `a` only (the random features stay fixed)."""
         spec = jax.tree.map(lambda _: False, self)
         return eqx.tree_at(lambda m: m.a, spec, True)
 
@@ -59,6 +62,7 @@ class QuadraticParam(eqx.Module):
 
     @property
     def weights(self) -> Float[Array, " d"]:
+        """w = u * u - v * v, the linear predictor the parametrisation represents."""
         return self.u * self.u - self.v * self.v
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, ""]:

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+__all__ = ["MatrixFactorization"]
+
 
 class MatrixFactorization(eqx.Module):
     """f(A) = <A, U V^T>, U (d1, r), V (d2, r) entries ~ init_scale N(0, 1); `symmetric=True` ties V = U.
@@ -25,6 +27,7 @@ class MatrixFactorization(eqx.Module):
 
     @property
     def matrix(self) -> Float[Array, "d1 d2"]:
+        """The product U V^T (U U^T when symmetric)."""
         return self.U @ (self.U if self.V is None else self.V).T
 
     def __call__(self, x: Float[Array, " d1d2"]) -> Float[Array, ""]:

@@ -7,6 +7,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
 
+__all__ = ["MLP"]
+
 
 class MLP(eqx.Module):
     """f(x) = W_{depth+1} s(... s(W_1 x + b_1) ...) + b_{depth+1}: `depth` hidden layers of `width` units with

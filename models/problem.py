@@ -37,6 +37,8 @@ from jaxtyping import Array, Float, PyTree
 
 from . import checks
 
+__all__ = ["Loss", "Problem", "chunked", "check_start"]
+
 Loss = Literal["square", "cross_entropy"]
 
 
@@ -221,6 +223,7 @@ class Problem(eqx.Module):
         return total / b
 
     def grad(self, params: PyTree) -> PyTree:
+        """grad L at `params`, a pytree like them (chunked as `loss`)."""
         return jax.grad(self.loss)(params)
 
     def jacobian(self, params: PyTree) -> Float[Array, "N p"]:

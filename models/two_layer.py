@@ -10,6 +10,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
 
+__all__ = ["TwoLayerNet"]
+
 
 class TwoLayerNet(eqx.Module):
     """f(x) = a . sigma(W x), with W of shape (m, d) and a of shape (m,).

@@ -10,6 +10,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .activations import resolve
 from .conv import conv
 
+__all__ = ["ViT"]
+
 
 class _Layer(eqx.Module):
     """z + MHA(LN(z)), then z + MLP(LN(z)): a pre-norm transformer layer on (tokens, dim)."""

@@ -171,3 +171,10 @@ def test_spectral_density_against_eigvalsh():
     batched = jax.vmap(density)(jax.random.split(jax.random.key(1), 2))
     assert batched.nodes.shape == (2, 30, 30)
     np.testing.assert_allclose(batched.nodes.max(axis=(1, 2)), evals[-1], rtol=1e-6)
+
+
+def test_params_of_another_problem_are_refused_as_the_flows_refuse_them(problem):
+    other = two_layer(n=7, d=3, width=4)
+    for metric in (hessian.trace, hessian.lambda_max, hessian.dense, hessian.gauss_newton):
+        with pytest.raises(ValueError, match="params has (a leaf of shape|pytree structure)"):
+            metric(problem, other.params)
