@@ -1,6 +1,14 @@
 """Analyses of trajectories: Hessian metrics, manifold diagnostics, ensembles and their statistics, the
 experiment drivers that hold discrete runs against their limits, results on disk, figures."""
 
+import flows as _flows  # raises if a user's models.py shadows sharpflow's models
+
+if not hasattr(_flows, "Trajectory"):  # a user's flows.py (or flows/) earlier on sys.path
+    raise ImportError(
+        f"'flows' is {getattr(_flows, '__file__', None)}, which shadows sharpflow's flows package (analysis "
+        "imports it): rename that file or folder, or run from another directory"
+    )
+
 from . import compare as compare
 from . import ensembles as ensembles
 from . import features as features

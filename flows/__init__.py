@@ -1,5 +1,14 @@
 """Dynamics: each flow is a pure function of (problem, params0, key) returning a `Trajectory`."""
 
+import models as _models
+
+if not hasattr(_models, "Problem"):  # a user's models.py (or models/) earlier on sys.path
+    _where = getattr(_models, "__file__", None) or list(getattr(_models, "__path__", []))
+    raise ImportError(
+        f"'models' is {_where}, which shadows sharpflow's models package (flows imports it): rename that "
+        "file or folder, or run from another directory"
+    )
+
 from . import timescale as timescale
 from .central import central_flow as central_flow
 from .discrete import Steps as Steps

@@ -84,6 +84,12 @@ class Point:
         cg_rtol: float | None = None,
     ):
         problem.require_square("the zero-loss manifold's geometry")
+        if problem.y.size > flat.shape[0]:
+            raise ValueError(
+                f"N = {problem.y.size} constraints r_i = 0 on p = {flat.shape[0]} parameters: J J^T (N x N) "
+                "has rank at most p < N at every point, so no start helps: N > p equations define no "
+                "manifold of dimension p - N. Use fewer examples (or outputs) or a wider model"
+            )
         self.mode = mode
         dtype = flat.dtype
         self.N = problem.y.size

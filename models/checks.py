@@ -60,6 +60,7 @@ def forward_span(t0, t1) -> None:
 
 def positive_int(name: str, value) -> int:
     """`value` as a Python int if it is an integer > 0 (not a bool); else ValueError naming `name`."""
+    _require_concrete(name, value)
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
@@ -79,9 +80,20 @@ def batch_size(value, n: int) -> int:
     """A minibatch size in 1..n; `None` means the full batch n."""
     if value is None:
         return n
+    _require_concrete("batch_size", value)
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= value <= n:
         raise ValueError(f"batch_size must be an integer in 1..n = 1..{n}, got {value!r}")
     return int(value)
+
+
+def _require_concrete(name: str, value):
+    """A ValueError saying so when a count that fixes an array's shape arrives traced."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{name} must be a concrete Python int (it fixes an array's shape or a loop's length), got a "
+            f"traced value ({type(value).__name__}): pass it from outside jax.jit / jax.vmap, e.g. with "
+            "functools.partial or jax.jit(..., static_argnames=...)"
+        )
 
 
 def finite_tree(name: str, tree):

@@ -41,3 +41,18 @@ def test_all_is_the_public_definitions_and_each_has_a_docstring(name):
                 if not attr.startswith("_") and callable(fn) and not (fn.__doc__ or "").strip():
                     undocumented.append(f"{public}.{attr}")
     assert not undocumented, undocumented
+
+
+@pytest.mark.parametrize(("shadow", "imported"), [("models", "flows"), ("flows", "analysis")])
+def test_a_users_module_that_shadows_a_package_is_named(tmp_path, shadow, imported):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / f"{shadow}.py").write_text("x = 1\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {imported}"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    assert f"'{shadow}' is {tmp_path / shadow}.py, which shadows sharpflow's {shadow} package" in out.stderr

@@ -256,3 +256,14 @@ def test_progress_bar_changes_no_bit_and_shows_one_bar_under_vmap(capfd):
     keys = jax.random.split(jax.random.key(1), 3)
     jax.vmap(lambda k: run(key=k, progress=True).stats["loss"])(keys)
     assert capfd.readouterr().err.count("100.00%|") == 2  # three runs, one bar
+
+
+def test_a_traced_count_says_it_must_be_concrete():
+    """The flows' count checks (their signatures' type hints say int too, which a type checker enforces
+    first): a traced batch size or step count is named, with the way out."""
+    from models import checks
+
+    with pytest.raises(ValueError, match="batch_size must be a concrete Python int"):
+        jax.jit(lambda b: checks.batch_size(b, 4))(2)
+    with pytest.raises(ValueError, match="steps must be a concrete Python int"):
+        jax.jit(lambda s: checks.positive_int("steps", s))(2)

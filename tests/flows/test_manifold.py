@@ -20,7 +20,7 @@ from flows import (
     trace_grad,
     trace_grad_hutchinson,
 )
-from models import Problem, QuadraticParam, TwoLayerNet, data
+from models import Linear, Problem, QuadraticParam, TwoLayerNet, data
 
 
 def gatmiry(activation, seed=0, n=3, d=3, width=10):
@@ -126,6 +126,10 @@ def test_bad_starting_points_say_which():
     for run in (lambda: retract(clash, clash.params), lambda: limit_map(clash, clash.params)):
         with pytest.raises(ValueError, match="J J\\^T is singular near the start"):
             run()
+    # more constraints than parameters: no start helps, and the message says why
+    wide = Problem(Linear(2, key=jax.random.key(0)), P.X[:, :2], P.y)  # N = 3 > p = 2
+    with pytest.raises(ValueError, match="N = 3 constraints r_i = 0 on p = 2 parameters.*no start helps"):
+        limit_map(wide, wide.params)
 
 
 def test_flow_converges_to_a_sparse_optimum_where_J_loses_rank():

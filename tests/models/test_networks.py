@@ -82,25 +82,35 @@ def test_vit_forward_and_parameter_count():
     dim, heads = 8, 2
     net = ViT((1, 8, 8), patch=4, dim=dim, depth=1, heads=heads, outputs=3, key=jax.random.key(2))
     x = X[0]
-    patches = x.reshape(1, 2, 4, 2, 4).transpose(1, 3, 0, 2, 4).reshape(4, 16)  # (tokens, c p p), row-major
-    z = patches @ net.embed.weight.reshape(dim, 16).T + net.embed.bias.reshape(-1) + net.positions
 
-    def norm(ln, t):
-        t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(t.var(-1, keepdims=True) + ln.eps)
-        return t * ln.weight + ln.bias
+    @eqx.filter_jit  # one compilation instead of ~100 eager dispatches
+    def hand(net, x):
+        patches = (
+            x.reshape(1, 2, 4, 2, 4).transpose(1, 3, 0, 2, 4).reshape(4, 16)
+        )  # (tokens, c p p), row-major
+        z = patches @ net.embed.weight.reshape(dim, 16).T + net.embed.bias.reshape(-1) + net.positions
 
-    layer = net.layers[0]
-    a = layer.attention
-    h = norm(layer.norm1, z)
-    q, k, v = (h @ m.weight.T + m.bias for m in (a.query_proj, a.key_proj, a.value_proj))
-    split = lambda t: t.reshape(4, heads, dim // heads).transpose(1, 0, 2)  # noqa: E731
-    scores = jnp.einsum("hqd,hkd->hqk", split(q), split(k)) / np.sqrt(dim // heads)
-    att = jnp.einsum("hqk,hkd->hqd", jax.nn.softmax(scores, -1), split(v)).transpose(1, 0, 2).reshape(4, dim)
-    z = z + att @ a.output_proj.weight.T + a.output_proj.bias
-    h = norm(layer.norm2, z)
-    z = z + jax.nn.gelu(h @ layer.up.weight.T + layer.up.bias) @ layer.down.weight.T + layer.down.bias
-    expect = net.head.weight @ norm(net.norm, z.mean(0)) + net.head.bias
-    np.testing.assert_allclose(net(x), expect, rtol=1e-10)
+        def norm(ln, t):
+            t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(t.var(-1, keepdims=True) + ln.eps)
+            return t * ln.weight + ln.bias
+
+        layer = net.layers[0]
+        a = layer.attention
+        h = norm(layer.norm1, z)
+        q, k, v = (h @ m.weight.T + m.bias for m in (a.query_proj, a.key_proj, a.value_proj))
+        split = lambda t: t.reshape(4, heads, dim // heads).transpose(1, 0, 2)  # noqa: E731
+        scores = jnp.einsum("hqd,hkd->hqk", split(q), split(k)) / np.sqrt(dim // heads)
+        att = (
+            jnp.einsum("hqk,hkd->hqd", jax.nn.softmax(scores, -1), split(v))
+            .transpose(1, 0, 2)
+            .reshape(4, dim)
+        )
+        z = z + att @ a.output_proj.weight.T + a.output_proj.bias
+        h = norm(layer.norm2, z)
+        z = z + jax.nn.gelu(h @ layer.up.weight.T + layer.up.bias) @ layer.down.weight.T + layer.down.bias
+        return net.head.weight @ norm(net.norm, z.mean(0)) + net.head.bias
+
+    np.testing.assert_allclose(eqx.filter_jit(lambda m, x: m(x))(net, x), hand(net, x), rtol=1e-10)
     count = (
         17 * dim + 4 * dim + 4 * (dim**2 + dim) + 2 * 4 * dim**2 + 5 * dim + 4 * dim + 2 * dim + (dim + 1) * 3
     )
