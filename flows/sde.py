@@ -214,7 +214,7 @@ def _sde(
     if noise.sigma is not None:
         problem.require_square(f"{name} (label noise)")
     eta = checks.positive("eta", eta)
-    t1 = checks.positive("t1", t1)
+    given_t1, t1 = t1, checks.positive("t1", t1)  # the saves from t1 as given: a literal stays concrete
     if key is None:
         raise ValueError(f"{name} needs a PRNG key")
     substeps = checks.positive_int("substeps", substeps)
@@ -229,7 +229,7 @@ def _sde(
     steps = timescale.steps_for_time(t1, h, name="t1")
     fast = rtol is None and (solver is None or type(solver) is diffrax.Euler)
     if rtol is None:
-        index = _save_index(t1, h, steps, ts, save_every)
+        index = _save_index(given_t1, h, steps, ts, save_every)
     else:
         index = None
     hyper = noise.factor_args
@@ -245,7 +245,7 @@ def _sde(
                 "the solve's static step budget); under jit only the default Euler path takes traced ones"
             )
         steps = int(steps)
-        times = index.astype(dtype) * h if index is not None else save_times(t1, ts, save_every)
+        times = index.astype(dtype) * h if index is not None else save_times(given_t1, ts, save_every)
         traj = _diffrax_solve(
             problem,
             params0,

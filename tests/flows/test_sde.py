@@ -388,3 +388,19 @@ def test_fixed_step_saves_off_the_grid_are_refused(key):
     assert traj.ts.shape == (101,)
     h = 0.1 / 4  # the default four substeps a step
     np.testing.assert_allclose(traj.ts / h, np.round(np.asarray(traj.ts) / h), atol=1e-9)
+
+
+def test_save_every_as_literals_inside_an_ensemble():
+    """Python literals t1 and save_every stay concrete inside `ensembles.ensemble`'s jit: the saves are the
+    single run's (the check used to see t1 after validation, a traced array)."""
+    from analysis import ensembles
+
+    P = two_layer()
+
+    def run(k):
+        return sgd_sde(P, P.params, t1=1.0, eta=0.1, batch_size=2, key=k, save_every=0.5)
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    paths = ensembles.ensemble(run, keys, mesh=False)
+    np.testing.assert_array_equal(paths.ts[0], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(paths.stats["loss"][1], run(keys[1]).stats["loss"], rtol=1e-12)
