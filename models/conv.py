@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
@@ -30,12 +31,10 @@ def conv(layer: eqx.nn.Conv2d, x: Float[Array, "c h w"]) -> Float[Array, "o h2 w
     weight's (c, kh, kw) order). Memory kh kw times the input's; cost that of the convolution."""
     w = layer.weight
     o, c, kh, kw = w.shape
-    (sh, sw), (_, h, wd) = layer.stride, x.shape
-    if layer.padding == "SAME":
-        ph, pw = (-(-h // sh) - 1) * sh + kh - h, (-(-wd // sw) - 1) * sw + kw - wd
-        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-    else:
-        pad = tuple(layer.padding)
+    sh, sw = layer.stride
+    pad = layer.padding
+    if isinstance(pad, str):  # "SAME", "SAME_LOWER", "VALID": the pads XLA's convolution would use
+        pad = lax.padtype_to_pads(x.shape[1:], (kh, kw), (sh, sw), pad)
     x = jnp.pad(x, ((0, 0), *pad))
     h2, w2 = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
     patches = jnp.stack(

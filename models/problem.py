@@ -131,8 +131,7 @@ class Problem(eqx.Module):
         if dtypes != {X.dtype}:
             raise ValueError(
                 f"the model's parameters have dtype {', '.join(sorted(map(str, dtypes)))} where X has "
-                f"{X.dtype}: "
-                "cast one to the other"
+                f"{X.dtype}: cast one to the other"
             )
 
     # -- sizes and plumbing ------------------------------------------------------------------------------

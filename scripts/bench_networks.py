@@ -2,7 +2,7 @@
 (in physical batches), an SGD ensemble's throughput, a spectral density, and their growth in n and p.
 
 The net: `models.CNN` on the first n = 1,000 digits as 8 x 8 x 1 images, channels (48, 96, 128), 10 logits,
-cross-entropy (p = 154,218). In one process, medians:
+cross-entropy (p = 154,058). In one process, medians:
 1. Throughput against the machine's float32 matmul (a 1024 x 1024 product): the full-batch gradient, and an
    ensemble of 8 SGD runs (B = 32, 50 steps, vmap over seeds), each as (XLA's flop count / time) over the
    matmul's flops per second. (Today's MLP, p = 3e5: gradient 0.89, SGD ensemble 0.76-0.81.)
@@ -10,9 +10,9 @@ cross-entropy (p = 154,218). In one process, medians:
    Target <= 4 gradients.
 3. The spectral density by stochastic Lanczos quadrature, 10 probes x 80 steps (`hessian.spectral_density`),
    one timed call after compilation. Target: minutes.
-4. Growth: the chunked gradient at n = 250, 500, 1,000 and at channels (24, 48, 64) (p = 38,690) against
-   (48, 96, 128), as ratios to the full size.
-Where JAX sees a GPU, the same rows run there (`make gpu`'s table puts them beside these CPU rows).
+4. Growth: the gradient at n = 250 (one chunk), 500, 1,000 and at channels (24, 48, 64) (p = 39,018)
+   against (48, 96, 128), as ratios to the full size.
+Where JAX sees a GPU, the same rows run there.
 """
 
 import argparse
@@ -104,7 +104,7 @@ def rows(repeats):
         ("unchunked gradient, n = 1000", t["grad_whole"]),
         ("chunked HVP, n = 1000", t["hvp"]),
         (f"SGD ensemble, {SEEDS} x {STEPS} steps", t["ensemble"]),
-        ("chunked gradient, n = 250", t["grad_quarter"]),
+        ("gradient, n = 250 (one chunk)", t["grad_quarter"]),
         ("chunked gradient, n = 500", t["grad_half"]),
         (f"chunked gradient, channels {SMALL}", t["grad_small"]),
         ("SLQ density, 10 x 80 (one call)", slq),
