@@ -10,6 +10,7 @@ if not hasattr(_models, "Problem"):  # a user's models.py (or models/) earlier o
     )
 
 from . import timescale as timescale
+from .central import RMSProp as RMSProp
 from .central import central_flow as central_flow
 from .discrete import Steps as Steps
 from .discrete import gd as gd

@@ -24,6 +24,22 @@ diffrax solver (default Heun) of d theta / dt = -grad [L + (1/2) <Sigma, H>] wit
 the step, so that before the edge the flow is gradient flow solved to the solver's order. Memory O(p k^2);
 cost per step: a few Hessian-vector products for the warm-started eigenpairs, k(k+1)/2 third-derivative
 products and the solver's stages, each a gradient of L + (1/2) sum_m v_m^T H v_m (k quadratic forms).
+
+**RMSProp** (`rmsprop=RMSProp(decay, eps, initial_scale)`, the central flow of `optax.rmsprop(eta, ...)`:
+nu_{k+1} = decay nu_k + (1 - decay) g_k^2, theta_{k+1} = theta_k - eta g_k / sqrt(nu_{k+1} + eps)) is GD
+preconditioned by D = diag(d), d = 1 / sqrt(nu + eps). Its edge is on the preconditioned Hessian
+S = D^{1/2} H D^{1/2} (eta lambda_max(S) = 2), Sigma = U X U^T with U = D^{1/2} V (V: S's top eigenvectors),
+and the state (theta, nu) follows, in t = eta k,
+
+    d theta / dt = -D [grad L + (1/2) grad <Sigma, H>],
+    d nu / dt = (c / eta) [(grad L)^2 + diag(H Sigma H) - nu],   c = (1 - decay) / decay,
+
+(Cohen, Damian et al. 2024, section 5): the squared gradient averages its oscillation H delta too, and c is
+the rate of nu_{k+1}, the nu each step uses (nu_{k+1} - nu_k = c (g_k^2 - nu_{k+1})). In diag(H Sigma H) and
+its X-dependence H U is taken at the edge, (2 / eta) D^{-1} U: exact for the directions held there, the
+only ones with X != 0, and it keeps the complementarity operator symmetric and positive semidefinite. With
+u_i fixed over a step, dA_ij/dt = (1 / eta) sum_m u_im u_jm d_m dnu_m/dt - t_ij . d theta / dt, affine in X
+as for GD. Before the edge it is the preconditioned gradient flow of (theta, nu).
 """
 
 import diffrax
@@ -49,7 +65,7 @@ from .trajectory import (
     finish,
 )
 
-__all__ = ["PAST_EDGE", "sdcp", "central_flow"]
+__all__ = ["PAST_EDGE", "RMSProp", "sdcp", "central_flow"]
 
 COLD, REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
 PAST_EDGE = 0.01  # eta lambda > 2 (1 + this): past the edge, not held at it (held ones sit within O(h))
@@ -123,14 +139,27 @@ def sdcp(
     return X, jnp.where(held, SUCCESSFUL, code).astype(jnp.int32)
 
 
+class RMSProp(eqx.Module):
+    """RMSProp as `optax.rmsprop(eta, decay=decay, eps=eps, initial_scale=initial_scale)` runs it (eps inside
+    the square root, no momentum, no centring, no bias correction): nu_0 = initial_scale,
+    nu_{k+1} = decay nu_k + (1 - decay) g_k^2, theta_{k+1} = theta_k - eta g_k / sqrt(nu_{k+1} + eps).
+    `central_flow(..., rmsprop=RMSProp(...))` is its central flow (module docstring). Checked when built:
+    0 < decay < 1, eps > 0, initial_scale >= 0."""
+
+    decay: Array = eqx.field(converter=lambda v: checks.unit_interval("decay", v))
+    eps: Array = eqx.field(converter=lambda v: checks.positive("eps", v))
+    initial_scale: Array = eqx.field(converter=lambda v: checks.non_negative("initial_scale", v), default=0.0)
+
+
 class _Edge(eqx.Module):
     """The quantities of the central flow at one point: the top eigenpairs and X."""
 
-    eigenvalues: Array  # (k,) descending
-    U: Array  # (p, k)
+    eigenvalues: Array  # (k,) descending: of H, or of the preconditioned S = D^(1/2) H D^(1/2)
+    U: Array  # (p, k): Sigma = U X U^T
     X: Array  # (k, k)
-    residual: Array  # (k,) ||H u_i - lambda_i u_i||
+    residual: Array  # (k,) ||S v_i - lambda_i v_i|| (S = H for GD)
     result: Array  # sdcp's code
+    start: Array  # (p, k): the eigenvectors V of S (U for GD), where the next step's Rayleigh-Ritz starts
 
 
 def central_flow(
@@ -146,9 +175,11 @@ def central_flow(
     solver: diffrax.AbstractSolver | None = None,
     metrics=None,
     save_params: bool = True,
+    rmsprop: RMSProp | None = None,
     throw: bool = True,
 ) -> Trajectory:
-    """The central flow of GD with step `eta` from `params0`, in gradient-flow time t = eta k, to `t1`.
+    """The central flow of GD with step `eta` from `params0`, in gradient-flow time t = eta k, to `t1`
+    (of RMSProp with `rmsprop`: module docstring).
 
     - `num_eigs`: the top eigenpairs of H tracked (at least the number that reach 2 / eta; those below the
       edge get X = 0 by complementarity).
@@ -165,7 +196,10 @@ def central_flow(
     `edge_saturated` (edge_count == num_eigs: more eigenvalues may have reached the edge untracked; raise
     num_eigs), `past_edge` (how many tracked eigenvalues have eta lambda > 2 (1 + `PAST_EDGE`): at t = 0, a
     start already past the edge, which GD leaves by a transient the flow does not describe), `sigma_trace`
-    = tr Sigma (GD's mean squared oscillation), and any `metrics`.
+    = tr Sigma (GD's mean squared oscillation), and any `metrics`. With `rmsprop` (an `RMSProp`):
+    `eigenvalues` and `eigen_residual` are the preconditioned Hessian's D^{1/2} H D^{1/2}, the edge is at
+    eta lambda = 2 on it, and `nu` (T, p) records RMSProp's second-moment estimate (flattened as
+    `problem.ravel`).
 
     eta may be traced (`jax.vmap` over step sizes); t1 and the save times must then lie on every eta's step
     grid. The result (`flows.trajectory`): `DIVERGED` when the loss becomes non-finite; `UNBOUNDED` when
@@ -181,6 +215,8 @@ def central_flow(
     num_eigs = checks.positive_int("num_eigs", num_eigs)
     if num_eigs > problem.num_params:
         raise ValueError(f"num_eigs = {num_eigs} exceeds the number of parameters, {problem.num_params}")
+    if rmsprop is not None and not isinstance(rmsprop, RMSProp):
+        raise ValueError(f"rmsprop must be a flows.RMSProp or None, got {type(rmsprop).__name__}")
     last = timescale.steps_for_time(t1, eta / substeps, name="t1")
     if ts is None:
         index = timescale.even_index(last, checks.positive_int("num_saves", num_saves))
@@ -196,17 +232,21 @@ def central_flow(
         solver or diffrax.Heun(),
         default_metrics(metrics),
         save_params,
+        rmsprop,
     )
     return finish("central_flow", traj, throw)
 
 
 @eqx.filter_jit
-def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, save_params):
+def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, save_params, rmsprop):
     flat0, unravel = problem.ravel(params0)
     dtype = flat0.dtype
     eta = jnp.asarray(eta, dtype)
     h = eta / substeps
     p = flat0.size
+    if rmsprop is not None:
+        rate = jnp.asarray((1 - rmsprop.decay) / rmsprop.decay, dtype)  # c
+        eps = jnp.asarray(rmsprop.eps, dtype)
 
     def loss(w):
         return problem.loss(unravel(w))
@@ -218,30 +258,62 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
     k = num_eigs
     upper = jnp.triu_indices(k)
 
-    def edge(w, U0, iterations=1) -> _Edge:
-        lam, U, residual = _top_eigenpairs(lambda v: _hvp(loss, w, v), U0, iterations)
+    def edge(w, nu, U0, iterations=1) -> _Edge:
+        """GD (nu None): the top eigenpairs of H, and X. RMSProp: those of S = D^(1/2) H D^(1/2), and
+        U = D^(1/2) V."""
         g = jax.grad(loss)(w)
+        if nu is None:
+            lam, U, residual = _top_eigenpairs(lambda v: _hvp(loss, w, v), U0, iterations)
+            V = U
+        else:
+            d = lax.rsqrt(nu + eps)
+            root = jnp.sqrt(d)
+            lam, V, residual = _top_eigenpairs(lambda v: root * _hvp(loss, w, root * v), U0, iterations)
+            U = root[:, None] * V
         rows = jax.vmap(lambda u, v: jax.grad(quad)(w, u, v))(U.T[upper[0]], U.T[upper[1]])  # t_ij, i <= j
         T = jnp.zeros((k, k, p), dtype).at[upper].set(rows).at[upper[1], upper[0]].set(rows)
-        A = jnp.diag(2 / eta - lam) + h * jnp.einsum("ijp,p->ij", T, g)
-        B = (h / 2) * jnp.einsum("ijp,klp->ijkl", T, T)
+        if nu is None:
+            A = jnp.diag(2 / eta - lam) + h * jnp.einsum("ijp,p->ij", T, g)
+            B = (h / 2) * jnp.einsum("ijp,klp->ijkl", T, T)
+        else:
+            UU = jnp.einsum("pi,pj->pij", U, U)
+            nu_dot = (rate / eta) * (g**2 - nu)  # at X = 0
+            A = jnp.diag(2 / eta - lam) + h * (
+                jnp.einsum("pij,p->ij", UU, d * nu_dot) / eta + jnp.einsum("ijp,p->ij", T, d * g)
+            )
+            B = h * (
+                (4 * rate / eta**4) * jnp.einsum("pij,pkl,p->ijkl", UU, UU, 1 / d)
+                + 0.5 * jnp.einsum("ijp,klp,p->ijkl", T, T, d)
+            )
         X, result = sdcp(A, B)
-        return _Edge(lam, U, X, residual, result)
+        return _Edge(lam, U, X, residual, result, V)
 
     def field(t, w, args):
         V = args  # Sigma = V V^T, frozen over the step
         return -jax.grad(lambda x: loss(x) + 0.5 * jnp.sum(jax.vmap(lambda v: quad(x, v, v))(V.T)))(w)
 
-    term = diffrax.ODETerm(field)
+    def rmsprop_field(t, state, args):
+        w, nu = state
+        V, oscillation = args  # Sigma = V V^T and diag(H Sigma H), frozen over the step
+        g = jax.grad(loss)(w)
+        g_sigma = jax.grad(lambda x: 0.5 * jnp.sum(jax.vmap(lambda v: quad(x, v, v))(V.T)))(w)
+        return -lax.rsqrt(nu + eps) * (g + g_sigma), (rate / eta) * (g**2 + oscillation - nu)
 
-    def step(w, e):
+    term = diffrax.ODETerm(field if rmsprop is None else rmsprop_field)
+
+    def step(w, nu, e):
         mu, Q = jnp.linalg.eigh(e.X)
         V = e.U @ (Q * jnp.sqrt(jnp.maximum(mu, 0))[None, :])
         zero = jnp.zeros((), dtype)
-        state = solver.init(term, zero, h, w, V)
-        return solver.step(term, zero, h, w, V, state, made_jump=True)[0]
+        if nu is None:
+            state = solver.init(term, zero, h, w, V)
+            return solver.step(term, zero, h, w, V, state, made_jump=True)[0], None
+        # diag(H Sigma H) with H U = (2 / eta) D^(-1) U, its value at the edge (module docstring)
+        args = V, (2 / eta) ** 2 * (nu + eps) * jnp.sum(V**2, axis=1)
+        state = solver.init(term, zero, h, (w, nu), args)
+        return solver.step(term, zero, h, (w, nu), args, state, made_jump=True)[0]
 
-    def record(w, e):
+    def record(w, nu, e):
         params = unravel(w)
         stats = evaluate(problem, params, metrics)
         x_eigs = jnp.linalg.eigvalsh(e.X)
@@ -253,38 +325,42 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
             "edge_count": edge_count,
             "edge_saturated": edge_count == k,
             "past_edge": jnp.sum(eta * e.eigenvalues > 2 * (1 + PAST_EDGE)),
-            "sigma_trace": jnp.trace(e.X),
+            "sigma_trace": jnp.trace(e.X) if nu is None else jnp.sum((e.U @ e.X) * e.U),
         }
+        if nu is not None:
+            stats["nu"] = nu
         return (params if save_params else None), stats
 
     # One loop, each quantity traced once: at a save index the point is recorded (eigenpairs refreshed by
     # REFRESH Rayleigh-Ritz steps, COLD at the very first), otherwise the flow takes a step.
     saves = index.shape[0]
     U0 = _initial_vectors(p, k, dtype)
+    nu0 = None if rmsprop is None else jnp.full(p, rmsprop.initial_scale, dtype)
     out = jax.tree.map(
         lambda x: jnp.zeros((saves, *x.shape), x.dtype),
-        jax.eval_shape(lambda: record(flat0, edge(flat0, U0))),
+        jax.eval_shape(lambda: record(flat0, nu0, edge(flat0, nu0, U0))),
     )
 
     def body(state):
-        w, U, j, s, out, result = state
+        w, nu, U, j, s, out, result = state
         at_save = (s < saves) & (index[jnp.minimum(s, saves - 1)] == j)
         iterations = jnp.where(j + s == 0, COLD, jnp.where(at_save, REFRESH, 1))
-        e = edge(w, U, iterations)
+        e = edge(w, nu, U, iterations)
         result = jnp.where(result == SUCCESSFUL, e.result, result)  # the first failure of sdcp
 
         def save(_):
-            new = jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, e))
-            return w, j, s + 1, new
+            new = jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, nu, e))
+            return w, nu, j, s + 1, new
 
         def advance(_):
-            return step(w, e), j + 1, s, out
+            return *step(w, nu, e), j + 1, s, out
 
-        w, j, s, out = lax.cond(at_save, save, advance, None)
-        return w, e.U, j, s, out, result
+        w, nu, j, s, out = lax.cond(at_save, save, advance, None)
+        return w, nu, e.start, j, s, out, result
 
-    init = (flat0, U0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), out, jnp.asarray(SUCCESSFUL))
-    *_, (params, stats), result = lax.while_loop(lambda c: c[3] < saves, body, init)
+    zero = jnp.zeros((), jnp.int32)
+    init = (flat0, nu0, U0, zero, zero, out, jnp.asarray(SUCCESSFUL))
+    *_, (params, stats), result = lax.while_loop(lambda c: c[4] < saves, body, init)
     result = diverged_where(result, stats["loss"])
     return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t", result=result)
 

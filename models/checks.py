@@ -14,6 +14,7 @@ __all__ = [
     "is_concrete",
     "positive",
     "non_negative",
+    "unit_interval",
     "forward_span",
     "positive_int",
     "step_index",
@@ -36,6 +37,11 @@ def positive(name: str, value):
 def non_negative(name: str, value):
     """`value >= 0`, returned as a JAX array."""
     return _check(name, value, lambda v: v >= 0, "must be >= 0")
+
+
+def unit_interval(name: str, value):
+    """`0 < value < 1` (a decay rate), returned as a JAX array."""
+    return _check(name, value, lambda v: (v > 0) & (v < 1), "must be in (0, 1)")
 
 
 def _check(name, value, ok, what):

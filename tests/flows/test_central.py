@@ -1,10 +1,13 @@
-"""The central flow of GD (Cohen et al. 2024): its complementarity solver against brute force, gradient flow
-before the edge, and a toy problem whose edge-of-stability orbit is known in closed form."""
+"""The central flow of GD and of RMSProp (Cohen et al. 2024): its complementarity solver against brute force,
+(preconditioned) gradient flow before the edge, and a toy problem whose edge-of-stability orbit is known in
+closed form for both, against the discrete runs."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.optimize
 
@@ -12,7 +15,7 @@ import flows
 from flows import central_flow, gd, gradient_flow
 from flows.central import sdcp
 from models import Problem
-from tests.helpers import linear_regression, two_layer
+from tests.helpers import float32, linear_regression, two_layer
 
 
 def brute_force_sdcp(A, B, starts=8, seed=0):
@@ -177,3 +180,106 @@ def test_default_saves_round_to_the_step_grid_as_the_sdes_do():
     P = edge_toy()
     traj = central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, num_saves=4)
     np.testing.assert_allclose(traj.ts, [0.0, 0.375, 0.625, 1.0])
+
+
+def rmsprop_edge(eta, Y, decay, eps):
+    """RMSProp's edge orbit on the toy: x = +-a, y = y* and nu_x = g_x^2 = s^2 a^2 (s = 1 + y*) are fixed when
+    y's gradient a^2 / 2 + y* - Y vanishes and the preconditioned sharpness eta s / sqrt(nu_x + eps) is 2:
+    eta^2 s^2 = 4 (2 s^2 (Y + 1 - s) + eps), solved for s by bisection. Returns (y*, a^2, nu_x)."""
+    s = scipy.optimize.brentq(lambda s: eta**2 * s**2 - 4 * (2 * s**2 * (Y + 1 - s) + eps), 1.0, Y + 1)
+    a2 = 2 * (Y + 1 - s)
+    return s - 1, a2, s**2 * a2
+
+
+def test_rmsprop_central_flow_matches_the_closed_form_edge_orbit_and_rmsprop_time_average():
+    """RMSProp at the edge of the toy holds a period-2 orbit in closed form (`rmsprop_edge`): the central flow
+    must land on it, with nu_x = s^2 a^2 (the squared gradient's oscillation diag(H Sigma H), not diag(Sigma),
+    which would give a^2 and another edge), and predict optax.rmsprop's own time-averaged loss."""
+    eta, Y, decay, eps = 0.5, 4.0, 0.9, 1.0
+    y_star, a2, nu_x = rmsprop_edge(eta, Y, decay, eps)
+    P = edge_toy(Y)
+    flow = central_flow(
+        P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41, rmsprop=flows.RMSProp(decay, eps)
+    )
+    predicted = 0.5 * (y_star - Y) ** 2 + 0.5 * (1 + y_star) * a2
+    assert float(flow.final.w[1]) == pytest.approx(y_star, rel=1e-8)
+    assert float(flow.stats["nu"][-1, 0]) == pytest.approx(nu_x, rel=1e-8)
+    assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(a2, rel=1e-8)
+    assert float(flow.stats["predicted_loss"][-1]) == pytest.approx(predicted, rel=1e-8)
+    assert float(eta * flow.stats["eigenvalues"][-1, 0]) == pytest.approx(2.0, rel=1e-8)
+    assert int(flow.stats["edge_count"][-1]) == 1 and int(flow.stats["edge_count"][0]) == 0
+    run = gd(
+        P, P.params, steps=4000, eta=eta, save_every=1, optimizer=optax.rmsprop(eta, decay=decay, eps=eps)
+    )
+    assert float(run.stats["loss"][2000:].mean()) == pytest.approx(predicted, rel=1e-6)
+    plain = central_flow(P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41)  # GD holds another edge
+    assert abs(float(plain.final.w[1]) - y_star) > 0.1
+
+
+def test_rmsprop_central_flow_in_float32_holds_the_same_edge():
+    eta, Y, decay, eps = 0.5, 4.0, 0.9, 1.0
+    y_star, a2, nu_x = rmsprop_edge(eta, Y, decay, eps)
+    with jax.enable_x64(False):
+        P = float32(edge_toy(Y))
+        flow = central_flow(
+            P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41, rmsprop=flows.RMSProp(decay, eps)
+        )
+        assert flow.final.w.dtype == jnp.float32 and flow.stats["nu"].dtype == jnp.float32
+    assert float(flow.final.w[1]) == pytest.approx(y_star, rel=1e-5)
+    assert float(flow.stats["nu"][-1, 0]) == pytest.approx(nu_x, rel=1e-4)
+    assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(a2, rel=1e-3)
+
+
+def test_rmsprop_central_flow_is_the_preconditioned_gradient_flow_before_the_edge():
+    """Below the edge X = 0: each step is a Heun step of d theta/dt = -g / sqrt(nu + eps),
+    d nu/dt = r (g^2 - nu) with r = c / eta, c = (1 - decay) / decay, written here and solved by diffrax at
+    1e-10: the error falls like h^2. optax.rmsprop converges to the same flow at first order as eta -> 0 with
+    r fixed (decay = 1 / (1 + r eta))."""
+    P = two_layer()
+    rate, eps, scale = 2.0, 1e-3, 0.1
+    flat0, unravel = P.ravel(P.params)
+
+    def field(t, y, args):
+        w, nu = y
+        g = P.ravel(P.grad(unravel(w)))[0]
+        return -g / jnp.sqrt(nu + eps), rate * (g**2 - nu)
+
+    solved = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        0.0,
+        1.0,
+        0.01,
+        (flat0, jnp.full_like(flat0, scale)),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+    ).ys
+    reference = jnp.concatenate([solved[0][-1], solved[1][-1]])
+    eta = 0.05
+    rms = flows.RMSProp(1 / (1 + rate * eta), eps, initial_scale=scale)
+    errors = []
+    for substeps in (2, 4):
+        flow = central_flow(
+            P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps, rmsprop=rms
+        )
+        assert float(jnp.max(flow.stats["eigenvalues"])) * eta < 1
+        assert np.all(np.asarray(flow.stats["sigma_trace"]) == 0)
+        got = jnp.concatenate([P.ravel(flow.final)[0], flow.stats["nu"][-1]])
+        errors.append(float(jnp.linalg.norm(got - reference)))
+    assert 1.7 < np.log2(errors[0] / errors[1]) < 2.3, errors
+    assert errors[-1] < 1e-3 * float(jnp.linalg.norm(reference))  # 5.7e-4 at h = 0.0125
+    gaps = []
+    for eta in (0.02, 0.01):
+        optimizer = optax.rmsprop(eta, decay=1 / (1 + rate * eta), eps=eps, initial_scale=scale)
+        run = gd(P, P.params, steps=round(1 / eta), eta=eta, save_every=round(1 / eta), optimizer=optimizer)
+        gaps.append(float(jnp.linalg.norm(P.ravel(run.final)[0] - solved[0][-1])))
+    assert 0.8 < np.log2(gaps[0] / gaps[1]) < 1.2, gaps
+
+
+def test_rmsprop_arguments_are_checked():
+    P = edge_toy()
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):
+        flows.RMSProp(1.0, 1e-8)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        flows.RMSProp(0.9, 0.0)
+    with pytest.raises(ValueError, match="rmsprop must be a flows.RMSProp"):
+        central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, rmsprop=optax.rmsprop(0.5))
