@@ -1,12 +1,12 @@
-# `make figures`, `make test`, `make test-all`, `make bench`, `make lint`: each creates .venv on first use and
-# installs what it needs. `make test` leaves out the tests marked slow (paper-size checks); `make test-all` runs
+# `make figures`, `make test`, `make test-all`, `make bench`, `make gpu`, `make lint`: each creates .venv on
+# first use and installs what it needs (`make gpu`: the `gpu` extra, JAX's CUDA build). `make test` leaves out the tests marked slow (paper-size checks); `make test-all` runs
 # every test. Both spread the tests over the machine's cores (pytest-xdist).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PRESET ?= quick
 
-.PHONY: figures test test-all bench lint clean
+.PHONY: figures test test-all bench gpu lint clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-all: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-bench
 	$(PY) scripts/run_benchmarks.py
+
+gpu: $(VENV)/.installed-gpu
+	$(PY) scripts/gpu.py
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

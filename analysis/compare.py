@@ -7,6 +7,10 @@ path is built from the SGD run's own draws (`flows.sde.BrownianGrid`), so SGD an
 path and their difference has far less variance than either; for minibatch noise the keys match but the
 noises are independent. Gradient flow is the noiseless baseline.
 
+The edge of stability: GD at step eta, every step kept, against gradient flow and the central flow
+(`flows.central_flow`) read at common times t = eta k; GD's loss and parameters averaged over a window of
+steps (its oscillation at the edge averaged out) are what the central flow predicts.
+
 The slow clock (label noise): label-noise SGD at step eta, noise sigma, batch B is read at
 tau = eta^2 sigma^2 k / B, its iterates mapped onto the zero-loss manifold by Phi (`flows.limit_map`),
 and held against the Riemannian flow of tr H / 4 in tau (`flows.riemannian_flow`).
@@ -15,10 +19,13 @@ and held against the Riemannian flow of tr H / 4 in tau (`flows.riemannian_flow`
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from flows import (
+    central_flow,
+    gd,
     gradient_flow,
     label_noise_sde,
     label_noise_sgd,
@@ -32,9 +39,16 @@ from models import Problem, checks
 
 from . import hessian
 from .ensembles import ensemble
-from .statistics import debiased_weak_error, mean_band, paired_difference, resolved_order
+from .statistics import (
+    debiased_weak_error,
+    distance,
+    mean_band,
+    paired_difference,
+    resolved_order,
+    time_average,
+)
 
-__all__ = ["sde_vs_sgd", "label_noise_slow_clock"]
+__all__ = ["sde_vs_sgd", "edge_of_stability", "edge_errors", "edge_summary", "label_noise_slow_clock"]
 
 
 def sde_vs_sgd(
@@ -125,6 +139,104 @@ def sde_vs_sgd(
         out["order"] = {m: _order(etas, out["eta"], m, "weak_error") for m in gf.stats}
         out["gf_order"] = {m: _order(etas, out["eta"], m, "gf_error") for m in gf.stats}
     return out
+
+
+def edge_of_stability(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    eta: float,
+    t1: float,
+    num_saves: int,
+    window: int,
+    num_eigs: int = 3,
+    substeps: int = 4,
+) -> dict:
+    """GD with step `eta` for t1 / eta steps (every step kept), gradient flow and the central flow
+    (`num_eigs` eigenpairs, `substeps` steps per GD step), read at the steps k = 0, K, 2K, ... (K = steps //
+    num_saves), t = eta k.
+
+    **Returns:** a dict of arrays: `t`; GD's `gd_loss` (every step), `gd_mean_loss` (averaged over a centred
+    window of `window` steps, `analysis.statistics.time_average`; NaN where the window leaves the run) and
+    `gd_lambda` (lambda_max(H) by Lanczos); gradient flow's `gf_loss`, `gf_lambda`; the central flow's
+    `cf_loss`, `cf_predicted` (L + (1/2) <Sigma, H>, its prediction of GD's averaged loss), `cf_lambda`
+    (its top eigenvalue), `cf_edge_count`; and `gf_distance`, `cf_distance`: each flow's distance from GD's
+    averaged parameters.
+
+    Memory: GD's parameters at every step, steps x p numbers (on the host after the run), and
+    O(p num_eigs^2) for the central flow; cost: a gradient a GD step, ~(6 k + 6) gradients a central-flow
+    substep (3 k Hessian-vector products, k(k+1)/2 third derivatives, two Heun stages), a Lanczos run a
+    save."""
+    steps = timescale.steps_for_time(t1, eta)
+    ks = np.arange(0, steps + 1, max(1, steps // checks.positive_int("num_saves", num_saves)))
+    ts = jnp.asarray(timescale.flow_time(ks, eta))
+    run = gd(problem, params0, steps=steps, eta=eta, save_every=1)
+    gd_lambda = jax.lax.map(lambda k: hessian.lambda_max(problem, run.at(k)), jnp.asarray(ks))
+    gf = gradient_flow(problem, params0, t1=t1, ts=ts, metrics={"lambda_max": hessian.lambda_max})
+    cf = central_flow(problem, params0, eta=eta, t1=t1, ts=ts, num_eigs=num_eigs, substeps=substeps)
+    averaged = time_average(run, window)
+    mean_params = jax.tree.map(lambda x: x[ks], averaged.params)
+    return jax.tree.map(
+        np.asarray,
+        {
+            "t": ts,
+            "gd_loss": run.stats["loss"],
+            "gd_mean_loss": averaged.stats["loss"][ks],
+            "gd_lambda": gd_lambda,
+            "gf_loss": gf.stats["loss"],
+            "gf_lambda": gf.stats["lambda_max"],
+            "cf_loss": cf.stats["loss"],
+            "cf_predicted": cf.stats["predicted_loss"],
+            "cf_lambda": cf.stats["eigenvalues"][:, 0],
+            "cf_edge_count": cf.stats["edge_count"],
+            "gf_distance": distance(gf.params, mean_params, batch_dims=1),
+            "cf_distance": distance(cf.params, mean_params, batch_dims=1),
+        },
+    )
+
+
+def edge_errors(r: Mapping[str, np.ndarray], eta: float) -> dict | None:
+    """Of an `edge_of_stability` result `r`, over the saved points where the central flow holds an eigenvalue
+    at the edge (and GD's window fits in the run): `cf_mean`, `cf_max`, the mean and largest relative error
+    of the central flow's predicted loss against GD's averaged loss, and `gf_mean`, `gf_max`, those of
+    gradient flow's loss; `gd_first` and `cf_first`, the first saved steps at which GD's eta lambda_max
+    reaches 2 and the central flow's edge opens; `cf_distance` and `gf_distance`, each flow's distance from
+    GD's averaged parameters at the last full window. None where the central flow never reaches the edge."""
+    edge = r["cf_edge_count"] > 0
+    use = edge & np.isfinite(r["gd_mean_loss"])
+    if not use.any():
+        return None
+    target = r["gd_mean_loss"][use]
+    cf = np.abs(r["cf_predicted"][use] - target) / target
+    gf = np.abs(r["gf_loss"][use] - target) / target
+    steps = np.round(r["t"] / eta).astype(int)
+    reached = eta * r["gd_lambda"] >= 2
+    last = np.flatnonzero(np.isfinite(r["cf_distance"]))[-1]
+    return {
+        "cf_mean": float(cf.mean()),
+        "cf_max": float(cf.max()),
+        "gf_mean": float(gf.mean()),
+        "gf_max": float(gf.max()),
+        "gd_first": int(steps[np.argmax(reached)]) if reached.any() else None,
+        "cf_first": int(steps[np.argmax(edge)]),
+        "cf_distance": float(r["cf_distance"][last]),
+        "gf_distance": float(r["gf_distance"][last]),
+    }
+
+
+def edge_summary(r: Mapping[str, np.ndarray], eta: float, window: int) -> str:
+    """`edge_errors` of an `edge_of_stability` result `r` (GD averaged over `window` steps) in one sentence,
+    as the central-flow figures print it."""
+    e = edge_errors(r, eta)
+    if e is None:
+        return "the central flow never reaches the edge"
+    return (
+        f"GD reaches eta lambda_max = 2 at step {e['gd_first']}, the central flow's edge opens at "
+        f"{e['cf_first']}; GD's loss averaged over {window} steps is predicted by the central flow to "
+        f"{e['cf_mean']:.1%} on average ({e['cf_max']:.1%} at most), by gradient flow to {e['gf_mean']:.1%} "
+        f"({e['gf_max']:.1%}); distance from GD's averaged parameters at the last full window: "
+        f"{e['cf_distance']:.3g} to the central flow, {e['gf_distance']:.3g} to gradient flow"
+    )
 
 
 def _order(etas, per_eta, m, error: str) -> np.ndarray:

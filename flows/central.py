@@ -376,7 +376,8 @@ def _initial_vectors(p, k, dtype):
 
 def _top_eigenpairs(hvp, U0, iterations):
     """The top k = U0.shape[1] eigenpairs of H (descending) by `iterations` block Rayleigh-Ritz steps from
-    U0: each takes the top k Ritz pairs of H on span[U, H U] (3k Hessian-vector products, one QR of p x 2k).
+    U0: each takes the top k Ritz pairs of H on span[U, H U] (2k Hessian-vector products, one QR of p x 2k;
+    k more for H U0).
     From the previous step's vectors one step tracks them (H moves by O(h)); from a cold start it is a block
     Krylov iteration. Dense where p <= 2k."""
     p, k = U0.shape
@@ -385,13 +386,14 @@ def _top_eigenpairs(hvp, U0, iterations):
         return lam[::-1][:k], V[:, ::-1][:, :k], jnp.zeros(k, U0.dtype)
     H = jax.vmap(hvp, 1, 1)
 
-    def refine(_, U):
-        Q = jnp.linalg.qr(jnp.concatenate([U, H(U)], axis=1))[0]
-        R = Q.T @ H(Q)
-        lam, V = jnp.linalg.eigh((R + R.T) / 2)
-        return Q @ V[:, ::-1][:, :k]
+    def refine(_, pair):
+        U, HU = pair
+        Q = jnp.linalg.qr(jnp.concatenate([U, HU], axis=1))[0]
+        HQ = H(Q)
+        lam, V = jnp.linalg.eigh((Q.T @ HQ + HQ.T @ Q) / 2)
+        V = V[:, ::-1][:, :k]
+        return Q @ V, HQ @ V  # H (Q V) = (H Q) V: no products for the Ritz vectors' images
 
-    U = lax.fori_loop(0, iterations, refine, U0)
-    HU = H(U)
+    U, HU = lax.fori_loop(0, iterations, refine, (U0, H(U0)))
     lam = jnp.einsum("pi,pi->i", U, HU)
     return lam, U, jnp.linalg.norm(HU - U * lam[None, :], axis=0)

@@ -93,8 +93,9 @@ class Trajectory(eqx.Module):
     eta: Array | None = None
     noise: eqx.Module | None = None
 
-    def at(self, i: int) -> PyTree:
-        """The parameters saved at index i (negative counts from the end)."""
+    def at(self, i: int | Int[Array, ""]) -> PyTree:
+        """The parameters saved at index i (negative counts from the end; may be traced, e.g. under
+        `jax.lax.map` over save indices)."""
         return jax.tree.map(lambda x: x[i], self.params)
 
     @property

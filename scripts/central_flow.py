@@ -22,12 +22,10 @@ at 2). GD's averaged parameters end 0.33 and 0.14 from the central flow, 2.3 and
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from common import Figure, main
 
-from analysis import hessian, plots, statistics
-from flows import central_flow, gd, gradient_flow, timescale
+from analysis import compare, plots
 from models import MLP, Problem, data
 
 PRESETS = {
@@ -48,64 +46,21 @@ def problem(cfg):
     return Problem(MLP(X.shape[1], cfg["width"], 2, key=jax.random.key(1)), X, y.at[flip].multiply(-1))
 
 
-def at_eta(cfg, P, eta):
-    """GD (every step kept), gradient flow and the central flow, read at `saves + 1` common times."""
-    steps = timescale.steps_for_time(cfg["t1"], eta)
-    ks = np.arange(0, steps + 1, steps // cfg["saves"])
-    ts = jnp.asarray(timescale.flow_time(ks, eta))
-    run = gd(P, P.params, steps=steps, eta=eta, save_every=1)
-    gd_lambda = jax.lax.map(lambda k: hessian.lambda_max(P, run.at(k)), jnp.asarray(ks))
-    metrics = {"lambda_max": hessian.lambda_max}
-    gf = gradient_flow(P, P.params, t1=cfg["t1"], ts=ts, metrics=metrics)
-    cf = central_flow(P, P.params, eta=eta, t1=cfg["t1"], ts=ts, num_eigs=cfg["num_eigs"])
-    averaged = statistics.time_average(run, cfg["window"])
-    mean_params = jax.tree.map(lambda x: x[ks], averaged.params)
-
-    def distance(traj):
-        return statistics.distance(traj.params, mean_params, batch_dims=1)
-
-    return {
-        "t": np.asarray(ts),
-        "gd_loss": np.asarray(run.stats["loss"]),
-        "gd_mean_loss": averaged.stats["loss"][ks],
-        "gd_lambda": np.asarray(gd_lambda),
-        "gf_loss": gf.stats["loss"],
-        "gf_lambda": gf.stats["lambda_max"],
-        "cf_loss": cf.stats["loss"],
-        "cf_predicted": cf.stats["predicted_loss"],
-        "cf_lambda": cf.stats["eigenvalues"][:, 0],
-        "cf_edge_count": cf.stats["edge_count"],
-        "gf_distance": distance(gf),
-        "cf_distance": distance(cf),
-    }
-
-
 def compute(cfg, progress, part):
     """Stored in parts (`common.main`): each eta."""
     P = problem(cfg)
     out = {"p": np.asarray(P.num_params), "n": np.asarray(P.n)}
     for eta in cfg["etas"]:
-        out[str(eta)] = part(f"eta{eta}", lambda eta=eta: at_eta(cfg, P, eta))
+        out[str(eta)] = part(
+            f"eta{eta}",
+            lambda eta=eta: compare.edge_of_stability(
+                P, P.params, eta=eta, t1=cfg["t1"], num_saves=cfg["saves"], window=cfg["window"],
+                num_eigs=cfg["num_eigs"],
+            ),
+        )  # fmt: skip
         if progress:
             print(f"eta = {eta}: done", flush=True)
     return out
-
-
-def errors(cfg, r, eta):
-    """Over the saved points where the central flow holds an eigenvalue at the edge (and GD's window fits in
-    the run): the mean and largest relative error of the central flow's predicted loss and of gradient flow's
-    loss against GD's time-averaged loss; the first steps at which GD's eta lambda_max reaches 2 and the
-    central flow's edge opens. None if the flow never reaches the edge."""
-    edge = r[str(eta)]["cf_edge_count"] > 0
-    use = edge & np.isfinite(r[str(eta)]["gd_mean_loss"])
-    if not use.any():
-        return None
-    target = r[str(eta)]["gd_mean_loss"][use]
-    cf = np.abs(r[str(eta)]["cf_predicted"][use] - target) / target
-    gf = np.abs(r[str(eta)]["gf_loss"][use] - target) / target
-    steps = np.round(r[str(eta)]["t"] / eta).astype(int)
-    gd_first = steps[np.argmax(eta * r[str(eta)]["gd_lambda"] >= 2)]
-    return cf.mean(), cf.max(), gf.mean(), gf.max(), gd_first, steps[np.argmax(edge)]
 
 
 def draw(cfg, r, path):
@@ -139,20 +94,7 @@ def summary(cfg, r):
         f"MLP with p = {int(r['p'])} on n = {int(r['n'])} digits (3 vs 8, {cfg['flip']:.0%} labels flipped)"
     )
     for eta in cfg["etas"]:
-        found = errors(cfg, r, eta)
-        if found is None:
-            print(f"eta = {eta}: the central flow never reaches the edge")
-            continue
-        cf, cf_max, gf, gf_max, gd_first, cf_first = found
-        last = np.flatnonzero(np.isfinite(r[str(eta)]["cf_distance"]))[-1]
-        d_cf, d_gf = r[str(eta)]["cf_distance"][last], r[str(eta)]["gf_distance"][last]
-        print(
-            f"eta = {eta}: GD reaches eta lambda_max = 2 at step {gd_first}, the central flow's edge opens "
-            f"at {cf_first}; GD's loss averaged over {cfg['window']} steps is predicted by the central flow "
-            f"to {cf:.1%} on average ({cf_max:.1%} at most), by gradient flow to {gf:.1%} ({gf_max:.1%}); "
-            f"distance from GD's averaged parameters at the last full window: {d_cf:.3g} to the central "
-            f"flow, {d_gf:.3g} to gradient flow"
-        )
+        print(f"eta = {eta}: {compare.edge_summary(r[str(eta)], eta, cfg['window'])}")
 
 
 FIGURE = Figure("central_flow", __doc__, PRESETS, compute, draw, summary)

@@ -1,6 +1,8 @@
-"""Run every scripts/bench_*.py (`make bench`) and write their ratios as one markdown table."""
+"""Run every scripts/bench_*.py (`make bench`) and write their ratios as one markdown table, benchmarks.md,
+and the same rows as benchmarks.json (the CPU rows `scripts/gpu.py` sets its GPU rows against)."""
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -19,4 +21,5 @@ lines += [
     for r in rows
 ]
 out.write_text("\n".join(lines) + "\n")
-print(f"table: {out}")
+out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+print(f"table: {out} (and {out.with_suffix('.json').name})")

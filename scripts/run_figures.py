@@ -20,6 +20,7 @@ SCRIPTS = [
     "early_alignment",
     "optimization_threshold",
     "central_flow",
+    "central_flow_cnn",
 ]
 HERE = Path(__file__).resolve().parent
 

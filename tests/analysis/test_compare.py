@@ -142,3 +142,28 @@ def test_paired_difference_refuses_mismatched_clocks_and_times():
         statistics.paired_difference(a, c, "loss")
     with pytest.raises(ValueError, match="batch_size < n"):
         compare.sde_vs_sgd(P, P.params, noise="batch", etas=[0.1], t1=1.0, key=keys[0])
+
+
+def test_edge_of_stability_reads_gd_and_both_flows_at_common_times():
+    """On the toy whose edge orbit is known (tests/flows/test_central.py): GD's loss averaged over 200 steps
+    (its catapult cycles are ~12 steps long) is the central flow's prediction, 0.5% off on average from the
+    edge's opening on (6% at the first save past it), gradient flow's loss is 100% off; the edge opens where
+    GD's sharpness reaches 2 / eta, and GD's averaged parameters close in on the flow's."""
+    from tests.flows.test_central import edge_toy
+
+    eta = 0.5
+    P = edge_toy(4.0)
+    r = compare.edge_of_stability(P, P.params, eta=eta, t1=1000.0, num_saves=20, window=200, num_eigs=1)
+    assert r["t"].shape == (21,) and r["gd_loss"].shape == (2001,)
+    np.testing.assert_allclose(r["t"], np.arange(21) * 50.0)
+    e = compare.edge_errors(r, eta)
+    assert e["cf_mean"] < 0.01 and e["cf_max"] < 0.1 and e["gf_mean"] > 0.9
+    assert e["gd_first"] == e["cf_first"] == 100
+    assert float(r["cf_distance"][-2]) < 2e-3 < float(r["cf_distance"][1])
+    assert np.isnan(r["gd_mean_loss"][[0, -1]]).all()  # the window leaves the run
+    none = compare.edge_of_stability(P, P.params, eta=0.05, t1=1.0, num_saves=2, window=2, num_eigs=1)
+    assert compare.edge_errors(none, 0.05) is None
+    assert compare.edge_summary(none, 0.05, 2) == "the central flow never reaches the edge"
+    text = compare.edge_summary(r, eta, 200)
+    assert text.startswith("GD reaches eta lambda_max = 2 at step 100, the central flow's edge opens at 100")
+    assert f"{e['cf_mean']:.1%} on average" in text

@@ -1,0 +1,58 @@
+"""scripts/gpu.py, the one GPU run: it refuses a machine without a GPU, writes its table with GPU / CPU ratios
+from a CPU table, and (make test-all) runs its items end to end on the CPU at smoke sizes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import gpu  # noqa: E402
+
+
+def test_gpu_script_refuses_a_machine_without_a_gpu(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu.py"), "--out", str(tmp_path / "gpu.md")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "JAX sees no GPU here" in done.stderr
+    assert not (tmp_path / "gpu.md").exists()
+
+
+def test_gpu_table_sets_each_benchmark_row_against_the_cpu_row(tmp_path):
+    cpu = [{"benchmark": "CNN on 1000 digit images, float32, cpu", "run": "gradient", "seconds": 0.1}]
+    (tmp_path / "benchmarks.json").write_text(json.dumps(cpu))
+    rows = [
+        {"benchmark": "CNN on 1000 digit images, float32, gpu", "run": "gradient", "seconds": 0.004},
+        {"benchmark": "CNN on 1000 digit images, float32, gpu", "run": "hvp", "seconds": 0.01},
+    ]
+    results = {
+        "bench_networks": {"status": "ok", "seconds": 12.0, "printed": rows},
+        "central_flow_cnn": {"status": "over budget", "seconds": 150.2},
+    }
+    text = gpu.table("gpu: H200", results, gpu.cpu_rows(tmp_path / "benchmarks.json"))
+    assert "# GPU rows (gpu: H200)" in text
+    assert (
+        "| central_flow_cnn | scripts/central_flow_cnn.py --preset quick | 150.2 | 150 | over budget |"
+        in text
+    )
+    assert "| gradient | 0.0040 | 0.1000 | 0.040 |" in text  # 0.004 / 0.1
+    assert "| hvp | 0.0100 | - | - |" in text  # no CPU row
+    assert sum(budget for _, budget in gpu.ITEMS.values()) <= 8 * 60
+
+
+@pytest.mark.slow  # compiles the paper preset's CNN (p = 18,340) and the central_flow_cnn smoke preset
+def test_gpu_script_runs_its_items_and_writes_the_table(tmp_path):
+    out = tmp_path / "gpu.md"
+    cmd = [sys.executable, str(ROOT / "scripts" / "gpu.py"), "--allow-cpu", "--smoke", "--out", str(out)]
+    done = subprocess.run(cmd + ["--only", "paper_cost", "central_flow_cnn"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "| paper_cost |" in text and "| central_flow_cnn |" in text
+    assert text.count("| ok |") == 2, text
+    assert "paper preset: p = 18340, n = 50" in text
+    assert (tmp_path / "figures" / "central_flow_cnn.png").is_file()
