@@ -6,7 +6,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["STYLE", "figure", "band", "CLOCKS", "trajectory", "save"]
+__all__ = ["STYLE", "figure", "band", "CLOCKS", "trajectory", "edge_of_stability", "save"]
 
 STYLE = {
     "figure.dpi": 110,
@@ -67,6 +67,39 @@ def trajectory(ax, traj, stat: str = "loss", *, label=None, color=None, level: f
     if not ax.get_xlabel():
         ax.set_xlabel(CLOCKS.get(traj.clock, traj.clock))
     return line
+
+
+def edge_of_stability(axes, runs, *, name: str = "", tags: str = "abc") -> None:
+    """Three panels from `analysis.compare.edge_of_stability` results `runs` (eta -> result), a colour per
+    eta: (a) GD's loss (thin) and its window average, the central flow's prediction (black dashes, one dash
+    pattern per eta) and gradient flow (dotted, the eta's colour); (b) eta lambda_max(H) of each with the
+    edge eta lambda = 2; (c) each flow's distance from GD's averaged parameters. `name` prefixes the titles,
+    `tags` labels the panels. Every line style is named in a legend."""
+    ax_loss, ax_sharp, ax_dist = axes
+    for c, (eta, e) in enumerate(runs.items()):
+        color, dashes = f"C{c}", (4, 2 + c)
+        k = np.arange(np.shape(e["gd_loss"])[0]) * eta
+        ax_loss.plot(k, e["gd_loss"], color=color, lw=0.4, alpha=0.4)
+        ax_loss.plot(e["t"], e["gd_mean_loss"], color=color, lw=2, label=f"GD averaged, η = {eta}")
+        ax_loss.plot(e["t"], e["cf_predicted"], "--", color="k", lw=1.2, dashes=dashes)
+        ax_loss.plot(e["t"], e["gf_loss"], ":", color=color, lw=1.2)
+        ax_sharp.plot(e["t"], eta * np.asarray(e["gd_lambda"]), color=color, lw=2, label=f"GD, η = {eta}")
+        ax_sharp.plot(e["t"], eta * np.asarray(e["cf_lambda"]), "--", color="k", lw=1.2, dashes=dashes)
+        ax_sharp.plot(e["t"], eta * np.asarray(e["gf_lambda"]), ":", color=color, lw=1.2)
+        ax_dist.plot(e["t"], e["cf_distance"], "--", color=color, label=f"to central flow, η = {eta}")
+        ax_dist.plot(e["t"], e["gf_distance"], ":", color=color, label=f"to gradient flow, η = {eta}")
+    ax_loss.plot([], [], "k--", lw=1.2, label="central flow (prediction)")
+    ax_loss.plot([], [], "k:", lw=1.2, label="gradient flow (colour: its η)")
+    ax_sharp.plot([], [], "k--", lw=1.2, label="central flow")
+    ax_sharp.plot([], [], "k:", lw=1.2, label="gradient flow")
+    ax_sharp.axhline(2.0, color="C3", lw=1.5, ls="-.", label="edge: η λ = 2")
+    prefix = f"{name}: " if name else ""
+    a, b, c = tags
+    ax_loss.set(xlabel="t = η k", ylabel="training loss", yscale="log", title=f"({a}) {prefix}loss")
+    ax_sharp.set(xlabel="t = η k", ylabel="η λ_max(H)", title=f"({b}) {prefix}sharpness")
+    ax_dist.set(xlabel="t = η k", ylabel="‖θ − mean GD θ‖", title=f"({c}) {prefix}distance from mean GD")
+    for ax in axes:
+        ax.legend(fontsize=6)
 
 
 def save(fig, path) -> Path:

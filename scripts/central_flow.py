@@ -64,28 +64,8 @@ def compute(cfg, progress, part):
 
 
 def draw(cfg, r, path):
-    fig, axes = plots.figure(3, width=4.0)
-    for c, eta in enumerate(cfg["etas"]):
-        t = r[str(eta)]["t"]
-        steps = np.arange(r[str(eta)]["gd_loss"].shape[0]) * eta
-        ax = axes[0]
-        ax.plot(steps, r[str(eta)]["gd_loss"], color=f"C{c}", lw=0.4, alpha=0.5)
-        ax.plot(t, r[str(eta)]["gd_mean_loss"], color=f"C{c}", lw=2, label=f"GD, eta = {eta} (time-averaged)")
-        ax.plot(t, r[str(eta)]["cf_predicted"], "k--", lw=1, label="central flow" if c == 0 else None)
-        ax.plot(t, r[str(eta)]["gf_loss"], "k:", lw=1, label="gradient flow" if c == 0 else None)
-        ax = axes[1]
-        ax.plot(t, eta * r[str(eta)]["gd_lambda"], color=f"C{c}", lw=2, label=f"GD, eta = {eta}")
-        ax.plot(t, eta * r[str(eta)]["cf_lambda"], "k--", lw=1)
-        ax.plot(t, eta * r[str(eta)]["gf_lambda"], "k:", lw=1)
-        ax = axes[2]
-        ax.plot(t, r[str(eta)]["cf_distance"], "--", color=f"C{c}", label=f"to central flow, eta = {eta}")
-        ax.plot(t, r[str(eta)]["gf_distance"], ":", color=f"C{c}", label=f"to gradient flow, eta = {eta}")
-    axes[0].set(xlabel="t = eta k", ylabel="loss", yscale="log", title="(a) loss")
-    axes[1].axhline(2.0, color="0.5", lw=0.8)
-    axes[1].set(xlabel="t = eta k", ylabel="eta lambda_max(H)", title="(b) sharpness (edge at 2)")
-    axes[2].set(xlabel="t = eta k", ylabel="||mean GD - flow||", title="(c) distance from time-averaged GD")
-    for ax in axes:
-        ax.legend(fontsize=6)
+    fig, axes = plots.figure(3, width=4.2, height=3.2)
+    plots.edge_of_stability(axes, {eta: r[str(eta)] for eta in cfg["etas"]})
     return plots.save(fig, path)
 
 

@@ -22,10 +22,10 @@ per-step cost is measured by `scripts/gpu.py`).
 
 import jax
 import numpy as np
-from common import Figure, main
+from common import Figure, images, main
 
 from analysis import compare, plots
-from models import CNN, Problem, data
+from models import CNN, Problem
 
 LOSSES = ("square", "cross_entropy")
 PRESETS = {
@@ -43,18 +43,7 @@ PRESETS = {
 def problem(cfg, loss):
     """The first n images of 4 classes, `flip` of the labels moved to the next class, and a tanh CNN with one
     output per class (the same initialisation for both losses)."""
-    if cfg["data"] == "digits":
-        X, y = data.digits(classes=(0, 1, 2, 3), images=True, labels=True)
-        order = jax.random.permutation(jax.random.key(0), X.shape[0])[: cfg["n"]]
-        X, y = X[order], y[order]
-    else:
-        try:
-            X, y = data.cifar10(cfg["cifar10"], classes=4, n=cfg["n"])
-        except ValueError as e:
-            raise SystemExit(
-                f"{e}\nThe paper preset reads CIFAR-10 from a folder: unpack the 'CIFAR-10 python version' "
-                "archive and pass --set cifar10=PATH (or set SHARPFLOW_CIFAR10=PATH)"
-            ) from e
+    X, y = images(cfg["data"], cfg["n"], folder=cfg["cifar10"])
     flip = jax.random.permutation(jax.random.key(3), X.shape[0])[: round(cfg["flip"] * X.shape[0])]
     y = y.at[flip].set((y[flip] + 1) % 4)
     if loss == "square":
@@ -85,33 +74,11 @@ def compute(cfg, progress, part):
 def draw(cfg, r, path):
     fig, axes = plots.figure(3, len(LOSSES), width=4.2, height=3.2)
     for row, loss in enumerate(LOSSES):
-        ax_loss, ax_sharp, ax_dist = axes[3 * row : 3 * row + 3]
-        for c, eta in enumerate(cfg["etas"][loss]):
-            e = r[loss][str(eta)]
-            color = f"C{c}"
-            k = np.arange(e["gd_loss"].shape[0]) * eta
-            ax_loss.plot(k, e["gd_loss"], color=color, lw=0.4, alpha=0.4)
-            ax_loss.plot(e["t"], e["gd_mean_loss"], color=color, lw=2, label=f"GD averaged, η = {eta}")
-            ax_loss.plot(e["t"], e["cf_predicted"], "--", color="k", lw=1.2, dashes=(4, 2 + c))
-            ax_loss.plot(e["t"], e["gf_loss"], ":", color=color, lw=1.2)
-            ax_sharp.plot(e["t"], eta * e["gd_lambda"], color=color, lw=2, label=f"GD, η = {eta}")
-            ax_sharp.plot(e["t"], eta * e["cf_lambda"], "--", color="k", lw=1.2, dashes=(4, 2 + c))
-            ax_sharp.plot(e["t"], eta * e["gf_lambda"], ":", color=color, lw=1.2)
-            ax_dist.plot(e["t"], e["cf_distance"], "--", color=color, label=f"to central flow, η = {eta}")
-            ax_dist.plot(e["t"], e["gf_distance"], ":", color=color, label=f"to gradient flow, η = {eta}")
-        # one legend entry per line style, beside the per-eta colours
-        ax_loss.plot([], [], "k--", lw=1.2, label="central flow (prediction)")
-        ax_loss.plot([], [], "k:", lw=1.2, label="gradient flow (colour: its η)")
-        ax_sharp.plot([], [], "k--", lw=1.2, label="central flow")
-        ax_sharp.plot([], [], "k:", lw=1.2, label="gradient flow")
-        ax_sharp.axhline(2.0, color="C3", lw=1.5, ls="-.", label="edge: η λ = 2")
+        runs = {eta: r[loss][str(eta)] for eta in cfg["etas"][loss]}
         name = "square loss" if loss == "square" else "cross-entropy"
-        a, b, c = "abc" if row == 0 else "def"
-        ax_loss.set(xlabel="t = η k", ylabel="training loss", yscale="log", title=f"({a}) {name}: loss")
-        ax_sharp.set(xlabel="t = η k", ylabel="η λ_max(H)", title=f"({b}) {name}: sharpness")
-        ax_dist.set(xlabel="t = η k", ylabel="‖θ − mean GD θ‖", title=f"({c}) {name}: distance from mean GD")
-        for ax in (ax_loss, ax_sharp, ax_dist):
-            ax.legend(fontsize=6)
+        plots.edge_of_stability(
+            axes[3 * row : 3 * row + 3], runs, name=name, tags="abc" if row == 0 else "def"
+        )
     return plots.save(fig, path)
 
 

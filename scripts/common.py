@@ -133,6 +133,28 @@ def override(cfg: Mapping, assignments) -> dict:
     return cfg
 
 
+def images(source: str, n: int, *, classes: int = 4, folder=None):
+    """(X, y) of the real-network figures: the first n images of the first `classes` classes, integer labels.
+    `source` "digits": scikit-learn's 8 x 8 digits (1, 8, 8), the first n of a fixed shuffle; "cifar10":
+    CIFAR-10 (3, 32, 32), standardised per channel, read from `folder` (or $SHARPFLOW_CIFAR10; nothing is
+    downloaded): without it, SystemExit says where to put it."""
+    from models import data
+
+    if source == "digits":
+        X, y = data.digits(classes=tuple(range(classes)), images=True, labels=True)
+        order = jax.random.permutation(jax.random.key(0), X.shape[0])[:n]
+        return X[order], y[order]
+    if source != "cifar10":
+        raise SystemExit(f"images: source must be 'digits' or 'cifar10', got {source!r}")
+    try:
+        return data.cifar10(folder, classes=classes, n=n)
+    except ValueError as e:
+        raise SystemExit(
+            f"{e}\nThe paper preset reads CIFAR-10 from a folder: unpack the 'CIFAR-10 python version' "
+            "archive and pass --set cifar10=PATH (or set SHARPFLOW_CIFAR10=PATH)"
+        ) from e
+
+
 def main(figure: Figure, argv=None) -> dict:
     """Parse the command line, compute (or read the stored result), draw, print the summary and where the
     figure and its data went. Returns the arrays."""

@@ -14,34 +14,50 @@ the library, docs/conventions.md): its eta_ms is GD's 2 / lambda_max and its Wu 
 Problems: (i) random-features regression (tanh features, only the outer layer trained, so H is the same at
 every minimum and the sweep shows which (eta, B) converge), (ii) a two-layer tanh net (trainable outer
 layer, init scale 2, so GD's minima are sharp), (iii) an MLP (two hidden tanh layers) on scikit-learn's
-digits, 3 vs 8 as a +-1 regression target. Step sizes are multiples of 1 / lambda_max(G) at the
-initialisation.
+digits, 3 vs 8 as a +-1 regression target, (iv) a CNN (`models.CNN`, tanh, 3 x 3 convolutions and average
+pools) on the digits 0-3 as 8 x 8 images with one-hot targets (square loss, the theorem's setting; the
+paper preset on CIFAR-10's first 4 classes, read from `--set cifar10=PATH` or $SHARPFLOW_CIFAR10). Step
+sizes are multiples of 1 / lambda_max(G) at the initialisation.
+
+The CNN's ||H||_F is Hutchinson's estimate (`hessian.frobenius_norm_hutchinson`, `probes` Rademacher probes,
+its standard error drawn as an error bar) and its lambda_max Lanczos's (`hessian.lambda_max`): products with
+H only, as on a network too large for its Gram matrix; the summary holds the estimate against the exact
+||G||_F from the Gram matrix (at a minimum G = H). mu* and eta_ms come from the Gram matrix (N = 4n) for
+every problem.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import Figure, main
+from common import Figure, images, main
 
-from analysis import plots, stability
+from analysis import hessian, plots, stability
 from flows import sgd
-from models import MLP, Problem, RandomFeatures, TwoLayerNet, data
+from models import CNN, MLP, Problem, RandomFeatures, TwoLayerNet, data
 
 PRESETS = {
     "smoke": dict(
         n=8, d=3, digits_n=12, width=6, rf_width=16, mlp_width=4, steps=400, seeds=1,
         eta_factors=[0.5, 1.0], batch_sizes=[2, 8],
+        cnn_data="digits", cifar10=None, cnn_n=8, cnn_channels=(2,), cnn_steps=400, probes=4,
     ),
     "quick": dict(
         n=32, d=8, digits_n=64, width=32, rf_width=512, mlp_width=16, steps=6000, seeds=2,
         eta_factors=[0.25, 0.5, 1.0, 2.0, 3.0], batch_sizes=[2, 8, 32],
+        cnn_data="digits", cifar10=None, cnn_n=32, cnn_channels=(8, 16), cnn_steps=10000, probes=20,
     ),
     "paper": dict(
         n=128, d=16, digits_n=256, width=128, rf_width=2048, mlp_width=32, steps=20000, seeds=5,
         eta_factors=[0.125, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0], batch_sizes=[1, 4, 16, 64],
+        cnn_data="cifar10", cifar10=None, cnn_n=256, cnn_channels=(16, 32), cnn_steps=50000, probes=50,
     ),
 }  # fmt: skip
-PROBLEMS = {"rf": "random features", "net": "two-layer tanh net", "mlp": "MLP on digits (3 vs 8)"}
+PROBLEMS = {
+    "rf": "random features",
+    "net": "two-layer tanh net",
+    "mlp": "MLP on digits (3 vs 8)",
+    "cnn": "CNN on digit images (4 classes)",
+}
 
 
 def problems(cfg) -> dict[str, Problem]:
@@ -54,7 +70,15 @@ def problems(cfg) -> dict[str, Problem]:
         "rf": Problem(RandomFeatures(cfg["d"], cfg["rf_width"], key=kr, activation="tanh"), X, y),
         "net": Problem(TwoLayerNet(cfg["d"], cfg["width"], key=kn, activation="tanh", init_scale=2.0), X, y),
         "mlp": Problem(MLP(Xd.shape[1], cfg["mlp_width"], 2, key=km), Xd[idx], yd[idx]),
+        "cnn": cnn(cfg),
     }
+
+
+def cnn(cfg) -> Problem:
+    """The CNN on one-hot targets of the first 4 classes (square loss)."""
+    X, y = images(cfg["cnn_data"], cfg["cnn_n"], folder=cfg["cifar10"])
+    model = CNN(X.shape[1:], cfg["cnn_channels"], outputs=4, activation="tanh", key=jax.random.key(1))
+    return Problem(model, X, jax.nn.one_hot(y, 4, dtype=X.dtype))
 
 
 def compute(cfg, progress, part):
@@ -63,7 +87,7 @@ def compute(cfg, progress, part):
     for name, P in problems(cfg).items():
         eta0 = 1.0 / stability.gauss_newton_norms(P, P.params)[1]
         rows = [
-            part(f"{name}-B{B}-eta{f}", lambda B=B, f=f: {"rows": runs(cfg, P, f * eta0, B)})["rows"]
+            part(f"{name}-B{B}-eta{f}", lambda B=B, f=f: {"rows": runs(cfg, name, P, f * eta0, B)})["rows"]
             for B in cfg["batch_sizes"]
             for f in cfg["eta_factors"]
         ]
@@ -73,33 +97,39 @@ def compute(cfg, progress, part):
     return out
 
 
-def runs(cfg, P, eta, B):
-    """SGD from the net's initialisation for each seed: one row of `COLUMNS` per seed; the minimum's
-    ||H||_F, lambda_max, mu and mean-square rate where the run reached loss < 5e-5 mean(y^2) / 2, else
-    NaN."""
+def runs(cfg, name, P, eta, B):
+    """SGD from the net's initialisation for each seed: one row of `COLUMNS` per seed; at the minimum, where
+    the run reached loss < 5e-5 mean(y^2) / 2 (else NaN): ||H||_F and its standard error (0 where exact),
+    lambda_max, the exact ||G||_F of the Gram matrix, mu* and eta_ms."""
     tol = 5e-5 * float(jnp.mean(P.y**2)) / 2
+    steps = cfg["cnn_steps"] if name == "cnn" else cfg["steps"]
     rows = []
     for seed in range(cfg["seeds"]):
-        tr = sgd(P, P.params, steps=cfg["steps"], eta=eta, batch_size=B, key=jax.random.key(seed),
-                 save_every=cfg["steps"], throw=False)  # fmt: skip
+        tr = sgd(P, P.params, steps=steps, eta=eta, batch_size=B, key=jax.random.key(seed), save_every=steps,
+                 throw=False)  # fmt: skip
         loss = float(tr.stats["loss"][-1])
-        row = [B, eta, seed, loss] + [np.nan] * 4
+        row = [B, eta, seed, loss] + [np.nan] * 6
         if np.isfinite(loss) and loss < tol:
             theta = tr.final
-            fro, lmax = stability.gauss_newton_norms(P, theta)
+            gram_fro, lmax = stability.gauss_newton_norms(P, theta)
+            fro, fro_se = gram_fro, 0.0
+            if name == "cnn":  # products with H only (the estimators of a network too large for its Gram)
+                key = jax.random.key(100 + seed)
+                fro, fro_se = map(float, hessian.frobenius_norm_hutchinson(P, theta, key, cfg["probes"]))
+                lmax = float(hessian.lambda_max(P, theta))
             mu = stability.min_alignment(P, theta, min_loss_rtol=1e-4)
             eta_ms = stability.threshold(P, theta, batch_size=B)
-            row[4:] = [fro, lmax, mu, eta_ms]
+            row[4:] = [fro, fro_se, lmax, gram_fro, mu, eta_ms]
         rows.append(row)
     return np.asarray(rows, dtype=float)
 
 
-COLUMNS = ("B", "eta", "seed", "loss", "fro", "lmax", "mu", "eta_ms")
+COLUMNS = ("B", "eta", "seed", "loss", "fro", "fro_se", "lmax", "gram_fro", "mu", "eta_ms")
 
 
 def examples(cfg, name) -> int:
-    """n of problem `name`: the digits subset for the MLP, the synthetic set for the others."""
-    return cfg["digits_n"] if name == "mlp" else cfg["n"]
+    """n of problem `name`: the digits subsets for the MLP and the CNN, the synthetic set for the others."""
+    return {"mlp": cfg["digits_n"], "cnn": cfg["cnn_n"]}.get(name, cfg["n"])
 
 
 def table(r, name):
@@ -107,32 +137,39 @@ def table(r, name):
 
 
 def draw(cfg, r, path):
-    fig, axes = plots.figure(3, 2, width=3.8)
+    fig, axes = plots.figure(len(PROBLEMS), 2, width=3.8)
     for col, (name, title) in enumerate(PROBLEMS.items()):
         t = table(r, name)
         found = np.isfinite(t["fro"])
         x = np.sqrt(t["B"]) / t["eta"]
         n = examples(cfg, name)
-        for row, (key, label) in enumerate((("fro", "||H||_F"), ("lmax", "lambda_max(H)"))):
-            ax = axes[3 * row + col]
+        for row, (key, label) in enumerate((("fro", "‖H‖_F"), ("lmax", "λ_max(H)"))):
+            ax = axes[len(PROBLEMS) * row + col]
             for B in cfg["batch_sizes"]:
                 sel = found & (t["B"] == B)
                 stable = sel & (t["eta"] <= t["eta_ms"])
                 name_B = f"B={B} = n (GD: no noise, no bound)" if B == n else f"B={B}"
-                (line,) = ax.loglog(x[stable], t[key][stable], "o", label=name_B)
-                ax.loglog(x[sel & ~stable], t[key][sel & ~stable], "x", color=line.get_color())
+                err = 1.96 * t["fro_se"] if key == "fro" else np.zeros_like(x)  # 95%: the CNN's Hutchinson
+                color = None
+                for marker, keep in (("o", stable), ("x", sel & ~stable)):
+                    if keep.any():
+                        line = ax.errorbar(x[keep], t[key][keep], yerr=err[keep], fmt=marker, color=color,
+                                           label=name_B if color is None else None)[0]  # fmt: skip
+                        color = line.get_color()
+            ax.set(xscale="log", yscale="log")
             if found.any():
                 mu = np.nanmin(t["mu"])
                 grid = np.geomspace(x.min(), x.max(), 50)
-                ax.loglog(grid, grid / np.sqrt(mu), "k--", label=f"sqrt(B/mu)/eta, mu={mu:.2f}")
+                ax.loglog(grid, grid / np.sqrt(mu), "k--", label=f"√(B/μ*)/η, μ* = {mu:.2f}")
             diverged = int((~np.isfinite(t["loss"]) | (t["loss"] > r[name]["loss0"])).sum())
             slow = int((~found).sum()) - diverged
             ax.set(
-                xlabel="sqrt(B) / eta",
+                xlabel="√B / η",
                 ylabel=label,
                 title=f"{title}\n{diverged} diverged, {slow} not yet converged",
             )
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     return plots.save(fig, path)
 
 
@@ -147,12 +184,22 @@ def summary(cfg, r):
                 for e, b, m in zip(t["eta"], t["B"], t["mu"])
             ]
         )  # infinite for B = n: GD has no gradient noise, its criterion is eta lambda_max <= 2
+        if not found.any():
+            print(f"{title}: 0/{found.size} runs converged")
+            continue
         print(
             f"{title}: {found.sum()}/{found.size} runs converged; ||H||_F / bound max "
             f"{np.nanmax(t['fro'] / bound):.2f} (<= 1: the bound holds); "
             f"{int((found & (t['eta'] > t['eta_ms'])).sum())} minima found are not mean-square stable "
             f"(max eta / eta_ms {np.nanmax(t['eta'] / t['eta_ms']):.4f})"
         )
+        if name == "cnn":
+            z = np.abs(t["fro"] - t["gram_fro"])[found] / t["fro_se"][found]
+            rel = np.abs(t["fro"] / t["gram_fro"] - 1)[found]
+            print(
+                f"  Hutchinson's ||H||_F ({cfg['probes']} probes) against the Gram matrix's: at most "
+                f"{rel.max():.1%} off, {z.max():.2f} standard errors"
+            )
 
 
 FIGURE = Figure("sharpness_vs_lr_batch", __doc__, PRESETS, compute, draw, summary)

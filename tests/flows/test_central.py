@@ -316,22 +316,23 @@ def test_central_flow_on_a_cnn_is_gradient_flow_before_the_edge(loss):
     assert 1.7 < np.log2(errors[0] / errors[1]) < 2.3, errors
 
 
-@pytest.mark.slow  # 400 GD steps and 1,600 central-flow steps on a CNN: the figure central_flow_cnn's setting
+@pytest.mark.slow  # 400 GD steps and 1,600 central-flow steps on a CNN in float64, then float32: 5 minutes
 def test_central_flow_on_a_cnn_predicts_gd_time_averaged_loss_at_the_edge():
-    """The digits CNN of scripts/central_flow_cnn.py (p = 468, n = 128, square loss, clean labels) at
-    eta = 0.5: GD's sharpness rises to 2 / eta and hovers; from the edge's opening on the central flow's
-    predicted loss is within 5% of GD's loss averaged over 20 steps (measured: see the assertion), gradient
-    flow's loss is not, and in float32 the central flow follows float64."""
-    P = digits_cnn(128, (4, 8))
-    eta = 0.5
-    r = compare.edge_of_stability(P, P.params, eta=eta, t1=200.0, num_saves=40, window=20, num_eigs=2)
+    """A digits CNN (p = 468, n = 128, square loss, 20% of the labels moved) at eta = 0.7 to t = 280: GD's
+    sharpness reaches 2 / eta and hovers; from the edge's opening on the central flow predicts GD's loss
+    averaged over 40 steps to 2.6% on average (gradient flow: 6.2%), and ends 4x closer to GD's averaged
+    parameters (0.43 against 1.86); in float32 the central flow follows float64."""
+    P = digits_cnn(128, (4, 8), flip=0.2)
+    eta = 0.7
+    r = compare.edge_of_stability(P, P.params, eta=eta, t1=280.0, num_saves=40, window=40, num_eigs=2)
     e = compare.edge_errors(r, eta)
     assert e is not None and abs(e["gd_first"] - e["cf_first"]) <= 20
-    assert e["cf_mean"] < 0.05 and e["gf_mean"] > 2 * e["cf_mean"], e
+    assert e["cf_mean"] < 0.04 and e["gf_mean"] > 1.5 * e["cf_mean"], e
+    assert e["cf_distance"] < 0.5 * e["gf_distance"], e
     with jax.enable_x64(False):
         P32 = float32(P)
         low = central_flow(
-            P32, P32.params, eta=eta, t1=200.0, ts=jnp.asarray(r["t"], jnp.float32), num_eigs=2
+            P32, P32.params, eta=eta, t1=280.0, ts=jnp.asarray(r["t"], jnp.float32), num_eigs=2
         )
     gap = np.abs(np.asarray(low.stats["predicted_loss"], np.float64) - r["cf_predicted"]) / r["cf_predicted"]
     assert gap.max() < 1e-3, gap.max()
