@@ -13,6 +13,7 @@ from . import compare as compare
 from . import ensembles as ensembles
 from . import features as features
 from . import hessian as hessian
+from . import metrics as metrics
 from . import plots as plots
 from . import riemannian as riemannian
 from . import stability as stability

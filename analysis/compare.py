@@ -33,6 +33,7 @@ from flows import (
     riemannian_flow,
     sgd,
     sgd_sde,
+    svag,
     timescale,
 )
 from models import Problem, checks
@@ -48,7 +49,14 @@ from .statistics import (
     time_average,
 )
 
-__all__ = ["sde_vs_sgd", "edge_of_stability", "edge_errors", "edge_summary", "label_noise_slow_clock"]
+__all__ = [
+    "sde_vs_sgd",
+    "svag_vs_sde",
+    "edge_of_stability",
+    "edge_errors",
+    "edge_summary",
+    "label_noise_slow_clock",
+]
 
 
 def sde_vs_sgd(
@@ -139,6 +147,74 @@ def sde_vs_sgd(
         out["order"] = {m: _order(etas, out["eta"], m, "weak_error") for m in gf.stats}
         out["gf_order"] = {m: _order(etas, out["eta"], m, "gf_error") for m in gf.stats}
     return out
+
+
+def svag_vs_sde(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    eta: float,
+    ls,
+    t1: float,
+    batch_size: int,
+    key: PRNGKeyArray,
+    seeds: int,
+    num_saves: int,
+    metrics: Callable[[PRNGKeyArray], Mapping] | None = None,
+    substeps: int = 32,
+    chunk: int | None = None,
+    mesh=None,
+    progress: bool = False,
+) -> dict:
+    """SVAG (`flows.svag`) at each l of `ls` (l = 1 is SGD with `batch_size`) and the SGD SDE
+    (`flows.sgd_sde`, Euler with `substeps` a step), `seeds` runs each, saved at `num_saves + 1` times in
+    [0, t1] (t = k eta / l for SVAG).
+
+    `metrics(seed_key)` gives each seed its metrics (the loss is always recorded): default
+    `{"trace_H": hessian.TraceProbe(seed_key)}`, one Hutchinson probe a seed, unbiased for the ensemble's
+    mean E tr H, its probe variance inside the band (`hessian.TraceProbe`). SVAG's ensembles share their keys
+    over l (from `key`); the SDE's are independent of them.
+
+    **Returns:** a dict: `t`; for each run (`svag{l}`, `sde`) and stat m, `m` (the ensemble mean over time)
+    and `m_band` (its 95% half-width); `gap[m]`, shape (len(ls), 2): the weak gap sup_t |E m(SVAG_l) -
+    E m(SDE)| with its noise floor removed and its 95% band (`debiased_weak_error`, two independent
+    ensembles). Memory: the saved stats; cost per seed: t1 l / eta SVAG steps (two minibatch gradients each)
+    for each l, t1 substeps / eta SDE steps, and the metrics at each save."""
+    seeds = checks.positive_int("seeds", seeds)
+    metrics = metrics or (lambda k: {"trace_H": hessian.TraceProbe(k)})
+    t = np.linspace(0.0, t1, checks.positive_int("num_saves", num_saves) + 1)
+    keys = jax.random.split(key, seeds)
+    sde_keys = jax.random.split(jax.random.fold_in(key, 1), seeds)
+    runs = {}
+    for ell in ls:
+        steps = timescale.steps_for_time(t1, eta / ell)  # SVAG's step is eta / l
+        if steps % num_saves:
+            raise ValueError(f"t1 l / eta = {steps} steps (l = {ell}) is not a multiple of num_saves")
+
+        def run(k, ell=ell, steps=steps):
+            return svag(problem, params0, steps=steps, eta=eta, batch_size=batch_size, l=ell, key=k,
+                        save_every=steps // num_saves, save_params=False, metrics=metrics(k))  # fmt: skip
+
+        runs[f"svag{ell}"] = ensemble(run, keys, chunk=chunk, mesh=mesh, progress=progress)
+
+    def sde(k):
+        return sgd_sde(problem, params0, t1=t1, eta=eta, batch_size=batch_size, key=k, ts=t,
+                       substeps=substeps, save_params=False, metrics=metrics(k))  # fmt: skip
+
+    runs["sde"] = ensemble(sde, sde_keys, chunk=chunk, mesh=mesh, progress=progress)
+    out = {"t": t, "gap": {}}
+    for name, traj in runs.items():
+        out[name] = {}
+        for m, values in traj.stats.items():
+            out[name][m], out[name][f"{m}_band"] = mean_band(values)
+    for m in runs["sde"].stats:
+        gaps = []
+        for ell in ls:
+            d = out[f"svag{ell}"][m] - out["sde"][m]
+            band = np.hypot(out[f"svag{ell}"][f"{m}_band"], out["sde"][f"{m}_band"])
+            gaps.append(debiased_weak_error(d, band, seeds))  # two independent ensembles of `seeds`
+        out["gap"][m] = np.asarray(gaps)
+    return jax.tree.map(np.asarray, out)
 
 
 def edge_of_stability(

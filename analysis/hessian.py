@@ -12,6 +12,7 @@ activations + p)):
     trace                 exact; p HVPs (square loss: N per-example gradients + p HVPs of the residual part)
     trace_split           square loss: tr G exact (N per-example gradients) + tr R by Hutchinson, s HVPs
     trace_hutchinson      s HVPs, standard error ~ sqrt(2 ||H||_F^2 / s)
+    TraceProbe            a keyed metric: s HVPs a call (s = 1 by default), unbiased, for ensembles
     trace_xtrace          2s HVPs, error ~ the tail of the spectrum beyond the s largest / s (XTrace)
     spectral_density      s probes x m Lanczos steps: s m HVPs, memory s m p
     lambda_max            40 HVPs; top_eigenvalues(k) max(4k, 60) HVPs
@@ -39,6 +40,7 @@ __all__ = [
     "trace_split",
     "trace_hutchinson",
     "trace_xtrace",
+    "TraceProbe",
     "SpectralDensity",
     "spectral_density",
     "lanczos_quadrature",
@@ -124,6 +126,32 @@ def trace_hutchinson(
     (>= 2); Var = 2 (||H||_F^2 - sum_j H_jj^2) / num_samples. Cost `num_samples` Hessian-vector products."""
     flat, _ = _ravel(problem, params)
     return _hutchinson(operator(problem, params).mv, key, flat, num_samples)
+
+
+class TraceProbe(eqx.Module):
+    """A flow metric estimating tr H by (1/s) sum_j z_j^T H z_j over s = `num_probes` Rademacher probes drawn
+    from `key`, the same probes at every save: `metrics={"trace_H": hessian.TraceProbe(key)}`.
+
+    Unbiased (E_z z^T H z = tr H) with variance 2 (||H||_F^2 - sum_j H_jj^2) / s. For an ensemble give each
+    seed its own key (e.g. `TraceProbe(jax.random.fold_in(seed_key, 1))` inside the per-seed function): the
+    ensemble mean is then unbiased for E tr H, and the probes' variance is part of the seeds' spread, so the
+    ensemble's confidence band includes it (it widens the band by Var_z / seeds, no more). Where two
+    ensembles are compared seed by seed (SGD against its SDE on the same keys), the same key on both sides
+    makes the probes common random numbers. Cost s Hessian-vector products a call, memory O(p): the exact
+    `trace` costs p. The key is a pytree leaf, so the metric works under `jax.jit` and `jax.vmap` over keys.
+    """
+
+    key: PRNGKeyArray
+    num_probes: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        checks.positive_int("num_probes", self.num_probes)
+
+    def __call__(self, problem: Problem, params: PyTree) -> Float[Array, ""]:
+        flat, _ = _ravel(problem, params)
+        z = jax.random.rademacher(self.key, (self.num_probes, flat.shape[0]), flat.dtype)
+        H = operator(problem, params)
+        return jnp.mean(jax.vmap(lambda v: v @ H.mv(v))(z))
 
 
 def trace_xtrace(

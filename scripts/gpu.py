@@ -1,5 +1,6 @@
-"""Every GPU row in one run (`make gpu`): each benchmark, the real-network quick presets and the per-step cost
-of the paper presets, each within a stated budget, the whole within 8 minutes, written as one table.
+"""Every GPU row in one run (`make gpu`): each benchmark, the real-network quick presets (central_flow_cnn,
+svag_cnn, sharpness_vs_lr_batch with its CNN row) and the per-step cost of the central-flow paper preset,
+each within a stated budget, the whole within 8 minutes, written as one table.
 
     python scripts/gpu.py [--out gpu.md] [--cpu benchmarks.json] [--only NAME ...] [--allow-cpu] [--smoke]
 
@@ -31,14 +32,17 @@ ROOT = HERE.parent
 
 # name -> (what it runs, budget in seconds); the budgets sum to 8 minutes
 ITEMS = {
-    "bench_networks": ("scripts/bench_networks.py: CNN p = 154,058, n = 1,000", 90),
-    "bench_discrete": ("scripts/bench_discrete.py: label-noise SGD against a bare scan", 45),
-    "bench_sde": ("scripts/bench_sde.py: the label-noise SDE against label-noise GD", 45),
-    "bench_slow_flow": ("scripts/bench_slow_flow.py: the slow flow, N up to 1,024, p up to 32,768", 90),
-    "bench_sharded": ("scripts/bench_sharded.py: an SGD ensemble over every device", 30),
-    "central_flow_cnn": ("scripts/central_flow_cnn.py --preset quick", 150),
-    "paper_cost": ("central_flow_cnn paper preset: one GD step, one central-flow substep", 30),
+    "bench_networks": ("scripts/bench_networks.py: CNN p = 154,058, n = 1,000", 60),
+    "bench_discrete": ("scripts/bench_discrete.py: label-noise SGD against a bare scan", 30),
+    "bench_sde": ("scripts/bench_sde.py: the label-noise SDE against label-noise GD", 30),
+    "bench_slow_flow": ("scripts/bench_slow_flow.py: the slow flow, N up to 1,024, p up to 32,768", 60),
+    "bench_sharded": ("scripts/bench_sharded.py: an SGD ensemble over every device", 20),
+    "central_flow_cnn": ("scripts/central_flow_cnn.py --preset quick", 120),
+    "svag_cnn": ("scripts/svag_cnn.py --preset quick", 60),
+    "sharpness_vs_lr_batch": ("scripts/sharpness_vs_lr_batch.py --preset quick (its CNN row)", 80),
+    "paper_cost": ("central_flow_cnn paper preset: one GD step, one central-flow substep", 20),
 }
+FIGURES = ("central_flow_cnn", "svag_cnn", "sharpness_vs_lr_batch")
 BENCH_ARGS = {"bench_discrete": ["--no-torch"]}
 SMOKE_BUDGET = 300  # seconds an item, at smoke sizes (the tests, on a CPU)
 
@@ -56,9 +60,9 @@ def run_item(name: str, smoke: bool, budget: float, folder: Path) -> dict:
             f"print(json.dumps({name}.main({args!r})))"
         )
         cmd = [sys.executable, "-c", code]
-    elif name == "central_flow_cnn":
+    elif name in FIGURES:
         preset = "smoke" if smoke else "quick"
-        cmd = [sys.executable, str(HERE / "central_flow_cnn.py"), "--preset", preset, "--no-progress"]
+        cmd = [sys.executable, str(HERE / f"{name}.py"), "--preset", preset, "--no-progress"]
         cmd += ["--out", str(folder / "figures"), "--results", str(folder / "results"), "--recompute"]
     else:
         cmd = [sys.executable, str(Path(__file__)), "--paper-cost"] + (["--smoke"] if smoke else [])

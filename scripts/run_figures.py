@@ -21,6 +21,7 @@ SCRIPTS = [
     "optimization_threshold",
     "central_flow",
     "central_flow_cnn",
+    "svag_cnn",
 ]
 HERE = Path(__file__).resolve().parent
 

@@ -6,7 +6,10 @@ covariance per unit of t = k eta / l; l = 1 is SGD) and the SGD SDE (`flows.sgd_
 each an ensemble of `--seeds` runs:
 
 - (a) loss and (b) tr H against t at the small eta, (c) and (d) at the large eta, mean over seeds (SDE
-  dashed, SGD thick);
+  dashed, SGD thick); tr H is one Hutchinson probe a seed (`hessian.TraceProbe`, `compare.svag_vs_sde`'s
+  default): the ensemble mean is unbiased and the band holds the probes' variance (a Rademacher probe's is
+  2 (||H||_F^2 - sum H_jj^2), spread over the seeds), at 1 Hessian-vector product a call where the exact
+  trace took p;
 - (e) the weak gap sup_t |E loss(SVAG_l) - E loss(SDE)| (independent ensembles, noise floor removed, 95%
   simultaneous band) against 1/l at both step sizes, l = 1 being SGD. SVAG converges to the SDE like 1/l;
   where the gap of SGD itself (1/l = 1) is within the band the SDE describes SGD, where it is resolved it does
@@ -23,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import Figure, main
 
-from analysis import ensembles, hessian, plots, statistics
-from flows import sgd_sde, svag, timescale
+from analysis import compare, plots
 from models import Problem, TwoLayerNet, data
 
 PRESETS = {
@@ -32,7 +34,6 @@ PRESETS = {
     "quick": dict(
         n=16, d=5, width=16, batch=2, etas=[0.05, 0.25], t1=3.0, ls=[1, 2, 4, 8, 16], seeds=1024, saves=6
     ),
-    # sized for a GPU: its exact tr H metric (704 HVPs a call, 885k calls) alone is ~6.6 h on a 2-core CPU
     "paper": dict(
         n=64, d=10, width=64, batch=2, etas=[0.02, 0.25], t1=4.0, ls=[1, 2, 4, 8, 16], seeds=8192, saves=8
     ),
@@ -49,46 +50,17 @@ def problem(cfg):
 
 def compute(cfg, progress, part):
     """Stored in parts (`common.main`): each eta."""
-    t = np.linspace(0.0, cfg["t1"], cfg["saves"] + 1)
-    out = {"t": t}
-    for eta in cfg["etas"]:
-        out[str(eta)] = part(f"eta{eta}", lambda eta=eta: at_eta(cfg, eta, t, progress))
-    return out
-
-
-def at_eta(cfg, eta, t, progress):
-    """SVAG at every l and the SDE at one eta, the same seeds: means and bands of the loss and tr H
-    (`svag{l}` and `sde`, each {m: mean, m_band: half-width}), and the debiased weak gap of each l's loss to
-    the SDE's (`gap`: (len(ls), 2), estimate and half-width)."""
     P = problem(cfg)
-    keys = jax.random.split(jax.random.key(1), cfg["seeds"])
-    metrics = {"trace_H": hessian.trace}
-    runs = {}
-    for ell in cfg["ls"]:
-        steps = timescale.steps_for_time(cfg["t1"], eta / ell)  # SVAG's step is eta / l
-
-        def run(k, ell=ell, steps=steps):
-            return svag(P, P.params, steps=steps, eta=eta, batch_size=cfg["batch"], l=ell, key=k,
-                        save_every=steps // cfg["saves"], save_params=False, metrics=metrics)  # fmt: skip
-
-        runs[f"svag{ell}"] = ensembles.ensemble(run, keys, chunk=CHUNK, progress=progress)
-
-    def sde(k):
-        return sgd_sde(P, P.params, t1=cfg["t1"], eta=eta, batch_size=cfg["batch"], key=k, ts=t,
-                       substeps=SDE_SUBSTEPS, save_params=False, metrics=metrics)  # fmt: skip
-
-    sde_keys = jax.random.split(jax.random.key(2), cfg["seeds"])
-    runs["sde"] = ensembles.ensemble(sde, sde_keys, chunk=CHUNK, progress=progress)
-    out = {name: {} for name in runs}
-    for name, traj in runs.items():
-        for m in ("loss", "trace_H"):
-            out[name][m], out[name][f"{m}_band"] = statistics.mean_band(traj.stats[m])
-    gaps = []
-    for ell in cfg["ls"]:
-        d = out[f"svag{ell}"]["loss"] - out["sde"]["loss"]
-        band = np.hypot(out[f"svag{ell}"]["loss_band"], out["sde"]["loss_band"])
-        gaps.append(statistics.debiased_weak_error(d, band, cfg["seeds"]))  # two ensembles of `seeds`
-    out["gap"] = np.asarray(gaps)
+    out = {"t": np.linspace(0.0, cfg["t1"], cfg["saves"] + 1)}
+    for eta in cfg["etas"]:
+        out[str(eta)] = part(
+            f"eta{eta}",
+            lambda eta=eta: compare.svag_vs_sde(
+                P, P.params, eta=eta, ls=cfg["ls"], t1=cfg["t1"], batch_size=cfg["batch"],
+                key=jax.random.key(1), seeds=cfg["seeds"], num_saves=cfg["saves"], substeps=SDE_SUBSTEPS,
+                chunk=CHUNK, progress=progress,
+            ),
+        )  # fmt: skip
     return out
 
 
@@ -110,9 +82,9 @@ def draw(cfg, r, path):
     ax = axes[4]
     inv = 1 / np.asarray(cfg["ls"], float)
     for eta in cfg["etas"]:
-        gap = r[str(eta)]["gap"]
+        gap = r[str(eta)]["gap"]["loss"]
         ax.errorbar(inv, gap[:, 0], yerr=gap[:, 1], fmt="o-", capsize=2, label=f"eta = {eta}")
-    ax.plot(inv, inv * r[str(cfg["etas"][-1])]["gap"][0, 0], "k:", label="slope 1")
+    ax.plot(inv, inv * r[str(cfg["etas"][-1])]["gap"]["loss"][0, 0], "k:", label="slope 1")
     ax.set(xscale="log", yscale="log", xlabel="1 / l", ylabel="sup_t |E loss(SVAG_l) - E loss(SDE)|",
            title="weak gap to the SDE (95% band)")  # fmt: skip
     ax.legend(fontsize=7)
@@ -121,7 +93,7 @@ def draw(cfg, r, path):
 
 def summary(cfg, r):
     for eta in cfg["etas"]:
-        gap = r[str(eta)]["gap"]
+        gap = r[str(eta)]["gap"]["loss"]
         cells = ", ".join(f"l={ell}: {g:.2e} +- {b:.1e}" for ell, (g, b) in zip(cfg["ls"], gap))
         sgd_resolved = gap[0, 0] > gap[0, 1]
         verdict = "SGD is resolved from its SDE" if sgd_resolved else "SGD is within the band of its SDE"

@@ -167,3 +167,33 @@ def test_edge_of_stability_reads_gd_and_both_flows_at_common_times():
     text = compare.edge_summary(r, eta, 200)
     assert text.startswith("GD reaches eta lambda_max = 2 at step 100, the central flow's edge opens at 100")
     assert f"{e['cf_mean']:.1%} on average" in text
+
+
+def test_svag_vs_sde_runs_sgd_at_l_1_and_its_probe_trace_is_unbiased():
+    """l = 1 is SGD itself (the same keys give the same losses); the default tr H (one Hutchinson probe a
+    seed) has the exact trace's ensemble mean within its 95% band at every save; the weak gaps come with
+    their bands for every stat."""
+    P = two_layer(n=8, d=3, width=5)
+    kw = dict(eta=0.1, t1=1.0, batch_size=2, key=jax.random.key(3), seeds=64, num_saves=2, substeps=4)
+    r = compare.svag_vs_sde(P, P.params, ls=[1, 2], **kw)
+    keys = jax.random.split(jax.random.key(3), 64)
+    runs = jax.vmap(
+        lambda k: flows.sgd(
+            P,
+            P.params,
+            steps=10,
+            eta=0.1,
+            batch_size=2,
+            key=k,
+            save_every=5,
+            metrics={"trace_H": hessian.trace},
+        )
+    )(keys)
+    np.testing.assert_allclose(r["svag1"]["loss"], runs.stats["loss"].mean(0), rtol=1e-10)
+    exact = np.asarray(runs.stats["trace_H"].mean(0))
+    assert np.all(np.abs(r["svag1"]["trace_H"] - exact) < r["svag1"]["trace_H_band"]), (r["svag1"], exact)
+    assert r["svag1"]["trace_H_band"][1] > 0
+    assert set(r["gap"]) == {"loss", "trace_H"} and r["gap"]["loss"].shape == (2, 2)
+    assert r["t"].shape == (3,) and r["sde"]["loss"].shape == (3,)
+    with pytest.raises(ValueError, match="not a multiple of num_saves"):
+        compare.svag_vs_sde(P, P.params, ls=[1], **(kw | {"num_saves": 3}))

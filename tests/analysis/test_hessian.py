@@ -90,6 +90,34 @@ def test_hutchinson_trace_within_its_confidence_interval(problem):
     assert se > 0
 
 
+def test_trace_probe_is_unbiased_over_seeds_and_serves_as_a_per_seed_flow_metric(problem):
+    """One probe per key: over 2,000 keys the mean is tr H within 4 standard errors of the mean (the probes'
+    spread, 2 (||H||_F^2 - sum H_jj^2) per probe, as the variance formula says); as a metric in an SGD
+    ensemble, each seed's key gives its own probe, the same at every save."""
+    from flows import sgd
+
+    H = _dense(problem)
+    keys = jax.random.split(jax.random.key(5), 2000)
+    q = np.asarray(jax.vmap(lambda k: hessian.TraceProbe(k)(problem, problem.params))(keys))
+    assert abs(q.mean() - np.trace(H)) < 4 * q.std(ddof=1) / np.sqrt(q.size)
+    np.testing.assert_allclose(q.var(ddof=1), 2 * (np.sum(H**2) - np.sum(np.diag(H) ** 2)), rtol=0.15)
+    two = hessian.TraceProbe(keys[0], num_probes=2)(problem, problem.params)
+    assert np.isfinite(float(two))
+
+    def run(k):
+        metrics = {"trace_H": hessian.TraceProbe(jax.random.fold_in(k, 1))}
+        return sgd(
+            problem, problem.params, steps=4, eta=0.01, batch_size=2, key=k, save_every=2, metrics=metrics
+        )
+
+    runs = jax.vmap(run)(keys[:3])
+    first = [float(hessian.TraceProbe(jax.random.fold_in(k, 1))(problem, problem.params)) for k in keys[:3]]
+    np.testing.assert_allclose(runs.stats["trace_H"][:, 0], first, rtol=1e-10)  # save 0 is the start
+    assert len(set(np.round(first, 8))) == 3  # a probe per seed
+    with pytest.raises(ValueError, match="num_probes"):
+        hessian.TraceProbe(keys[0], num_probes=0)
+
+
 def test_metrics_compile_and_vmap(problem):
     traces = jax.jit(
         jax.vmap(lambda s: hessian.trace(problem, jax.tree.map(lambda x: s * x, problem.params)))

@@ -20,14 +20,15 @@ from run_figures import SCRIPTS  # noqa: E402
 # (28 s), svag (23 s) and escape (22 s) are central_flow, svag and sgd with analysis.stability, each tested in
 # tests/flows and tests/analysis; so are optimization_threshold (19 s: gd, sgd and the thresholds of
 # analysis.stability) and sharpness_vs_lr_batch (20 s: sgd and analysis.stability); central_flow_cnn (29 s)
-# is compare.edge_of_stability, which tests/analysis/test_compare.py runs (make test stays under 8 minutes on
-# a fresh clone)
+# is compare.edge_of_stability and svag_cnn (36 s) compare.svag_vs_sde, which tests/analysis/test_compare.py
+# runs (make test stays under 8 minutes on a fresh clone)
 SLOW = {
     "slow_flow_real_net",
     "rank_one_features",
     "sde_vs_sgd",
     "central_flow",
     "central_flow_cnn",
+    "svag_cnn",
     "svag",
     "escape",
     "optimization_threshold",
