@@ -197,6 +197,8 @@ def test_divergence_inside_jit_is_still_an_error():
         jax.block_until_ready(g(10.0))
     with pytest.raises(Exception, match="eta must be > 0"):
         jax.block_until_ready(f(-1.0))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="eta must be > 0"):  # the message alone, no dump
+        jax.block_until_ready(g(jnp.asarray(-1.0)))  # traced (a Python float is static there: ValueError)
 
 
 def test_hyper_parameters_are_modules_validated_when_built():
