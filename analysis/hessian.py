@@ -17,6 +17,10 @@ activations + p)):
     spectral_density      s probes x m Lanczos steps: s m HVPs, memory s m p
     lambda_max            40 HVPs; top_eigenvalues(k) max(4k, 60) HVPs
 Dense matrices (`dense`, `gauss_newton`, `spectrum`) are for small p only.
+
+Every function of `(problem, params, ...)` here is compiled (`equinox.filter_jit`): eager calls with the same
+problem structure and shapes reuse one compiled program (an eager Lanczos used to recompile at every call).
+Lanczos costs 1.24x its Hessian-vector products (`scripts/bench_lanczos.py`).
 """
 
 import equinox as eqx
@@ -62,17 +66,20 @@ def operator(problem: Problem, params: PyTree) -> lx.FunctionLinearOperator:
     return lx.FunctionLinearOperator(hvp, jax.ShapeDtypeStruct(flat.shape, flat.dtype), lx.symmetric_tag)
 
 
+@eqx.filter_jit
 def hvp(problem: Problem, params: PyTree, v: Float[Array, " p"]) -> Float[Array, " p"]:
     """H v."""
     return operator(problem, params).mv(v)
 
 
+@eqx.filter_jit
 def dense(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     """The dense Hessian (small p only)."""
     flat, unravel = _ravel(problem, params)
     return jax.hessian(lambda v: problem.loss(unravel(v)))(flat)
 
 
+@eqx.filter_jit
 def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     """The dense Gauss-Newton part G = (1/n) J^T J (small p only); H - G is the residual part R."""
     _ravel(problem, params)
@@ -80,11 +87,13 @@ def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     return J.T @ J / problem.n
 
 
+@eqx.filter_jit
 def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
     """All eigenvalues of H, ascending (dense; small p only)."""
     return jnp.linalg.eigvalsh(dense(problem, params))
 
 
+@eqx.filter_jit
 def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: one Hessian-vector product of the residual part per
     coordinate (p in all). Zero on the zero-loss manifold."""
@@ -93,6 +102,7 @@ def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return _sum_over_basis(lambda j, e: residual_hvp(e)[j], flat)
 
 
+@eqx.filter_jit
 def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr H, exact. Square loss: tr G + tr R (N gradient evaluations and p Hessian-vector products of the
     residual part); cross-entropy: sum_j e_j^T H e_j, p Hessian-vector products."""
@@ -103,6 +113,7 @@ def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return _sum_over_basis(lambda j, e: H.mv(e)[j], _ravel(problem, params)[0])
 
 
+@eqx.filter_jit
 def trace_split(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 10
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -119,6 +130,7 @@ def trace_split(
     return problem.gauss_newton_trace(params) + mean, se
 
 
+@eqx.filter_jit
 def trace_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -154,6 +166,7 @@ class TraceProbe(eqx.Module):
         return jnp.mean(jax.vmap(lambda v: v @ H.mv(v))(z))
 
 
+@eqx.filter_jit
 def trace_xtrace(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 20
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -202,6 +215,7 @@ class SpectralDensity(eqx.Module):
         return per_probe.mean(), per_probe.std(ddof=1) / jnp.sqrt(per_probe.shape[0])
 
 
+@eqx.filter_jit
 def spectral_density(
     problem: Problem, params: PyTree, key: PRNGKeyArray, *, num_probes: int = 10, num_steps: int = 80
 ) -> SpectralDensity:
@@ -234,6 +248,7 @@ def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> S
     return SpectralDensity(nodes, weights)
 
 
+@eqx.filter_jit
 def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """||H||_F = sqrt(sum_j ||H e_j||^2), exact: p Hessian-vector products (small to moderate p)."""
     H = operator(problem, params)
@@ -241,6 +256,7 @@ def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return jnp.sqrt(_sum_over_basis(lambda j, e: jnp.sum(H.mv(e) ** 2), flat))
 
 
+@eqx.filter_jit
 def frobenius_norm_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -253,6 +269,7 @@ def frobenius_norm_hutchinson(
     return f, q.std(ddof=1) / jnp.sqrt(num_samples) / (2 * f)
 
 
+@eqx.filter_jit
 def top_eigenvalues(
     problem: Problem,
     params: PyTree,
@@ -279,6 +296,7 @@ def top_eigenvalues(
     )
 
 
+@eqx.filter_jit
 def lambda_max(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """lambda_max(H), the sharpness: `top_eigenvalues` with 40 Lanczos steps from a fixed key (a metric for
     the flows). Cost 40 Hessian-vector products, memory 40 p."""
@@ -313,20 +331,28 @@ def lanczos(
     keys = jax.random.split(key, m + 1)
 
     def orthonormal(w, Q):
-        for _ in range(2):  # twice is enough (Kahan, Parlett)
-            w = w - Q.T @ (Q @ w)
-        return w
+        """w against every row of Q (classical Gram-Schmidt), a second pass only where the first removed
+        most of w (Kahan and Parlett's "twice is enough" test): each pass reads Q twice, the cost that
+        dominates a step beside the product."""
+        once = w - Q.T @ (Q @ w)
+        again = jnp.linalg.norm(once) < 0.7 * jnp.linalg.norm(w)
+        return lax.cond(again, lambda u: u - Q.T @ (Q @ u), lambda u: u, once)
 
     def body(j, state):
         Q, alpha, beta = state
         w = matvec(Q[j])
         a = w @ Q[j]
+        w = w - a * Q[j] - beta[jnp.maximum(j - 1, 0)] * Q[jnp.maximum(j - 1, 0)]  # three terms (beta_-1 = 0)
         w = orthonormal(w, Q)
         b = jnp.linalg.norm(w)
         scale = jnp.maximum(jnp.maximum(jnp.abs(alpha).max(), jnp.abs(a)), jnp.maximum(beta.max(), b))
         restart = b <= 1e3 * jnp.finfo(dtype).eps * scale  # relative: an operator's scale is its own
-        fresh = orthonormal(jax.random.normal(keys[j + 1], (dim,), dtype), Q)
-        nxt = jnp.where(restart, fresh / jnp.linalg.norm(fresh), w / jnp.where(restart, 1.0, b))
+
+        def fresh(_):
+            u = orthonormal(jax.random.normal(keys[j + 1], (dim,), dtype), Q)
+            return u / jnp.linalg.norm(u)
+
+        nxt = lax.cond(restart, fresh, lambda _: w / jnp.where(restart, 1.0, b), None)
         return Q.at[j + 1].set(nxt), alpha.at[j].set(a), beta.at[j].set(jnp.where(restart, 0.0, b))
 
     v0 = jax.random.normal(keys[0], (dim,), dtype)

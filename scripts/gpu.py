@@ -32,14 +32,15 @@ ROOT = HERE.parent
 
 # name -> (what it runs, budget in seconds); the budgets sum to 8 minutes
 ITEMS = {
-    "bench_networks": ("scripts/bench_networks.py: CNN p = 154,058, n = 1,000", 60),
+    "bench_networks": ("scripts/bench_networks.py: CNN p = 154,058, n = 1,000", 50),
+    "bench_lanczos": ("scripts/bench_lanczos.py: Lanczos against its products, p = 26,122", 15),
     "bench_discrete": ("scripts/bench_discrete.py: label-noise SGD against a bare scan", 30),
     "bench_sde": ("scripts/bench_sde.py: the label-noise SDE against label-noise GD", 30),
     "bench_slow_flow": ("scripts/bench_slow_flow.py: the slow flow, N up to 1,024, p up to 32,768", 60),
     "bench_sharded": ("scripts/bench_sharded.py: an SGD ensemble over every device", 20),
     "central_flow_cnn": ("scripts/central_flow_cnn.py --preset quick", 120),
     "svag_cnn": ("scripts/svag_cnn.py --preset quick", 60),
-    "sharpness_vs_lr_batch": ("scripts/sharpness_vs_lr_batch.py --preset quick (its CNN row)", 80),
+    "sharpness_vs_lr_batch": ("scripts/sharpness_vs_lr_batch.py --preset quick (its CNN row)", 75),
     "paper_cost": ("central_flow_cnn paper preset: one GD step, one central-flow substep", 20),
 }
 FIGURES = ("central_flow_cnn", "svag_cnn", "sharpness_vs_lr_batch")
