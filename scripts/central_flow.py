@@ -58,8 +58,6 @@ def compute(cfg, progress, part):
                 num_eigs=cfg["num_eigs"],
             ),
         )  # fmt: skip
-        if progress:
-            print(f"eta = {eta}: done", flush=True)
     return out
 
 
@@ -77,7 +75,7 @@ def summary(cfg, r):
         print(f"eta = {eta}: {compare.edge_summary(r[str(eta)], eta, cfg['window'])}")
 
 
-FIGURE = Figure("central_flow", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure("central_flow", __doc__, PRESETS, compute, draw, summary, parts=lambda cfg: len(cfg["etas"]))
 
 if __name__ == "__main__":
     main(FIGURE)

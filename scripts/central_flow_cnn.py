@@ -66,8 +66,6 @@ def compute(cfg, progress, part):
                     num_eigs=cfg["num_eigs"],
                 ),
             )  # fmt: skip
-            if progress:
-                print(f"{loss}, eta = {eta}: done", flush=True)
     return out
 
 
@@ -89,7 +87,10 @@ def summary(cfg, r):
             print(f"  eta = {eta}: {compare.edge_summary(r[loss][str(eta)], eta, cfg['window'])}")
 
 
-FIGURE = Figure("central_flow_cnn", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure(
+    "central_flow_cnn", __doc__, PRESETS, compute, draw, summary,
+    parts=lambda cfg: sum(len(cfg["etas"][loss]) for loss in LOSSES),
+)  # fmt: skip
 
 if __name__ == "__main__":
     main(FIGURE)

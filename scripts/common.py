@@ -19,7 +19,8 @@ The command line is the same for all of them:
   the preset's config and `code_version` (the code that computes them), reused unless `--recompute`. A
   long figure stores each independent part (a sweep row, a start, a step size) as it finishes
   (`store.part`), so a run killed or crashed re-runs with the same command and goes on from the part it
-  was in.
+  was in. A progress bar over the parts shows each part's label, the time each took, and (for a figure
+  that declares how many parts it has) the estimated time left; `--no-progress` turns it off.
 """
 
 import argparse
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from analysis import store
 
@@ -46,7 +48,8 @@ class Figure:
     config), `draw(cfg, arrays, path) -> path` and `summary(cfg, arrays)`, which prints the headline numbers.
     `part(label, fn) -> arrays` is `fn()` stored under `label` as soon as it returns (`store.part`): compute
     runs each independent part through it.
-    `x64` turns on float64 before anything is computed (say why in the script)."""
+    `x64` turns on float64 before anything is computed (say why in the script). `parts(cfg)`, where given, is
+    how many parts compute stores: the progress bar over parts then shows the estimated time left."""
 
     name: str
     doc: str
@@ -55,6 +58,7 @@ class Figure:
     draw: Callable[[dict, dict, Path], Path]
     summary: Callable[[dict, dict], None]
     x64: bool = False
+    parts: Callable[[dict], int] | None = None
 
 
 LIBRARY = ("models", "flows", "analysis")
@@ -170,16 +174,26 @@ def main(figure: Figure, argv=None) -> dict:
         cfg["seeds"] = args.seeds
     cfg = override(cfg, args.set)
     cfg["code"] = code_version(inspect.getsourcefile(figure.compute))
-    part = functools.partial(
+    stored = functools.partial(
         store.part, store.path(args.results, figure.name, cfg), cfg, recompute=args.recompute
     )
-    arrays = store.cached(
-        args.results,
-        figure.name,
-        cfg,
-        lambda: figure.compute(cfg, not args.no_progress, part),
-        recompute=args.recompute,
-    )
+    total = figure.parts(cfg) if figure.parts else None
+    with tqdm(total=total, desc=f"{figure.name} parts", unit="part", disable=args.no_progress) as bar:
+
+        def part(label, fn):
+            """`store.part`, one step of the bar over parts (its label shown while it runs)."""
+            bar.set_postfix_str(label, refresh=True)
+            out = stored(label, fn)
+            bar.update(1)
+            return out
+
+        arrays = store.cached(
+            args.results,
+            figure.name,
+            cfg,
+            lambda: figure.compute(cfg, not args.no_progress, part),
+            recompute=args.recompute,
+        )
     path = figure.draw(cfg, arrays, args.out / f"{figure.name}.png")
     figure.summary(cfg, arrays)
     print(f"figure: {path}")

@@ -120,7 +120,16 @@ def summary(cfg, r):
         )
 
 
-FIGURE = Figure("early_alignment", __doc__, PRESETS, compute, draw, summary, x64=True)
+FIGURE = Figure(
+    "early_alignment",
+    __doc__,
+    PRESETS,
+    compute,
+    draw,
+    summary,
+    parts=lambda cfg: len(cfg["scales"]),
+    x64=True,
+)
 
 if __name__ == "__main__":
     main(FIGURE)

@@ -213,7 +213,16 @@ def summary(cfg, r):
         print(f"{label:>12}: " + " ".join(f"{v:.4g}" for v in r["by_batch"][:, 1 + j]))
 
 
-FIGURE = Figure("escape", __doc__, PRESETS, compute, draw, summary, x64=True)
+FIGURE = Figure(
+    "escape",
+    __doc__,
+    PRESETS,
+    compute,
+    draw,
+    summary,
+    parts=lambda cfg: 2 + len(cfg["factors"]) + len(cfg["sweep"]) + len(cfg["batch_sizes"]),
+    x64=True,
+)
 
 if __name__ == "__main__":
     main(FIGURE)

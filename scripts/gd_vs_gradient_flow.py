@@ -89,7 +89,9 @@ def summary(cfg, r):
         print(f"eta={eta}: ||theta_GD(t1) - theta_GF(t1)|| / eta = {r['gd'][str(eta)]['dist'][-1] / eta:.4f}")
 
 
-FIGURE = Figure("gd_vs_gradient_flow", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure(
+    "gd_vs_gradient_flow", __doc__, PRESETS, compute, draw, summary, parts=lambda cfg: len(cfg["etas"])
+)
 
 if __name__ == "__main__":
     main(FIGURE)

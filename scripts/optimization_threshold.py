@@ -179,7 +179,16 @@ def summary(cfg, r):
         )
 
 
-FIGURE = Figure("optimization_threshold", __doc__, PRESETS, compute, draw, summary, x64=True)
+FIGURE = Figure(
+    "optimization_threshold",
+    __doc__,
+    PRESETS,
+    compute,
+    draw,
+    summary,
+    parts=lambda cfg: len(METHODS) * len(cfg["ns"]),
+    x64=True,
+)
 
 if __name__ == "__main__":
     main(FIGURE)

@@ -127,7 +127,9 @@ def summary(cfg, r):
             print(f"{name}: SDE weak-error order not resolved (an error within its band at these seeds)")
 
 
-FIGURE = Figure("sde_vs_sgd", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure(
+    "sde_vs_sgd", __doc__, PRESETS, compute, draw, summary, parts=lambda cfg: len(KINDS) * len(cfg["etas"])
+)
 
 if __name__ == "__main__":
     main(FIGURE)

@@ -202,7 +202,10 @@ def summary(cfg, r):
             )
 
 
-FIGURE = Figure("sharpness_vs_lr_batch", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure(
+    "sharpness_vs_lr_batch", __doc__, PRESETS, compute, draw, summary,
+    parts=lambda cfg: len(PROBLEMS) * len(cfg["batch_sizes"]) * len(cfg["eta_factors"]),
+)  # fmt: skip
 
 if __name__ == "__main__":
     main(FIGURE)

@@ -127,7 +127,16 @@ def summary(cfg, r):
         print(f"weak-error order in eta: {float(r['order']['trace_H']):.2f} (theory: 1)")
 
 
-FIGURE = Figure("slow_flow_real_net", __doc__, PRESETS, compute, draw, summary, x64=True)
+FIGURE = Figure(
+    "slow_flow_real_net",
+    __doc__,
+    PRESETS,
+    compute,
+    draw,
+    summary,
+    x64=True,
+    parts=lambda cfg: len(cfg["etas"]),
+)
 
 if __name__ == "__main__":
     main(FIGURE)

@@ -69,7 +69,9 @@ def summary(cfg, r):
     print(f"observed order {float(r['order']['trace_H']):.2f} (theory: 1)")
 
 
-FIGURE = Figure("slow_flow_vs_label_noise", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure(
+    "slow_flow_vs_label_noise", __doc__, PRESETS, compute, draw, summary, parts=lambda cfg: len(cfg["etas"])
+)
 
 if __name__ == "__main__":
     main(FIGURE)

@@ -101,7 +101,7 @@ def summary(cfg, r):
         print(f"eta = {eta}: weak gap of the loss to the SDE, {cells}; {verdict}")
 
 
-FIGURE = Figure("svag", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure("svag", __doc__, PRESETS, compute, draw, summary, parts=lambda cfg: len(cfg["etas"]))
 
 if __name__ == "__main__":
     main(FIGURE)

@@ -126,7 +126,7 @@ def summary(cfg, r):
         print(f"eta = {eta}: test accuracy at t1, SGD {acc['svag1']:.3f}, SDE {acc['sde']:.3f}")
 
 
-FIGURE = Figure("svag_cnn", __doc__, PRESETS, compute, draw, summary)
+FIGURE = Figure("svag_cnn", __doc__, PRESETS, compute, draw, summary, parts=lambda cfg: len(cfg["etas"]))
 
 if __name__ == "__main__":
     main(FIGURE)

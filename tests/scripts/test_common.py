@@ -52,3 +52,26 @@ def test_set_is_recorded_in_the_stored_config(tmp_path):
     common.main(figure, [*argv, "--set", "t1=2"])  # read back, not recomputed
     common.main(figure, argv)  # the preset's own run is stored apart
     assert calls == [2.0, 10.0]
+
+
+def test_the_bar_over_parts_counts_them_and_shows_each_label(tmp_path, capsys):
+    def compute(cfg, progress, part):
+        return {
+            "a": part("first", lambda: {"x": np.ones(2)}),
+            "b": part("second", lambda: {"x": np.zeros(2)}),
+        }
+
+    figure = common.Figure(
+        name="toy",
+        doc="a toy figure",
+        presets={"smoke": PRESET, "quick": PRESET, "paper": PRESET},
+        compute=compute,
+        draw=lambda cfg, arrays, path: path,
+        summary=lambda cfg, arrays: None,
+        parts=lambda cfg: 2,
+    )
+    common.main(figure, ["--preset", "smoke", "--results", str(tmp_path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "toy parts: 100%" in err and "2/2" in err and "second" in err
+    common.main(figure, ["--preset", "smoke", "--results", str(tmp_path), "--no-progress", "--recompute"])
+    assert "toy parts" not in capsys.readouterr().err
