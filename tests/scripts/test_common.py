@@ -75,3 +75,13 @@ def test_the_bar_over_parts_counts_them_and_shows_each_label(tmp_path, capsys):
     assert "toy parts: 100%" in err and "2/2" in err and "second" in err
     common.main(figure, ["--preset", "smoke", "--results", str(tmp_path), "--no-progress", "--recompute"])
     assert "toy parts" not in capsys.readouterr().err
+
+
+def test_a_paper_preset_without_cifar10_stops_saying_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("SHARPFLOW_CIFAR10", raising=False)
+    with pytest.raises(SystemExit, match=r"lacks data_batch_1(.|\n)*--set cifar10=PATH"):
+        common.images("cifar10", 10, folder=tmp_path)
+    with pytest.raises(SystemExit, match="SHARPFLOW_CIFAR10"):
+        common.images("cifar10", 10)
+    X, y = common.images("digits", 12)
+    assert X.shape == (12, 1, 8, 8) and int(y.max()) <= 3
