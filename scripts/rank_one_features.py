@@ -318,7 +318,15 @@ def summary(cfg, r):
             print(f"{head}  s2/s1 {rt:.2e}  gap {gap:.1e}{note}")
 
 
-FIGURE = Figure("rank_one_features", __doc__, PRESETS, compute, draw, summary, x64=True)
+def parts(cfg) -> int:
+    """compute's stored parts: each activation's flows and label-noise settings, and the sweep rows."""
+    swept = len([a for a in ("cubic", "tanh") if a in cfg["activations"]])
+    return len(cfg["activations"]) * (1 + len(cfg["sgd"])) + swept * len(cfg["sweep_m"]) * len(
+        cfg["sweep_nd"]
+    )
+
+
+FIGURE = Figure("rank_one_features", __doc__, PRESETS, compute, draw, summary, x64=True, parts=parts)
 
 if __name__ == "__main__":
     main(FIGURE)
