@@ -25,9 +25,12 @@ is within its band (SGD's 5.0e-3 +- 8.9e-3): the SDE describes SGD. At eta = 1.0
 closes it: 0.026 +- 0.029 at l = 2, 0.005 +- 0.018 at l = 4, within the band.
 
 Paper preset: CIFAR-10's first 4 classes (`--set cifar10=PATH` or $SHARPFLOW_CIFAR10), a wider CNN, sized for
-a GPU; lambda_max is off there (`lambda_max=False`: 5 runs x 11 saves x 40 products of ~2.5 full-batch
-gradients, ~5,500 a seed, would add ~40% to the SDE's 12,800 full-batch passes a seed at eta = 0.05, counted
-not measured), `--set lambda_max=True` turns it on.
+a GPU. Measured on this CPU at its size (random CIFAR-shaped images, p = 35,780): an SDE substep 0.84 s a
+seed (a full-batch pass over 1,024 images), an SVAG step (two minibatches of 32) ~50 ms; the preset's 6,400 +
+640 SDE substeps and 3,300 SVAG steps a seed over both step sizes make ~6,000 s a seed, ~18 days for its 256
+seeds here: under an hour needs a GPU ~430x this CPU. lambda_max is off there (`lambda_max=False`: 5 runs x 11
+saves x 40 products of ~2.5 full-batch passes would add ~80% to the SDE's), `--set lambda_max=True` turns it
+on.
 """
 
 import jax
@@ -43,7 +46,7 @@ PRESETS = {
     "quick": dict(data="digits", cifar10=None, n=128, test=512, channels=(4, 8), batch=8, etas=[0.1, 1.0],
                   t1=6.0, ls=[1, 2, 4], seeds=64, saves=6, lambda_max=True),
     "paper": dict(data="cifar10", cifar10=None, n=1024, test=1024, channels=(32, 64), batch=32,
-                  etas=[0.05, 0.5], t1=20.0, ls=[1, 2, 4, 8], seeds=512, saves=10, lambda_max=False),
+                  etas=[0.05, 0.5], t1=10.0, ls=[1, 2, 4, 8], seeds=256, saves=10, lambda_max=False),
 }  # fmt: skip
 SDE_SUBSTEPS = 32
 CHUNK = 256  # seeds a compiled call
