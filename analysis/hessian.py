@@ -161,9 +161,8 @@ class TraceProbe(eqx.Module):
 
     def __call__(self, problem: Problem, params: PyTree) -> Float[Array, ""]:
         flat, _ = _ravel(problem, params)
-        z = jax.random.rademacher(self.key, (self.num_probes, flat.shape[0]), flat.dtype)
-        H = operator(problem, params)
-        return jnp.mean(jax.vmap(lambda v: v @ H.mv(v))(z))
+        z = _rademacher(self.key, flat, self.num_probes, minimum=1)
+        return jnp.mean(_quadratic_forms(operator(problem, params).mv, z))
 
 
 @eqx.filter_jit
@@ -379,17 +378,23 @@ def _ravel(problem, params):
     return problem.ravel(params)
 
 
-def _rademacher(key, flat, num_samples):
-    """`num_samples` (>= 2, for a standard error) Rademacher vectors shaped like `flat`."""
+def _rademacher(key, flat, num_samples, *, minimum: int = 2):
+    """`num_samples` Rademacher vectors shaped like `flat`: at least `minimum`, 2 where a standard error is
+    formed from them."""
     num_samples = checks.positive_int("num_samples", num_samples)
-    if num_samples < 2:
+    if num_samples < minimum:
         raise ValueError(f"num_samples must be >= 2 (a standard error needs two), got {num_samples}")
     return jax.random.rademacher(key, (num_samples, flat.shape[0]), flat.dtype)
 
 
+def _quadratic_forms(matvec, z):
+    """z_j^T A z_j for each row z_j of `z`."""
+    return jax.vmap(lambda v: v @ matvec(v))(z)
+
+
 def _hutchinson(matvec, key, flat, num_samples):
     """(mean, standard error) of z^T A z over `num_samples` Rademacher z: Hutchinson's estimate of tr A."""
-    q = jax.vmap(lambda v: v @ matvec(v))(_rademacher(key, flat, num_samples))
+    q = _quadratic_forms(matvec, _rademacher(key, flat, num_samples))
     return q.mean(), q.std(ddof=1) / jnp.sqrt(q.shape[0])
 
 

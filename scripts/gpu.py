@@ -20,6 +20,7 @@ wheels carried there).
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -91,6 +92,7 @@ def paper_cost(smoke: bool) -> dict:
     preset's whole estimated time: its steps t1 / eta over its etas, for both losses."""
     import jax
     import numpy as np
+    from bench_common import median_time
     from central_flow_cnn import LOSSES, PRESETS
 
     from analysis import hessian
@@ -104,12 +106,7 @@ def paper_cost(smoke: bool) -> dict:
     model = CNN((3, 32, 32), cfg["channels"], outputs=4, activation="tanh", key=jax.random.key(2))
     P = Problem(model, X, jax.nn.one_hot(labels, 4), loss="square")
     eta, reps = 0.05, 5
-
-    def timed(fn):
-        jax.block_until_ready(fn())
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        return time.perf_counter() - start
+    timed = functools.partial(median_time, repeats=1)  # compiled first, then one timed call
 
     # GD: reps steps against one, the difference per step (compilation and launch excluded)
     step = (
@@ -128,7 +125,7 @@ def paper_cost(smoke: bool) -> dict:
     ) / 4  # one GD step more is 4 substeps more
     lanczos = timed(lambda: hessian.lambda_max(P, P.params))
     steps = sum(round(cfg["t1"] / e) for loss in LOSSES for e in cfg["etas"][loss])
-    saves = len(LOSSES) * len(cfg["etas"]["square"]) * (cfg["saves"] + 1)
+    saves = sum(len(cfg["etas"][loss]) for loss in LOSSES) * (cfg["saves"] + 1)
     estimate = steps * (step + 4 * cf) + 2 * saves * lanczos  # GD and gradient flow read lambda_max a save
     return {
         "p": int(P.num_params),
@@ -157,8 +154,7 @@ def table(device: str, results: dict, cpu: dict) -> str:
     ]
     bench = ["", "| benchmark | run | GPU s | CPU s | GPU / CPU |", "|---|---|---:|---:|---:|"]
     for name, r in results.items():
-        what, budget = ITEMS[name]
-        lines.append(f"| {name} | {what} | {r['seconds']:.1f} | {budget} | {r['status']} |")
+        lines.append(f"| {name} | {ITEMS[name][0]} | {r['seconds']:.1f} | {r['budget']} | {r['status']} |")
         printed = r.get("printed")
         if name.startswith("bench_") and isinstance(printed, list):
             for row in printed:
@@ -205,7 +201,7 @@ def main(argv=None):
     for name in args.only or ITEMS:
         print(f"== {name}", flush=True)
         budget = SMOKE_BUDGET if args.smoke else ITEMS[name][1]
-        results[name] = run_item(name, args.smoke, budget, args.out.parent)
+        results[name] = run_item(name, args.smoke, budget, args.out.parent) | {"budget": budget}
         print(f"== {name}: {results[name]['status']} in {results[name]['seconds']:.1f} s", flush=True)
     text = table(device, results, cpu_rows(args.cpu))
     args.out.write_text(text)

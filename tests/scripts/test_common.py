@@ -14,6 +14,19 @@ import common  # noqa: E402
 PRESET = {"t1": 10.0, "steps": 5, "etas": (0.2, 0.1), "activation": "tanh", "seeds": 4}
 
 
+def toy_figure(compute, parts=None):
+    """A figure named "toy" with `PRESET` at every preset, computing by `compute`, drawing nothing."""
+    return common.Figure(
+        name="toy",
+        doc="a toy figure",
+        presets={"smoke": PRESET, "quick": PRESET, "paper": PRESET},
+        compute=compute,
+        draw=lambda cfg, arrays, path: path,
+        summary=lambda cfg, arrays: None,
+        parts=parts,
+    )
+
+
 def test_set_parses_each_entry_as_its_type():
     cfg = common.override(PRESET, ["t1=3", "steps=7", "etas=[0.05]", "activation=relu", "etas=(0.3,)"])
     assert cfg == {**PRESET, "t1": 3.0, "steps": 7, "etas": (0.3,), "activation": "relu"}
@@ -36,14 +49,7 @@ def test_set_is_recorded_in_the_stored_config(tmp_path):
         calls.append(cfg["t1"])
         return {"t": np.linspace(0.0, cfg["t1"], 3)}
 
-    figure = common.Figure(
-        name="toy",
-        doc="a toy figure",
-        presets={"smoke": PRESET, "quick": PRESET, "paper": PRESET},
-        compute=compute,
-        draw=lambda cfg, arrays, path: path,
-        summary=lambda cfg, arrays: None,
-    )
+    figure = toy_figure(compute)
     argv = ["--preset", "smoke", "--results", str(tmp_path), "--out", str(tmp_path)]
     arrays = common.main(figure, [*argv, "--set", "t1=2"])
     assert arrays["t"][-1] == 2.0
@@ -61,15 +67,7 @@ def test_the_bar_over_parts_counts_them_and_shows_each_label(tmp_path, capsys):
             "b": part("second", lambda: {"x": np.zeros(2)}),
         }
 
-    figure = common.Figure(
-        name="toy",
-        doc="a toy figure",
-        presets={"smoke": PRESET, "quick": PRESET, "paper": PRESET},
-        compute=compute,
-        draw=lambda cfg, arrays, path: path,
-        summary=lambda cfg, arrays: None,
-        parts=lambda cfg: 2,
-    )
+    figure = toy_figure(compute, parts=lambda cfg: 2)
     common.main(figure, ["--preset", "smoke", "--results", str(tmp_path), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert "toy parts: 100%" in err and "2/2" in err and "second" in err

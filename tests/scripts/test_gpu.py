@@ -31,8 +31,12 @@ def test_gpu_table_sets_each_benchmark_row_against_the_cpu_row(tmp_path):
         {"benchmark": "CNN on 1000 digit images, float32, gpu", "run": "hvp", "seconds": 0.01},
     ]
     results = {
-        "bench_networks": {"status": "ok", "seconds": 12.0, "printed": rows},
-        "central_flow_cnn": {"status": "over budget", "seconds": 150.2},
+        "bench_networks": {"status": "ok", "seconds": 12.0, "printed": rows, "budget": 50},
+        "central_flow_cnn": {
+            "status": "over budget",
+            "seconds": 150.2,
+            "budget": gpu.ITEMS["central_flow_cnn"][1],
+        },
     }
     text = gpu.table("gpu: H200", results, gpu.cpu_rows(tmp_path / "benchmarks.json"))
     assert "# GPU rows (gpu: H200)" in text
