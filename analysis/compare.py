@@ -165,6 +165,7 @@ def svag_vs_sde(
     chunk: int | None = None,
     mesh=None,
     progress: bool = False,
+    part: Callable[[str, Callable[[], dict]], dict] | None = None,
 ) -> dict:
     """SVAG (`flows.svag`) at each l of `ls` (l = 1 is SGD with `batch_size`) and the SGD SDE
     (`flows.sgd_sde`, Euler with `substeps` a step), `seeds` runs each, saved at `num_saves + 1` times in
@@ -185,7 +186,16 @@ def svag_vs_sde(
     t = np.linspace(0.0, t1, checks.positive_int("num_saves", num_saves) + 1)
     keys = jax.random.split(key, seeds)
     sde_keys = jax.random.split(jax.random.fold_in(key, 1), seeds)
-    runs = {}
+    part = part or _unstored
+
+    def summarised(runs):
+        """Each stat's ensemble mean `m` and 95% half-width `m_band` over time."""
+        r = {}
+        for m, values in runs.stats.items():
+            r[m], r[f"{m}_band"] = mean_band(values)
+        return jax.tree.map(np.asarray, r)
+
+    out = {"t": t, "gap": {}}
     for ell in ls:
         steps = timescale.steps_for_time(t1, eta / ell)  # SVAG's step is eta / l
         if steps % num_saves:
@@ -195,19 +205,19 @@ def svag_vs_sde(
             return svag(problem, params0, steps=steps, eta=eta, batch_size=batch_size, l=ell, key=k,
                         save_every=steps // num_saves, save_params=False, metrics=metrics(k))  # fmt: skip
 
-        runs[f"svag{ell}"] = ensemble(run, keys, chunk=chunk, mesh=mesh, progress=progress)
+        out[f"svag{ell}"] = part(
+            f"svag{ell}",
+            lambda run=run: summarised(ensemble(run, keys, chunk=chunk, mesh=mesh, progress=progress)),
+        )
 
     def sde(k):
         return sgd_sde(problem, params0, t1=t1, eta=eta, batch_size=batch_size, key=k, ts=t,
                        substeps=substeps, save_params=False, metrics=metrics(k))  # fmt: skip
 
-    runs["sde"] = ensemble(sde, sde_keys, chunk=chunk, mesh=mesh, progress=progress)
-    out = {"t": t, "gap": {}}
-    for name, traj in runs.items():
-        out[name] = {}
-        for m, values in traj.stats.items():
-            out[name][m], out[name][f"{m}_band"] = mean_band(values)
-    for m in runs["sde"].stats:
+    out["sde"] = part(
+        "sde", lambda: summarised(ensemble(sde, sde_keys, chunk=chunk, mesh=mesh, progress=progress))
+    )
+    for m in (m for m in out["sde"] if f"{m}_band" in out["sde"]):
         gaps = []
         for ell in ls:
             d = out[f"svag{ell}"][m] - out["sde"][m]
@@ -227,6 +237,7 @@ def edge_of_stability(
     window: int,
     num_eigs: int = 3,
     substeps: int = 4,
+    part: Callable[[str, Callable[[], dict]], dict] | None = None,
 ) -> dict:
     """GD with step `eta` for t1 / eta steps (every step kept), gradient flow and the central flow
     (`num_eigs` eigenpairs, `substeps` steps per GD step), read at the steps k = 0, K, 2K, ... (K = steps //
@@ -243,33 +254,54 @@ def edge_of_stability(
     O(p num_eigs^2) for the central flow; cost: a gradient a GD step, ~(1.5 k^2 + 15 k + 2) gradients a
     central-flow substep for k = num_eigs (3 k Hessian-vector products of ~2.5 gradients, k(k+1)/2 third
     derivatives of ~3, two Heun stages of a gradient and k quadratic forms each; measured ~35 at k = 2 and
-    ~80 at k = 3 on a CNN), a Lanczos run (40 products) a save."""
+    ~80 at k = 3 on a CNN), a Lanczos run (40 products) a save. `part` as in `sde_vs_sgd`: the three runs
+    (labels `gd`, `gf`, `cf`) through it, each a checkpoint a resumed run reads back."""
     steps = timescale.steps_for_time(t1, eta)
     ks = np.arange(0, steps + 1, max(1, steps // checks.positive_int("num_saves", num_saves)))
     ts = jnp.asarray(timescale.flow_time(ks, eta))
-    run = gd(problem, params0, steps=steps, eta=eta, save_every=1)
-    gd_lambda = jax.lax.map(lambda k: hessian.lambda_max(problem, run.at(k)), jnp.asarray(ks))
-    gf = gradient_flow(problem, params0, t1=t1, ts=ts, metrics={"lambda_max": hessian.lambda_max})
-    cf = central_flow(problem, params0, eta=eta, t1=t1, ts=ts, num_eigs=num_eigs, substeps=substeps)
-    averaged = time_average(run, window)
-    mean_params = jax.tree.map(lambda x: x[ks], averaged.params)
-    return jax.tree.map(
-        np.asarray,
-        {
-            "t": ts,
+    part = part or _unstored
+    flat = jax.vmap(lambda params: problem.ravel(params)[0])  # saved parameters (saves, p)
+
+    def discrete():
+        run = gd(problem, params0, steps=steps, eta=eta, save_every=1)
+        averaged = time_average(run, window)
+        return {
             "gd_loss": run.stats["loss"],
             "gd_mean_loss": averaged.stats["loss"][ks],
-            "gd_lambda": gd_lambda,
-            "gf_loss": gf.stats["loss"],
-            "gf_lambda": gf.stats["lambda_max"],
-            "cf_loss": cf.stats["loss"],
-            "cf_predicted": cf.stats["predicted_loss"],
-            "cf_lambda": cf.stats["eigenvalues"][:, 0],
-            "cf_edge_count": cf.stats["edge_count"],
-            "gf_distance": distance(gf.params, mean_params, batch_dims=1),
-            "cf_distance": distance(cf.params, mean_params, batch_dims=1),
-        },
-    )
+            "gd_lambda": jax.lax.map(lambda k: hessian.lambda_max(problem, run.at(k)), jnp.asarray(ks)),
+            "gd_mean_params": flat(jax.tree.map(lambda x: x[ks], averaged.params)),
+        }
+
+    def flows():
+        gf = gradient_flow(problem, params0, t1=t1, ts=ts, metrics={"lambda_max": hessian.lambda_max})
+        return {"loss": gf.stats["loss"], "lambda": gf.stats["lambda_max"], "params": flat(gf.params)}
+
+    def central():
+        cf = central_flow(problem, params0, eta=eta, t1=t1, ts=ts, num_eigs=num_eigs, substeps=substeps)
+        return {
+            "loss": cf.stats["loss"],
+            "predicted": cf.stats["predicted_loss"],
+            "lambda": cf.stats["eigenvalues"][:, 0],
+            "edge_count": cf.stats["edge_count"],
+            "params": flat(cf.params),
+        }
+
+    g = part("gd", lambda: jax.tree.map(np.asarray, discrete()))
+    mean_params = g["gd_mean_params"]
+    gf = part("gf", lambda: jax.tree.map(np.asarray, flows()))
+    cf = part("cf", lambda: jax.tree.map(np.asarray, central()))
+    return {
+        "t": np.asarray(ts),
+        **{k: v for k, v in g.items() if k != "gd_mean_params"},
+        "gf_loss": gf["loss"],
+        "gf_lambda": gf["lambda"],
+        "cf_loss": cf["loss"],
+        "cf_predicted": cf["predicted"],
+        "cf_lambda": cf["lambda"],
+        "cf_edge_count": cf["edge_count"],
+        "gf_distance": np.asarray(distance(gf["params"], mean_params, batch_dims=1)),
+        "cf_distance": np.asarray(distance(cf["params"], mean_params, batch_dims=1)),
+    }
 
 
 def edge_errors(r: Mapping[str, np.ndarray], eta: float) -> dict | None:
@@ -355,7 +387,9 @@ def label_noise_slow_clock(
     `sgd_band` (95% half-width), `flow`, `weak_error` and `weak_error_band` (`debiased_weak_error`) for each
     observable; and `order[name]` (the slope of the weak error against eta on log axes, with two or more
     etas; NaN unless every error is resolved).
-    `part` as in `sde_vs_sgd`: each eta (label `eta{eta}`) through it.
+    `part` as in `sde_vs_sgd`: each eta (label `eta{eta}`) through it, and inside it its checkpoints: the
+    ensemble's iterates (`eta{eta}-sgd`), their Phi one save at a time (`eta{eta}-phi{j}`, the costly
+    piece: a limit_map a point), the flow (`eta{eta}-flow`).
     """
     sigma = float(checks.positive("sigma", sigma))
     seeds = checks.positive_int("seeds", seeds)
@@ -370,31 +404,47 @@ def label_noise_slow_clock(
 
     part = part or _unstored
 
+    unravel = problem.ravel(start)[1]
+
     def at_eta(i, eta):
         every = max(1, timescale.steps_for_slow_time(tau1 / num_saves, eta, sigma, batch, noise_batch_size))
         taus = timescale.slow_time(np.arange(num_saves + 1) * every, eta, sigma, batch, noise_batch_size)
-        runs = jax.vmap(
-            lambda k: (
-                label_noise_sgd(
-                    problem,
-                    start,
-                    steps=every * num_saves,
-                    eta=eta,
-                    sigma=sigma,
-                    key=k,
-                    batch_size=batch_size,
-                    noise_batch_size=noise_batch_size,
-                    save_every=every,
-                ).params
+
+        def runs():  # the saved iterates, flattened: (seeds, num_saves + 1, p)
+            def one(k):
+                run = label_noise_sgd(problem, start, steps=every * num_saves, eta=eta, sigma=sigma, key=k,
+                                      batch_size=batch_size, noise_batch_size=noise_batch_size,
+                                      save_every=every)  # fmt: skip
+                return jax.vmap(lambda p: problem.ravel(p)[0])(run.params)
+
+            return {"flat": np.asarray(jax.vmap(one)(jax.random.split(jax.random.fold_in(key, i), seeds)))}
+
+        flat = part(f"eta{eta}-sgd", runs)["flat"]
+        # Phi of every seed's iterate, one save at a time: a checkpoint each
+        mapped = [
+            part(
+                f"eta{eta}-phi{j}",
+                lambda j=j: jax.tree.map(
+                    np.asarray, jax.vmap(lambda v: evaluate_all(unravel(v)))(jnp.asarray(flat[:, j]))
+                ),
             )
-        )(jax.random.split(jax.random.fold_in(key, i), seeds))
-        values = jax.vmap(jax.vmap(evaluate_all))(runs)
-        flow = riemannian_flow(problem, start, t1=taus[-1], ts=taus, save_params=False, metrics=observables)
+            for j in range(num_saves + 1)
+        ]
+        values = {name: np.stack([m[name] for m in mapped], axis=1) for name in observables}
+        flow = part(
+            f"eta{eta}-flow",
+            lambda: jax.tree.map(
+                np.asarray,
+                riemannian_flow(
+                    problem, start, t1=taus[-1], ts=taus, save_params=False, metrics=observables
+                ).stats,
+            ),
+        )
         r = {"tau": taus, "observables": {}}
         for name in observables:
             s = r["observables"][name] = {}
             s["sgd_mean"], s["sgd_band"] = mean_band(values[name])
-            s["flow"] = np.asarray(flow.stats[name])
+            s["flow"] = np.asarray(flow[name])
             s["weak_error"], s["weak_error_band"] = debiased_weak_error(
                 s["sgd_mean"] - s["flow"], s["sgd_band"], seeds
             )

@@ -105,7 +105,7 @@ def _projected_lagrangian(problem, params, objective, mode):
     def F(v):
         return objective(problem, unravel(v))
 
-    lam = jax.lax.stop_gradient(point.solve(point.jv(jax.grad(F)(flat))))
+    lam = jax.lax.stop_gradient(point.multipliers(jax.grad(F)(flat)))
 
     def lagrangian(v):
         return F(v) - lam @ problem.residuals(unravel(v)).reshape(-1)

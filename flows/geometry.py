@@ -11,22 +11,32 @@ and, for the label-noise objective, the exact gradient of the Gauss-Newton trace
 
 a = (example, output) over the N = n k scalar outputs.
 
-Modes (`mode_for` picks one; a flow can be told which):
-
-Both modes solve with (K + mu I)^{-1}, mu = `rcond` max_a ||grad f_a||^2: K^+ to a relative mu / lambda on
-K's eigenvalues lambda >> mu, and those far below mu (near rank loss, e.g. two inputs 1e-9 apart, or the
-sparse optima of the quadratic parametrisation) dropped, the same rank decision in both modes, so that they
-agree there too (to 1e-4 and better) and neither returns NaN.
+Both modes solve with (K + mu I)^{-1} in place of K^+: K^+ to a relative mu / sigma^2 on the directions
+whose singular value sigma of J is well above sqrt(mu), and those far below it (near rank loss, e.g. two
+inputs 1e-9 apart, or the sparse optima of the quadratic parametrisation) dropped, so that neither mode
+returns NaN there. mu = `rcond(N, dtype, mode)` max_a ||grad f_a||^2 sits above the rounding error of the
+mode's own arithmetic (the rank rule), which differs between the modes:
 
 - `"dense"`: J formed once per point, row by row from per-example gradients (memory N p; cost N gradient
-  evaluations; grad tr G comes out of the same pass, reverse over reverse per example), K = J J^T (N^2 p),
-  K + mu I factorised once by Cholesky (N^3 / 3). Accuracy: a solve with K loses cond(J)^2 eps; float32
-  needs cond(J) well below 1e3.
+  evaluations; grad tr G comes out of the same pass, reverse over reverse per example); R of the Householder
+  QR of J^T (2 N^2 p), then of [R_0; sqrt(mu) I] (N^3), so that R^T R = K + mu I without forming K, and
+  Q_1 = J^T R^{-1} by one triangular solve (N^2 p; memory N p more): P_T v = v - Q_1 Q_1^T v,
+  J^+ b = Q_1 R^{-T} b. Backward stable: J's singular values are resolved to ~ eps sigma_max and a solve
+  loses cond(J) eps, where the normal equations (K formed and factorised by Cholesky, half the cost) lose
+  cond(J)^2 eps: in float32 they refused a two-layer net at N = 1,024, and with the cut-off they need
+  there (10 N eps) put tangent projections 1% off on a J with cond(J) = 35 (QR: 2e-6). mu =
+  (100 sqrt(N) eps)^2 max_a ||grad f_a||^2.
 - `"matrix_free"`: K u is one JVP and one VJP of the residuals (the primal pass linearised once: memory
   O(p + N + one batch of activations), never N p); (K + mu I)^{-1} b by conjugate gradients (lineax CG,
   Jacobi preconditioner diag K_aa = ||grad f_a||^2, which the trace pass yields for free); a solve that
   misses its tolerance is recorded (`Point.solved`) and the flows report it (`INNER_SOLVER_FAILED`, never
-  DIVERGED); grad tr G streamed over examples in chunks of `chunk` (memory chunk * p).
+  DIVERGED); grad tr G streamed over examples in chunks of `chunk` (memory chunk * p). Products with K
+  carry errors ~ eps lambda_max(K), so K's eigenvalues (sigma^2) are resolved to ~ N eps max ||grad f_a||^2
+  and mu = 10 N eps max_a ||grad f_a||^2: the squared cut-off of the dense mode is far below this one.
+
+Where every singular value of J is well above both cut-offs the modes agree (to the solves' tolerance);
+where J has lost rank exactly, both drop the lost directions; in between (sigma between the two cut-offs)
+the dense mode keeps directions the matrix-free mode cannot resolve.
 """
 
 from collections.abc import Callable
@@ -36,15 +46,37 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 from jax import lax
+from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Float
 
 from models.problem import chunked
 
-__all__ = ["Mode", "DENSE_BUDGET", "CG_RTOL", "mode_for", "rcond", "Point"]
+__all__ = ["Mode", "DENSE_BUDGET", "CG_RTOL", "one_at_a_time", "mode_for", "rcond", "Point"]
 
 Mode = Literal["auto", "dense", "matrix_free"]
 DENSE_BUDGET = 2**30  # bytes: the dense mode is chosen while J (N, p) fits in this
 CG_RTOL = {"float64": 1e-10, "float32": 1e-5}  # the matrix-free solves' relative tolerance, by dtype
+
+
+def one_at_a_time(fn: Callable) -> Callable:
+    """`fn` (one array in, a tuple of arrays out) whose batched form under `jax.vmap` runs the batch one
+    matrix at a time (`lax.map`). jaxlib's batched LAPACK kernels split a batch over the thread pool they
+    run on and wait for it: a vmapped QR or SVD inside a vmapped while loop (160 Gauss-Newton retractions)
+    deadlocked XLA's CPU runtime, every thread idle."""
+
+    @custom_vmap
+    def single(a):
+        return tuple(fn(a))
+
+    @single.def_vmap
+    def _(axis_size, in_batched, a):
+        out = lax.map(single, a)
+        return out, tuple(True for _ in out)
+
+    return single
+
+
+_qr_r = one_at_a_time(lambda a: (jnp.linalg.qr(a, mode="r"),))  # R alone (no Q formed)
 
 
 def mode_for(problem, mode: Mode = "auto", dtype=None) -> Literal["dense", "matrix_free"]:
@@ -58,10 +90,15 @@ def mode_for(problem, mode: Mode = "auto", dtype=None) -> Literal["dense", "matr
     return "dense" if problem.y.size * problem.num_params * itemsize <= DENSE_BUDGET else "matrix_free"
 
 
-def rcond(N: int, dtype) -> float:
-    """The relative cut-off below which an eigenvalue of K (a squared singular value of J) counts as zero:
-    10 N eps, the rounding error of K's eigenvalues relative to the largest."""
-    return 10 * max(N, 1) * float(jnp.finfo(dtype).eps)
+def rcond(N: int, dtype, mode: Literal["dense", "matrix_free"]) -> float:
+    """The rank rule: J's squared singular values far below `rcond` max_a ||grad f_a||^2 count as zero.
+    Dense (QR, singular values resolved to ~ eps sigma_max): (100 sqrt(N) eps)^2, two decades above the
+    rounding of an exactly lost direction. Matrix-free (products with K, its eigenvalues resolved to
+    ~ N eps lambda_max): 10 N eps."""
+    eps = float(jnp.finfo(dtype).eps)
+    if mode == "dense":
+        return (100 * max(N, 1) ** 0.5 * eps) ** 2
+    return 10 * max(N, 1) * eps
 
 
 class Point:
@@ -93,7 +130,6 @@ class Point:
         self.mode = mode
         dtype = flat.dtype
         self.N = problem.y.size
-        self.rcond = rcond(self.N, dtype)
         residual = lambda v: problem.residuals(unravel(v)).reshape(-1)  # noqa: E731
         if mode == "dense":
             self.r = residual(flat)
@@ -103,12 +139,15 @@ class Point:
             self._vjp = jax.linear_transpose(self._jvp, flat)
             self.sq, self.trace_grad = _streamed(problem, flat, unravel, chunk, trace_grad)
             self._cg_rtol = CG_RTOL[jnp.dtype(dtype).name] if cg_rtol is None else cg_rtol
-        # the one rank rule of both modes: K's eigenvalues far below mu = rcond max_a ||grad f_a||^2 count as
-        # zero, through the regularised inverse (K + mu I)^{-1}, which is K^+ to a relative mu / lambda
-        # elsewhere
-        self.mu = self.rcond * jnp.maximum(jnp.max(self.sq), jnp.finfo(dtype).tiny)
+        # the rank rule (module docstring): K's eigenvalues far below mu count as zero, through
+        # (K + mu I)^{-1}, which is K^+ to a relative mu / sigma^2 elsewhere
+        self.mu = rcond(self.N, dtype, mode) * jnp.maximum(jnp.max(self.sq), jnp.finfo(dtype).tiny)
         if mode == "dense":
-            self._L = jnp.linalg.cholesky(self.J @ self.J.T + self.mu * jnp.eye(self.N, dtype=dtype))
+            # R of the Householder QR of [J^T; sqrt(mu) I], in two steps (J^T = Q_0 R_0, then of
+            # [R_0; sqrt(mu) I]), so that R^T R = K + mu I; and Q_1^T = R^{-T} J (N, p), so that J^T = Q_1 R
+            R0 = _qr_r(self.J.T)[0]
+            self._R = _qr_r(jnp.concatenate([R0, jnp.sqrt(self.mu) * jnp.eye(self.N, dtype=dtype)]))[0]
+            self._Qt = self._rt_solve(self.J)
         self.solved = jnp.asarray(True)  # False once a conjugate-gradient solve has failed
 
     def jv(self, v: Float[Array, " p"]) -> Float[Array, " N"]:
@@ -119,13 +158,17 @@ class Point:
         """J^T u (a vector-Jacobian product in matrix-free mode)."""
         return u @ self.J if self.mode == "dense" else self._vjp(u)[0]
 
+    def _rt_solve(self, b):
+        """R^{-T} b (dense)."""
+        return jax.scipy.linalg.solve_triangular(self._R, b, trans="T")
+
     def solve(self, b: Float[Array, " N"]) -> Float[Array, " N"]:
         """(K + mu I)^{-1} b: K^+ b for b in range(K), with K's eigenvalues far below mu dropped (the rank
-        rule above; at a point where J loses rank, the pseudo-inverse of the rank kept). Dense: one Cholesky
-        solve. Matrix-free: conjugate gradients (Jacobi preconditioner); a solve that does not reach its
-        tolerance sets `solved` to False (the flows report it as `INNER_SOLVER_FAILED`)."""
+        rule above; at a point where J loses rank, the pseudo-inverse of the rank kept). Dense: R^{-1} R^{-T}
+        b, two triangular solves. Matrix-free: conjugate gradients (Jacobi preconditioner); a solve that does
+        not reach its tolerance sets `solved` to False (the flows report it as `INNER_SOLVER_FAILED`)."""
         if self.mode == "dense":
-            return jax.scipy.linalg.cho_solve((self._L, True), b)
+            return jax.scipy.linalg.solve_triangular(self._R, self._rt_solve(b))
         K = lx.FunctionLinearOperator(
             lambda u: self.jv(self.jtu(u)) + self.mu * u,
             jax.ShapeDtypeStruct(b.shape, b.dtype),
@@ -138,13 +181,26 @@ class Point:
         self.solved = self.solved & (sol.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
         return sol.value
 
-    def min_norm(self, b: Float[Array, " N"]) -> Float[Array, " p"]:
-        """J^+ b = J^T K^+ b."""
-        return self.jtu(self.solve(b))
+    def multipliers(self, v: Float[Array, " p"]) -> Float[Array, " N"]:
+        """K^+ J v, the least-squares solution lambda of J^T lambda = v (the Lagrange multipliers of a
+        gradient v). Dense: R^{-1} Q_1^T v (loses cond(J) eps, not cond(J)^2 eps)."""
+        if self.mode == "dense":
+            return jax.scipy.linalg.solve_triangular(self._R, self._Qt @ v)
+        return self.solve(self.jv(v))
 
-    def project(self, v: Float[Array, " p"]) -> Float[Array, " p"]:
-        """P_T v = v - J^T K^+ J v."""
-        return v - self.min_norm(self.jv(v))
+    def min_norm(self, b: Float[Array, " N"]) -> Float[Array, " p"]:
+        """J^+ b = J^T K^+ b (dense: Q_1 R^{-T} b)."""
+        return self._rt_solve(b) @ self._Qt if self.mode == "dense" else self.jtu(self.solve(b))
+
+    def project(self, v: Float[Array, " p"], b: Float[Array, " N"] | None = None) -> Float[Array, " p"]:
+        """P_T v + J^+ b = v - J^+ (J v - b), the point of {w : J w = b} nearest v (b = 0 by default: the
+        tangent projection). One solve; dense: v - Q_1 (Q_1^T v - R^{-T} b), where P_T v = v - Q_1 Q_1^T v
+        loses only eps."""
+        if self.mode == "dense":
+            c = self._Qt @ v
+            return v - (c if b is None else c - self._rt_solve(b)) @ self._Qt
+        Jv = self.jv(v)
+        return v - self.min_norm(Jv if b is None else Jv - b)
 
 
 def _example_terms(problem, unravel, trace_grad: bool):

@@ -193,7 +193,7 @@ def _onto(
     """Map `params` onto the manifold (Phi when `phi`, else the retraction) in one compiled call, raising
     the errors of `limit_map` and `retract`: `ValueError` where J J^T is singular (a degenerate start),
     `equinox.EquinoxRuntimeError` where the map fails to converge (eagerly with the numbers, or traced).
-    With `gram`, also returns the smallest and largest eigenvalues of K = J J^T at the result (in the dense
+    With `gram`, also returns `_singular_range` of J at the result (in the dense
     mode; None in the matrix-free one, which never forms J)."""
     checks.same_structure("params", params, problem.params, "problem.params")
     flat, unravel = problem.ravel(params)
@@ -206,7 +206,7 @@ def _onto(
         res_tol = 1e3 * eps * (1 + float(np.max(np.abs(problem.y))) if checks.is_concrete(problem.y) else 1.0)
     mode = geometry.mode_for(problem, mode, flat.dtype)
     gram = gram and mode == "dense"  # the matrix-free mode never forms J
-    v, settled, res, ok, solved, lam = _onto_compiled(
+    v, settled, res, ok, solved, stats = _onto_compiled(
         problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
     )
     if checks.is_concrete((settled, ok, solved)):
@@ -215,14 +215,12 @@ def _onto(
             raise eqx.EquinoxRuntimeError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
         if not solved:
             raise eqx.EquinoxRuntimeError(_UNSOLVED)
-        if lam is not None:
-            _check_regular(problem, lam, flat.dtype, "where the start lands")
+        if stats is not None:
+            _check_regular(problem, stats, flat.dtype, mode, "where the start lands")
         if not ok:
             if problem.y.size * problem.num_params * flat.dtype.itemsize <= geometry.DENSE_BUDGET:
                 J = problem.jacobian(unravel(v))
-                _check_regular(
-                    problem, jnp.linalg.eigvalsh(J @ J.T)[jnp.array([0, -1])], flat.dtype, "near the start"
-                )
+                _check_regular(problem, _singular_range(J), flat.dtype, mode, "near the start")
             raise eqx.EquinoxRuntimeError(
                 f"{_TOO_FAR}; max|r| = {float(res):.3g} after {max_iter} iterations, "
                 f"tol = {float(res_tol):.3g}"
@@ -231,15 +229,25 @@ def _onto(
         v = eqx.error_if(
             eqx.error_if(eqx.error_if(v, ~settled, _UNSETTLED), ~solved, _UNSOLVED), ~ok, _TOO_FAR
         )
-    return unravel(v), lam
+    return unravel(v), stats
 
 
-def _check_regular(problem, lam, dtype, where: str) -> None:
-    """Raise if K = J J^T, with extreme eigenvalues `lam`, is singular (to `geometry.rcond`)."""
-    low, high = (float(x) for x in jax.device_get(lam))
-    if low <= geometry.rcond(problem.y.size, dtype) * high:
+_singular_values = geometry.one_at_a_time(lambda J: (jnp.linalg.svd(J, compute_uv=False),))
+
+
+def _singular_range(J):
+    """(smallest singular value of J, largest, max_a ||grad f_a||^2): what `_check_regular` reads."""
+    s = _singular_values(J)[0]
+    return jnp.stack([s[-1], s[0], jnp.max(jnp.sum(J**2, axis=1))])
+
+
+def _check_regular(problem, stats, dtype, mode, where: str) -> None:
+    """Raise if J, with `_singular_range` `stats`, is singular by the rank rule of `mode`
+    (`geometry.rcond`): its smallest squared singular value is below mu."""
+    low, high, sq = (float(x) for x in jax.device_get(stats))
+    if low**2 <= geometry.rcond(problem.y.size, dtype, mode) * sq:
         raise ValueError(
-            f"J J^T is singular {where} (eigenvalues of J J^T from {low:.3g} to {high:.3g}; "
+            f"J J^T is singular {where} (singular values of J from {low:.3g} to {high:.3g}; "
             f"N = {problem.y.size} constraints, p = {problem.num_params} parameters): the constraints "
             "r_i = 0 are dependent there, so the zero-loss manifold is not smooth there; start from a "
             "generic point"
@@ -281,11 +289,8 @@ def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_it
     polished, res2, _, polish_solved = body((v, res, i, solved))
     better = (res2 < res) & polish_solved
     v, res = jax.tree.map(lambda a, b: jnp.where(better, a, b), (polished, res2), (v, res))
-    lam = None
-    if gram:
-        J = problem.jacobian(unravel(v))
-        lam = jnp.linalg.eigvalsh(J @ J.T)[jnp.array([0, -1])]
-    return v, settled, res, res <= res_tol, solved, lam
+    stats = _singular_range(problem.jacobian(unravel(v))) if gram else None
+    return v, settled, res, res <= res_tol, solved, stats
 
 
 def riemannian_flow(
@@ -395,7 +400,7 @@ def _riemannian_solve(
 
     def field(t, v, args):
         point, g = _point_and_grad(problem, v, unravel, objective, mode)
-        return point.jtu(point.solve(point.jv(g) - stabilize * point.r)) - g
+        return -point.project(g, stabilize * point.r)  # -P_T g - alpha J^+ r
 
     def save(t, v, args):
         params = unravel(v)

@@ -6,11 +6,13 @@
    timing, in one process. Target: the flow >= 300x faster than label-noise GD at eta = 0.01, the ratio
    growing as eta shrinks; a second flow call with the same shapes does not recompile.
 2. Growth: a two-layer tanh net with a fixed outer layer on a tanh teacher, d = 32, width m = N (so
-   p = 32 N), float64, N = 64, 256, 1024 (`--sizes`): `limit_map` from the initialisation, the flow to
+   p = 32 N), N = 64, 256, 1024 (`--sizes`), in float64 and in float32 (the same problem built in float64
+   and cast, run with x64 off as a user runs it): `limit_map` from the initialisation, the flow to
    tau = 0.5, and label-noise GD to the same tau (eta = 0.01, sigma = 1: 0.5 N / eta^2 steps) estimated from
-   20 timed steps; each size in its own process, whose peak memory (max RSS) is reported. Target at
-   N = 1,024, p = 32,768: the flow < 5 minutes with peak memory < 4 GB and >= 100x the label-noise GD it
-   replaces; `limit_map` < 30 s. The times include compilation (one call each, as a user would run them).
+   20 timed steps; each size and dtype in its own process, whose peak memory (max RSS) is reported, and
+   the float32 tr H at tau = 0.5 against float64's. Target at N = 1,024, p = 32,768: the flow < 5 minutes
+   with peak memory < 4 GB and >= 100x the label-noise GD it replaces, `limit_map` < 30 s, float32's tr H
+   within 1e-3 of float64's. The times include compilation (one call each, as a user would run them).
 """
 
 import argparse
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from bench_common import median_time, table
@@ -90,13 +93,17 @@ def quadratic_rows(dtype, repeats):
     return out
 
 
-def net_size(N: int) -> dict:
-    """One size of the growth study, in this process: seconds of limit_map, flow, one GD step; max RSS."""
+def net_size(N: int, bits: int) -> dict:
+    """One size of the growth study, in this process: seconds of limit_map, flow, one GD step; max RSS. The
+    problem is drawn in float64 and, for `bits` = 32, cast to float32 and run with x64 off."""
     jax.config.update("jax_enable_x64", True)
     kx, kt, kn = jax.random.split(jax.random.key(0), 3)
     X = data.gaussian(kx, N, NET_D)
     y, _ = data.two_layer_teacher(kt, X, width=4, activation="tanh")
     P = Problem(TwoLayerNet(NET_D, N, key=kn, activation="tanh", train_outer=False), X, y)
+    if bits == 32:
+        P = jax.tree.map(lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x, P)
+        jax.config.update("jax_enable_x64", False)
     start = time.perf_counter()
     on = jax.block_until_ready(limit_map(P, P.params))
     phi = time.perf_counter() - start
@@ -116,6 +123,7 @@ def net_size(N: int) -> dict:
     step = (time.perf_counter() - start) / 20
     return {
         "N": N,
+        "bits": bits,
         "p": P.num_params,
         "limit_map": phi,
         "flow": seconds,
@@ -128,27 +136,36 @@ def net_size(N: int) -> dict:
 
 def growth_rows(sizes):
     rows = []
-    print(f"\ngrowth: two-layer tanh net, d = {NET_D}, width N, flow to tau = {NET_TAU}, float64")
-    head = ("N", "p", "limit_map s", "flow s", "GD est. s", "GD / flow", "max RSS GB")
-    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (6, 8, 12, 9, 11, 10, 11))))
+    print(f"\ngrowth: two-layer tanh net, d = {NET_D}, width N, flow to tau = {NET_TAU}")
+    head = ("N", "p", "dtype", "limit_map s", "flow s", "GD est. s", "GD / flow", "max RSS GB")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (6, 8, 7, 12, 9, 11, 10, 11))))
     for N in sizes:
-        cmd = [sys.executable, __file__, "--one", str(N)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        gd = r["gd_step"] * r["gd_steps"]
-        cells = f"{r['N']:6d} {r['p']:8d} {r['limit_map']:12.1f} {r['flow']:9.1f} {gd:11.0f}"
-        trace = f"tr H {r['trace_H'][0]:.4f} -> {r['trace_H'][-1]:.4f}"
-        print(f"{cells} {gd / r['flow']:9.0f}x {r['max_rss_gb']:11.2f}   {trace}")
-        title = f"slow flow, two-layer net N={r['N']} p={r['p']}, float64 (peak RSS {r['max_rss_gb']:.2f} GB)"
-        rows += table(
-            title,
-            [
-                ("Riemannian flow to tau = 0.5", r["flow"]),
-                ("limit_map", r["limit_map"]),
-                (f"label-noise GD, {r['gd_steps']} steps (estimated)", gd),
-            ],
-            "Riemannian flow to tau = 0.5",
-        )
+        traces = {}
+        for bits in (64, 32):
+            cmd = [sys.executable, __file__, "--one", str(N), str(bits)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            traces[bits] = r["trace_H"][-1]
+            gd = r["gd_step"] * r["gd_steps"]
+            cells = (
+                f"{r['N']:6d} {r['p']:8d} {'float' + str(bits):>7} {r['limit_map']:12.1f} {r['flow']:9.1f}"
+            )
+            trace = f"tr H {r['trace_H'][0]:.5f} -> {r['trace_H'][-1]:.5f}"
+            print(f"{cells} {gd:11.0f} {gd / r['flow']:9.0f}x {r['max_rss_gb']:11.2f}   {trace}")
+            title = (
+                f"slow flow, two-layer net N={r['N']} p={r['p']}, float{bits} "
+                f"(peak RSS {r['max_rss_gb']:.2f} GB)"
+            )
+            rows += table(
+                title,
+                [
+                    ("Riemannian flow to tau = 0.5", r["flow"]),
+                    ("limit_map", r["limit_map"]),
+                    (f"label-noise GD, {r['gd_steps']} steps (estimated)", gd),
+                ],
+                "Riemannian flow to tau = 0.5",
+            )
+        print(f"  float32 tr H at tau = 0.5 against float64: {abs(traces[32] / traces[64] - 1):.2e} relative")
     return rows
 
 
@@ -156,10 +173,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sizes", type=int, nargs="*", default=[64, 256, 1024], help="N of the growth study")
-    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--one", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(net_size(args.one)))
+        print(json.dumps(net_size(*args.one)))
         return []
     jax.config.update("jax_enable_x64", True)
     rows = quadratic_rows(jnp.float64, args.repeats) + quadratic_rows(jnp.float32, args.repeats)

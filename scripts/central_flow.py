@@ -55,7 +55,7 @@ def compute(cfg, progress, part):
             f"eta{eta}",
             lambda eta=eta: compare.edge_of_stability(
                 P, P.params, eta=eta, t1=cfg["t1"], num_saves=cfg["saves"], window=cfg["window"],
-                num_eigs=cfg["num_eigs"],
+                num_eigs=cfg["num_eigs"], part=lambda label, fn, eta=eta: part(f"eta{eta}-{label}", fn),
             ),
         )  # fmt: skip
     return out

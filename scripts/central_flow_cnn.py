@@ -64,6 +64,7 @@ def compute(cfg, progress, part):
                 lambda P=P, eta=eta: compare.edge_of_stability(
                     P, P.params, eta=eta, t1=cfg["t1"], num_saves=cfg["saves"], window=cfg["window"],
                     num_eigs=cfg["num_eigs"],
+                    part=lambda label, fn, loss=loss, eta=eta: part(f"{loss}-eta{eta}-{label}", fn),
                 ),
             )  # fmt: skip
     return out

@@ -18,8 +18,9 @@ The command line is the same for all of them:
 - `--out`: the folder for the PNG; `--results`: the folder of stored results (`analysis.store`), keyed by
   the preset's config and `code_version` (the code that computes them), reused unless `--recompute`. A
   long figure stores each independent part (a sweep row, a start, a step size) as it finishes
-  (`store.part`), so a run killed or crashed re-runs with the same command and goes on from the part it
-  was in. A progress bar over the parts shows each part's label, the time each took, and (for a figure
+  (`store.part`), and a long part its pieces inside it (each run of an ensemble comparison, each chunk of
+  saves mapped by Phi), so a run killed or crashed re-runs with the same command and goes on from the piece
+  it was in. A progress bar over the parts shows each part's label, the time each took, and (for a figure
   that declares how many parts it has) the estimated time left; `--no-progress` turns it off.
 """
 
@@ -47,7 +48,8 @@ class Figure:
     """One figure: `compute(cfg, progress, part) -> arrays` (stored under `name`, keyed by the preset's
     config), `draw(cfg, arrays, path) -> path` and `summary(cfg, arrays)`, which prints the headline numbers.
     `part(label, fn) -> arrays` is `fn()` stored under `label` as soon as it returns (`store.part`): compute
-    runs each independent part through it.
+    runs each independent part through it, and a long part its own pieces (checkpoints: a run, an ensemble,
+    a chunk of saves), each with a label of its own.
     `x64` turns on float64 before anything is computed (say why in the script). `parts(cfg)`, where given, is
     how many parts compute stores: the progress bar over parts then shows the estimated time left."""
 
@@ -178,13 +180,21 @@ def main(figure: Figure, argv=None) -> dict:
         store.part, store.path(args.results, figure.name, cfg), cfg, recompute=args.recompute
     )
     total = figure.parts(cfg) if figure.parts else None
+    running = []  # the labels of the parts in progress, outermost first
     with tqdm(total=total, desc=f"{figure.name} parts", unit="part", disable=args.no_progress) as bar:
 
         def part(label, fn):
-            """`store.part`, one step of the bar over parts (its label shown while it runs)."""
-            bar.set_postfix_str(label, refresh=True)
-            out = stored(label, fn)
-            bar.update(1)
+            """`store.part`, one step of the bar over parts (its label shown while it runs). Called while
+            another part runs, it is a checkpoint inside that part: stored as it finishes, so a stopped
+            run loses at most the checkpoint in progress, and not counted on the bar."""
+            running.append(label)
+            bar.set_postfix_str(" > ".join(running), refresh=True)
+            try:
+                out = stored(label, fn)
+            finally:
+                running.pop()
+            if not running:
+                bar.update(1)
             return out
 
         arrays = store.cached(

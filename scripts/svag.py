@@ -59,7 +59,7 @@ def compute(cfg, progress, part):
             lambda eta=eta: compare.svag_vs_sde(
                 P, P.params, eta=eta, ls=cfg["ls"], t1=cfg["t1"], batch_size=cfg["batch"],
                 key=jax.random.key(1), seeds=cfg["seeds"], num_saves=cfg["saves"], substeps=SDE_SUBSTEPS,
-                chunk=CHUNK, progress=progress,
+                chunk=CHUNK, progress=progress, part=lambda label, fn, eta=eta: part(f"eta{eta}-{label}", fn),
             ),
         )  # fmt: skip
     return out

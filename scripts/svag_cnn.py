@@ -78,6 +78,7 @@ def compute(cfg, progress, part):
                 P, P.params, eta=eta, ls=cfg["ls"], t1=cfg["t1"], batch_size=cfg["batch"],
                 key=jax.random.key(2), seeds=cfg["seeds"], num_saves=cfg["saves"], metrics=observables,
                 substeps=SDE_SUBSTEPS, chunk=CHUNK, progress=progress,
+                part=lambda label, fn, eta=eta: part(f"eta{eta}-{label}", fn),
             ),
         )  # fmt: skip
     return out

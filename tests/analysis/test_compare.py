@@ -197,3 +197,48 @@ def test_svag_vs_sde_runs_sgd_at_l_1_and_its_probe_trace_is_unbiased():
     assert r["t"].shape == (3,) and r["sde"]["loss"].shape == (3,)
     with pytest.raises(ValueError, match="not a multiple of num_saves"):
         compare.svag_vs_sde(P, P.params, ls=[1], **(kw | {"num_saves": 3}))
+
+
+def _checkpointed(driver):
+    from tests.flows.test_central import edge_toy
+
+    if driver == "edge_of_stability":
+        P = edge_toy(4.0)
+        kw = dict(eta=0.5, t1=20.0, num_saves=4, window=4, num_eigs=1)
+        return compare.edge_of_stability, P, kw, ["gd", "gf", "cf"]
+    if driver == "svag_vs_sde":
+        P = two_layer(n=8, d=3, width=5)
+        kw = dict(ls=[1, 2], eta=0.1, t1=1.0, batch_size=2, key=jax.random.key(3), seeds=4, num_saves=2)
+        return compare.svag_vs_sde, P, kw | {"substeps": 4}, ["svag1", "svag2", "sde"]
+    X = data.gaussian(jax.random.key(0), 3, 5)
+    P = Problem(QuadraticParam(5, init_scale=1.0), X, X[:, 0])
+    kw = dict(etas=[0.05], sigma=1.0, tau1=0.05, num_saves=2, key=jax.random.key(1), seeds=2)
+    labels = ["eta0.05-sgd", "eta0.05-phi0", "eta0.05-phi1", "eta0.05-phi2", "eta0.05-flow", "eta0.05"]
+    return compare.label_noise_slow_clock, P, kw, labels
+
+
+@pytest.mark.parametrize(
+    "driver",
+    ["edge_of_stability", "svag_vs_sde", pytest.param("label_noise_slow_clock", marks=pytest.mark.slow)],
+)
+def test_a_drivers_long_part_is_checkpointed_piece_by_piece_and_read_back(driver, tmp_path):
+    """Each piece of a driver's part goes through `part` (stored on disk by `analysis.store.part`, as the
+    figure scripts store it): a second run reads every piece back, computes none, and returns the same."""
+    from analysis import store
+
+    run, P, kw, labels = _checkpointed(driver)
+    computed = []
+
+    def part(label, fn):
+        def recorded():
+            computed.append(label)
+            return fn()
+
+        return store.part(tmp_path, {"driver": driver}, label, recorded)
+
+    first = run(P, P.params, part=part, **kw)
+    assert sorted(computed) == sorted(labels)
+    computed.clear()
+    again = run(P, P.params, part=part, **kw)
+    assert computed == []
+    jax.tree.map(np.testing.assert_array_equal, first, again)

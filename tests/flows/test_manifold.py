@@ -37,8 +37,8 @@ def gatmiry(activation, seed=0, n=3, d=3, width=10):
     [pytest.param(a, marks=pytest.mark.slow) for a in ("cubic", "sinh", "tanh")],
 )
 def test_long_flow_stays_on_the_manifold_descends_and_ends_stationary(activation):
-    """Loss < 1e-12 throughout, F never increases (beyond round-off), the end is stationary, and the
-    features collapse to rank one exactly when sigma''' > 0 (cubic, sinh) but not for tanh."""
+    """Loss < 1e-12 throughout, F never increases (beyond the solve's rtol = 1e-11), the end is stationary,
+    and the features collapse to rank one exactly when sigma''' > 0 (cubic, sinh) but not for tanh."""
     P = gatmiry(activation)
     start = limit_map(P, P.params)
     taus = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-2, 1e6, 25)])
@@ -46,7 +46,7 @@ def test_long_flow_stays_on_the_manifold_descends_and_ends_stationary(activation
     assert traj.clock == "tau"
     assert float(traj.stats["loss"].max()) < 1e-12
     F = traj.stats["objective"]
-    assert bool(jnp.all(jnp.diff(F) <= 1e-12 * F[:-1])), jnp.diff(F).max()
+    assert bool(jnp.all(jnp.diff(F) <= 1e-11 * F[:-1])), jnp.diff(F).max()
     s = jnp.linalg.svd(traj.final.W @ P.X.T, compute_uv=False)
     if activation == "tanh":
         assert s[1] / s[0] > 0.1

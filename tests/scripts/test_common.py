@@ -75,6 +75,40 @@ def test_the_bar_over_parts_counts_them_and_shows_each_label(tmp_path, capsys):
     assert "toy parts" not in capsys.readouterr().err
 
 
+def test_a_run_killed_inside_a_part_resumes_from_its_last_checkpoint(tmp_path, capsys):
+    """A part whose pieces go through `part` too: killed in its third piece, the re-run reads the first two
+    from disk and computes only the rest; the bar counts the outer parts only."""
+    computed = []
+
+    def compute(cfg, progress, part):
+        def long_part():
+            pieces = []
+            for j in range(4):
+
+                def piece(j=j):
+                    if j == 2 and not computed.count("killed"):
+                        computed.append("killed")
+                        raise KeyboardInterrupt
+                    computed.append(j)
+                    return {"x": np.full(2, float(j))}
+
+                pieces.append(part(f"long-piece{j}", piece)["x"])
+            return {"x": np.stack(pieces)}
+
+        return {"long": part("long", long_part), "short": part("short", lambda: {"x": np.ones(1)})}
+
+    figure = toy_figure(compute, parts=lambda cfg: 2)
+    argv = ["--preset", "smoke", "--results", str(tmp_path), "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        common.main(figure, argv)
+    assert computed == [0, 1, "killed"]
+    arrays = common.main(figure, argv)
+    assert computed == [0, 1, "killed", 2, 3]  # pieces 0 and 1 read back
+    np.testing.assert_array_equal(arrays["long"]["x"][:, 0], [0.0, 1.0, 2.0, 3.0])
+    err = capsys.readouterr().err
+    assert "2/2" in err and "long > long-piece3" in err and "3/2" not in err
+
+
 def test_a_paper_preset_without_cifar10_stops_saying_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.delenv("SHARPFLOW_CIFAR10", raising=False)
     with pytest.raises(SystemExit, match=r"lacks data_batch_1(.|\n)*--set cifar10=PATH"):
