@@ -63,6 +63,7 @@ from .trajectory import (
     diverged_where,
     evaluate,
     finish,
+    opaque,
 )
 
 __all__ = ["PAST_EDGE", "RMSProp", "sdcp", "central_flow"]
@@ -239,6 +240,7 @@ def central_flow(
 
 @eqx.filter_jit
 def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, save_params, rmsprop):
+    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     flat0, unravel = problem.ravel(params0)
     dtype = flat0.dtype
     eta = jnp.asarray(eta, dtype)

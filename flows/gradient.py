@@ -15,7 +15,16 @@ from jaxtyping import PyTree
 from models import Problem, checks
 from models.problem import check_start
 
-from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish, solver_result
+from .trajectory import (
+    Metric,
+    Trajectory,
+    default_metrics,
+    diverged_where,
+    evaluate,
+    finish,
+    opaque,
+    solver_result,
+)
 
 __all__ = ["save_times", "gradient_flow", "solve_ode"]
 
@@ -102,6 +111,8 @@ def gradient_flow(
 
 @eqx.filter_jit
 def _solve(problem, params0, t0, t1, ts, solver, rtol, atol, max_steps, metrics, save_params, progress):
+    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
+
     def field(t, params, args):
         return jax.tree.map(jnp.negative, problem.grad(params))
 

@@ -50,6 +50,7 @@ from .trajectory import (
     diverged_where,
     evaluate,
     finish,
+    opaque,
 )
 
 __all__ = [
@@ -218,7 +219,7 @@ def _onto(
         if stats is not None:
             _check_regular(problem, stats, flat.dtype, mode, "where the start lands")
         if not ok:
-            if problem.y.size * problem.num_params * flat.dtype.itemsize <= geometry.DENSE_BUDGET:
+            if geometry.mode_for(problem, "auto", flat.dtype) == "dense":  # J fits: read its singular values
                 J = problem.jacobian(unravel(v))
                 _check_regular(problem, _singular_range(J), flat.dtype, mode, "near the start")
             raise eqx.EquinoxRuntimeError(
@@ -256,6 +257,7 @@ def _check_regular(problem, stats, dtype, mode, where: str) -> None:
 
 @eqx.filter_jit
 def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
+    problem, flat = opaque(problem, flat)  # data a caller's jit closed over stays opaque
     unravel = problem.ravel(problem.params)[1]
     settled = jnp.asarray(True)
     if phi:
@@ -396,6 +398,7 @@ def _riemannian_solve(
     save_params,
     progress,
 ):
+    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     flat0, unravel = problem.ravel(params0)
 
     def field(t, v, args):

@@ -59,7 +59,16 @@ from . import timescale
 from .brownian import BrownianGrid
 from .gradient import save_times
 from .noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
-from .trajectory import Metric, Trajectory, default_metrics, diverged_where, evaluate, finish, solver_result
+from .trajectory import (
+    Metric,
+    Trajectory,
+    default_metrics,
+    diverged_where,
+    evaluate,
+    finish,
+    opaque,
+    solver_result,
+)
 
 __all__ = ["label_noise_sde", "sgd_sde"]
 
@@ -326,6 +335,7 @@ def _even(index) -> tuple[int, int] | None:
 def _euler(problem, params0, key, eta, index, even, substeps, hyper, metrics, save_params):
     """Euler-Maruyama on the BrownianGrid, one forward pass and one VJP a step; saves at fine-step `index`
     (`even`: static (first, every) for evenly spaced saves)."""
+    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     dtype = problem.X.dtype
     parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
     path = BrownianGrid(key, eta, parts, levels=substeps.bit_length() - 1, dtype=dtype)
@@ -398,6 +408,7 @@ def _diffrax_solve(
     save_params,
     progress,
 ):
+    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     hyper = dict(eta=eta, **hyper)
     parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
     dtype = problem.X.dtype
