@@ -51,4 +51,5 @@ from .trajectory import MAX_STEPS as MAX_STEPS
 from .trajectory import SOLVER_FAILED as SOLVER_FAILED
 from .trajectory import SUCCESSFUL as SUCCESSFUL
 from .trajectory import UNBOUNDED as UNBOUNDED
+from .trajectory import Result as Result
 from .trajectory import Trajectory as Trajectory

@@ -68,7 +68,7 @@ from .trajectory import (
 
 __all__ = ["PAST_EDGE", "RMSProp", "sdcp", "central_flow"]
 
-COLD, REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
+_COLD, _REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
 PAST_EDGE = 0.01  # eta lambda > 2 (1 + this): past the edge, not held at it (held ones sit within O(h))
 
 
@@ -334,7 +334,7 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
         return (params if save_params else None), stats
 
     # One loop, each quantity traced once: at a save index the point is recorded (eigenpairs refreshed by
-    # REFRESH Rayleigh-Ritz steps, COLD at the very first), otherwise the flow takes a step.
+    # _REFRESH Rayleigh-Ritz steps, _COLD at the very first), otherwise the flow takes a step.
     saves = index.shape[0]
     U0 = _initial_vectors(p, k, dtype)
     nu0 = None if rmsprop is None else jnp.full(p, rmsprop.initial_scale, dtype)
@@ -346,7 +346,7 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, sa
     def body(state):
         w, nu, U, j, s, out, result = state
         at_save = (s < saves) & (index[jnp.minimum(s, saves - 1)] == j)
-        iterations = jnp.where(j + s == 0, COLD, jnp.where(at_save, REFRESH, 1))
+        iterations = jnp.where(j + s == 0, _COLD, jnp.where(at_save, _REFRESH, 1))
         e = edge(w, nu, U, iterations)
         result = jnp.where(result == SUCCESSFUL, e.result, result)  # the first failure of sdcp
 

@@ -1,6 +1,8 @@
 """The one result type of every flow, the metrics recorded along it, and the one failure convention.
 
-Every flow takes `throw` (default True) and returns a `Trajectory` whose `result` is a code: `SUCCESSFUL`,
+Every flow takes `throw` (default True) and returns a `Trajectory` whose `result` is a code of the
+enumeration `Result` (an int32 array, one code a seed in an ensemble; `Result(int(code))` names it and its
+`message` says what happened; `SUCCESSFUL`, ... are its members under their own names): `SUCCESSFUL`,
 `DIVERGED` (the loss became non-finite), `MAX_STEPS` (an adaptive solve ran out of its step budget),
 `SOLVER_FAILED` (any other failure of the ODE solver), `INNER_SOLVER_FAILED` (an iterative solve inside a
 step did not converge: conjugate gradients, the central flow's complementarity problem or its eigenpairs)
@@ -15,6 +17,7 @@ and the caller reads `result`, per seed in an ensemble. Bad arguments are anothe
 `ValueError` naming the argument (`models.checks`).
 """
 
+import enum
 from collections.abc import Callable, Mapping
 
 import diffrax
@@ -33,7 +36,13 @@ __all__ = [
     "loss",
     "default_metrics",
     "evaluate",
-    "MESSAGES",
+    "Result",
+    "SUCCESSFUL",
+    "DIVERGED",
+    "MAX_STEPS",
+    "SOLVER_FAILED",
+    "INNER_SOLVER_FAILED",
+    "UNBOUNDED",
     "Trajectory",
     "solver_result",
     "diverged_where",
@@ -60,17 +69,33 @@ def evaluate(problem, params, metrics: Mapping[str, Metric]) -> dict[str, Array]
     return {name: fn(problem, params) for name, fn in metrics.items()}
 
 
-SUCCESSFUL, DIVERGED, MAX_STEPS, SOLVER_FAILED, INNER_SOLVER_FAILED, UNBOUNDED = 0, 1, 2, 3, 4, 5
-MESSAGES = (
-    "succeeded",
-    "diverged: the loss became non-finite",
-    "ran out of steps (max_steps) before t1",
-    "failed: the ODE solver could not take a step",
-    "failed: an inner solver did not converge (conjugate gradients, the complementarity problem or the "
-    "eigenpairs)",
-    "failed: the edge cannot be held: the complementarity problem is unbounded (the eigenvalues past 2 / eta "
-    "gain no curvature from the oscillation, as on least squares, and GD diverges there)",
-)
+class Result(enum.IntEnum):
+    """A flow's outcome, as `Trajectory.result` stores it (an int32 code): each member is its code, and its
+    `message` completes "{flow} ..." in the error a failed flow raises."""
+
+    SUCCESSFUL = 0, "succeeded"
+    DIVERGED = 1, "diverged: the loss became non-finite"
+    MAX_STEPS = 2, "ran out of steps (max_steps) before t1"
+    SOLVER_FAILED = 3, "failed: the ODE solver could not take a step"
+    INNER_SOLVER_FAILED = (
+        4,
+        "failed: an inner solver did not converge (conjugate gradients, the complementarity problem or the "
+        "eigenpairs)",
+    )
+    UNBOUNDED = (
+        5,
+        "failed: the edge cannot be held: the complementarity problem is unbounded (the eigenvalues past "
+        "2 / eta gain no curvature from the oscillation, as on least squares, and GD diverges there)",
+    )
+
+    def __new__(cls, code: int, message: str):
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.message = message
+        return member
+
+
+SUCCESSFUL, DIVERGED, MAX_STEPS, SOLVER_FAILED, INNER_SOLVER_FAILED, UNBOUNDED = Result
 
 
 class Trajectory(eqx.Module):
@@ -139,10 +164,10 @@ def finish(name: str, traj: Trajectory, throw: bool, where: Callable[[], str] = 
     if checks.is_concrete(traj.result):
         code = int(np.max(np.asarray(traj.result)))
         if code != SUCCESSFUL:
-            raise eqx.EquinoxRuntimeError(f"{name} {MESSAGES[code]}{where()}")
+            raise eqx.EquinoxRuntimeError(f"{name} {Result(code).message}{where()}")
         return traj
     failed = traj.result != SUCCESSFUL
-    return eqx.branched_error_if(traj, failed, traj.result, [f"{name} {m}" for m in MESSAGES])
+    return eqx.branched_error_if(traj, failed, traj.result, [f"{name} {r.message}" for r in Result])
 
 
 def opaque(*trees):

@@ -21,8 +21,9 @@ def _defined(module_name):
         if isinstance(node, ast.FunctionDef | ast.ClassDef):
             names.add(node.name)
         for target in getattr(node, "targets", [getattr(node, "target", None)]):
-            if isinstance(target, ast.Name):
-                names.add(target.id)
+            for leaf in target.elts if isinstance(target, ast.Tuple) else [target]:  # a, b = ...
+                if isinstance(leaf, ast.Name):
+                    names.add(leaf.id)
     return {n for n in names if not n.startswith("_")}
 
 

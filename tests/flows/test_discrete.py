@@ -170,6 +170,13 @@ def test_divergence_raises_naming_the_step_or_returns_its_result_code():
     assert int(gd(P, P.params, steps=10, eta=0.01).result) == flows.SUCCESSFUL
     runs = jax.vmap(lambda eta: gd(P, P.params, steps=200, eta=eta, throw=False))(jnp.array([0.01, 10.0]))
     np.testing.assert_array_equal(runs.result, [flows.SUCCESSFUL, flows.DIVERGED])
+    # the codes are an enumeration: a stored code names its outcome and carries the raised message
+    named = [flows.Result(int(code)) for code in runs.result]
+    assert (
+        named == [flows.Result.SUCCESSFUL, flows.Result.DIVERGED] and flows.DIVERGED is flows.Result.DIVERGED
+    )
+    assert named[1].message == "diverged: the loss became non-finite"
+    assert [int(r) for r in flows.Result] == list(range(6))  # one code each, as stored results hold them
 
 
 def test_a_start_of_another_dtype_is_refused():
