@@ -16,6 +16,7 @@ tau = eta^2 sigma^2 k / B, its iterates mapped onto the zero-loss manifold by Ph
 and held against the Riemannian flow of tr H / 4 in tau (`flows.riemannian_flow`).
 """
 
+import functools
 from collections.abc import Callable, Mapping
 
 import jax
@@ -43,6 +44,7 @@ from .ensembles import ensemble
 from .statistics import (
     debiased_weak_error,
     distance,
+    ensemble_bands,
     mean_band,
     paired_difference,
     resolved_order,
@@ -189,10 +191,10 @@ def svag_vs_sde(
     part = part or _unstored
 
     def summarised(runs):
-        """Each stat's ensemble mean `m` and 95% half-width `m_band` over time."""
+        """Each stat's ensemble mean `m` and 95% half-width `m_band` over time (`ensemble_bands`)."""
         r = {}
-        for m, values in runs.stats.items():
-            r[m], r[f"{m}_band"] = mean_band(values)
+        for m, (mean, band) in ensemble_bands(runs).items():
+            r[m], r[f"{m}_band"] = mean, band
         return jax.tree.map(np.asarray, r)
 
     out = {"t": t, "gap": {}}
@@ -260,7 +262,7 @@ def edge_of_stability(
     ks = np.arange(0, steps + 1, max(1, steps // checks.positive_int("num_saves", num_saves)))
     ts = jnp.asarray(timescale.flow_time(ks, eta))
     part = part or _unstored
-    flat = jax.vmap(lambda params: problem.ravel(params)[0])  # saved parameters (saves, p)
+    flat = functools.partial(_flat_saves, problem)
 
     def discrete():
         run = gd(problem, params0, steps=steps, eta=eta, save_every=1)
@@ -354,6 +356,11 @@ def _order(etas, per_eta, m, error: str) -> np.ndarray:
     return np.asarray(resolved_order(etas, [(float(s[error]), float(s[f"{error}_band"])) for s in stats]))
 
 
+def _flat_saves(problem, params):
+    """Saved parameters (stacked over a leading axis of saves) flattened: (saves, p)."""
+    return jax.vmap(lambda p: problem.ravel(p)[0])(params)
+
+
 def _unstored(label, compute):
     """The `part` of a driver run without a store: `compute()`."""
     return compute()
@@ -415,7 +422,7 @@ def label_noise_slow_clock(
                 run = label_noise_sgd(problem, start, steps=every * num_saves, eta=eta, sigma=sigma, key=k,
                                       batch_size=batch_size, noise_batch_size=noise_batch_size,
                                       save_every=every)  # fmt: skip
-                return jax.vmap(lambda p: problem.ravel(p)[0])(run.params)
+                return _flat_saves(problem, run.params)
 
             return {"flat": np.asarray(jax.vmap(one)(jax.random.split(jax.random.fold_in(key, i), seeds)))}
 

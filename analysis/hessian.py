@@ -383,7 +383,7 @@ def _rademacher(key, flat, num_samples, *, minimum: int = 2):
     formed from them."""
     num_samples = checks.positive_int("num_samples", num_samples)
     if num_samples < minimum:
-        raise ValueError(f"num_samples must be >= 2 (a standard error needs two), got {num_samples}")
+        raise ValueError(f"num_samples must be >= {minimum} (a standard error needs two), got {num_samples}")
     return jax.random.rademacher(key, (num_samples, flat.shape[0]), flat.dtype)
 
 

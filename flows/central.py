@@ -59,11 +59,11 @@ from .trajectory import (
     SUCCESSFUL,
     UNBOUNDED,
     Trajectory,
+    compiled,
     default_metrics,
     diverged_where,
     evaluate,
     finish,
-    opaque,
 )
 
 __all__ = ["PAST_EDGE", "RMSProp", "sdcp", "central_flow"]
@@ -238,9 +238,8 @@ def central_flow(
     return finish("central_flow", traj, throw)
 
 
-@eqx.filter_jit
+@compiled
 def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, save_params, rmsprop):
-    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     flat0, unravel = problem.ravel(params0)
     dtype = flat0.dtype
     eta = jnp.asarray(eta, dtype)

@@ -42,7 +42,7 @@ from models.problem import check_start
 from . import brownian, timescale
 from .brownian import step_keys
 from .noise import StepNoise
-from .trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, default_metrics, evaluate, finish, opaque
+from .trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, compiled, default_metrics, evaluate, finish
 
 __all__ = ["Steps", "gd", "sgd", "label_noise_sgd", "svag"]
 
@@ -228,12 +228,11 @@ def _discrete(
     return finish(name, traj, throw, where)
 
 
-@eqx.filter_jit
+@compiled
 def _scan(problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, svag_l, optimizer):
     """The run as one `lax.scan` over saves of a `lax.scan` over steps. Returns the Trajectory (its
     `result` DIVERGED if a step's loss, or the last loss, is not finite) and the first such step (-1:
     none)."""
-    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     n, batch_size, sigma, noise_batch_size = problem.n, noise.batch_size, noise.sigma, noise.noise_batch_size
     opt = optax.sgd(eta) if optimizer is None else optimizer
     draw = brownian.normal if noise.noise == "gaussian" else brownian.rademacher

@@ -6,7 +6,6 @@ In gradient-flow time t this is the eta -> 0 limit of GD at t = eta * k; GD devi
 from collections.abc import Mapping
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,11 +17,11 @@ from models.problem import check_start
 from .trajectory import (
     Metric,
     Trajectory,
+    compiled,
     default_metrics,
     diverged_where,
     evaluate,
     finish,
-    opaque,
     solver_result,
 )
 
@@ -109,10 +108,8 @@ def gradient_flow(
     return finish("gradient_flow", traj, throw)
 
 
-@eqx.filter_jit
+@compiled
 def _solve(problem, params0, t0, t1, ts, solver, rtol, atol, max_steps, metrics, save_params, progress):
-    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
-
     def field(t, params, args):
         return jax.tree.map(jnp.negative, problem.grad(params))
 

@@ -46,11 +46,11 @@ from .trajectory import (
     INNER_SOLVER_FAILED,
     Metric,
     Trajectory,
+    compiled,
     default_metrics,
     diverged_where,
     evaluate,
     finish,
-    opaque,
 )
 
 __all__ = [
@@ -255,9 +255,8 @@ def _check_regular(problem, stats, dtype, mode, where: str) -> None:
         )
 
 
-@eqx.filter_jit
+@compiled
 def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
-    problem, flat = opaque(problem, flat)  # data a caller's jit closed over stays opaque
     unravel = problem.ravel(problem.params)[1]
     settled = jnp.asarray(True)
     if phi:
@@ -380,7 +379,7 @@ def riemannian_flow(
     return finish("riemannian_flow", traj, throw)
 
 
-@eqx.filter_jit
+@compiled
 def _riemannian_solve(
     problem,
     params0,
@@ -398,7 +397,6 @@ def _riemannian_solve(
     save_params,
     progress,
 ):
-    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     flat0, unravel = problem.ravel(params0)
 
     def field(t, v, args):

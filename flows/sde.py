@@ -62,11 +62,11 @@ from .noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_
 from .trajectory import (
     Metric,
     Trajectory,
+    compiled,
     default_metrics,
     diverged_where,
     evaluate,
     finish,
-    opaque,
     solver_result,
 )
 
@@ -331,11 +331,10 @@ def _even(index) -> tuple[int, int] | None:
     return (int(host[0]), int(gaps[0])) if np.all(gaps == gaps[0]) and gaps[0] > 0 else None
 
 
-@eqx.filter_jit
+@compiled
 def _euler(problem, params0, key, eta, index, even, substeps, hyper, metrics, save_params):
     """Euler-Maruyama on the BrownianGrid, one forward pass and one VJP a step; saves at fine-step `index`
     (`even`: static (first, every) for evenly spaced saves)."""
-    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     dtype = problem.X.dtype
     parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
     path = BrownianGrid(key, eta, parts, levels=substeps.bit_length() - 1, dtype=dtype)
@@ -388,7 +387,7 @@ def _levy_class(levy):
     return diffrax.BrownianIncrement
 
 
-@eqx.filter_jit
+@compiled
 def _diffrax_solve(
     problem,
     params0,
@@ -408,7 +407,6 @@ def _diffrax_solve(
     save_params,
     progress,
 ):
-    problem, params0 = opaque(problem, params0)  # data a caller's jit closed over stays opaque
     hyper = dict(eta=eta, **hyper)
     parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
     dtype = problem.X.dtype

@@ -18,6 +18,7 @@ and the caller reads `result`, per seed in an ensemble. Bad arguments are anothe
 """
 
 import enum
+import functools
 from collections.abc import Callable, Mapping
 
 import diffrax
@@ -47,7 +48,7 @@ __all__ = [
     "solver_result",
     "diverged_where",
     "finish",
-    "opaque",
+    "compiled",
 ]
 
 Metric = Callable[..., Array]  # metric(problem, params) -> scalar
@@ -170,11 +171,17 @@ def finish(name: str, traj: Trajectory, throw: bool, where: Callable[[], str] = 
     return eqx.branched_error_if(traj, failed, traj.result, [f"{name} {r.message}" for r in Result])
 
 
-def opaque(*trees):
-    """`trees` with their arrays passed through `lax.optimization_barrier`, at the entry of every flow's
-    compiled core: data and parameters that a caller's `jax.jit` closed over are constants of its trace,
-    and XLA would otherwise constant-fold the forward pass over the whole data set while compiling (28 s
-    seen for an SGD ensemble of an MLP on n = 1,024). Changes no value and costs nothing at run time."""
-    arrays, static = eqx.partition(trees, eqx.is_array)
-    out = eqx.combine(jax.lax.optimization_barrier(arrays), static)
-    return out if len(trees) > 1 else out[0]
+def compiled(fn: Callable) -> Callable:
+    """`equinox.filter_jit(fn)` for a flow's compiled core, with every array argument passed through
+    `lax.optimization_barrier` on entry: data and parameters that a caller's `jax.jit` closed over are
+    constants of its trace, and XLA would otherwise constant-fold the forward pass over the whole data set
+    while compiling (28 s seen for an SGD ensemble of an MLP on n = 1,024). Changes no value and costs
+    nothing at run time."""
+
+    @functools.wraps(fn)
+    def core(*args, **kwargs):
+        arrays, static = eqx.partition((args, kwargs), eqx.is_array)
+        args, kwargs = eqx.combine(jax.lax.optimization_barrier(arrays), static)
+        return fn(*args, **kwargs)
+
+    return eqx.filter_jit(core)
