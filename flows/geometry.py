@@ -19,8 +19,8 @@ mode's own arithmetic (the rank rule), which differs between the modes:
 
 - `"dense"`: J formed once per point, row by row from per-example gradients (memory N p; cost N gradient
   evaluations; grad tr G comes out of the same pass, reverse over reverse per example); R of the Householder
-  QR of J^T (2 N^2 p), then of [R_0; sqrt(mu) I] (N^3), so that R^T R = K + mu I without forming K, and
-  Q_1 = J^T R^{-1} by one triangular solve (N^2 p; memory N p more): P_T v = v - Q_1 Q_1^T v,
+  QR of [J^T; sqrt(mu) I] (2 N^2 (p + N); memory N (p + N) more), so that R^T R = K + mu I without forming
+  K, and Q_1 = J^T R^{-1} by one triangular solve (N^2 p; memory N p more): P_T v = v - Q_1 Q_1^T v,
   J^+ b = Q_1 R^{-T} b. Backward stable: J's singular values are resolved to ~ eps sigma_max and a solve
   loses cond(J) eps, where the normal equations (K formed and factorised by Cholesky, half the cost) lose
   cond(J)^2 eps: in float32 they refused a two-layer net at N = 1,024, and with the cut-off they need
@@ -143,10 +143,10 @@ class Point:
         # (K + mu I)^{-1}, which is K^+ to a relative mu / sigma^2 elsewhere
         self.mu = rcond(self.N, dtype, mode) * jnp.maximum(jnp.max(self.sq), jnp.finfo(dtype).tiny)
         if mode == "dense":
-            # R of the Householder QR of [J^T; sqrt(mu) I], in two steps (J^T = Q_0 R_0, then of
-            # [R_0; sqrt(mu) I]), so that R^T R = K + mu I; and Q_1^T = R^{-T} J (N, p), so that J^T = Q_1 R
-            R0 = _qr_r(self.J.T)[0]
-            self._R = _qr_r(jnp.concatenate([R0, jnp.sqrt(self.mu) * jnp.eye(self.N, dtype=dtype)]))[0]
+            # R of the Householder QR of [J^T; sqrt(mu) I], so that R^T R = K + mu I; and
+            # Q_1^T = R^{-T} J (N, p), so that J^T = Q_1 R
+            stacked = jnp.concatenate([self.J.T, jnp.sqrt(self.mu) * jnp.eye(self.N, dtype=dtype)])
+            self._R = _qr_r(stacked)[0]
             self._Qt = self._rt_solve(self.J)
         self.solved = jnp.asarray(True)  # False once a conjugate-gradient solve has failed
 

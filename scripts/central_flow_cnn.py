@@ -18,6 +18,9 @@ downloaded). float32.
 
 Measured (quick, this 2-core CPU): see the README's figure table; the paper preset is sized for a GPU (its
 per-step cost is measured by `scripts/gpu.py`).
+
+Estimators: as `central_flow.py`: losses and distances exact, lambda_max(H) by 40 Lanczos steps
+(`hessian.lambda_max`), single deterministic runs.
 """
 
 import jax

@@ -1,6 +1,10 @@
 """GD at several step sizes against gradient flow on a two-layer tanh net, in gradient-flow time t = eta k.
 
 Panels: the loss, tr H and the distance ||theta_GD(t) - theta_GF(t)||, which shrinks like eta.
+
+Estimators: the loss and the distance exactly; tr H exactly (`hessian.trace`: N gradients and p
+Hessian-vector products a save; p = 96 quick, 2,100 paper). The runs are deterministic, single and without
+bands, so an estimator would add noise where there is none.
 """
 
 import jax

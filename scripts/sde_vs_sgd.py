@@ -8,6 +8,12 @@ sup_t |E SGD - E SDE| of tr H against eta on log axes, with gradient flow's sup_
 its sampling noise removed and its 95% band (`analysis.statistics.debiased_weak_error`); an order is printed
 only where every error is resolved. Minibatch noise cannot be coupled, so its errors carry the band of two
 independent ensembles.
+
+Estimators: the loss exactly; tr H exactly along every path (`hessian.trace`, `compare.sde_vs_sgd`'s
+default: N gradients and p Hessian-vector products a save; p = 96 quick, 704 paper, small enough for the
+exact trace). The exact trace adds nothing to the bands, which are the seeds' spread alone; the weak
+error of tr H needs that, since one Hutchinson probe a seed (`hessian.TraceProbe`, `metrics=`) would widen
+its band by the probes' variance, 2 (||H||_F^2 - sum_j H_jj^2) / seeds. For large p pass the probe.
 """
 
 import jax

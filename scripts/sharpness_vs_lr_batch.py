@@ -24,6 +24,11 @@ its standard error drawn as an error bar) and its lambda_max Lanczos's (`hessian
 H only, as on a network too large for its Gram matrix; the summary holds the estimate against the exact
 ||G||_F from the Gram matrix (at a minimum G = H). mu* and eta_ms come from the Gram matrix (N = 4n) for
 every problem.
+
+Estimators: for (i)-(iii), ||H||_F and lambda_max exactly from the Gram matrix; for the CNN, as above,
+Hutchinson's ||H||_F (`hessian.frobenius_norm_hutchinson`, its standard error drawn) and Lanczos's
+lambda_max (`hessian.lambda_max`); mu* and eta_ms from the Gram matrix for every problem
+(`analysis.stability.threshold`). Each minimum is one run: there are no ensemble bands.
 """
 
 import jax

@@ -1,6 +1,10 @@
 """tr H against the slow time tau = eta^2 sigma^2 k / B: label-noise GD at three step sizes (iterates mapped
 onto the zero-loss manifold by Phi; mean and 95% band over seeds) against the Riemannian flow of tr H / 4,
 on the quadratic parametrisation w = u*u - v*v with a sparse teacher. Right: the weak error against eta.
+
+Estimators: tr H = tr G on the manifold, exact from per-example gradients
+(`Problem.gauss_newton_trace`, N gradients; the iterates are mapped onto the manifold by Phi first), so the
+bands are the seeds' spread alone.
 """
 
 import jax

@@ -31,6 +31,10 @@ seed (a full-batch pass over 1,024 images), an SVAG step (two minibatches of 32)
 seeds here: under an hour needs a GPU ~430x this CPU. lambda_max is off there (`lambda_max=False`: 5 runs x 11
 saves x 40 products of ~2.5 full-batch passes would add ~80% to the SDE's), `--set lambda_max=True` turns it
 on.
+
+Estimators: as listed above: the loss and test accuracy exactly, tr H by one Hutchinson probe a seed
+(`hessian.TraceProbe`: unbiased, its variance inside the band), lambda_max by 40 Lanczos steps
+(`hessian.lambda_max`, no sampling noise).
 """
 
 import jax

@@ -1,6 +1,7 @@
 """The figure scripts run at their smoke preset (seconds) and write their PNG; a second run redraws from the
 stored result without computing (checked on one script: they all store and read through `common.main`)."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -34,6 +35,15 @@ SLOW = {
     "optimization_threshold",
     "sharpness_vs_lr_batch",
 }
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_figure_names_the_estimator_of_each_observable(name):
+    """Each figure's docstring has a paragraph "Estimators: ..." that names a library function (or says none
+    is sampled): what a reader needs to know what its bands hold."""
+    doc = ast.get_docstring(ast.parse((ROOT / "scripts" / f"{name}.py").read_text()))
+    (paragraph,) = [p for p in doc.split("\n\n") if p.startswith("Estimators:")]
+    assert re.search(r"`[\w.]+`|none sampled|nothing here is sampled", paragraph), paragraph
 
 
 @pytest.mark.parametrize(
