@@ -21,7 +21,7 @@ $(VENV)/.installed-base: pyproject.toml
 	touch $@
 
 figures: $(VENV)/.installed-base
-	$(PY) scripts/run_figures.py --preset $(PRESET)
+	$(PY) scripts/figures/run_figures.py --preset $(PRESET)
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n auto --dist worksteal
@@ -30,10 +30,10 @@ test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n auto --dist worksteal -m ""
 
 bench: $(VENV)/.installed-bench
-	$(PY) scripts/run_benchmarks.py
+	$(PY) scripts/benchmarks/run_benchmarks.py
 
 gpu: $(VENV)/.installed-gpu
-	$(PY) scripts/gpu.py
+	$(PY) scripts/tools/gpu.py
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

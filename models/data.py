@@ -79,6 +79,17 @@ def label_noise(key: PRNGKeyArray, y: Float[Array, " n *k"], sigma: float) -> Fl
     return y + sigma * jax.random.normal(key, y.shape, y.dtype)
 
 
+def flip_labels(key: PRNGKeyArray, y: Array, fraction: float, *, num_classes: int | None = None) -> Array:
+    """y with `round(fraction * n)` of its n labels flipped, the examples drawn by `key` (a fixed draw):
+    +-1 targets negated, or, with `num_classes`, class indices moved to the next class (y + 1) mod k."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    flip = jax.random.permutation(key, y.shape[0])[: round(fraction * y.shape[0])]
+    if num_classes is None:
+        return y.at[flip].multiply(-1)
+    return y.at[flip].set((y[flip] + 1) % num_classes)
+
+
 def train_test_split(key: PRNGKeyArray, X, y, *, n_train: int):
     """A random split: ((X_train, y_train), (X_test, y_test)) with n_train training rows."""
     n = X.shape[0]

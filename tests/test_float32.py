@@ -99,7 +99,7 @@ def test_float32_minimum_of_tr_h_is_computed_in_float64():
     assert got == pytest.approx(reference, rel=PATH)
 
 
-@pytest.mark.slow  # 40 s; scripts/bench_slow_flow.py runs it at N = 1,024, p = 32,768
+@pytest.mark.slow  # 40 s; scripts/benchmarks/bench_slow_flow.py runs it at N = 1,024, p = 32,768
 def test_float32_slow_flow_at_the_size_of_a_real_net_follows_float64():
     """The two-layer tanh net of the slow flow's growth study at N = 256, p = 8,192, from float64's Phi: the
     float32 flow's tr H follows float64's to 1e-5 relative, and its decrease over tau = 0.5 to 1% (the

@@ -1,7 +1,7 @@
 """Ensembles at scale: sharded over devices and processes with the same bits, long runs that resume.
 
-Each test runs `scripts/ensemble.py` in subprocesses (device counts are fixed when JAX starts) and compares
-the arrays its state folder ends with, bit for bit.
+Each test runs `scripts/tools/ensemble.py` in subprocesses (device counts are fixed when JAX starts) and
+compares the arrays its state folder ends with, bit for bit.
 """
 
 import os
@@ -17,7 +17,7 @@ import pytest
 from analysis import store
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = [sys.executable, str(ROOT / "scripts" / "ensemble.py")]
+SCRIPT = [sys.executable, str(ROOT / "scripts" / "tools" / "ensemble.py")]
 ARGS = ["--seeds", "8", "--steps", "2000", "--chunk", "500", "--x64", "--no-progress"]
 
 
@@ -54,7 +54,7 @@ def test_four_host_devices_give_the_single_device_bits(reference, tmp_path):
 
 @pytest.mark.slow  # the four-device test holds the sharding; this one the process launch (make test-all)
 def test_two_processes_give_the_single_process_bits(reference, tmp_path):
-    launcher = [sys.executable, str(ROOT / "scripts" / "launch.py"), "--processes", "2", "--"]
+    launcher = [sys.executable, str(ROOT / "scripts" / "tools" / "launch.py"), "--processes", "2", "--"]
     result = run(tmp_path / "run", launcher=launcher)
     assert "on 2 devices (2 processes)" in result.stdout
     assert_same_bits(arrays(tmp_path / "run"), reference)

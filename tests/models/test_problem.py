@@ -133,3 +133,19 @@ def test_data_generators(key):
     assert Xd.shape[1] == 64 and set(np.unique(yd)) == {-1.0, 1.0}
     noisy = data.label_noise(key, jnp.zeros(20000), 0.5)
     assert abs(float(noisy.std()) - 0.5) < 5 * 0.5 / np.sqrt(2 * 20000)
+
+
+def test_flip_labels_flips_the_stated_fraction_and_nothing_else(key):
+    signs = jnp.where(jnp.arange(50) % 2 == 0, 1.0, -1.0)
+    flipped = data.flip_labels(key, signs, 0.2)
+    changed = np.asarray(flipped != signs)
+    assert changed.sum() == 10 and np.all(np.asarray(flipped)[changed] == -np.asarray(signs)[changed])
+    classes = jnp.arange(40) % 4
+    moved = data.flip_labels(key, classes, 0.25, num_classes=4)
+    changed = np.asarray(moved != classes)
+    assert changed.sum() == 10 and np.all(
+        np.asarray(moved)[changed] == (np.asarray(classes)[changed] + 1) % 4
+    )
+    np.testing.assert_array_equal(data.flip_labels(key, classes, 0.25, num_classes=4), moved)  # a fixed draw
+    with pytest.raises(ValueError, match="fraction"):
+        data.flip_labels(key, signs, 1.5)

@@ -1,4 +1,4 @@
-"""scripts/common.py: `--set` overrides a preset entry and is recorded in the stored config."""
+"""scripts/figures/common.py: `--set` overrides a preset entry and is recorded in the stored config."""
 
 import json
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "figures"))
 import common  # noqa: E402
 
 PRESET = {"t1": 10.0, "steps": 5, "etas": (0.2, 0.1), "activation": "tanh", "seeds": 4}

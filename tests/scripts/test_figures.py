@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "figures"))
 from run_figures import SCRIPTS  # noqa: E402
 
 # make test-all draws these too: slow_flow_real_net (50 s of compilation) runs slow_flow_vs_label_noise's
@@ -41,7 +41,7 @@ SLOW = {
 def test_every_figure_names_the_estimator_of_each_observable(name):
     """Each figure's docstring has a paragraph "Estimators: ..." that names a library function (or says none
     is sampled): what a reader needs to know what its bands hold."""
-    doc = ast.get_docstring(ast.parse((ROOT / "scripts" / f"{name}.py").read_text()))
+    doc = ast.get_docstring(ast.parse((ROOT / "scripts" / "figures" / f"{name}.py").read_text()))
     (paragraph,) = [p for p in doc.split("\n\n") if p.startswith("Estimators:")]
     assert re.search(r"`[\w.]+`|none sampled|nothing here is sampled", paragraph), paragraph
 
@@ -52,7 +52,7 @@ def test_every_figure_names_the_estimator_of_each_observable(name):
 def test_smoke_preset_writes_a_figure_and_reuses_results(name, tmp_path):
     cmd = [
         sys.executable,
-        str(ROOT / "scripts" / f"{name}.py"),
+        str(ROOT / "scripts" / "figures" / f"{name}.py"),
         "--preset",
         "smoke",
         "--out",
@@ -74,7 +74,7 @@ def test_smoke_preset_writes_a_figure_and_reuses_results(name, tmp_path):
     assert curves and all(np.isfinite(x).any() for x in curves), "a stored curve is all NaN or inf"
     summary = first.stdout.split("figure:")[0]
     assert re.search(r"\d\.\d", summary), "the summary printed no headline number"
-    if name != SCRIPTS[0]:
+    if name != "gd_vs_gradient_flow":  # one fast script checks the stored result is read back
         return
     mtime = (stored[0] / "arrays.npz").stat().st_mtime_ns
     subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -118,3 +118,16 @@ def test_stored_results_are_keyed_on_the_code_that_computes_them(tmp_path):
     assert code_version(script) == base
     script.write_text('"""A figure."""\n\ndef compute(cfg):\n    return 2\n')
     assert code_version(script) != base
+
+
+def test_the_figure_list_is_every_figure_script_and_no_script_imports_one():
+    """run_figures finds every script in scripts/figures that declares a FIGURE (the others there are its two
+    helpers), and no script anywhere under scripts/ imports a figure script: what two scripts share lives in
+    the library or in a helper."""
+    folder = ROOT / "scripts" / "figures"
+    assert set(SCRIPTS) == {p.stem for p in folder.glob("*.py")} - {"common", "run_figures"}
+    for path in (ROOT / "scripts").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            assert not set(names) & set(SCRIPTS), f"{path.relative_to(ROOT)} imports a figure script"

@@ -2,7 +2,8 @@
 svag_cnn, sharpness_vs_lr_batch with its CNN row) and the per-step cost of the central-flow paper preset,
 each within a stated budget, the whole within 8 minutes, written as one table.
 
-    python scripts/gpu.py [--out gpu.md] [--cpu benchmarks.json] [--only NAME ...] [--allow-cpu] [--smoke]
+    python scripts/tools/gpu.py [--out gpu.md] [--cpu benchmarks.json] [--only NAME ...] [--allow-cpu]
+                                [--smoke]
 
 Each item runs in its own process under a timeout (its budget, in `ITEMS`); one that runs over is recorded
 as such and the run goes on. The table (`--out`, markdown) gives the device, each item's sizes, seconds,
@@ -14,9 +15,9 @@ multiply out the preset's steps: the estimate behind "sized for a GPU".
 
 It refuses to run where JAX sees no GPU, unless `--allow-cpu` (how the tests run it, with `--smoke`: small
 sizes, one benchmark repeat). `make gpu` installs the `gpu` extra (JAX's CUDA build) into .venv first; on a
-machine that has a CUDA JAX and no network, run `python scripts/gpu.py` with that Python (the children find
-the packages through PYTHONPATH; of the dependencies, matfree and mnist1d are pure Python and install from
-wheels carried there).
+machine that has a CUDA JAX and no network, run `python scripts/tools/gpu.py` with that Python (the children
+find the packages through PYTHONPATH; of the dependencies, matfree and mnist1d are pure Python and install
+from wheels carried there).
 """
 
 import argparse
@@ -28,23 +29,36 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+SCRIPTS = Path(__file__).resolve().parents[1]
+ROOT = SCRIPTS.parent
 
 # name -> (what it runs, budget in seconds); the budgets sum to 8 minutes
 ITEMS = {
-    "bench_networks": ("scripts/bench_networks.py: CNN p = 154,058, n = 1,000", 50),
-    "bench_lanczos": ("scripts/bench_lanczos.py: Lanczos against its products, p = 26,122", 15),
-    "bench_discrete": ("scripts/bench_discrete.py: label-noise SGD against a bare scan", 30),
-    "bench_sde": ("scripts/bench_sde.py: the label-noise SDE against label-noise GD", 30),
-    "bench_slow_flow": ("scripts/bench_slow_flow.py: the slow flow, N up to 1,024, p up to 32,768", 60),
-    "bench_sharded": ("scripts/bench_sharded.py: an SGD ensemble over every device", 20),
-    "central_flow_cnn": ("scripts/central_flow_cnn.py --preset quick", 120),
-    "svag_cnn": ("scripts/svag_cnn.py --preset quick", 60),
-    "sharpness_vs_lr_batch": ("scripts/sharpness_vs_lr_batch.py --preset quick (its CNN row)", 75),
+    "bench_networks": ("scripts/benchmarks/bench_networks.py: CNN p = 154,058, n = 1,000", 50),
+    "bench_lanczos": ("scripts/benchmarks/bench_lanczos.py: Lanczos against its products, p = 26,122", 15),
+    "bench_discrete": ("scripts/benchmarks/bench_discrete.py: label-noise SGD against a bare scan", 30),
+    "bench_sde": ("scripts/benchmarks/bench_sde.py: the label-noise SDE against label-noise GD", 30),
+    "bench_slow_flow": (
+        "scripts/benchmarks/bench_slow_flow.py: the slow flow, N up to 1,024, p up to 32,768",
+        60,
+    ),
+    "bench_sharded": ("scripts/benchmarks/bench_sharded.py: an SGD ensemble over every device", 20),
+    "central_flow_cnn": ("scripts/figures/central_flow_cnn.py --preset quick", 120),
+    "svag_cnn": ("scripts/figures/svag_cnn.py --preset quick", 60),
+    "sharpness_vs_lr_batch": ("scripts/figures/sharpness_vs_lr_batch.py --preset quick (its CNN row)", 75),
     "paper_cost": ("central_flow_cnn paper preset: one GD step, one central-flow substep", 20),
 }
 FIGURES = ("central_flow_cnn", "svag_cnn", "sharpness_vs_lr_batch")
+# the sizes of scripts/figures/central_flow_cnn.py's paper preset that its per-step cost depends on (a
+# script imports no figure script; tests/scripts/test_gpu.py holds these to the preset)
+CENTRAL_FLOW_CNN_PAPER = dict(
+    n=1000,
+    channels=(32, 32),
+    etas={"square": (0.08, 0.04, 0.02), "cross_entropy": (0.16, 0.08, 0.04)},
+    t1=200.0,
+    saves=100,
+    num_eigs=3,
+)
 BENCH_ARGS = {"bench_discrete": ["--no-torch"]}
 SMOKE_BUDGET = 300  # seconds an item, at smoke sizes (the tests, on a CPU)
 
@@ -58,13 +72,13 @@ def run_item(name: str, smoke: bool, budget: float, folder: Path) -> dict:
         if smoke and name == "bench_slow_flow":
             args = ["--sizes", "64", "--repeats", "1"]
         code = (
-            f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import {name}; "
+            f"import json, sys; sys.path.insert(0, {str(SCRIPTS / 'benchmarks')!r}); import {name}; "
             f"print(json.dumps({name}.main({args!r})))"
         )
         cmd = [sys.executable, "-c", code]
     elif name in FIGURES:
         preset = "smoke" if smoke else "quick"
-        cmd = [sys.executable, str(HERE / f"{name}.py"), "--preset", preset, "--no-progress"]
+        cmd = [sys.executable, str(SCRIPTS / "figures" / f"{name}.py"), "--preset", preset, "--no-progress"]
         cmd += ["--out", str(folder / "figures"), "--results", str(folder / "results"), "--recompute"]
     else:
         cmd = [sys.executable, str(Path(__file__)), "--paper-cost"] + (["--smoke"] if smoke else [])
@@ -93,13 +107,12 @@ def paper_cost(smoke: bool) -> dict:
     import jax
     import numpy as np
     from bench_common import median_time
-    from central_flow_cnn import LOSSES, PRESETS
 
     from analysis import hessian
     from flows import central_flow, gd
     from models import CNN, Problem
 
-    cfg = PRESETS["paper"]
+    cfg = CENTRAL_FLOW_CNN_PAPER
     n = 50 if smoke else cfg["n"]
     X = jax.random.normal(jax.random.key(0), (n, 3, 32, 32))
     labels = jax.random.randint(jax.random.key(1), (n,), 0, 4)
@@ -124,8 +137,8 @@ def paper_cost(smoke: bool) -> dict:
         )
     ) / 4  # one GD step more is 4 substeps more
     lanczos = timed(lambda: hessian.lambda_max(P, P.params))
-    steps = sum(round(cfg["t1"] / e) for loss in LOSSES for e in cfg["etas"][loss])
-    saves = sum(len(cfg["etas"][loss]) for loss in LOSSES) * (cfg["saves"] + 1)
+    steps = sum(round(cfg["t1"] / e) for etas in cfg["etas"].values() for e in etas)
+    saves = sum(len(etas) for etas in cfg["etas"].values()) * (cfg["saves"] + 1)
     estimate = steps * (step + 4 * cf) + 2 * saves * lanczos  # GD and gradient flow read lambda_max a save
     return {
         "p": int(P.num_params),
@@ -185,7 +198,7 @@ def main(argv=None):
     p.add_argument("--paper-cost", action="store_true", help=argparse.SUPPRESS)  # the child of paper_cost
     args = p.parse_args(argv)
     if args.paper_cost:
-        sys.path.insert(0, str(HERE))
+        sys.path.insert(0, str(SCRIPTS / "benchmarks"))  # bench_common
         print(json.dumps(paper_cost(args.smoke)))
         return None
     import jax

@@ -8,22 +8,18 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPTS = [
-    "gd_vs_gradient_flow",
-    "sde_vs_sgd",
-    "svag",
-    "slow_flow_vs_label_noise",
-    "slow_flow_real_net",
-    "rank_one_features",
-    "sharpness_vs_lr_batch",
-    "escape",
-    "early_alignment",
-    "optimization_threshold",
-    "central_flow",
-    "central_flow_cnn",
-    "svag_cnn",
-]
 HERE = Path(__file__).resolve().parent
+
+
+def is_figure(path: Path) -> bool:
+    """A figure script declares its `common.Figure` at the top level: `FIGURE = Figure(...)`."""
+    return any(
+        isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FIGURE" for t in node.targets)
+        for node in ast.parse(path.read_text()).body
+    )
+
+
+SCRIPTS = sorted(path.stem for path in HERE.glob("*.py") if is_figure(path))  # every figure in this folder
 
 
 def summary(name: str) -> str:
@@ -36,9 +32,9 @@ def gallery(out: Path, preset: str, seconds: dict[str, float]) -> Path:
     lines = [
         "# Figures",
         "",
-        f"Drawn by `make figures` (`python scripts/run_figures.py --preset {preset}`); each script's data "
-        "is stored under results/ and reused. Redraw one with "
-        "`python scripts/NAME.py --preset smoke|quick|paper`.",
+        f"Drawn by `make figures` (`python scripts/figures/run_figures.py --preset {preset}`); each script's "
+        "data is stored under results/ and reused. Redraw one with "
+        "`python scripts/figures/NAME.py --preset smoke|quick|paper`.",
         "",
     ]
     for name in SCRIPTS:
@@ -53,7 +49,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
     p.add_argument(
-        "--out", type=Path, default=HERE.parent / "figures", help="folder for the PNGs and gallery"
+        "--out", type=Path, default=HERE.parents[1] / "figures", help="folder for the PNGs and gallery"
     )
     args = p.parse_args()
     seconds = {}

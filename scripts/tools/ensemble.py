@@ -1,11 +1,11 @@
 """A long ensemble from the command line: many seeds of GD, SGD or label-noise SGD on a two-layer tanh net,
 sharded over every device (`analysis.ensembles.ensemble`; and over every process when started by
-`scripts/launch.py`), run in chunks of steps with the whole state (parameters, keys, step, the loss so far)
-written atomically to --out after each chunk (`analysis.store.resumable`). Kill it and run the same command
-again: it goes on from the last chunk and ends with the same bits as a run that never stopped. A folder
-holding another run's state is refused, never overwritten.
+`scripts/tools/launch.py`), run in chunks of steps with the whole state (parameters, keys, step, the loss so
+far) written atomically to --out after each chunk (`analysis.store.resumable`). Kill it and run the same
+command again: it goes on from the last chunk and ends with the same bits as a run that never stopped. A
+folder holding another run's state is refused, never overwritten.
 
-    python scripts/ensemble.py --flow sgd --seeds 1024 --steps 1000000 --chunk 10000 --out results/ens
+    python scripts/tools/ensemble.py --flow sgd --seeds 1024 --steps 1000000 --chunk 10000 --out results/ens
 
 The state (`analysis.store`: --out/arrays.npz) holds `state/loss` (seeds, saves), `state/ts` (saves,) and the
 final parameters, `state/params/...` in the structure of the model's parameters.
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from analysis import ensembles  # noqa: E402
 

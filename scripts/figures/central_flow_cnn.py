@@ -17,7 +17,7 @@ central-flow paper, read from the folder `--set cifar10=PATH` names (or $SHARPFL
 downloaded). float32.
 
 Measured (quick, this 2-core CPU): see the README's figure table; the paper preset is sized for a GPU (its
-per-step cost is measured by `scripts/gpu.py`).
+per-step cost is measured by `scripts/tools/gpu.py`).
 
 Estimators: as `central_flow.py`: losses and distances exact, lambda_max(H) by 40 Lanczos steps
 (`hessian.lambda_max`), single deterministic runs.
@@ -28,7 +28,7 @@ import numpy as np
 from common import Figure, images, main
 
 from analysis import compare, plots
-from models import CNN, Problem
+from models import CNN, Problem, data
 
 LOSSES = ("square", "cross_entropy")
 PRESETS = {
@@ -47,8 +47,7 @@ def problem(cfg, loss):
     """The first n images of 4 classes, `flip` of the labels moved to the next class, and a tanh CNN with one
     output per class (the same initialisation for both losses)."""
     X, y = images(cfg["data"], cfg["n"], folder=cfg["cifar10"])
-    flip = jax.random.permutation(jax.random.key(3), X.shape[0])[: round(cfg["flip"] * X.shape[0])]
-    y = y.at[flip].set((y[flip] + 1) % 4)
+    y = data.flip_labels(jax.random.key(3), y, cfg["flip"], num_classes=4)
     if loss == "square":
         y = jax.nn.one_hot(y, 4, dtype=X.dtype)
     model = CNN(X.shape[1:], cfg["channels"], outputs=4, activation="tanh", key=jax.random.key(1))

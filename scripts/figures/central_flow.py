@@ -18,7 +18,8 @@ eta lambda_max = 2 at step 240 (eta = 0.2) and 650 (eta = 0.1), where the centra
 and 650). From there the central flow predicts GD's time-averaged loss to 2.6% and 2.7% on average (5.9% and
 7.8% at most), gradient flow to 43% and 44% (its sharpness climbs to eta lambda = 21 and 11 while GD's stays
 at 2). GD's averaged parameters end 0.33 and 0.14 from the central flow, 2.3 and 1.7 from gradient flow.
-`scripts/check_central_flow_reference.py` holds `flows.central_flow` against the reference implementation.
+`scripts/tools/check_central_flow_reference.py` holds `flows.central_flow` against the reference
+implementation.
 
 Estimators: the losses and distances exactly; lambda_max(H) by 40 Lanczos steps (`hessian.lambda_max`,
 40 Hessian-vector products a save, no sampling noise; the central flow's own top eigenvalues are tracked by
@@ -45,9 +46,8 @@ def problem(cfg):
     labels negated (fixed draw), an MLP with two tanh hidden layers of `width`."""
     X, y = data.digits(classes=(3, 8))
     order = jax.random.permutation(jax.random.key(0), X.shape[0])[: cfg["n"]]
-    X, y = X[order], y[order]
-    flip = jax.random.permutation(jax.random.key(3), X.shape[0])[: round(cfg["flip"] * X.shape[0])]
-    return Problem(MLP(X.shape[1], cfg["width"], 2, key=jax.random.key(1)), X, y.at[flip].multiply(-1))
+    y = data.flip_labels(jax.random.key(3), y[order], cfg["flip"])
+    return Problem(MLP(X.shape[1], cfg["width"], 2, key=jax.random.key(1)), X[order], y)
 
 
 def compute(cfg, progress, part):

@@ -1,6 +1,7 @@
 """Start one command as N processes of a `jax.distributed` run on this machine (CPU collectives on 127.0.0.1).
 
-    python scripts/launch.py --processes 2 -- python scripts/ensemble.py --seeds 64 --out results/ens
+    python scripts/tools/launch.py --processes 2 -- \
+        python scripts/tools/ensemble.py --seeds 64 --out results/ens
 
 Each process gets SHARPFLOW_COORDINATOR, SHARPFLOW_NUM_PROCESSES and SHARPFLOW_PROCESS_ID, which
 `analysis.ensembles.init_processes()` reads. Across machines, start the command once on each machine with

@@ -5,7 +5,7 @@ CVXOPT on the host. Run it in a throw-away environment that has both packages:
 
     python -m venv /tmp/refenv
     /tmp/refenv/bin/pip install "jax==0.10.2" <a clone of central_flows_jax> -e .
-    /tmp/refenv/bin/python scripts/check_central_flow_reference.py
+    /tmp/refenv/bin/python scripts/tools/check_central_flow_reference.py
 
 The same problem for both: an MLP 64-16-16-1 with tanh on the first 128 digits 3 vs 8 of a fixed shuffle,
 20% of the labels flipped, the loss of `models.Problem` (float32). GD's step eta = 0.2, 4 substeps per GD step
@@ -25,13 +25,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from central_flow import problem
 from central_flows_jax import Flow, GradientDescent
 
 from flows import central_flow
+from models import MLP, Problem, data
 
-CFG = dict(n=128, width=16, flip=0.2)
 ETA, STEPS, EIGS = 0.2, 400, 3
+
+
+def problem(n=128, width=16, flip=0.2):
+    """The problem of figures/central_flow.py at n = 128, width 16 (the same draws: its keys 0, 1, 3)."""
+    X, y = data.digits(classes=(3, 8))
+    order = jax.random.permutation(jax.random.key(0), X.shape[0])[:n]
+    y = data.flip_labels(jax.random.key(3), y[order], flip)
+    return Problem(MLP(X.shape[1], width, 2, key=jax.random.key(1)), X[order], y)
 
 
 def reference(P, steps):
@@ -67,7 +74,7 @@ def timed(fn, P):
 
 
 def main():
-    P = problem(CFG)
+    P = problem()
     (w_ref, L_ref, pred_ref), t_ref = timed(reference, P)
     (w, L, pred), t = timed(ours, P)
     print(f"p = {P.num_params}, n = {P.n}, eta = {ETA}, {STEPS} GD steps")

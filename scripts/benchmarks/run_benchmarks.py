@@ -1,5 +1,6 @@
-"""Run every scripts/bench_*.py (`make bench`) and write their ratios as one markdown table, benchmarks.md,
-and the same rows as benchmarks.json (the CPU rows `scripts/gpu.py` sets its GPU rows against)."""
+"""Run every scripts/benchmarks/bench_*.py (`make bench`) and write their ratios as one markdown table,
+benchmarks.md, and the same rows as benchmarks.json (the CPU rows `scripts/tools/gpu.py` sets its GPU rows
+against)."""
 
 import importlib
 import json
@@ -14,7 +15,7 @@ for path in sorted(here.glob("bench_*.py")):
         continue
     print(f"== {path.stem}", flush=True)
     rows += importlib.import_module(path.stem).main([])
-out = here.parent / "benchmarks.md"
+out = here.parents[1] / "benchmarks.md"
 lines = ["| benchmark | run | median s | ratio | baseline |", "|---|---|---:|---:|---|"]
 lines += [
     f"| {r['benchmark']} | {r['run']} | {r['seconds']:.4f} | {r['ratio']:.2f}x | {r['baseline']} |"

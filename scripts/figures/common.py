@@ -3,8 +3,8 @@
 A figure script declares a `Figure` (its presets, `compute`, `draw` and `summary`) and calls `main(FIGURE)`.
 The command line is the same for all of them:
 
-    python scripts/NAME.py [--preset smoke|quick|paper] [--seeds N] [--set KEY=VALUE ...] [--out DIR]
-                           [--results DIR] [--recompute] [--no-progress]
+    python scripts/figures/NAME.py [--preset smoke|quick|paper] [--seeds N] [--set KEY=VALUE ...]
+                                   [--out DIR] [--results DIR] [--recompute] [--no-progress]
 
 - `--preset`: `smoke` runs in seconds (the test suite draws every figure at it), `quick` in minutes on a
   laptop CPU (`make figures`), `paper` at the paper's sizes (hours on a CPU, or a GPU).
@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from analysis import store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ("smoke", "quick", "paper")
 
 

@@ -21,8 +21,8 @@ resolved: SGD lowers tr H to 6.6 +- 0.4 where the SDE keeps 7.7 +- 0.4 (a flatne
 first-order SDE), and SVAG's gap falls with l, 0.053 +- 0.025 at l = 2 and 0.027 +- 0.022 at l = 4, into the
 band from l = 8.
 
-Estimators: the loss exactly; tr H by one Hutchinson probe a seed (`hessian.TraceProbe`), as above (unbiased, its variance inside
-the band).
+Estimators: the loss exactly; tr H by one Hutchinson probe a seed (`hessian.TraceProbe`), as above
+(unbiased, its variance inside the band).
 """
 
 import jax

@@ -1,4 +1,4 @@
-"""Timing for the scripts/bench_*.py benchmarks: medians of repeated runs, printed as ratios."""
+"""Timing for the scripts/benchmarks/bench_*.py benchmarks: medians of repeated runs, printed as ratios."""
 
 import statistics
 import time
