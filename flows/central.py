@@ -53,7 +53,7 @@ from models import Problem, checks
 from models.problem import check_start
 
 from . import timescale
-from .gradient import save_times
+from .integrate import save_times
 from .trajectory import (
     INNER_SOLVER_FAILED,
     SUCCESSFUL,

@@ -41,7 +41,7 @@ from models.problem import check_start
 
 from . import geometry
 from .geometry import Mode
-from .gradient import save_times, solve_ode
+from .integrate import save_times, solve_ode
 from .trajectory import (
     INNER_SOLVER_FAILED,
     Metric,

@@ -57,7 +57,7 @@ from models.problem import check_start
 
 from . import timescale
 from .brownian import BrownianGrid
-from .gradient import save_times
+from .integrate import save_times
 from .noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
 from .trajectory import (
     Metric,

@@ -27,6 +27,7 @@ __all__ = [
     "linear_teacher",
     "two_layer_teacher",
     "label_noise",
+    "flip_labels",
     "train_test_split",
     "digits",
     "mnist1d",

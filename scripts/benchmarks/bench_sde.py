@@ -4,7 +4,9 @@ A two-layer tanh net (n = 32, d = 16, width 32), label noise sigma = 0.5, eta = 
 of 256 paths (`jax.jit(jax.vmap(...))` over keys), 1,000 steps each, through
 
 - `label_noise_sgd` with the same steps and keys (the baseline);
-- `label_noise_sde`, Euler at `substeps=1` (one forward pass and one VJP a step, drift and noise together);
+- `label_noise_sde`, Euler at `substeps=1` (one forward pass and one VJP a step, drift and noise together:
+  the cost of one Euler step, what the targets compare), and at its default `substeps=4` (the solve a user
+  gets: four Euler steps a GD step, so ~4x);
 - a bare `lax.scan` Euler-Maruyama written here: one forward pass and two VJPs a step (drift, then noise);
 - the same SDE through diffrax (`MultiTerm(ODETerm, ControlTerm)` on the same `BrownianGrid`, two terms,
   each with its own pass) and on a `VirtualBrownianTree` (adaptive-capable path, a tree descent a step).
@@ -40,9 +42,12 @@ def setup():
     return Problem(net, X, jnp.sin(X[:, 0]))
 
 
-def sde_loss(P, key):
+def sde_loss(P, key, substeps=1):
     ts = jnp.array([0.0, ETA * STEPS])
-    return label_noise_sde(P, P.params, t1=ETA * STEPS, eta=ETA, sigma=SIGMA, key=key, ts=ts).stats["loss"]
+    run = label_noise_sde(
+        P, P.params, t1=ETA * STEPS, eta=ETA, sigma=SIGMA, key=key, ts=ts, substeps=substeps
+    )
+    return run.stats["loss"]
 
 
 def sgd_loss(P, key):
@@ -109,10 +114,12 @@ def main(argv=None):
     P = setup()
     keys, r = jax.random.split(jax.random.key(2), PATHS), args.repeats
     sde = jax.jit(jax.vmap(lambda k: sde_loss(P, k)))
+    sde4 = jax.jit(jax.vmap(lambda k: sde_loss(P, k, substeps=4)))
     sgd = jax.jit(jax.vmap(lambda k: sgd_loss(P, k)))
     interleaved = {
         "label-noise GD (label_noise_sgd)": lambda: sgd(keys),
         "label_noise_sde, Euler, one pass": lambda: sde(keys),
+        "label_noise_sde, default substeps=4": lambda: sde4(keys),
         "bare scan: 1 forward + 2 VJPs": lambda: bare(P, keys),
         "diffrax Euler, two terms, BrownianGrid": lambda: diffrax_path(P, keys, "grid"),
     }
