@@ -94,19 +94,49 @@ class BrownianGrid(diffrax.AbstractBrownianPath):
 
     def increment(self, j) -> Array:
         """The increment over fine step j, [j h, (j + 1) h] with h = dt / 2^levels (an integer index: no
-        rounding of times)."""
-        k, local = j // 2**self.levels, j % 2**self.levels
+        rounding of times): the one path down the bridge tree, levels + 1 draws."""
+        local = j % 2**self.levels
+
+        def refine(d, kb, level):
+            parent = local >> (self.levels - level + 1)
+            right = (local >> (self.levels - level)) & 1
+            return self._half(d, self._bridge_draw(kb, level, parent, d.shape), level, right)
+
+        return self._blocks(j // 2**self.levels, refine)
+
+    def step_increments(self, k) -> Array:
+        """The 2^levels fine increments of coarse step k, (2^levels, dim): the same numbers as `increment`
+        at j = k 2^levels + 0, 1, ..., with the whole bridge tree drawn once (2^levels draws where
+        `increment` makes levels + 1 for each of the 2^levels fine steps)."""
+
+        def refine(d, kb, level):  # d: (2^(level-1), size) -> (2^level, size), each node split in two
+            parents = jnp.arange(d.shape[0])
+            xi = jax.vmap(lambda q: self._bridge_draw(kb, level, q, d.shape[1:]))(parents)
+            halves = [self._half(d, xi, level, right) for right in (0, 1)]
+            return jnp.stack(halves, axis=1).reshape(-1, d.shape[1])
+
+        return self._blocks(k, refine, batched=True)
+
+    def _blocks(self, k, refine, batched: bool = False) -> Array:
+        """Coarse step k's increment sqrt(dt) z_k, block by block, refined `levels` times by `refine`."""
         k_batch, k_noise, k_bridge = step_keys(self.key, k)
         blocks = []
         for i, (name, shape) in enumerate(self.parts):
             z = normal(k_noise if name == "label" else k_batch, shape, self.dtype).reshape(-1)
             d = jnp.sqrt(self.dt).astype(self.dtype) * z
+            d = d[None] if batched else d
             kb = jax.random.fold_in(k_bridge, i)
             for level in range(1, self.levels + 1):
-                parent = local >> (self.levels - level + 1)
-                right = (local >> (self.levels - level)) & 1
-                key = jax.random.fold_in(jax.random.fold_in(kb, level), parent)
-                half = jnp.sqrt(self.dt / 2 ** (level - 1)).astype(self.dtype) / 2
-                d = d / 2 + jnp.where(right, -half, half) * normal(key, d.shape, self.dtype)
+                d = refine(d, kb, level)
             blocks.append(d)
-        return jnp.concatenate(blocks)
+        return jnp.concatenate(blocks, axis=-1)
+
+    def _bridge_draw(self, kb, level, parent, shape) -> Array:
+        """The bridge's draw that splits node `parent` of `level` (from the block's bridge key `kb`)."""
+        return normal(jax.random.fold_in(jax.random.fold_in(kb, level), parent), shape, self.dtype)
+
+    def _half(self, d, xi, level, right) -> Array:
+        """The left (`right` = 0) or right half of increments d over dt / 2^(level - 1):
+        d / 2 +- sqrt(dt / 2^(level - 1)) xi / 2."""
+        half = jnp.sqrt(self.dt / 2 ** (level - 1)).astype(self.dtype) / 2
+        return d / 2 + jnp.where(right, -half, half) * xi

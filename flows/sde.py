@@ -20,8 +20,10 @@ at `substeps=1` measures nothing but that. One Euler-Maruyama step is
     theta <- theta + J^T [-(h / n) r + sqrt(eta) (sigma dW_label + c_B r * (dW_batch - mean)) / sqrt(B n)]
 
 one forward pass and ONE vector-Jacobian product of the outputs, drift and noise together: the cost of a
-label-noise SGD step. It runs as loops with dynamic bounds, so eta, t1 and the save times may be traced
-(`jax.jit`, `jax.vmap`); the number of saves is static.
+label-noise SGD step. Each GD step's 2^L increments are drawn at its first substep, the whole bridge tree at
+once (`BrownianGrid.step_increments`: 2^L normal draws a step, not L + 1 a substep), so the default solve
+costs about four label-noise GD steps a step. It runs as loops with dynamic bounds, so eta, t1 and the
+save times may be traced (`jax.jit`, `jax.vmap`); the number of saves is static.
 
 **Other solvers** run through diffrax (`MultiTerm(ODETerm, ControlTerm)`), which evaluates drift and noise
 as two terms. These are Ito SDEs: `diffrax.ItoMilstein` (strong order 1 where the noise is commutative,
@@ -341,24 +343,29 @@ def _euler(problem, params0, key, eta, index, even, substeps, hyper, metrics, sa
     h = eta / substeps
     drift = (h / problem.n).astype(dtype)
 
-    def step(j, params):
+    per = 2**path.levels  # fine steps a coarse step
+
+    def step(j, carry):
+        # the increments of fine step j's coarse step, drawn at its first substep and carried to the others
+        params, cached = carry
+        cached = lax.cond(j % per == 0, lambda: path.step_increments(j // per), lambda: cached)
         out, vjp = jax.vjp(problem.outputs, params)
         q = problem.output_grads(out)  # d l_i / d f_i: the residuals for square loss
-        (delta,) = vjp(noise_cotangent(problem, q, path.increment(j), eta=eta, **hyper) - drift * q)
-        return jax.tree.map(jnp.add, params, delta)
+        (delta,) = vjp(noise_cotangent(problem, q, cached[j % per], eta=eta, **hyper) - drift * q)
+        return jax.tree.map(jnp.add, params, delta), cached
 
     def record(params):
         return (params if save_params else None), evaluate(problem, params, metrics)
 
-    def segment(carry, target):
+    def segment(carry, target):  # fine steps j..target - 1 (a segment may start inside a coarse step)
         params, j = carry
-        params = lax.fori_loop(j, target, step, params)
+        params = lax.fori_loop(j, target, step, (params, path.step_increments(j // per)))[0]
         return (params, target), record(params)
 
-    def run(params, first, length):
-        return lax.scan(lambda p, j: (step(j, p), None), params, first + jnp.arange(length, dtype=jnp.int32))[
-            0
-        ]
+    def run(params, first, length):  # the same with a static length: a scan
+        js = first + jnp.arange(length, dtype=jnp.int32)
+        cached = path.step_increments(first // per)
+        return lax.scan(lambda c, j: (step(j, c), None), (params, cached), js)[0][0]
 
     if even is None:
         _, (params, stats) = lax.scan(segment, (params0, jnp.zeros((), jnp.int32)), index)

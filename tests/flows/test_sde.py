@@ -94,6 +94,23 @@ def test_brownian_grid_refinements_are_one_brownian_motion(key):
     np.testing.assert_allclose(coarse[2], np.sqrt(eta) * z, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_coarse_steps_increments_drawn_at_once_are_its_fine_steps_increments(key, dtype):
+    """`step_increments(k)` (the bridge tree of coarse step k, drawn once: what the Euler loop uses) holds
+    the numbers `increment(j)` gives at each of its fine steps, for both noise blocks and every level: the
+    same draws and the same arithmetic, equal to the last bit or two (XLA fuses the two programs apart)."""
+    parts = {"label": (3,), "batch": (4,)}
+    for levels in range(4):
+        path = BrownianGrid(key, jnp.asarray(0.3, dtype), parts, levels=levels, dtype=dtype)
+        per = 2**levels
+        one = eqx.filter_jit(BrownianGrid.increment)  # both compiled, as in the flows
+        for k in (0, 5):
+            one_by_one = jnp.stack([one(path, jnp.int32(k * per + i)) for i in range(per)])
+            drawn = eqx.filter_jit(BrownianGrid.step_increments)(path, jnp.int32(k))
+            eps = float(jnp.finfo(dtype).eps)  # rounding of terms of size sqrt(dt), whose sum may be smaller
+            np.testing.assert_allclose(drawn, one_by_one, rtol=4 * eps, atol=4 * eps * 0.3**0.5)
+
+
 # -- the noise factors -------------------------------------------------------------------------------------
 def one_step_gradients(run, P, params, eta, seeds, **kw):
     """g = (theta_0 - theta_1) / eta of one discrete step, for many keys."""
