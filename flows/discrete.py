@@ -92,6 +92,18 @@ def gd(
     divergence, or return the Trajectory with its `result` code; `flows.trajectory`).
 
     **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
+
+    **Example** (doctested, as the other main flows' examples):
+
+    >>> import jax
+    >>> from models import Problem, TwoLayerNet, data
+    >>> X = data.gaussian(jax.random.key(0), 16, 3)
+    >>> problem = Problem(TwoLayerNet(3, 8, key=jax.random.key(1), activation="tanh"), X, X[:, 0])
+    >>> run = gd(problem, problem.params, steps=200, eta=0.1, save_every=100)
+    >>> run.ts.tolist(), run.clock  # gradient-flow time t = eta k at steps 0, 100, 200
+    ([0.0, 10.0, 20.0], 't')
+    >>> bool(run.stats["loss"][-1] < 0.5 * run.stats["loss"][0])
+    True
     """
     noise = StepNoise(batch_size=problem.n)
     save = Steps(steps, save_every, first_step, save_params, progress)

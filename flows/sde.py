@@ -124,6 +124,25 @@ def label_noise_sde(
     **Returns:** a `Trajectory` in gradient-flow time t. A path whose loss becomes non-finite, or an adaptive
     solve that fails, has its `result` code set and, with `throw=True`, raises `equinox.EquinoxRuntimeError`
     naming the time (`flows.trajectory`).
+
+    **Example:** with the same key, the SDE's path is coupled to label-noise GD's: at `substeps=1` they are
+    the same iterates, and the default `substeps=4` solves the SDE on the same Brownian path.
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from flows import label_noise_sgd
+    >>> from models import Problem, TwoLayerNet, data
+    >>> X = data.gaussian(jax.random.key(0), 16, 3)
+    >>> problem = Problem(TwoLayerNet(3, 8, key=jax.random.key(1), activation="tanh"), X, X[:, 0])
+    >>> key, ts = jax.random.key(2), [0.0, 1.0]
+    >>> hyper = dict(eta=0.1, sigma=0.5, key=key)
+    >>> sgd = label_noise_sgd(problem, problem.params, steps=10, save_every=10, **hyper)
+    >>> same = label_noise_sde(problem, problem.params, t1=1.0, substeps=1, ts=ts, **hyper)
+    >>> bool(jnp.allclose(problem.ravel(same.final)[0], problem.ravel(sgd.final)[0], atol=1e-5))
+    True
+    >>> sde = label_noise_sde(problem, problem.params, t1=1.0, ts=ts, **hyper)
+    >>> sde.stats["loss"].shape
+    (2,)
     """
     batch_size = checks.batch_size(batch_size, problem.n)
     sigma = checks.non_negative("sigma", sigma)
