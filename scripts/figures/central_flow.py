@@ -13,11 +13,6 @@ With clean labels GD never holds at the edge on this problem; with the flips its
 stays around it, in cycles of catapults (loss spikes) tens of steps apart, so GD's loss is averaged over a
 window of 200 steps.
 
-Measured (quick: eta = 0.2 and 0.1 to t = 150, about 8 minutes on a 2-core CPU beside other work): GD reaches
-eta lambda_max = 2 at step 240 (eta = 0.2) and 650 (eta = 0.1), where the central flow's edge opens (at 228
-and 650). From there the central flow predicts GD's time-averaged loss to 2.6% and 2.7% on average (5.9% and
-7.8% at most), gradient flow to 43% and 44% (its sharpness climbs to eta lambda = 21 and 11 while GD's stays
-at 2). GD's averaged parameters end 0.33 and 0.14 from the central flow, 2.3 and 1.7 from gradient flow.
 `scripts/tools/check_central_flow_reference.py` holds `flows.central_flow` against the reference
 implementation.
 

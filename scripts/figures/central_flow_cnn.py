@@ -16,9 +16,6 @@ labels moved to the next class, fixed draw); paper, CIFAR-10's first 4 classes, 
 central-flow paper, read from the folder `--set cifar10=PATH` names (or $SHARPFLOW_CIFAR10; nothing is
 downloaded). float32.
 
-Measured (quick, this 2-core CPU): see the README's figure table; the paper preset is sized for a GPU (its
-per-step cost is measured by `scripts/tools/gpu.py`).
-
 Estimators: as `central_flow.py`: losses and distances exact, lambda_max(H) by 40 Lanczos steps
 (`hessian.lambda_max`), single deterministic runs.
 """

@@ -19,18 +19,10 @@ Hessian-vector products a call, none p):
   the gap of tr H too: one probe a seed makes its band wide (about +-1.8 at 64 seeds in the quick preset,
   against tr H ~ 5), so tr H resolves no gap at that size; the loss's band is 100x narrower.
 
-Measured (quick: p = 468, n = 128, B = 8, 64 seeds, 4.6 minutes on this 2-core CPU): at eta = 0.1 every gap
-is within its band (SGD's 5.0e-3 +- 8.9e-3): the SDE describes SGD. At eta = 1.0 SGD's loss gap is resolved,
-0.052 +- 0.026 (SGD trains slower than its SDE: its test accuracy at t = 6 is 0.489 against 0.549), and SVAG
-closes it: 0.026 +- 0.029 at l = 2, 0.005 +- 0.018 at l = 4, within the band.
-
 Paper preset: CIFAR-10's first 4 classes (`--set cifar10=PATH` or $SHARPFLOW_CIFAR10), a wider CNN, sized for
-a GPU. Measured on this CPU at its size (random CIFAR-shaped images, p = 35,780): an SDE substep 0.84 s a
-seed (a full-batch pass over 1,024 images), an SVAG step (two minibatches of 32) ~50 ms; the preset's 6,400 +
-640 SDE substeps and 3,300 SVAG steps a seed over both step sizes make ~6,000 s a seed, ~18 days for its 256
-seeds here: under an hour needs a GPU ~430x this CPU. lambda_max is off there (`lambda_max=False`: 5 runs x 11
-saves x 40 products of ~2.5 full-batch passes would add ~80% to the SDE's), `--set lambda_max=True` turns it
-on.
+a GPU.
+Its measured per-step costs are in the README's paper-preset table. lambda_max is off there
+(`lambda_max=False`), `--set lambda_max=True` turns it on.
 
 Estimators: as listed above: the loss and test accuracy exactly, tr H by one Hutchinson probe a seed
 (`hessian.TraceProbe`: unbiased, its variance inside the band), lambda_max by 40 Lanczos steps
