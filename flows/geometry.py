@@ -205,18 +205,14 @@ class Point:
 
 def _example_terms(problem, unravel, trace_grad: bool):
     """Per example x: (J_x (k, p), ||J_x||_F^2 per output (k,), grad ||J_x||_F^2 (p,) or None)."""
-    f = lambda v, x: jnp.reshape(problem.model(unravel(v))(x), (-1,))  # noqa: E731  (k,) outputs of one input
-
-    def rows(v, x):
-        return jax.jacrev(f)(v, x)  # (k, p): k reverse passes of one example
 
     def terms(v, x):
         if not trace_grad:
-            Jx = rows(v, x)
+            Jx = problem.example_jacobian(v, unravel, x)
             return Jx, jnp.sum(Jx**2, axis=1), None
 
         def total(w):
-            Jx = rows(w, x)
+            Jx = problem.example_jacobian(w, unravel, x)
             return jnp.sum(Jx**2), Jx
 
         g, Jx = jax.grad(total, has_aux=True)(v)

@@ -254,17 +254,19 @@ class Problem(eqx.Module):
 
         return self._per_example(g, (self.X, self.y))
 
+    def example_jacobian(self, flat: Float[Array, " p"], unravel: Callable, x) -> Float[Array, "k p"]:
+        """J's k rows of one input x, d f(x) / d theta at the flat parameters `flat` (`unravel` from
+        `ravel`): reverse mode over the k outputs, forward mode over the p parameters when k > p. The one
+        place J's rows are built (`jacobian`, `gauss_newton_trace`, the manifold's geometry, which also
+        differentiates them in `flat`)."""
+        f = lambda w: jnp.reshape(self.model(unravel(w))(x), (-1,))  # noqa: E731
+        k = jax.eval_shape(f, flat).shape[0]
+        return (jax.jacrev if k <= flat.shape[0] else jax.jacfwd)(f)(flat)
+
     def _jacobian_rows(self, params):
-        """(x -> d f(x) / d theta of shape (k, p), p): reverse mode over the k outputs, forward mode over the
-        p parameters when k > p."""
+        """(x -> J's rows of x, (k, p); p) at `params`."""
         flat, unravel = self.ravel(params)
-        k = int(np.prod(eqx.filter_eval_shape(self.model(params), self.X[0]).shape))
-
-        def rows(x):
-            f = lambda w: jnp.reshape(self.model(unravel(w))(x), (-1,))  # noqa: E731
-            return (jax.jacrev if k <= flat.shape[0] else jax.jacfwd)(f)(flat)
-
-        return rows, flat.shape[0]
+        return (lambda x: self.example_jacobian(flat, unravel, x)), flat.shape[0]
 
     def _per_example(self, fn, xs):
         """fn over the examples (a pytree with a leading example axis), `chunk` at a time when set."""
