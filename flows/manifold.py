@@ -369,8 +369,7 @@ def riemannian_flow(
     params0 = _onto(problem, params0, phi=start == "limit_map", mode=mode, gram=True)[0]
     flat0 = problem.ravel(params0)[0]
     mode = geometry.mode_for(problem, mode, flat0.dtype)
-    if rtol is None:  # below float32's eps a controller cannot meet its tolerance and crawls
-        rtol = 1e-8 if flat0.dtype == jnp.float64 else 1e-5
+    rtol = _default_rtol(flat0.dtype) if rtol is None else rtol
     atol = rtol / 100 if atol is None else atol
     clock = "tau" if objective in (None, label_noise_objective) else "t"
     traj = _riemannian_solve(
@@ -394,6 +393,23 @@ def riemannian_flow(
     return finish("riemannian_flow", traj, throw)
 
 
+def _default_rtol(dtype) -> float:
+    """The flow's default relative tolerance: 1e-8 in float64, 1e-5 in float32 (below float32's eps a
+    controller cannot meet its tolerance and crawls)."""
+    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
+
+
+def _slow_field(problem, unravel, objective, mode, stabilize) -> Callable:
+    """The flow's vector field (t, v, args) -> -P_T grad F(v) - alpha J^+ r(v), alpha = `stabilize`, on
+    flat parameters v: one `geometry.Point` (one factorisation or one set of solves) an evaluation."""
+
+    def field(t, v, args):
+        point, g = _point_and_grad(problem, v, unravel, objective, mode)
+        return -point.project(g, stabilize * point.r)
+
+    return field
+
+
 @compiled
 def _riemannian_solve(
     problem,
@@ -413,10 +429,7 @@ def _riemannian_solve(
     progress,
 ):
     flat0, unravel = problem.ravel(params0)
-
-    def field(t, v, args):
-        point, g = _point_and_grad(problem, v, unravel, objective, mode)
-        return -point.project(g, stabilize * point.r)  # -P_T g - alpha J^+ r
+    field = _slow_field(problem, unravel, objective, mode, stabilize)
 
     def save(t, v, args):
         params = unravel(v)

@@ -32,8 +32,7 @@ import jax
 import jax.numpy as jnp
 from bench_common import median_time, median_times, table
 
-from flows import label_noise_objective, label_noise_sgd, limit_map, riemannian_flow, timescale
-from flows.manifold import _point_and_grad
+from flows import label_noise_objective, label_noise_sgd, limit_map, manifold, riemannian_flow, timescale
 from models import Problem, QuadraticParam, TwoLayerNet, data
 
 TAU1, SIGMA, ETAS = 2.0, 1.0, (0.01, 0.005)
@@ -64,12 +63,8 @@ def bare_label_noise_gd(P, params, steps, eta, key):
 def field_cost(P, start):
     """(accepted steps, rejected steps, seconds of one field evaluation) of the default flow to TAU1."""
     flat, unravel = P.ravel(start)
-
-    def field(t, v, args):
-        point, g = _point_and_grad(P, v, unravel, None, "dense")
-        return -point.project(g, point.r)
-
-    rtol = 1e-8 if flat.dtype == jnp.float64 else 1e-5
+    field = manifold._slow_field(P, unravel, None, "dense", 1.0)  # riemannian_flow's, at its defaults
+    rtol = manifold._default_rtol(flat.dtype)
     sol = eqx.filter_jit(diffrax.diffeqsolve)(
         diffrax.ODETerm(field),
         diffrax.Tsit5(),

@@ -39,7 +39,7 @@ def gallery(out: Path, preset: str, seconds: dict[str, float]) -> Path:
     ]
     for name in SCRIPTS:
         lines += [f"## {name}", "", f"![{name}]({name}.png)", "", summary(name), ""]
-        lines += [f"`scripts/{name}.py --preset {preset}`: {seconds[name]:.0f} s.", ""]
+        lines += [f"`scripts/figures/{name}.py --preset {preset}`: {seconds[name]:.0f} s.", ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
