@@ -18,6 +18,8 @@ from .discrete import label_noise_sgd as label_noise_sgd
 from .discrete import sgd as sgd
 from .discrete import svag as svag
 from .gradient import gradient_flow as gradient_flow
+from .integrate import Saves as Saves
+from .integrate import Solve as Solve
 from .manifold import (
     label_noise_objective as label_noise_objective,
 )

@@ -53,7 +53,7 @@ from models import Problem, checks
 from models.problem import check_start
 
 from . import timescale
-from .integrate import save_times
+from .integrate import Saves, Solve
 from .trajectory import (
     INNER_SOLVER_FAILED,
     SUCCESSFUL,
@@ -171,12 +171,13 @@ def central_flow(
     t1,
     num_eigs: int = 3,
     substeps: int = 4,
+    rmsprop: RMSProp | None = None,
     ts=None,
+    save_every=None,
     num_saves: int = 101,
+    save_params: bool = True,
     solver: diffrax.AbstractSolver | None = None,
     metrics=None,
-    save_params: bool = True,
-    rmsprop: RMSProp | None = None,
     throw: bool = True,
 ) -> Trajectory:
     """The central flow of GD with step `eta` from `params0`, in gradient-flow time t = eta k, to `t1`
@@ -185,8 +186,9 @@ def central_flow(
     - `num_eigs`: the top eigenpairs of H tracked (at least the number that reach 2 / eta; those below the
       edge get X = 0 by complementarity).
     - `substeps`: steps of size h = eta / substeps per GD step (the look-ahead of `sdcp` is one step).
-    - saved at `ts` (on the step grid; default `num_saves` points spread evenly over [0, t1], each rounded
-      to the nearest step, as the SDEs do).
+    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.integrate.Saves`): saved on the step grid, as
+      the SDEs are (the default `num_saves` points spread evenly over [0, t1], each rounded to the nearest
+      step).
     - `solver`: a diffrax solver for each step with Sigma frozen (default `diffrax.Heun()`, second order:
       before the edge the flow is gradient flow to O(h^2)).
 
@@ -218,11 +220,9 @@ def central_flow(
         raise ValueError(f"num_eigs = {num_eigs} exceeds the number of parameters, {problem.num_params}")
     if rmsprop is not None and not isinstance(rmsprop, RMSProp):
         raise ValueError(f"rmsprop must be a flows.RMSProp or None, got {type(rmsprop).__name__}")
-    last = timescale.steps_for_time(t1, eta / substeps, name="t1")
-    if ts is None:
-        index = timescale.even_index(last, checks.positive_int("num_saves", num_saves))
-    else:
-        index = timescale.grid_index(save_times(t1, ts), eta / substeps, last, name="ts")
+    saves = Saves(ts, save_every, num_saves, save_params)
+    solve = Solve(solver or diffrax.Heun())  # fixed steps h: no tolerances
+    index = saves.grid_index(t1, eta / substeps, timescale.steps_for_time(t1, eta / substeps, name="t1"))
     traj = _solve(
         problem,
         params0,
@@ -230,17 +230,18 @@ def central_flow(
         index,
         num_eigs,
         substeps,
-        solver or diffrax.Heun(),
+        solve,
         default_metrics(metrics),
-        save_params,
+        saves.params,
         rmsprop,
     )
     return finish("central_flow", traj, throw)
 
 
 @compiled
-def _solve(problem, params0, eta, index, num_eigs, substeps, solver, metrics, save_params, rmsprop):
+def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metrics, save_params, rmsprop):
     flat0, unravel = problem.ravel(params0)
+    solver = solve.solver
     dtype = flat0.dtype
     eta = jnp.asarray(eta, dtype)
     h = eta / substeps

@@ -28,7 +28,6 @@ specification a validated `Steps`. A run whose loss becomes non-finite has `resu
 from collections.abc import Mapping
 from typing import Literal
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -41,6 +40,7 @@ from models.problem import check_start
 
 from . import brownian, timescale
 from .brownian import step_keys
+from .integrate import progress_meter
 from .noise import StepNoise
 from .trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, compiled, default_metrics, evaluate, finish
 
@@ -287,10 +287,7 @@ def _scan(problem, params0, key, eta, noise: StepNoise, save: Steps, metrics, sv
         return (params if save.save_params else None), evaluate(problem, params, metrics)
 
     saves = save.steps // save.save_every
-    if save.progress:
-        meter = diffrax.TqdmProgressMeter(refresh_steps=max(1, saves // 100))
-    else:
-        meter = diffrax.NoProgressMeter()
+    meter = progress_meter(save.progress, refresh_steps=max(1, saves // 100))
 
     def chunk(carry, _):
         carry, bar = carry

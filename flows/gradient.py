@@ -13,7 +13,7 @@ from jaxtyping import PyTree
 from models import Problem, checks
 from models.problem import check_start
 
-from .integrate import save_times, solve_ode
+from .integrate import Saves, Solve, solve_ode
 from .trajectory import (
     Metric,
     Trajectory,
@@ -35,24 +35,32 @@ def gradient_flow(
     t0=0.0,
     ts=None,
     save_every=None,
+    num_saves: int = 101,
+    save_params: bool = True,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float = 1e-7,
     atol: float = 1e-9,
     max_steps: int = 100_000,
-    metrics: Mapping[str, Metric] | None = None,
-    save_params: bool = True,
     progress: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
     throw: bool = True,
 ) -> Trajectory:
     """Gradient flow from `params0` at time `t0` (default 0) to `t1`.
 
-    Solved by `solver` (default `diffrax.Tsit5()`) with a PID step-size controller (`rtol`, `atol`), saving
-    at `ts` (default: every `save_every` in time, else 101 points in [t0, t1]); metrics are evaluated on the
-    fly at the save times. `progress=True` shows diffrax's tqdm progress meter. A solve that fails
-    (`max_steps` reached, a non-finite loss) has its `result` code set and, with `throw=True`, raises
-    `equinox.EquinoxRuntimeError` (`flows.trajectory`).
+    **Arguments:**
+
+    - `problem`, `params0` (a pytree shaped like `problem.params`), `t1 > t0`.
+    - `ts`, `save_every`, `num_saves`, `save_params`: when to save (`flows.integrate.Saves`: at `ts`, else
+      every `save_every` in time, else `num_saves` points in [t0, t1]) and whether to keep the parameters;
+      `metrics` (name -> `fn(problem, params)`; the loss is always recorded) are evaluated at the saves.
+    - `solver`, `rtol`, `atol`, `max_steps`, `progress`: how it is solved (`flows.integrate.Solve`): default
+      `diffrax.Tsit5()` with PID steps; `progress` shows diffrax's tqdm meter.
+    - `throw`: raise on a failed solve, or return the Trajectory with its `result` code.
 
     **Returns:** a `Trajectory` in gradient-flow time t.
+
+    **Raises:** `ValueError` naming a bad argument; with `throw=True`, `equinox.EquinoxRuntimeError` when the
+    solve fails (`max_steps` reached, a non-finite loss; `flows.trajectory`).
 
     **Example:** GD at a small step follows the flow to O(eta).
 
@@ -72,36 +80,23 @@ def gradient_flow(
     params0 = check_start(problem, params0)
     checks.positive("t1", t1)
     checks.forward_span(t0, t1)
-    times = save_times(t1, ts, save_every, t0=t0)  # from t1 as given: the number of saves is static
+    saves = Saves(ts, save_every, num_saves, save_params)
+    solve = Solve(solver or diffrax.Tsit5(), rtol, atol, max_steps, progress)
+    times = saves.times(t1, t0)  # from t1 as given: the number of saves is static
     t1 = checks.positive("t1", t1)
-    traj = _solve(
-        problem,
-        params0,
-        t0,
-        t1,
-        times,
-        solver or diffrax.Tsit5(),
-        rtol,
-        atol,
-        max_steps,
-        default_metrics(metrics),
-        save_params,
-        progress,
-    )
+    traj = _solve(problem, params0, t0, t1, times, saves.params, solve, default_metrics(metrics))
     return finish("gradient_flow", traj, throw)
 
 
 @compiled
-def _solve(problem, params0, t0, t1, ts, solver, rtol, atol, max_steps, metrics, save_params, progress):
+def _solve(problem, params0, t0, t1, ts, save_params, solve, metrics):
     def field(t, params, args):
         return jax.tree.map(jnp.negative, problem.grad(params))
 
     def save(t, params, args):
         return (params if save_params else None), evaluate(problem, params, metrics)
 
-    ts, (params, stats), result = solve_ode(
-        field, params0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress
-    )
+    ts, (params, stats), result = solve_ode(field, params0, t0, t1, ts, save, solve)
     return Trajectory(
         ts=ts, params=params, stats=stats, clock="t", result=diverged_where(result, stats["loss"])
     )

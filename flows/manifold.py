@@ -41,7 +41,7 @@ from models.problem import check_start
 
 from . import geometry
 from .geometry import Mode
-from .integrate import save_times, solve_ode
+from .integrate import Saves, Solve, solve_ode
 from .trajectory import (
     INNER_SOLVER_FAILED,
     Metric,
@@ -259,17 +259,18 @@ def _check_regular(problem, stats, dtype, mode, where: str) -> None:
 def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
     unravel = problem.ravel(problem.params)[1]
     settled = jnp.asarray(True)
-    if phi:
+    if phi:  # gradient flow until it settles: the steady-state event, not save times, ends this solve
+        solve = Solve(diffrax.Tsit5(), flow_tol / 100, flow_tol / 100, max_steps)
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(lambda t, v, args: -jax.grad(lambda w: problem.loss(unravel(w)))(v)),
-            diffrax.Tsit5(),
+            solve.solver,
             t0=jnp.zeros((), flat.dtype),
             t1=jnp.asarray(max_time, flat.dtype),
             dt0=None,
             y0=flat,
-            stepsize_controller=diffrax.PIDController(rtol=flow_tol / 100, atol=flow_tol / 100),
+            stepsize_controller=solve.controller(),
             event=diffrax.Event(diffrax.steady_state_event(rtol=0.0, atol=flow_tol)),
-            max_steps=max_steps,
+            max_steps=solve.max_steps,
             throw=False,
         )
         flat, settled = sol.ys[-1], sol.result == diffrax.RESULTS.event_occurred
@@ -303,16 +304,17 @@ def riemannian_flow(
     objective: Objective | None = None,
     start: Literal["limit_map", "retract"] = "limit_map",
     mode: Mode = "auto",
+    stabilize: float = 1.0,
     ts=None,
     save_every=None,
-    stabilize: float = 1.0,
+    num_saves: int = 101,
+    save_params: bool = True,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     max_steps: int = 1_000_000,
-    metrics: Mapping[str, Metric] | None = None,
-    save_params: bool = True,
     progress: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
     throw: bool = True,
 ) -> Trajectory:
     """Riemannian gradient flow of `objective` on the zero-loss manifold, on [t0, t1].
@@ -332,10 +334,11 @@ def riemannian_flow(
       evaluation: memory 3 N p, cost N gradient evaluations and 3 N^2 p), `"matrix_free"` (JVPs and VJPs,
       conjugate gradients: memory O(N + p) plus `chunk` examples' gradients), or `"auto"` (dense while J
       fits in 1 GiB).
-    - `solver`: default Tsit5, with a PID controller (`rtol` default 1e-8 in float64, 1e-5 in float32;
-      `atol` default rtol / 100).
-    - saved at `ts` (default: every `save_every`, else 101 points in [t0, t1]); records `loss`, `objective`
-      and `grad_norm` (||P_T grad F||) besides any given `metrics`.
+    - `solver`, `rtol`, `atol`, `max_steps`, `progress` (`flows.integrate.Solve`): default Tsit5 with PID
+      steps, `rtol` default 1e-8 in float64, 1e-5 in float32, `atol` default rtol / 100.
+    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.integrate.Saves`): saved at `ts`, else every
+      `save_every`, else `num_saves` points in [t0, t1]; records `loss`, `objective` and `grad_norm`
+      (||P_T grad F||) besides any given `metrics`.
 
     Raises `ValueError` if J J^T is singular where params0 lands (the constraints are dependent, or N > p:
     the manifold is not smooth there; checked in the dense mode, since the matrix-free one never forms J)
@@ -364,31 +367,19 @@ def riemannian_flow(
     t1 = checks.positive("t1", t1)
     checks.forward_span(t0, t1)
     stabilize = checks.non_negative("stabilize", stabilize)
+    saves = Saves(ts, save_every, num_saves, save_params)
     if start not in ("limit_map", "retract"):
         raise ValueError(f"start must be 'limit_map' or 'retract', got {start!r}")
     params0 = _onto(problem, params0, phi=start == "limit_map", mode=mode, gram=True)[0]
     flat0 = problem.ravel(params0)[0]
     mode = geometry.mode_for(problem, mode, flat0.dtype)
     rtol = _default_rtol(flat0.dtype) if rtol is None else rtol
-    atol = rtol / 100 if atol is None else atol
+    solve = Solve(solver or diffrax.Tsit5(), rtol, rtol / 100 if atol is None else atol, max_steps, progress)
     clock = "tau" if objective in (None, label_noise_objective) else "t"
     traj = _riemannian_solve(
-        problem,
-        params0,
-        objective,
-        mode,
-        t0,
-        t1,
-        save_times(t1, ts, save_every, t0=t0),
-        stabilize,
-        solver or diffrax.Tsit5(),
-        rtol,
-        atol,
-        max_steps,
+        problem, params0, objective, mode, stabilize, t0, t1, saves.times(t1, t0), saves.params, solve,
         default_metrics(metrics),
-        save_params,
-        progress,
-    )
+    )  # fmt: skip
     traj = Trajectory(ts=traj.ts, params=traj.params, stats=traj.stats, clock=clock, result=traj.result)
     return finish("riemannian_flow", traj, throw)
 
@@ -411,23 +402,7 @@ def _slow_field(problem, unravel, objective, mode, stabilize) -> Callable:
 
 
 @compiled
-def _riemannian_solve(
-    problem,
-    params0,
-    objective,
-    mode,
-    t0,
-    t1,
-    ts,
-    stabilize,
-    solver,
-    rtol,
-    atol,
-    max_steps,
-    metrics,
-    save_params,
-    progress,
-):
+def _riemannian_solve(problem, params0, objective, mode, stabilize, t0, t1, ts, save_params, solve, metrics):
     flat0, unravel = problem.ravel(params0)
     field = _slow_field(problem, unravel, objective, mode, stabilize)
 
@@ -442,9 +417,7 @@ def _riemannian_solve(
         stats["grad_norm"] = jnp.linalg.norm(point.project(g))
         return (params if save_params else None), (stats, point.solved)
 
-    ts, (params, (stats, solved)), result = solve_ode(
-        field, flat0, t0, t1, ts, save, solver, rtol, atol, max_steps, progress
-    )
+    ts, (params, (stats, solved)), result = solve_ode(field, flat0, t0, t1, ts, save, solve)
     # a failed conjugate-gradient solve at a save (matrix-free mode) is an inner failure, not a divergence
     result = jnp.where(jnp.all(solved), result, INNER_SOLVER_FAILED)
     return Trajectory(ts=ts, params=params, stats=stats, result=diverged_where(result, stats["loss"]))

@@ -39,8 +39,8 @@ per evaluation; they save at `ts` by interpolation. The diffrax path needs eta a
 (they fix its static step budget). Solves run forward (`diffrax.ForwardMode`): differentiate through a path
 with `jax.jvp` / `jax.jacfwd`.
 
-Fixed-step saves lie on the step grid: `ts` (or multiples of `save_every`) off it is refused; the default
-saves 101 grid points spread evenly over [0, t1].
+Fixed-step saves lie on the step grid (`flows.integrate.Saves`): `ts` (or multiples of `save_every`) off it
+is refused; the default saves `num_saves` = 101 grid points spread evenly over [0, t1].
 """
 
 from collections.abc import Mapping
@@ -59,7 +59,7 @@ from models.problem import check_start
 
 from . import timescale
 from .brownian import BrownianGrid
-from .integrate import save_times
+from .integrate import Saves, Solve
 from .noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
 from .trajectory import (
     Metric,
@@ -90,15 +90,16 @@ def label_noise_sde(
     noise_batch_size: int | None = None,
     replace: bool = True,
     substeps: int = 4,
+    ts=None,
+    save_every=None,
+    num_saves: int = 101,
+    save_params: bool = True,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    ts=None,
-    save_every=None,
     max_steps: int | None = None,
-    metrics: Mapping[str, Metric] | None = None,
-    save_params: bool = True,
     progress: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
     throw: bool = True,
 ) -> Trajectory:
     """The SDE of label-noise SGD (`flows.label_noise_sgd` with the same eta, sigma, batch_size,
@@ -115,11 +116,14 @@ def label_noise_sde(
     - `key`: the Brownian path's key; with the same key, label-noise GD draws the same increments.
     - `substeps`: fixed steps of eta / substeps (a power of two) on the `BrownianGrid` path; default 4.
       `substeps=1` is label-noise SGD itself, not a solve of the SDE (module docstring).
-    - `solver`: default `diffrax.Euler()`; see the module docstring for the others.
-    - `rtol`, `atol`: given, steps are adaptive (PID controller, from eta / substeps) on a
-      `diffrax.VirtualBrownianTree`; the solver must have an error estimate (e.g. `diffrax.Heun()`).
-    - `ts` / `save_every`, `metrics`, `save_params`: as for `gradient_flow`; `progress` shows diffrax's tqdm
-      progress meter; `max_steps` bounds adaptive solves (default 100 times the fixed step count).
+    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.integrate.Saves`): on the step grid; the
+      default `num_saves` points are each rounded to the nearest step. `metrics` as for `gradient_flow`.
+    - `solver`, `rtol`, `atol`, `max_steps`, `progress` (`flows.integrate.Solve`): default `diffrax.Euler()`
+      (see the module docstring for the others). With `rtol` (`atol` default rtol) steps are adaptive (PID
+      controller, from eta / substeps) on a `diffrax.VirtualBrownianTree`, saved at the times themselves by
+      interpolation; the solver must have an error estimate (e.g. `diffrax.Heun()`). `max_steps` bounds
+      adaptive solves (default 100 times the fixed step count); `progress` shows diffrax's tqdm meter on the
+      diffrax path.
 
     **Returns:** a `Trajectory` in gradient-flow time t. A path whose loss becomes non-finite, or an adaptive
     solve that fails, has its `result` code set and, with `throw=True`, raises `equinox.EquinoxRuntimeError`
@@ -153,18 +157,12 @@ def label_noise_sde(
         key,
         eta,
         StepNoise(batch_size=batch_size, sigma=sigma, replace=replace, noise_batch_size=noise_batch_size),
-        t1=t1,
-        substeps=substeps,
-        solver=solver,
-        rtol=rtol,
-        atol=atol,
-        ts=ts,
-        save_every=save_every,
-        max_steps=max_steps,
-        metrics=metrics,
-        save_params=save_params,
-        progress=progress,
-        throw=throw,
+        t1,
+        substeps,
+        Saves(ts, save_every, num_saves, save_params),
+        _solve(solver, rtol, atol, max_steps, progress),
+        metrics,
+        throw,
     )
 
 
@@ -178,15 +176,16 @@ def sgd_sde(
     key: PRNGKeyArray,
     replace: bool = True,
     substeps: int = 4,
+    ts=None,
+    save_every=None,
+    num_saves: int = 101,
+    save_params: bool = True,
     solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    ts=None,
-    save_every=None,
     max_steps: int | None = None,
-    metrics: Mapping[str, Metric] | None = None,
-    save_params: bool = True,
     progress: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
     throw: bool = True,
 ) -> Trajectory:
     """The SDE of minibatch SGD (`flows.sgd` with the same eta, batch_size < n, replace): the batch term
@@ -203,22 +202,22 @@ def sgd_sde(
         key,
         eta,
         StepNoise(batch_size=batch_size, replace=replace),
-        t1=t1,
-        substeps=substeps,
-        solver=solver,
-        rtol=rtol,
-        atol=atol,
-        ts=ts,
-        save_every=save_every,
-        max_steps=max_steps,
-        metrics=metrics,
-        save_params=save_params,
-        progress=progress,
-        throw=throw,
+        t1,
+        substeps,
+        Saves(ts, save_every, num_saves, save_params),
+        _solve(solver, rtol, atol, max_steps, progress),
+        metrics,
+        throw,
     )
 
 
 # -- the solve ---------------------------------------------------------------------------------------------
+def _solve(solver, rtol, atol, max_steps, progress) -> Solve:
+    """The SDEs' `Solve`: Euler unless told, adaptive only with `rtol` (then `atol` defaults to it)."""
+    atol = rtol if atol is None and rtol is not None else atol
+    return Solve(solver or diffrax.Euler(), rtol, atol, max_steps, progress)
+
+
 def _sde(
     name,
     problem,
@@ -226,18 +225,11 @@ def _sde(
     key,
     eta,
     noise: StepNoise,
-    *,
     t1,
     substeps,
-    solver,
-    rtol,
-    atol,
-    ts,
-    save_every,
-    max_steps,
+    saves: Saves,
+    solve: Solve,
     metrics,
-    save_params,
-    progress,
     throw,
 ) -> Trajectory:
     params0 = check_start(problem, params0)
@@ -250,50 +242,31 @@ def _sde(
     substeps = checks.positive_int("substeps", substeps)
     if substeps & (substeps - 1):
         raise ValueError(f"substeps must be a power of two, got {substeps}")
-    if solver is not None:
-        _check_solver(solver, rtol)
-    elif rtol is not None:
-        raise ValueError("adaptive steps (rtol) need a solver with an error estimate, e.g. diffrax.Heun()")
+    _check_solver(solve.solver, solve.rtol)
     dtype = problem.X.dtype
     h = eta / substeps
     steps = timescale.steps_for_time(t1, h, name="t1")
-    fast = rtol is None and (solver is None or type(solver) is diffrax.Euler)
-    if rtol is None:
-        index = _save_index(given_t1, h, steps, ts, save_every)
-    else:
-        index = None
+    index = saves.grid_index(given_t1, h, steps) if solve.rtol is None else None
     hyper = noise.factor_args
-    if fast:
+    if solve.rtol is None and type(solve.solver) is diffrax.Euler:
         even = _even(index)
         traj = _euler(
-            problem, params0, key, eta, index, even, substeps, hyper, default_metrics(metrics), save_params
+            problem, params0, key, eta, index, even, substeps, hyper, default_metrics(metrics), saves.params
         )
     else:
         if not checks.is_concrete((eta, t1)):
             raise ValueError(
-                f"{name} with solver {type(solver).__name__} needs eta and t1 as concrete numbers (they fix "
-                "the solve's static step budget); under jit only the default Euler path takes traced ones"
+                f"{name} with solver {type(solve.solver).__name__} needs eta and t1 as concrete numbers "
+                "(they fix the solve's static step budget); under jit only the default Euler path takes "
+                "traced ones"
             )
         steps = int(steps)
-        times = index.astype(dtype) * h if index is not None else save_times(given_t1, ts, save_every)
+        times = index.astype(dtype) * h if index is not None else saves.times(given_t1)
+        budget = solve.max_steps or (steps if solve.rtol is None else max(100 * steps, 4096))
         traj = _diffrax_solve(
-            problem,
-            params0,
-            key,
-            eta,
-            t1,
-            times,
-            hyper,
-            steps=steps,
-            substeps=substeps,
-            solver=solver,
-            rtol=rtol,
-            atol=rtol if atol is None and rtol is not None else atol,
-            max_steps=max_steps or (steps if rtol is None else max(100 * steps, 4096)),
-            metrics=default_metrics(metrics),
-            save_params=save_params,
-            progress=progress,
-        )
+            problem, params0, key, eta, t1, times, hyper, steps, substeps, solve, budget,
+            default_metrics(metrics), saves.params,
+        )  # fmt: skip
     traj = eqx.tree_at(lambda tr: tr.result, traj, diverged_where(traj.result, traj.stats["loss"]))
     traj = eqx.tree_at(lambda tr: (tr.eta, tr.noise), traj, (eta, noise), is_leaf=lambda x: x is None)
 
@@ -324,22 +297,6 @@ def _check_solver(solver, rtol):
             f"adaptive steps (rtol) need a solver with an error estimate, e.g. diffrax.Heun(); "
             f"{type(solver).__name__} has none"
         )
-
-
-def _save_index(t1, h, steps, ts, save_every):
-    """The fine-step indices of the save times: `ts` (or 0, save_every, ..., t1) on the step grid, else 101
-    grid points spread evenly over [0, t1]. The number of saves is static; the times may be traced."""
-    if ts is None and save_every is None:
-        return timescale.even_index(steps, 101)
-    name = "ts"
-    if ts is None:
-        name = "save_every"
-        if not checks.is_concrete((t1, save_every)):
-            raise ValueError(
-                "save_every under jit needs t1 and save_every as concrete numbers; give ts instead"
-            )
-        ts = save_times(t1, None, save_every)
-    return timescale.grid_index(ts, h, steps, name=name)
 
 
 def _even(index) -> tuple[int, int] | None:
@@ -415,24 +372,9 @@ def _levy_class(levy):
 
 @compiled
 def _diffrax_solve(
-    problem,
-    params0,
-    key,
-    eta,
-    t1,
-    ts,
-    hyper,
-    *,
-    steps,
-    substeps,
-    solver,
-    rtol,
-    atol,
-    max_steps,
-    metrics,
-    save_params,
-    progress,
+    problem, params0, key, eta, t1, ts, hyper, steps, substeps, solve: Solve, max_steps, metrics, save_params
 ):
+    solver, rtol = solve.solver, solve.rtol
     hyper = dict(eta=eta, **hyper)
     parts = noise_parts(problem, hyper["sigma"], hyper["batch_size"])
     dtype = problem.X.dtype
@@ -466,7 +408,7 @@ def _diffrax_solve(
         levy = _levy_class(getattr(solver, "minimal_levy_area", diffrax.BrownianIncrement))
         shape = jax.ShapeDtypeStruct((noise_dim(parts),), dtype)
         path = diffrax.VirtualBrownianTree(0.0, t1, tol=h / 64, shape=shape, key=key, levy_area=levy)
-        controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), h.astype(dtype)
+        controller, dt0 = solve.controller(), h.astype(dtype)
     noise_term = (_ColumnsTerm if isinstance(solver, _MILSTEIN) else diffrax.ControlTerm)(noise, path)
     sol = diffrax.diffeqsolve(
         diffrax.MultiTerm(diffrax.ODETerm(drift), noise_term),
@@ -478,7 +420,7 @@ def _diffrax_solve(
         saveat=diffrax.SaveAt(ts=jnp.asarray(ts, dtype), fn=save),
         stepsize_controller=controller,
         max_steps=max_steps,
-        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+        progress_meter=solve.meter(),
         adjoint=diffrax.ForwardMode(),
         throw=False,  # the failure convention of flows.trajectory: a result code, raised by `finish`
     )

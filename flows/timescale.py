@@ -33,6 +33,7 @@ __all__ = [
     "slow_time",
     "steps_for_slow_time",
     "even_index",
+    "is_whole",
 ]
 
 # how far from a whole number t / eta may be and still count as one (float32 rounds at 6e-8)
@@ -56,12 +57,12 @@ def steps_for_time(t, eta, *, name: str = "t"):
     if checks.is_concrete(count):
         c = float(count)
         k = round(c)
-        if k < 1 or not _whole(c, k):
+        if k < 1 or not is_whole(c, k):
             raise ValueError(f"{name} = {float(t):.6g} is not a whole number of steps of {float(eta):.6g}")
         return k
     k = jnp.round(count)
     return eqx.error_if(
-        k.astype(jnp.int32), (k < 1) | ~_whole(count, k, jnp), f"{name} is not a whole number of steps"
+        k.astype(jnp.int32), (k < 1) | ~is_whole(count, k, jnp), f"{name} is not a whole number of steps"
     )
 
 
@@ -77,7 +78,7 @@ def grid_index(ts, h, last, *, name: str = "ts"):
             raise ValueError(
                 f"{name} must be a non-decreasing 1-D array of times in [0, {last * float(h):.6g}]"
             )
-        if not np.all(_whole(count, j)):
+        if not np.all(is_whole(count, j)):
             raise ValueError(
                 f"{name} must lie on the step grid of {float(h):.6g}: fixed steps do not interpolate"
             )
@@ -85,12 +86,13 @@ def grid_index(ts, h, last, *, name: str = "ts"):
     count = jnp.asarray(ts) / h
     j = jnp.round(count)
     last = jnp.asarray(last).astype(j.dtype)
-    off = jnp.any(~_whole(count, j, jnp) | (j < 0) | _beyond(j, last, jnp))
+    off = jnp.any(~is_whole(count, j, jnp) | (j < 0) | _beyond(j, last, jnp))
     return eqx.error_if(j.astype(jnp.int32), off, f"{name} must lie on the step grid, in [0, t1]")
 
 
-def _whole(count, k, xp=np):
-    """count is the whole number k, to `WHOLE_RTOL` relative (xp: numpy on the host, jax.numpy traced)."""
+def is_whole(count, k, xp=np):
+    """The one whole-number rule of the library: count is the whole number k, to `WHOLE_RTOL` relative
+    (xp: numpy on the host, jax.numpy traced)."""
     return xp.abs(count - k) <= WHOLE_RTOL * xp.maximum(1.0, xp.abs(count))
 
 
@@ -110,7 +112,7 @@ def steps_for_slow_time(tau, eta, sigma, batch_size, noise_batch_size=None) -> i
     `WHOLE_RTOL` relative of a whole number is that number)."""
     count = float(tau * _effective_batch(batch_size, noise_batch_size) / (eta**2 * sigma**2))
     k = round(count)
-    return k if _whole(count, k) else int(np.ceil(count))
+    return k if is_whole(count, k) else int(np.ceil(count))
 
 
 def even_index(steps, num_saves: int):

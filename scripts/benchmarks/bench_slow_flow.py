@@ -32,7 +32,15 @@ import jax
 import jax.numpy as jnp
 from bench_common import median_time, median_times, table
 
-from flows import label_noise_objective, label_noise_sgd, limit_map, manifold, riemannian_flow, timescale
+from flows import (
+    Solve,
+    label_noise_objective,
+    label_noise_sgd,
+    limit_map,
+    manifold,
+    riemannian_flow,
+    timescale,
+)
 from models import Problem, QuadraticParam, TwoLayerNet, data
 
 TAU1, SIGMA, ETAS = 2.0, 1.0, (0.01, 0.005)
@@ -72,7 +80,7 @@ def field_cost(P, start):
         jnp.asarray(TAU1, flat.dtype),
         None,
         flat,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol / 100),
+        stepsize_controller=Solve(diffrax.Tsit5(), rtol, rtol / 100).controller(),
         max_steps=100_000,
     )
     loop = jax.jit(lambda v: jax.lax.fori_loop(0, 1000, lambda i, v: v + 1e-12 * field(0.0, v, None), v))
