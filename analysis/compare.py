@@ -3,7 +3,7 @@ and weak errors (`analysis.ensembles`, `analysis.statistics`).
 
 The fast clock (t = eta * k): SGD and label-noise SGD ensembles against the SDE paths that model them
 (`flows.sgd_sde`, `flows.label_noise_sde`), driven by the same keys. For label-noise GD the SDE's Brownian
-path is built from the SGD run's own draws (`flows.sde.BrownianGrid`), so SGD and SDE are coupled path by
+path is built from the SGD run's own draws (`flows.BrownianGrid`), so SGD and SDE are coupled path by
 path and their difference has far less variance than either; for minibatch noise the keys match but the
 noises are independent. Gradient flow is the noiseless baseline.
 
@@ -91,6 +91,10 @@ def sde_vs_sgd(
     (`debiased_weak_error`). Label noise couples SGD and SDE path by path (a small band); minibatch noise
     cannot be coupled, and its band is that of two independent ensembles.
 
+    **Arguments:** `problem`, `params0`; `noise` (`"batch"` or `"label"`), the step sizes `etas`, `t1` (a
+    whole number of steps of each eta), `key`, `seeds`, `sigma` (label noise), `batch_size`, the SDE's
+    `substeps`, `num_saves`, `metrics`, `mesh`, `progress`, `part` (below).
+
     **Returns:** a dict: `t`, the save times; `gf[m]`, gradient flow's metric m; `eta[str(eta)][m]`, a dict of
     `sgd_mean`, `sgd_band`, `sde_mean`, `sde_band`, `diff_mean`, `diff_band` (over time), `weak_error`,
     `weak_error_band`, `gf_error`, `gf_error_band`; and with two or more etas `order[m]` and `gf_order[m]`,
@@ -99,6 +103,9 @@ def sde_vs_sgd(
 
     `part(label, compute) -> arrays`, when given (e.g. `analysis.store.part`), runs each eta's computation
     (label `eta{eta}`) so that it can be stored as it finishes and read back by a resumed run.
+
+    **Raises:** `ValueError` for another `noise`, label noise without `sigma > 0`, minibatch noise with
+    `batch_size = n`, or a bad `seeds`; the flows' own errors (a `t1` that is not a whole number of steps).
     """
     if noise not in ("batch", "label"):
         raise ValueError(f"noise must be 'batch' (minibatch SGD) or 'label' (label-noise SGD), got {noise!r}")
@@ -182,7 +189,15 @@ def svag_vs_sde(
     and `m_band` (its 95% half-width); `gap[m]`, shape (len(ls), 2): the weak gap sup_t |E m(SVAG_l) -
     E m(SDE)| with its noise floor removed and its 95% band (`debiased_weak_error`, two independent
     ensembles). Memory: the saved stats; cost per seed: t1 l / eta SVAG steps (two minibatch gradients each)
-    for each l, t1 substeps / eta SDE steps, and the metrics at each save."""
+    for each l, t1 substeps / eta SDE steps, and the metrics at each save.
+
+    **Arguments:** `problem`, `params0`, `eta`, the SVAG factors `ls`, `t1`, `batch_size`, `key`, `seeds`,
+    `num_saves` (t1 l / eta steps must be a multiple of it), `metrics`, the SDE's `substeps`, `chunk` (seeds a
+    compiled call), `mesh`, `progress`, `part` (as in `sde_vs_sgd`: each run `svag{l}` and `sde` through
+    it).
+
+    **Raises:** `ValueError` for a bad `seeds` or `num_saves`, or a step count that `num_saves` does not
+    divide; the flows' own errors."""
     seeds = checks.positive_int("seeds", seeds)
     metrics = metrics or (lambda k: {"trace_H": hessian.TraceProbe(k)})
     t = np.linspace(0.0, t1, checks.positive_int("num_saves", num_saves) + 1)
@@ -256,8 +271,14 @@ def edge_of_stability(
     O(p num_eigs^2) for the central flow; cost: a gradient a GD step, ~(1.5 k^2 + 15 k + 2) gradients a
     central-flow substep for k = num_eigs (3 k Hessian-vector products of ~2.5 gradients, k(k+1)/2 third
     derivatives of ~3, two Heun stages of a gradient and k quadratic forms each; measured ~35 at k = 2 and
-    ~80 at k = 3 on a CNN), a Lanczos run (40 products) a save. `part` as in `sde_vs_sgd`: the three runs
-    (labels `gd`, `gf`, `cf`) through it, each a checkpoint a resumed run reads back."""
+    ~80 at k = 3 on a CNN), a Lanczos run (40 products) a save.
+
+    **Arguments:** `problem`, `params0`, `eta`, `t1` (a whole number of steps), `num_saves`, the averaging
+    `window`, `num_eigs`, `substeps`, `part` (as in `sde_vs_sgd`: the three runs, labels `gd`, `gf`, `cf`,
+    through it, each a checkpoint a resumed run reads back).
+
+    **Raises:** `ValueError` for a `t1` that is not a whole number of steps or a bad `num_saves`; the flows'
+    own errors."""
     steps = timescale.steps_for_time(t1, eta)
     ks = np.arange(0, steps + 1, max(1, steps // checks.positive_int("num_saves", num_saves)))
     ts = jnp.asarray(timescale.flow_time(ks, eta))
@@ -312,7 +333,11 @@ def edge_errors(r: Mapping[str, np.ndarray], eta: float) -> dict | None:
     of the central flow's predicted loss against GD's averaged loss, and `gf_mean`, `gf_max`, those of
     gradient flow's loss; `gd_first` and `cf_first`, the first saved steps at which GD's eta lambda_max
     reaches 2 and the central flow's edge opens; `cf_distance` and `gf_distance`, each flow's distance from
-    GD's averaged parameters at the last full window. None where the central flow never reaches the edge."""
+    GD's averaged parameters at the last full window.
+
+    **Arguments:** the result `r`, its `eta`.
+
+    **Returns:** that dict of Python numbers, or None where the central flow never reaches the edge."""
     edge = r["cf_edge_count"] > 0
     use = edge & np.isfinite(r["gd_mean_loss"])
     if not use.any():
@@ -336,8 +361,11 @@ def edge_errors(r: Mapping[str, np.ndarray], eta: float) -> dict | None:
 
 
 def edge_summary(r: Mapping[str, np.ndarray], eta: float, window: int) -> str:
-    """`edge_errors` of an `edge_of_stability` result `r` (GD averaged over `window` steps) in one sentence,
-    as the central-flow figures print it."""
+    """`edge_errors` of an `edge_of_stability` result in one sentence, as the central-flow figures print it.
+
+    **Arguments:** the result `r`, its `eta`, GD's averaging `window` in steps.
+
+    **Returns:** the sentence."""
     e = edge_errors(r, eta)
     if e is None:
         return "the central flow never reaches the edge"
@@ -390,6 +418,9 @@ def label_noise_slow_clock(
     `{"trace_H": Problem.gauss_newton_trace}`, tr G = tr H on the manifold). The flow is evaluated at the
     same tau. Memory: the saved parameters, seeds * (num_saves + 1) * p per eta.
 
+    **Arguments:** `problem`, `params0`, `etas`, `sigma > 0`, `tau1`, `key`, `seeds`, `num_saves`,
+    `batch_size`, `noise_batch_size`, `observables`, `part` (below).
+
     **Returns:** a dict: `tau[str(eta)]`, each eta's save times; `eta[str(eta)][name]`, a dict of `sgd_mean`,
     `sgd_band` (95% half-width), `flow`, `weak_error` and `weak_error_band` (`debiased_weak_error`) for each
     observable; and `order[name]` (the slope of the weak error against eta on log axes, with two or more
@@ -397,6 +428,9 @@ def label_noise_slow_clock(
     `part` as in `sde_vs_sgd`: each eta (label `eta{eta}`) through it, and inside it its checkpoints: the
     ensemble's iterates (`eta{eta}-sgd`), their Phi one save at a time (`eta{eta}-phi{j}`, the costly
     piece: a limit_map a point), the flow (`eta{eta}-flow`).
+
+    **Raises:** `ValueError` for a bad `sigma`, `seeds` or `batch_size`, or a problem without residuals;
+    `equinox.EquinoxRuntimeError` where Phi cannot map a point (`flows.limit_map`).
     """
     sigma = float(checks.positive("sigma", sigma))
     seeds = checks.positive_int("seeds", seeds)

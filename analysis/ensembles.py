@@ -1,7 +1,7 @@
 """Ensembles: one flow over many PRNG keys, compiled once and sharded over every device of every process.
 
 The same keys give the same bits on one device, on several and across processes (`jax.distributed`, started
-by `scripts/launch.py`).
+by `scripts/tools/launch.py`).
 """
 
 import functools
@@ -22,8 +22,10 @@ __all__ = ["init_processes", "seed_mesh", "ensemble"]
 def init_processes() -> None:
     """Join a multi-process `jax.distributed` run when this process was started as one of its processes:
     `jax.distributed.initialize` from SHARPFLOW_COORDINATOR (host:port of process 0),
-    SHARPFLOW_NUM_PROCESSES and SHARPFLOW_PROCESS_ID, which `scripts/launch.py` sets. Does nothing when they
-    are unset. Call it before anything else touches JAX's devices."""
+    SHARPFLOW_NUM_PROCESSES and SHARPFLOW_PROCESS_ID, which `scripts/tools/launch.py` sets. Does nothing
+    when they are unset. Call it before anything else touches JAX's devices.
+
+    **Returns:** None."""
     coordinator = os.environ.get("SHARPFLOW_COORDINATOR")
     if coordinator is None:
         return
@@ -35,7 +37,11 @@ def init_processes() -> None:
 
 
 def seed_mesh(devices=None) -> Mesh:
-    """A one-axis mesh, `"seeds"`, over `devices` (default: every device of every process)."""
+    """A one-axis mesh, `"seeds"`, over `devices`.
+
+    **Arguments:** `devices` (default: every device of every process).
+
+    **Returns:** a `jax.sharding.Mesh`."""
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("seeds",))
 
 
@@ -50,10 +56,15 @@ def ensemble(
 
     Every device runs the same compiled per-seed program on its share of the seeds, so the same keys give
     the same bits on one device, on several and across processes (`jax.distributed`, started by
-    `scripts/launch.py`); tested with 1 against 4 CPU devices
+    `scripts/tools/launch.py`); tested with 1 against 4 CPU devices
     (`XLA_FLAGS=--xla_force_host_platform_device_count=4`) and 1 against 2 processes. A chunk
     is padded to a multiple of the mesh size with copies of its last seed, which are dropped. Across
     processes every process passes the same keys and gets the whole result back.
+
+    **Arguments:** the `flow` (`flow(key, *args)` -> a `Trajectory`, or any pytree), its `keys`, the
+    `per_seed` arguments, `chunk`, `mesh`, `progress`.
+
+    **Returns:** the flow's outputs stacked over a leading seed axis (a `Trajectory` of ensembles).
     """
     from tqdm.auto import tqdm
 

@@ -39,24 +39,48 @@ __all__ = [
 
 
 def feature_matrix(problem: Problem, params: PyTree) -> Float[Array, "m n"]:
-    """Phi = W X^T, the pre-activations of every neuron on every training input."""
+    """Phi = W X^T, the pre-activations of every neuron on every training input.
+
+    **Arguments:** a two-layer net's `problem` and `params`.
+
+    **Returns:** Phi (m, n).
+
+    **Raises:** `TypeError` when the problem's model is not a `TwoLayerNet`."""
     return _net(problem, params).features(problem.X)
 
 
 def singular_values(problem: Problem, params: PyTree) -> Float[Array, " k"]:
-    """The singular values of Phi, largest first; s2 / s1 -> 0 is the rank-one collapse."""
+    """The singular values of Phi, largest first; s2 / s1 -> 0 is the rank-one collapse.
+
+    **Arguments:** a two-layer net's `problem` and `params`.
+
+    **Returns:** the singular values (min(m, n),).
+
+    **Raises:** `TypeError` when the problem's model is not a `TwoLayerNet`."""
     return jnp.linalg.svd(feature_matrix(problem, params), compute_uv=False)
 
 
 def stable_rank(problem: Problem, params: PyTree) -> Float[Array, ""]:
-    """||Phi||_F^2 / ||Phi||_2^2, between 1 (rank one) and rank Phi."""
+    """||Phi||_F^2 / ||Phi||_2^2, between 1 (rank one) and rank Phi.
+
+    **Arguments:** a two-layer net's `problem` and `params`.
+
+    **Returns:** the stable rank, a scalar.
+
+    **Raises:** `TypeError` when the problem's model is not a `TwoLayerNet`."""
     s = singular_values(problem, params)
     return jnp.sum(s**2) / s[0] ** 2
 
 
 def feature_cosines(problem: Problem, params: PyTree) -> Float[Array, "m m"]:
     """Cosine similarities between the neurons' features (the rows of Phi): all +-1 when Phi is rank one. A
-    neuron whose features are all zero has no direction: its row and column are 0."""
+    neuron whose features are all zero has no direction: its row and column are 0.
+
+    **Arguments:** a two-layer net's `problem` and `params`.
+
+    **Returns:** the cosines (m, m).
+
+    **Raises:** `TypeError` when the problem's model is not a `TwoLayerNet`."""
     Phi = feature_matrix(problem, params)
     norms = jnp.linalg.norm(Phi, axis=1, keepdims=True)
     rows = Phi / jnp.where(norms > 0, norms, 1.0)
@@ -71,6 +95,13 @@ def min_trace_fixed_outer(problem: Problem, *, starts: int = 20, seed: int = 0) 
     so the problem separates into one m-variable problem per example, each solved with scipy's SLSQP from
     `starts` random points (best kept). Independent of the flows: a check on where they end. Computed in
     float64 whatever the problem's dtype.
+
+    **Arguments:** the `problem` (a `TwoLayerNet` with `train_outer=False`), `starts`, the starts' `seed`.
+
+    **Returns:** min tr H, a Python float.
+
+    **Raises:** `TypeError` for another model; `ValueError` for a trained outer layer, n > d, or X not of
+    full row rank.
     """
     net = _net(problem, problem.params)
     if net.train_outer:
@@ -120,7 +151,13 @@ def _min_trace_float64(X, y, a, activation, starts, seed):
 
 # -- early alignment of ReLU neurons from small initialisation (Boursier & Flammarion 2024) ---------------
 def neuron_directions(problem: Problem, params: PyTree) -> tuple[Float[Array, "m d"], Float[Array, " m"]]:
-    """(w_j / ||w_j||, ||w_j||): the neurons' directions and norms (a zero neuron gets direction 0)."""
+    """The neurons' directions and norms (a zero neuron gets direction 0).
+
+    **Arguments:** a two-layer net's `problem` and `params`.
+
+    **Returns:** (w_j / ||w_j|| (m, d), ||w_j|| (m,)).
+
+    **Raises:** `TypeError` when the problem's model is not a `TwoLayerNet`."""
     W = _net(problem, params).W
     norms = jnp.linalg.norm(W, axis=1)
     return W / jnp.where(norms > 0, norms, 1.0)[:, None], norms
@@ -135,6 +172,8 @@ def extremal_directions(X, y, *, starts: int = 256, steps: int = 2000, seed: int
     follows projected gradient ascent of G on the sphere when a_j > 0 (descent when a_j < 0) and ends at an
     extremal vector: a local maximum of G with G > 0 (minimum with G < 0). Computed here by that ascent
     (and descent) from `starts` random directions, without any network; duplicates within `tol_deg` merged.
+
+    **Arguments:** the data `X` (n, d), `y` (n,); `starts`, `steps` of the ascent, `seed`, `tol_deg`.
 
     **Returns:** `(plus, minus)`: arrays (k, d) of unit vectors, the targets of positive and of negative
     neurons.
@@ -164,7 +203,11 @@ def extremal_directions(X, y, *, starts: int = 256, steps: int = 2000, seed: int
 
 
 def angles_to(directions, targets) -> np.ndarray:
-    """The angle in degrees from each direction (m, d) to the nearest of `targets` (k, d); inf if none."""
+    """The angle in degrees from each direction to the nearest target.
+
+    **Arguments:** unit `directions` (m, d) and `targets` (k, d).
+
+    **Returns:** the angles (m,) in degrees; inf where there is no target."""
     directions, targets = np.asarray(directions), np.asarray(targets)
     if targets.shape[0] == 0:
         return np.full(directions.shape[0], np.inf)
@@ -174,7 +217,13 @@ def angles_to(directions, targets) -> np.ndarray:
 
 def count_directions(problem: Problem, params: PyTree, *, tol_deg: float = 5.0, min_norm: float = 0.1) -> int:
     """The number of distinct directions carried by the active neurons: those with ||w_j|| >= `min_norm`
-    times the largest, grouped greedily (largest first) into cones of half-angle `tol_deg`."""
+    times the largest, grouped greedily (largest first) into cones of half-angle `tol_deg`.
+
+    **Arguments:** a two-layer net's `problem` and `params`, `tol_deg`, `min_norm`.
+
+    **Returns:** the count, a Python int.
+
+    **Raises:** `TypeError` when the problem's model is not a `TwoLayerNet`."""
     U, norms = (np.asarray(v) for v in neuron_directions(problem, params))
     active = norms >= min_norm * norms.max()
     return len(_distinct(U[active], norms[active], tol_deg))
@@ -182,14 +231,22 @@ def count_directions(problem: Problem, params: PyTree, *, tol_deg: float = 5.0, 
 
 def alignment_end(ts, loss, *, rtol: float = 1e-3) -> float:
     """The end of the early-alignment phase, read from the data: the first saved time at which the loss
-    has fallen by `rtol` of its initial value (until then the outputs are ~0 and only directions move)."""
+    has fallen by `rtol` of its initial value (until then the outputs are ~0 and only directions move).
+
+    **Arguments:** the saved times `ts` and losses `loss` of a run, `rtol`.
+
+    **Returns:** that time, a Python float (inf if the loss never falls so far)."""
     ts, loss = np.asarray(ts), np.asarray(loss)
     below = np.nonzero(loss < (1 - rtol) * loss[0])[0]
     return float(ts[below[0]]) if below.size else float("inf")
 
 
 def ols(X: Float[Array, "n d"], y: Float[Array, " n"]) -> Float[Array, " d"]:
-    """The least-squares linear predictor beta = argmin ||X beta - y||^2 (minimum norm when n < d)."""
+    """The least-squares linear predictor beta = argmin ||X beta - y||^2 (minimum norm when n < d).
+
+    **Arguments:** `X` (n, d), `y` (n,).
+
+    **Returns:** beta (d,)."""
     return jnp.linalg.lstsq(X, y)[0]
 
 
@@ -197,7 +254,11 @@ def distance_to_ols(problem: Problem, params: PyTree, X_eval: Float[Array, "k d"
     """sqrt(mean_x (f(x) - beta_ols . x)^2) over the points X_eval: how far the net is from the linear
     predictor fitted to its own training data. A ReLU net a relu(u . x) - a relu(-u . x) with a u =
     beta_ols is that predictor exactly (distance 0); Boursier & Flammarion (2024) show gradient flow from
-    small initialisation lands near it past the optimization threshold."""
+    small initialisation lands near it past the optimization threshold.
+
+    **Arguments:** the `problem`, `params`, the evaluation points `X_eval` (k, d).
+
+    **Returns:** the distance, a scalar."""
     f = problem.outputs(params, X_eval)
     return jnp.sqrt(jnp.mean((f - X_eval @ ols(problem.X, problem.y)) ** 2))
 

@@ -60,7 +60,11 @@ _CHUNK = 128  # Hessian-vector products evaluated together when sweeping a basis
 
 def operator(problem: Problem, params: PyTree) -> lx.FunctionLinearOperator:
     """H as a symmetric lineax operator; `.mv(v)` is one Hessian-vector product (forward over reverse,
-    linearised once so repeated products reuse the primal pass)."""
+    linearised once so repeated products reuse the primal pass). Memory O(p) (plus the activations).
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** a `lineax.FunctionLinearOperator` on flat vectors (p,)."""
     flat, unravel = _ravel(problem, params)
     _, hvp = jax.linearize(jax.grad(lambda v: problem.loss(unravel(v))), flat)
     return lx.FunctionLinearOperator(hvp, jax.ShapeDtypeStruct(flat.shape, flat.dtype), lx.symmetric_tag)
@@ -68,20 +72,35 @@ def operator(problem: Problem, params: PyTree) -> lx.FunctionLinearOperator:
 
 @eqx.filter_jit
 def hvp(problem: Problem, params: PyTree, v: Float[Array, " p"]) -> Float[Array, " p"]:
-    """H v."""
+    """H v, one Hessian-vector product.
+
+    **Arguments:** `problem`, `params`, `v` (flat, p).
+
+    **Returns:** H v, flat (p,)."""
     return operator(problem, params).mv(v)
 
 
 @eqx.filter_jit
 def dense(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
-    """The dense Hessian (small p only)."""
+    """The dense Hessian (small p only: memory p^2, cost p Hessian-vector products).
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** H (p, p)."""
     flat, unravel = _ravel(problem, params)
     return jax.hessian(lambda v: problem.loss(unravel(v)))(flat)
 
 
 @eqx.filter_jit
 def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
-    """The dense Gauss-Newton part G = (1/n) J^T J (small p only); H - G is the residual part R."""
+    """The dense Gauss-Newton part G = (1/n) J^T J (small p only: memory p^2 + N p); H - G is the residual
+    part R.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** G (p, p).
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy)."""
     _ravel(problem, params)
     J = problem.jacobian(params)
     return J.T @ J / problem.n
@@ -89,14 +108,24 @@ def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
 
 @eqx.filter_jit
 def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
-    """All eigenvalues of H, ascending (dense; small p only)."""
+    """All eigenvalues of H, ascending (dense; small p only: memory p^2, cost p^3).
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** the eigenvalues (p,)."""
     return jnp.linalg.eigvalsh(dense(problem, params))
 
 
 @eqx.filter_jit
 def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: one Hessian-vector product of the residual part per
-    coordinate (p in all). Zero on the zero-loss manifold."""
+    coordinate (p in all). Zero on the zero-loss manifold.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** tr R, a scalar.
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy)."""
     flat, _ = _ravel(problem, params)
     residual_hvp = _residual_operator(problem, params)
     return _sum_over_basis(lambda j, e: residual_hvp(e)[j], flat)
@@ -105,7 +134,11 @@ def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
 @eqx.filter_jit
 def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr H, exact. Square loss: tr G + tr R (N gradient evaluations and p Hessian-vector products of the
-    residual part); cross-entropy: sum_j e_j^T H e_j, p Hessian-vector products."""
+    residual part); cross-entropy: sum_j e_j^T H e_j, p Hessian-vector products.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** tr H, a scalar."""
     _ravel(problem, params)
     if problem.loss_name == "square":
         return problem.gauss_newton_trace(params) + trace_residual(problem, params)
@@ -123,7 +156,13 @@ def trace_split(
 
     The error is the residual part's alone: Var = 2 (||R||_F^2 - sum_j R_jj^2) / num_samples, zero on the
     zero-loss manifold and small near it, where the whole-H Hutchinson estimate keeps the variance of G.
-    Cost O(N + num_samples) gradients instead of `trace`'s p Hessian-vector products."""
+    Cost O(N + num_samples) gradients instead of `trace`'s p Hessian-vector products.
+
+    **Arguments:** `problem`, `params`, the probes' `key`, `num_samples` (>= 2).
+
+    **Returns:** (estimate, standard error).
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy) or fewer than two samples."""
     problem.require_square("trace_split")
     flat, _ = _ravel(problem, params)
     mean, se = _hutchinson(_residual_operator(problem, params), key, flat, num_samples)
@@ -135,7 +174,13 @@ def trace_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Hutchinson's estimate of tr H = E[z^T H z], z Rademacher: (mean, standard error) over `num_samples`
-    (>= 2); Var = 2 (||H||_F^2 - sum_j H_jj^2) / num_samples. Cost `num_samples` Hessian-vector products."""
+    (>= 2); Var = 2 (||H||_F^2 - sum_j H_jj^2) / num_samples. Cost `num_samples` Hessian-vector products.
+
+    **Arguments:** `problem`, `params`, the probes' `key`, `num_samples` (>= 2).
+
+    **Returns:** (mean, standard error).
+
+    **Raises:** `ValueError` for fewer than two samples."""
     flat, _ = _ravel(problem, params)
     return _hutchinson(operator(problem, params).mv, key, flat, num_samples)
 
@@ -175,7 +220,13 @@ def trace_xtrace(
     of the Q it is used against; the estimate is unbiased and, like Hutch++ (of which it is the exchangeable
     successor, better at equal cost), its error falls like 1/s where the spectrum beyond the s largest
     eigenvalues is small (Hutchinson: 1/sqrt(s)). Cost 2s Hessian-vector products and memory 2 s p; exact
-    (the dense operator, p products) when 2s >= p."""
+    (the dense operator, p products) when 2s >= p.
+
+    **Arguments:** `problem`, `params`, the probes' `key`, `num_samples` s in 2..p.
+
+    **Returns:** (estimate, standard error).
+
+    **Raises:** `ValueError` for s outside 2..p."""
     num_samples = checks.positive_int("num_samples", num_samples)
     flat, _ = _ravel(problem, params)
     if num_samples < 2 or num_samples > flat.shape[0]:
@@ -221,7 +272,13 @@ def spectral_density(
     """The spectral density of H by stochastic Lanczos quadrature (`SpectralDensity`, `lanczos_quadrature`)
     from `num_probes` Rademacher probes and `num_steps` Lanczos steps each (at most p). Cost num_probes x
     num_steps Hessian-vector products (the probes batched together) and O(num_probes num_steps^2 p) for the
-    reorthogonalisation; memory num_probes x num_steps x p."""
+    reorthogonalisation; memory num_probes x num_steps x p.
+
+    **Arguments:** `problem`, `params`, the probes' `key`, `num_probes` (>= 2), `num_steps` (<= p).
+
+    **Returns:** a `SpectralDensity`.
+
+    **Raises:** `ValueError` for fewer than two probes or more steps than p."""
     num_probes = checks.positive_int("num_probes", num_probes)
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2 (the moments' standard error needs two), got {num_probes}")
@@ -233,7 +290,13 @@ def spectral_density(
 def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> SpectralDensity:
     """Stochastic Lanczos quadrature of the symmetric operator `matvec` on R^p from the rows of `probes`
     (any nonzero vectors; Rademacher for an unbiased estimate of mu): `num_steps` (<= p) Lanczos steps from
-    each, full reorthogonalisation (matfree's `tridiag_sym`), vmapped over the probes."""
+    each, full reorthogonalisation (matfree's `tridiag_sym`), vmapped over the probes. Memory s m p.
+
+    **Arguments:** `matvec` (p,) -> (p,), `probes` (s, p), `num_steps` m (<= p).
+
+    **Returns:** a `SpectralDensity`.
+
+    **Raises:** `ValueError` for m not a positive integer or above p."""
     num_steps = checks.positive_int("num_steps", num_steps)
     if num_steps > probes.shape[1]:
         raise ValueError(f"num_steps must be <= the dimension p = {probes.shape[1]}, got {num_steps}")
@@ -249,7 +312,11 @@ def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> S
 
 @eqx.filter_jit
 def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
-    """||H||_F = sqrt(sum_j ||H e_j||^2), exact: p Hessian-vector products (small to moderate p)."""
+    """||H||_F = sqrt(sum_j ||H e_j||^2), exact: p Hessian-vector products (small to moderate p).
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** ||H||_F, a scalar."""
     H = operator(problem, params)
     flat, _ = _ravel(problem, params)
     return jnp.sqrt(_sum_over_basis(lambda j, e: jnp.sum(H.mv(e) ** 2), flat))
@@ -260,7 +327,13 @@ def frobenius_norm_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Estimate of ||H||_F from ||H||_F^2 = E ||H z||^2, z Rademacher: (estimate, standard error by the
-    delta method) over `num_samples`."""
+    delta method) over `num_samples`. Cost `num_samples` Hessian-vector products.
+
+    **Arguments:** `problem`, `params`, the probes' `key`, `num_samples` (>= 2).
+
+    **Returns:** (estimate, standard error).
+
+    **Raises:** `ValueError` for fewer than two samples."""
     z = _rademacher(key, _ravel(problem, params)[0], num_samples)
     H = operator(problem, params)
     q = jax.vmap(lambda v: jnp.sum(H.mv(v) ** 2))(z)
@@ -280,8 +353,15 @@ def top_eigenvalues(
 ):
     """The k largest eigenvalues of H (descending) by Lanczos on Hessian-vector products.
 
-    `num_iter` Lanczos steps (default min(p, max(4k, 60))) with full reorthogonalisation; with
-    `return_vectors`, also the Ritz vectors as the columns of a (p, k) array.
+    `num_iter` Lanczos steps (default min(p, max(4k, 60))) with full reorthogonalisation: that many
+    Hessian-vector products, memory `num_iter` p.
+
+    **Arguments:** `problem`, `params`, `k`, the start's `key`, `num_iter`, `return_vectors`.
+
+    **Returns:** the eigenvalues (k,); with `return_vectors`, (eigenvalues, Ritz vectors as the columns of
+    a (p, k) array).
+
+    **Raises:** as `lanczos`.
     """
     flat, _ = _ravel(problem, params)
     return lanczos(
@@ -298,7 +378,13 @@ def top_eigenvalues(
 @eqx.filter_jit
 def lambda_max(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """lambda_max(H), the sharpness: `top_eigenvalues` with 40 Lanczos steps from a fixed key (a metric for
-    the flows). Cost 40 Hessian-vector products, memory 40 p."""
+    the flows). Cost 40 Hessian-vector products, memory 40 p.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** lambda_max, a scalar.
+
+    **Raises:** as `lanczos`."""
     return top_eigenvalues(problem, params, 1, key=jax.random.key(0), num_iter=min(40, problem.num_params))[0]
 
 
@@ -320,8 +406,16 @@ def lanczos(
 
     Each Ritz pair's residual ||A v - theta v|| is |beta_m s_m| (s the eigenvector of the tridiagonal
     matrix): the operator has an eigenvalue within it of theta, and within residual^2 / gap when theta is
-    separated by a gap. A residual above `rtol` |theta_1| after `num_iter` steps raises
-    `equinox.EquinoxRuntimeError` (eagerly and traced), rather than return an unconverged value."""
+    separated by a gap. Memory `num_iter` x dim.
+
+    **Arguments:** `matvec` (dim,) -> (dim,), `dim`, `k`, the start's `key`, `num_iter` (default
+    min(dim, max(4k, 60))), `dtype`, `return_vectors`, `rtol`.
+
+    **Returns:** the k eigenvalues, descending; with `return_vectors`, also the Ritz vectors (dim, k).
+
+    **Raises:** `ValueError` for k not in 1..dim or a bad `num_iter`; `equinox.EquinoxRuntimeError` (eagerly
+    and traced) when a residual is above `rtol` |theta_1| after `num_iter` steps, rather than return an
+    unconverged value."""
     k = checks.positive_int("k", k)
     if k > dim:
         raise ValueError(f"k must be <= the dimension {dim}, got {k}")

@@ -21,8 +21,12 @@ STYLE = {
 
 
 def figure(ncols: int = 1, nrows: int = 1, *, width: float = 3.6, height: float = 3.0):
-    """A figure with `nrows x ncols` panels; returns (fig, flat array of axes). Applies `STYLE` to
-    matplotlib's rcParams, so labels and legends drawn afterwards share it."""
+    """A figure with `nrows x ncols` panels. Applies `STYLE` to matplotlib's rcParams, so labels and legends
+    drawn afterwards share it.
+
+    **Arguments:** `ncols`, `nrows`, each panel's `width` and `height` in inches.
+
+    **Returns:** (fig, a flat array of the axes)."""
     plt.rcParams.update(STYLE)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained"
@@ -31,7 +35,12 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float = 3.6, height: float 
 
 
 def band(ax, t, mean, half_width=None, *, label=None, color=None, **kw):
-    """A line with a shaded band mean +- half_width (e.g. a 95% confidence half-width)."""
+    """A line with a shaded band mean +- half_width (e.g. a 95% confidence half-width).
+
+    **Arguments:** the axes `ax`, the abscissae `t`, the `mean`, the `half_width` (None: no band), `label`,
+    `color` and matplotlib's other line keywords.
+
+    **Returns:** the line."""
     (line,) = ax.plot(t, mean, label=label, color=color, **kw)
     if half_width is not None:
         ax.fill_between(
@@ -51,7 +60,14 @@ CLOCKS = {"t": "t = eta k", "tau": "tau (slow time)"}
 def trajectory(ax, traj, stat: str = "loss", *, label=None, color=None, level: float = 0.95, **kw):
     """`traj.stats[stat]` against its clock: a line for one run; for an ensemble (leading seed axis) the mean
     over seeds with its Student-t band at `level` (`analysis.statistics.ensemble_bands`). Labels the x axis
-    with the clock when it has no label yet. Returns the line."""
+    with the clock when it has no label yet.
+
+    **Arguments:** the axes `ax`, a `Trajectory` (one run or an ensemble), the `stat`, `label`, `color`, the
+    band's `level`, matplotlib's other line keywords.
+
+    **Returns:** the line.
+
+    **Raises:** `ValueError` for a stat the trajectory lacks, or an ensemble saved at different times."""
     from .statistics import ensemble_bands
 
     if stat not in traj.stats:
@@ -74,7 +90,11 @@ def edge_of_stability(axes, runs, *, name: str = "", tags: str = "abc") -> None:
     eta: (a) GD's loss (thin) and its window average, the central flow's prediction (black dashes, one dash
     pattern per eta) and gradient flow (dotted, the eta's colour); (b) eta lambda_max(H) of each with the
     edge eta lambda = 2; (c) each flow's distance from GD's averaged parameters. `name` prefixes the titles,
-    `tags` labels the panels. Every line style is named in a legend."""
+    `tags` labels the panels. Every line style is named in a legend.
+
+    **Arguments:** three `axes`, the `runs`, `name`, `tags`.
+
+    **Returns:** None (draws on the axes)."""
     ax_loss, ax_sharp, ax_dist = axes
     for c, (eta, e) in enumerate(runs.items()):
         color, dashes = f"C{c}", (4, 2 + c)
@@ -103,7 +123,11 @@ def edge_of_stability(axes, runs, *, name: str = "", tags: str = "abc") -> None:
 
 
 def save(fig, path) -> Path:
-    """Save as PNG (creating the folder), close the figure, and return the path."""
+    """Save as PNG (creating the folder) and close the figure.
+
+    **Arguments:** the figure `fig`, the `path`.
+
+    **Returns:** the path, a `pathlib.Path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -10,7 +10,7 @@ space of J, from an SVD) it is the symmetric (p - rank J) matrix Z^T grad^2 (F -
 eigenvalue > 0 at a stationary point means F is locally geodesically convex there.
 
 `tangent_basis` and `hessian` are that basis (p x q) and that matrix (q x q), dense by definition: small p.
-`grad_norm` and `min_eigenvalue` scale (`flows.geometry`): the smallest eigenvalue by Lanczos on
+`grad_norm` and `min_eigenvalue` scale (`flows/_geometry.py`): the smallest eigenvalue by Lanczos on
 M = P_T grad^2 (F - lambda . r) P_T + c (I - P_T), c above the top of its tangent spectrum, whose smallest
 eigenvalue is the Riemannian Hessian's (memory O(N + p) per product, plus the Lanczos basis, iterations * p).
 """
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from flows import geometry
-from flows.manifold import Objective, label_noise_objective, riemannian_grad
+from flows import Objective, label_noise_objective, riemannian_grad
+from flows import _geometry as geometry
 from models import Problem
 
 from .hessian import lanczos
@@ -33,12 +33,26 @@ __all__ = ["grad_norm", "tangent_basis", "hessian", "min_eigenvalue"]
 
 @eqx.filter_jit
 def grad_norm(problem: Problem, params: PyTree, objective: Objective | None = None) -> Float[Array, ""]:
-    """||P_T grad F||: zero exactly at the stationary points of F on the manifold."""
+    """||P_T grad F||: zero exactly at the stationary points of F on the manifold.
+
+    **Arguments:** `problem`, `params` (a point on the manifold), `objective` (default
+    `flows.label_noise_objective`).
+
+    **Returns:** the norm, a scalar.
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold)."""
     return jnp.linalg.norm(riemannian_grad(problem, params, objective))
 
 
 def tangent_basis(problem: Problem, params: PyTree) -> Float[Array, "p q"]:
-    """An orthonormal basis of T_theta Gamma = null(J) as columns, q = p - rank J (dense SVD; small p)."""
+    """An orthonormal basis of T_theta Gamma = null(J) as columns, q = p - rank J (dense SVD; small p:
+    memory p^2).
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** the basis (p, q).
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold)."""
     J = problem.jacobian(params)
     _, s, Vt = jnp.linalg.svd(J, full_matrices=True)
     rank = int(jnp.sum(s > s[0] * max(J.shape) * jnp.finfo(s.dtype).eps))
@@ -46,7 +60,14 @@ def tangent_basis(problem: Problem, params: PyTree) -> Float[Array, "p q"]:
 
 
 def hessian(problem: Problem, params: PyTree, objective: Objective | None = None) -> Float[Array, "q q"]:
-    """The Riemannian Hessian of F on the tangent basis `tangent_basis` (dense; small p)."""
+    """The Riemannian Hessian of F on the tangent basis `tangent_basis` (dense; small p: memory p^2).
+
+    **Arguments:** `problem`, `params` (a point on the manifold), `objective` (default
+    `flows.label_noise_objective`).
+
+    **Returns:** the Hessian (q, q), symmetric.
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold)."""
     return _hessian_on(problem, params, tangent_basis(problem, params), objective or label_noise_objective)
 
 
@@ -81,7 +102,14 @@ def min_eigenvalue(
 
     `mode="dense"`: the eigenvalues of `hessian` (memory p^2). `"matrix_free"`: Lanczos (`num_iter` steps, at
     most p) on M = P_T grad^2 (F - lambda . r) P_T + c (I - P_T), each product one solve with K and one
-    Hessian-vector product of the Lagrangian (`flows.geometry`). Default: dense for p <= 2,000."""
+    Hessian-vector product of the Lagrangian (flows/_geometry.py). Default: dense for p <= 2,000.
+
+    **Arguments:** `problem`, `params` (a point on the manifold), `objective`, `mode`, `num_iter`.
+
+    **Returns:** the smallest eigenvalue, a scalar.
+
+    **Raises:** `ValueError` for a bad `mode` or a problem without residuals; `equinox.EquinoxRuntimeError`
+    when Lanczos has not converged (`analysis.hessian.lanczos`)."""
     objective = objective or label_noise_objective
     mode = mode or ("dense" if problem.num_params <= 2000 else "matrix_free")
     if mode == "dense":

@@ -56,7 +56,7 @@ import scipy.sparse.linalg
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from flows import brownian
+from flows import _brownian as brownian
 from models import Problem, checks
 
 __all__ = [
@@ -80,7 +80,14 @@ Criterion = Literal["mean_square", "sde", "lyapunov"]
 
 # -- the pieces: Gram matrix, batch coefficients, the map on the range of K ------------------------------
 def gram(problem: Problem, params: PyTree) -> Float[Array, "N N"]:
-    """K = J J^T, the (N, N) Gram matrix of the per-output gradients (N = n k rows, example-major)."""
+    """K = J J^T, the (N, N) Gram matrix of the per-output gradients (N = n k rows, example-major). Memory
+    N p + N^2, cost N^2 p.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** K (N, N).
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy)."""
     problem.require_square("analysis.stability")
     J = problem.jacobian(params)
     return J @ J.T
@@ -88,7 +95,11 @@ def gram(problem: Problem, params: PyTree) -> Float[Array, "N N"]:
 
 def batch_covariance_factor(batch_size: int, n: int, replace: bool = True) -> float:
     """v_B = c_B^2 / B: the minibatch gradient's covariance is v_B Sigma_1. 1/B with replacement,
-    (n-B)/(B(n-1)) without, 0 for the full batch B = n (GD, either way)."""
+    (n-B)/(B(n-1)) without, 0 for the full batch B = n (GD, either way).
+
+    **Arguments:** `batch_size` B, the number of examples `n`, `replace`.
+
+    **Returns:** v_B, a Python float."""
     if replace and batch_size < n:
         return 1.0 / batch_size
     return 0.0 if n == 1 else (n - batch_size) / (batch_size * (n - 1))
@@ -198,8 +209,17 @@ def mean_square_rate(
     Perron root (`_abscissa`), which gives 1 - rho to within `tol` times 2 eta lambda_min(K) / n (power
     iteration on T itself would crawl: its spectrum crowds at 1 for small eta). Default: dense for q <= 24.
 
-    With `return_mode`, returns `(rho, R)`: R (N, N), trace one, the second moment of the residuals that
-    grows (or decays slowest) at exactly rho per step, T(R) = rho R. Started there, E L_k = rho^k E L_0.
+    **Arguments:** `problem`, `params` (a minimum), `eta`, `batch_size`, `replace`, `method`, and the power
+    method's `num_iter` and `tol`; `min_loss_rtol` (how small the loss must be to count as a minimum);
+    `return_mode`.
+
+    **Returns:** rho, a Python float; with `return_mode`, `(rho, R)`: R (N, N), trace one, the second moment
+    of the residuals that grows (or decays slowest) at exactly rho per step, T(R) = rho R. Started there,
+    E L_k = rho^k E L_0.
+
+    **Raises:** `ValueError` when `params` is not a minimum (its loss above `min_loss_rtol`
+    mean(y^2) / 2), a problem without residuals, or a bad argument; `equinox.EquinoxRuntimeError` when the
+    power method's two-sided bounds have not met.
     """
     eta = float(checks.positive("eta", eta))
     _check_minimum(problem, params, min_loss_rtol)
@@ -364,7 +384,14 @@ def sde_rate(
     """exp(eta a(A)): the growth of E L per step (time eta) for the minibatch-SGD SDE linearised at the
     minimum, a(A) the spectral abscissa of its mean-square generator
     A(R) = -(1/n)(K R + R K) + eta [(1/B^2) K (C o R) K - (1/n^2) K R K].
-    Compare with `mean_square_rate`: T = I + eta A + eta^2 K R K / n^2. (Dense; q <= ~40.)"""
+    Compare with `mean_square_rate`: T = I + eta A + eta^2 K R K / n^2. (Dense; q <= ~40.)
+
+    **Arguments:** as `mean_square_rate`.
+
+    **Returns:** the growth per step, a Python float.
+
+    **Raises:** `ValueError` when `params` is not a minimum (its loss above `min_loss_rtol`
+    mean(y^2) / 2), a problem without residuals, or a bad argument."""
     eta = float(checks.positive("eta", eta))
     _check_minimum(problem, params, min_loss_rtol)
     return _sde_rate(_Linearised(problem, params, batch_size, replace), eta)
@@ -404,7 +431,15 @@ def lyapunov_exponent(
 ) -> float:
     """The top Lyapunov exponent (1/k) log ||r_k|| of the random products r_{k+1} = (I - (eta/B) K S_k) r_k
     (per step, natural log), estimated over `steps` steps with renormalisation. A typical run escapes iff it
-    is > 0; Jensen gives exponent <= (1/2) log rho(T), so this threshold lies above the mean-square one."""
+    is > 0; Jensen gives exponent <= (1/2) log rho(T), so this threshold lies above the mean-square one.
+
+    **Arguments:** `problem`, `params` (a minimum), `eta`, the batches' `key`, `batch_size`, `replace`,
+    `steps`, `min_loss_rtol`.
+
+    **Returns:** the exponent, a Python float.
+
+    **Raises:** `ValueError` when `params` is not a minimum (its loss above `min_loss_rtol`
+    mean(y^2) / 2), a problem without residuals, or a bad argument."""
     eta = checks.positive("eta", eta)
     _check_minimum(problem, params, min_loss_rtol)
     lin = _Linearised(problem, params, batch_size, replace)
@@ -456,7 +491,15 @@ def threshold(
 
     Cost, for N = n k outputs and p parameters: the Jacobian J (memory O(N p), never p x p), K = J J^T
     (O(N^2 p)) and its eigendecomposition (O(N^3)); then O(q^3) per power-iteration step on (q, q) matrices
-    (q = rank K <= N) for the closed forms, or `steps` steps of O(N^2) per bisection point (Lyapunov)."""
+    (q = rank K <= N) for the closed forms, or `steps` steps of O(N^2) per bisection point (Lyapunov).
+
+    **Arguments:** `problem`, `params` (a minimum), `batch_size`, `replace`, `criterion` (`"mean_square"`,
+    `"sde"` or `"lyapunov"`), `key` (for `"lyapunov"`), `steps`, `rtol`, `eta_max`.
+
+    **Returns:** the threshold eta, a Python float (inf where the minimum is stable at `eta_max`).
+
+    **Raises:** `ValueError` for another criterion, `"lyapunov"` without a key, or a point that is not a
+    minimum."""
     _check_minimum(problem, params, 1e-4)
     lin = _Linearised(problem, params, batch_size, replace)
     gd_eta = 2 * lin.n / lin.lam.max()
@@ -495,7 +538,11 @@ def threshold(
 # -- the bound and the alignment of the noise -------------------------------------------------------------
 def gauss_newton_norms(problem: Problem, params: PyTree) -> tuple[float, float]:
     """(||G||_F, lambda_max(G)) of G = (1/n) J^T J from the Gram matrix: ||K||_F / n and lambda_max(K) / n.
-    At a global minimum G = H."""
+    At a global minimum G = H.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** (||G||_F, lambda_max(G)), Python floats."""
     lam = np.linalg.eigvalsh(np.asarray(gram(problem, params), np.float64))
     return float(np.sqrt(np.sum(lam**2)) / problem.n), float(lam[-1] / problem.n)
 
@@ -508,7 +555,13 @@ def alignment(problem: Problem, params: PyTree) -> Float[Array, ""]:
     (mu = [n sum_i ||K_{:,i} r_i||^2 - ||K r||^2] / (||r||^2 ||K||_F^2)), through G (p, p) otherwise.
 
     mu is 0/0 at a zero-loss point: raises (also under `jax.jit`) where ||r|| <= 1e3 eps ||y||, where the
-    ratio would be one of round-off; `min_alignment` gives the constant at a minimum."""
+    ratio would be one of round-off; `min_alignment` gives the constant at a minimum.
+
+    **Arguments:** `problem`, `params` (off the zero-loss set).
+
+    **Returns:** mu, a scalar.
+
+    **Raises:** `equinox.EquinoxRuntimeError` (eagerly and traced) at a zero-loss point."""
     J = problem.jacobian(params)
     r = problem.residuals(params).reshape(-1)
     floor = (1e3 * jnp.finfo(r.dtype).eps) ** 2 * jnp.maximum(jnp.sum(problem.y**2), jnp.finfo(r.dtype).tiny)
@@ -535,7 +588,14 @@ def alignment(problem: Problem, params: PyTree) -> Float[Array, ""]:
 def min_alignment(problem: Problem, params: PyTree, *, min_loss_rtol: float = 1e-4) -> float:
     """mu* = min over linearised residuals r in range(K) of [n sum_i ||K_{:,i} r_i||^2 - ||K r||^2] /
     (||r||^2 ||K||_F^2): the alignment constant of Wu et al.'s argument at a minimum, exactly (the smallest
-    eigenvalue of (n blockdiag(K^2) - K^2) / ||K||_F^2 on the range of K)."""
+    eigenvalue of (n blockdiag(K^2) - K^2) / ||K||_F^2 on the range of K).
+
+    **Arguments:** `problem`, `params` (a minimum), `min_loss_rtol`.
+
+    **Returns:** mu*, a Python float.
+
+    **Raises:** `ValueError` when `params` is not a minimum (its loss above `min_loss_rtol`
+    mean(y^2) / 2), a problem without residuals, or a bad argument."""
     _check_minimum(problem, params, min_loss_rtol)
     lin = _Linearised(problem, params, None, True)
     K = lin.U * lin.lam @ lin.U.T
@@ -546,7 +606,13 @@ def min_alignment(problem: Problem, params: PyTree, *, min_loss_rtol: float = 1e
 
 def wu_bound(eta, batch_size: int, *, mu, n: int | None = None, replace: bool = True) -> float:
     """The largest ||H||_F of a mean-square stable minimum: 1 / (eta sqrt(v_B mu)), i.e. sqrt(B / mu) / eta
-    with replacement; without replacement v_B = (n-B)/(B(n-1)) needs `n` (`batch_covariance_factor`)."""
+    with replacement; without replacement v_B = (n-B)/(B(n-1)) needs `n` (`batch_covariance_factor`).
+
+    **Arguments:** `eta`, `batch_size`, the alignment constant `mu`, `n`, `replace`.
+
+    **Returns:** the bound, a Python float (inf for the full batch without replacement).
+
+    **Raises:** `ValueError` for a bad `eta` or `mu`, or sampling without replacement without `n`."""
     eta = float(checks.positive("eta", eta))
     mu = float(checks.positive("mu", mu))
     if not replace and n is None:
@@ -574,7 +640,14 @@ def second_moments(
     M_{k+1} = M - eta (G M + M G) + (eta^2/B^2) J^T (C o (J M J^T)) J, symmetrised each step (the map
     preserves symmetry, but would amplify the antisymmetric part of its round-off). Parameter space (memory
     p^2, small p): the check against Monte Carlo; the stability analysis itself works with
-    `mean_square_rate`."""
+    `mean_square_rate`.
+
+    **Arguments:** `problem`, `params` (the minimum theta*), `cov0` (p, p), `eta`, `steps`, `batch_size`,
+    `replace`.
+
+    **Returns:** M_0, ..., M_steps, (steps + 1, p, p).
+
+    **Raises:** `ValueError` for a `cov0` that is not (p, p), or a bad `eta`, `steps` or `batch_size`."""
     eta = checks.positive("eta", eta)
     B = checks.batch_size(batch_size, problem.n)
     J = problem.jacobian(params)
@@ -610,7 +683,15 @@ def label_noise_stationary_loss(
     y_i + eps_i, eps ~ N(0, sigma^2) per drawn example): R* = T(R*) + (eta^2 sigma^2 / (B n)) K^2 and
     E L = tr R* / (2n).
     Finite iff the minimum is mean-square stable (rho(T) < 1): label noise keeps SGD hovering at a stable
-    minimum and does not move its threshold. A dense solve on the range of K (q^2 unknowns, q = rank K)."""
+    minimum and does not move its threshold. A dense solve on the range of K (q^2 unknowns, q = rank K).
+
+    **Arguments:** `problem`, `params` (a minimum), `eta`, `sigma`, `batch_size`, `replace`,
+    `min_loss_rtol`.
+
+    **Returns:** E L, a Python float (inf where the minimum is not mean-square stable).
+
+    **Raises:** `ValueError` when `params` is not a minimum (its loss above `min_loss_rtol`
+    mean(y^2) / 2), a problem without residuals, or a bad argument."""
     eta = float(checks.positive("eta", eta))
     sigma = float(checks.non_negative("sigma", sigma))
     _check_minimum(problem, params, min_loss_rtol)

@@ -47,35 +47,72 @@ __all__ = [
 
 
 def canonical(config: Mapping) -> str:
-    """Canonical JSON: sorted keys, no spaces; tuples become lists, NumPy scalars plain numbers."""
+    """Canonical JSON: sorted keys, no spaces; tuples become lists, NumPy scalars plain numbers.
+
+    **Arguments:** `config`, a mapping of JSON-serialisable values (NumPy scalars and arrays allowed).
+
+    **Returns:** the JSON text.
+
+    **Raises:** `TypeError` for a value JSON cannot hold."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=_to_json)
 
 
 def config_hash(config: Mapping) -> str:
-    """The first 16 hex digits of the SHA-256 of the canonical JSON: the folder name of a result."""
+    """The first 16 hex digits of the SHA-256 of the canonical JSON: the folder name of a result.
+
+    **Arguments:** `config`, as for `canonical`.
+
+    **Returns:** the 16-character hash."""
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
 def path(root, name: str, config: Mapping) -> Path:
-    """The folder of the result `name` for `config` under `root`: NAME-HASH (`config_hash`)."""
+    """The folder of the result `name` for `config` under `root`: NAME-HASH (`config_hash`).
+
+    **Arguments:** the results' `root` folder, the result's `name`, its `config` (a JSON-serialisable
+    mapping).
+
+    **Returns:** the folder, a `pathlib.Path` (not created).
+
+    **Raises:** `ValueError` for an empty name or one holding '/'."""
     if not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
     return Path(root) / f"{name}-{config_hash(config)}"
 
 
 def save(root, name: str, config: Mapping, result: PyTree) -> Path:
-    """Write `result` under the config's folder, atomically; an existing result for it is replaced."""
+    """Write `result` under the config's folder, atomically; an existing result for it is replaced.
+
+    **Arguments:** the results' `root` folder, the result's `name`, its `config` (a JSON-serialisable
+    mapping), the `result` (a pytree of arrays).
+
+    **Returns:** the folder.
+
+    **Raises:** `ValueError` for a bad name or a result key holding '/'."""
     return write(path(root, name, config), config, result)
 
 
 def load(root, name: str, config: Mapping, *, like: PyTree = None) -> PyTree | None:
-    """The stored result for this config (as `read`), or None if there is none."""
+    """The stored result for this config (as `read`).
+
+    **Arguments:** the results' `root` folder, the result's `name`, its `config` (a JSON-serialisable
+    mapping), `like` (the structure to read it into, or None: nested dicts).
+
+    **Returns:** the result, or None if there is none.
+
+    **Raises:** as `read`."""
     return read(path(root, name, config), config, like=like)
 
 
 def flatten(result: PyTree) -> dict[str, np.ndarray]:
     """The leaves of a pytree of arrays keyed by their paths, e.g. {"eta": {0.1: {"loss": x}}} ->
-    {"eta/0.1/loss": x}. A dict key holding '/' is refused (it would read back as two levels)."""
+    {"eta/0.1/loss": x}.
+
+    **Arguments:** `result`, a pytree of arrays (nested dicts, tuples, Equinox modules).
+
+    **Returns:** a dict path -> NumPy array.
+
+    **Raises:** `ValueError` for a key holding '/' (it would read back as two levels) or an empty one."""
     return dict(zip(_paths(result), (np.asarray(leaf) for leaf in jax.tree.leaves(result)), strict=True))
 
 
@@ -91,7 +128,13 @@ def _paths(tree: PyTree) -> list[str]:
 
 
 def unflatten(flat: Mapping[str, np.ndarray], like: PyTree = None) -> PyTree:
-    """The inverse of `flatten`: nested dicts split at '/' (`like=None`), or the structure of `like`."""
+    """The inverse of `flatten`.
+
+    **Arguments:** `flat` (path -> array), `like` (a pytree whose structure to rebuild, or None).
+
+    **Returns:** nested dicts split at '/' (`like=None`), or a pytree of `like`'s structure.
+
+    **Raises:** `ValueError` when the paths are not `like`'s."""
     if like is None:
         tree: dict = {}
         for path_, leaf in flat.items():
@@ -118,7 +161,13 @@ def _name(key) -> str:
 
 def write(folder, config: Mapping, result: PyTree) -> Path:
     """Write `config.json`, then `arrays.npz` (`flatten(result)`), into `folder`, each atomically (a temporary
-    file beside it, renamed over it): the arrays are there whole or not at all, old or new."""
+    file beside it, renamed over it): the arrays are there whole or not at all, old or new.
+
+    **Arguments:** the `folder`, the `config`, the `result`.
+
+    **Returns:** the folder, a `pathlib.Path`.
+
+    **Raises:** as `flatten`."""
     return _write_arrays(folder, config, flatten(result))
 
 
@@ -147,8 +196,13 @@ def _atomic(path: Path, fill) -> None:
 
 
 def read(folder, config: Mapping, *, like: PyTree = None) -> PyTree | None:
-    """The result in `folder` (`unflatten`: nested dicts, or the structure of `like`), or None if it holds
-    none. Raises `ValueError` if it holds another config's result (never returned as this one's), one of
+    """The result in `folder` (`unflatten`: nested dicts, or the structure of `like`).
+
+    **Arguments:** the `folder`, the `config` it must hold, `like`.
+
+    **Returns:** the result, or None if the folder holds none.
+
+    **Raises:** `ValueError` if it holds another config's result (never returned as this one's), one of
     another structure than `like`, or cannot be read back whole."""
     target = Path(folder)
     if not (target / "arrays.npz").exists():
@@ -179,7 +233,14 @@ def cached(
     recompute: bool = False,
 ) -> PyTree:
     """`load` if stored (and not `recompute`), else `compute()`, `save` and return what was saved, as `read`
-    returns it (nested dicts of NumPy arrays), so that a first run and a re-run see the same thing."""
+    returns it (nested dicts of NumPy arrays), so that a first run and a re-run see the same thing.
+
+    **Arguments:** the results' `root` folder, the result's `name`, its `config` (a JSON-serialisable
+    mapping), `compute` (no arguments, returns the result), `recompute`.
+
+    **Returns:** the result, as read back.
+
+    **Raises:** as `read` and `flatten`."""
     return _read_or_compute(path(root, name, config), config, compute, recompute)
 
 
@@ -201,7 +262,13 @@ def part(
 ) -> PyTree:
     """One independent part of the result stored in `folder` (`path(root, name, config)`): the arrays stored
     under `folder/parts/label/` (keyed by the config and the label) if there are any and not `recompute`,
-    else `compute()`, written there atomically as soon as it returns."""
+    else `compute()`, written there atomically as soon as it returns.
+
+    **Arguments:** the result's `folder`, its `config`, the part's `label`, `compute`, `recompute`.
+
+    **Returns:** the part's result, as read back (nested dicts of NumPy arrays).
+
+    **Raises:** `ValueError` for an empty label, one holding '/' or starting with '.'; as `read`."""
     if not label or "/" in label or label.startswith("."):
         raise ValueError(f"label must be a non-empty file name without '/', got {label!r}")
     return _read_or_compute(Path(folder) / "parts" / label, {**config, "part": label}, compute, recompute)
@@ -234,6 +301,13 @@ def resumable(
     that never stopped. A folder holding another config's state, or one that cannot be read back, raises
     `ValueError` and is left as it is. In a multi-process run every process runs this, and one (`save=True`)
     writes.
+
+    **Arguments:** the `folder`, the `config`, `init`, `advance`, the number of `chunks`, `progress` (a tqdm
+    bar over the chunks), `save`.
+
+    **Returns:** the state after the last chunk.
+
+    **Raises:** `ValueError` as above, or for a stored state past `chunks`.
     """
     from tqdm.auto import tqdm
 

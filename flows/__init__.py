@@ -1,4 +1,8 @@
-"""Dynamics: each flow is a pure function of (problem, params0, key) returning a `Trajectory`."""
+"""Dynamics: each flow is a pure function of (problem, params0, key) returning a `Trajectory`.
+
+The implementation lives in private modules (`flows/_name.py`); what users call is re-exported here, and
+`flows.timescale` (steps <-> time) is a public module of its own.
+"""
 
 import models as _models
 
@@ -10,48 +14,39 @@ if not hasattr(_models, "Problem"):  # a user's models.py (or models/) earlier o
     )
 
 from . import timescale as timescale
-from .central import RMSProp as RMSProp
-from .central import central_flow as central_flow
-from .discrete import Steps as Steps
-from .discrete import gd as gd
-from .discrete import label_noise_sgd as label_noise_sgd
-from .discrete import sgd as sgd
-from .discrete import svag as svag
-from .gradient import gradient_flow as gradient_flow
-from .integrate import Saves as Saves
-from .integrate import Solve as Solve
-from .manifold import (
-    label_noise_objective as label_noise_objective,
-)
-from .manifold import (
-    limit_map as limit_map,
-)
-from .manifold import (
-    retract as retract,
-)
-from .manifold import (
-    riemannian_flow as riemannian_flow,
-)
-from .manifold import (
-    riemannian_grad as riemannian_grad,
-)
-from .manifold import (
-    tangent_projection as tangent_projection,
-)
-from .manifold import (
-    trace_grad as trace_grad,
-)
-from .manifold import (
-    trace_grad_hutchinson as trace_grad_hutchinson,
-)
-from .noise import StepNoise as StepNoise
-from .sde import label_noise_sde as label_noise_sde
-from .sde import sgd_sde as sgd_sde
-from .trajectory import DIVERGED as DIVERGED
-from .trajectory import INNER_SOLVER_FAILED as INNER_SOLVER_FAILED
-from .trajectory import MAX_STEPS as MAX_STEPS
-from .trajectory import SOLVER_FAILED as SOLVER_FAILED
-from .trajectory import SUCCESSFUL as SUCCESSFUL
-from .trajectory import UNBOUNDED as UNBOUNDED
-from .trajectory import Result as Result
-from .trajectory import Trajectory as Trajectory
+from ._brownian import BrownianGrid as BrownianGrid
+from ._brownian import step_keys as step_keys
+from ._central import PAST_EDGE as PAST_EDGE
+from ._central import RMSProp as RMSProp
+from ._central import central_flow as central_flow
+from ._central import sdcp as sdcp
+from ._discrete import Steps as Steps
+from ._discrete import gd as gd
+from ._discrete import label_noise_sgd as label_noise_sgd
+from ._discrete import sgd as sgd
+from ._discrete import svag as svag
+from ._geometry import Mode as Mode
+from ._gradient import gradient_flow as gradient_flow
+from ._integrate import Saves as Saves
+from ._integrate import Solve as Solve
+from ._manifold import Objective as Objective
+from ._manifold import label_noise_objective as label_noise_objective
+from ._manifold import limit_map as limit_map
+from ._manifold import retract as retract
+from ._manifold import riemannian_flow as riemannian_flow
+from ._manifold import riemannian_grad as riemannian_grad
+from ._manifold import tangent_projection as tangent_projection
+from ._manifold import trace_grad as trace_grad
+from ._manifold import trace_grad_hutchinson as trace_grad_hutchinson
+from ._noise import StepNoise as StepNoise
+from ._sde import label_noise_sde as label_noise_sde
+from ._sde import sgd_sde as sgd_sde
+from ._trajectory import DIVERGED as DIVERGED
+from ._trajectory import INNER_SOLVER_FAILED as INNER_SOLVER_FAILED
+from ._trajectory import MAX_STEPS as MAX_STEPS
+from ._trajectory import SOLVER_FAILED as SOLVER_FAILED
+from ._trajectory import SUCCESSFUL as SUCCESSFUL
+from ._trajectory import UNBOUNDED as UNBOUNDED
+from ._trajectory import Metric as Metric
+from ._trajectory import Result as Result
+from ._trajectory import Trajectory as Trajectory

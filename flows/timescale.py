@@ -41,7 +41,11 @@ WHOLE_RTOL = 1e-6
 
 
 def flow_time(step, eta):
-    """t = eta * k: NumPy for NumPy or Python arguments; otherwise a JAX array in eta's dtype (an integer
+    """t = eta * k.
+
+    **Arguments:** the step index (or indices) `step`, the step size `eta`.
+
+    **Returns:** t: NumPy for NumPy or Python arguments; otherwise a JAX array in eta's dtype (an integer
     step array is cast to it, not promoted)."""
     if not any(isinstance(x, jax.Array) for x in (step, eta)):
         return eta * step
@@ -50,9 +54,14 @@ def flow_time(step, eta):
 
 
 def steps_for_time(t, eta, *, name: str = "t"):
-    """The number of steps k >= 1 with eta * k = t (to `WHOLE_RTOL` relative). Concrete t and eta give a
-    Python int, and a `ValueError` naming `name` when t is not a whole number of steps; traced ones (a flow
-    under `jax.jit` or `jax.vmap`) give an int32 array guarded by `eqx.error_if`."""
+    """The number of steps k >= 1 with eta * k = t (to `WHOLE_RTOL` relative).
+
+    **Arguments:** the time `t`, the step `eta`, the argument's `name` for the error.
+
+    **Returns:** k: a Python int for concrete t and eta; an int32 array for traced ones (a flow under
+    `jax.jit` or `jax.vmap`), guarded by `eqx.error_if`.
+
+    **Raises:** `ValueError` naming `name` when a concrete t is not a whole number of steps."""
     count = t / eta
     if checks.is_concrete(count):
         c = float(count)
@@ -68,9 +77,13 @@ def steps_for_time(t, eta, *, name: str = "t"):
 
 def grid_index(ts, h, last, *, name: str = "ts"):
     """The step indices j = ts / h of save times on the grid of step h: each a whole number (to `WHOLE_RTOL`
-    relative) in [0, last] (last = t1 / h), non-decreasing. Concrete arguments give an int32 array, and a
-    `ValueError` naming `name` for times off the grid or out of range; traced ones give one guarded by
-    `eqx.error_if`."""
+    relative) in [0, last] (last = t1 / h), non-decreasing.
+
+    **Arguments:** the times `ts`, the step `h`, the last step `last`, the argument's `name` for the error.
+
+    **Returns:** an int32 array of indices (guarded by `eqx.error_if` when traced).
+
+    **Raises:** `ValueError` naming `name` for concrete times off the grid or out of range."""
     if checks.is_concrete((ts, h, last)):
         count, last = np.asarray(ts, np.float64) / float(h), float(last)
         j = np.round(count)
@@ -91,8 +104,11 @@ def grid_index(ts, h, last, *, name: str = "ts"):
 
 
 def is_whole(count, k, xp=np):
-    """The one whole-number rule of the library: count is the whole number k, to `WHOLE_RTOL` relative
-    (xp: numpy on the host, jax.numpy traced)."""
+    """The one whole-number rule of the library: count is the whole number k, to `WHOLE_RTOL` relative.
+
+    **Arguments:** `count`, `k`, and `xp` (numpy on the host, jax.numpy traced).
+
+    **Returns:** a boolean (array) in `xp`."""
     return xp.abs(count - k) <= WHOLE_RTOL * xp.maximum(1.0, xp.abs(count))
 
 
@@ -103,13 +119,21 @@ def _beyond(j, last, xp=np):
 
 def slow_time(step, eta, sigma, batch_size, noise_batch_size=None):
     """tau = eta^2 sigma^2 k / B, or eta^2 sigma^2 B_eps k / B^2 with a label-noise batch of B_eps apart from
-    the gradient batch."""
+    the gradient batch.
+
+    **Arguments:** `step` (k), `eta`, `sigma`, `batch_size` (B), `noise_batch_size` (B_eps, or None).
+
+    **Returns:** tau, in the type of the arguments."""
     return eta**2 * sigma**2 * step / _effective_batch(batch_size, noise_batch_size)
 
 
 def steps_for_slow_time(tau, eta, sigma, batch_size, noise_batch_size=None) -> int:
     """The number of steps k with `slow_time(k, ...)` = tau, rounded up to a whole step (a count within
-    `WHOLE_RTOL` relative of a whole number is that number)."""
+    `WHOLE_RTOL` relative of a whole number is that number).
+
+    **Arguments:** `tau`, and `eta`, `sigma`, `batch_size`, `noise_batch_size` as for `slow_time`.
+
+    **Returns:** k, a Python int."""
     count = float(tau * _effective_batch(batch_size, noise_batch_size) / (eta**2 * sigma**2))
     k = round(count)
     return k if is_whole(count, k) else int(np.ceil(count))
@@ -117,8 +141,11 @@ def steps_for_slow_time(tau, eta, sigma, batch_size, noise_batch_size=None) -> i
 
 def even_index(steps, num_saves: int):
     """`num_saves` step indices spread evenly over 0..steps, each rounded to the nearest step: the default
-    save grid of the fixed-step flows (the SDEs, the central flow). `steps` may be traced; the count is
-    static."""
+    save grid of the fixed-step flows (the SDEs, the central flow).
+
+    **Arguments:** `steps` (may be traced), `num_saves` (static).
+
+    **Returns:** an int32 array of `num_saves` indices."""
     grid = jnp.linspace(0.0, 1.0, num_saves)
     return jnp.round(grid * jnp.asarray(steps).astype(grid.dtype)).astype(jnp.int32)
 

@@ -9,7 +9,11 @@ __all__ = ["cubic", "ACTIVATIONS", "resolve"]
 
 
 def cubic(z):
-    """z + z^3 / 3 (sigma''' = 2 > 0, Gatmiry et al. 2024)."""
+    """z + z^3 / 3 (sigma''' = 2 > 0, Gatmiry et al. 2024).
+
+    **Arguments:** `z`, an array.
+
+    **Returns:** z + z^3 / 3, elementwise."""
     return z + z**3 / 3
 
 
@@ -25,7 +29,13 @@ ACTIVATIONS: dict[str, Callable] = {
 
 
 def resolve(activation: str | Callable) -> Callable:
-    """The activation named `activation` (a key of `ACTIVATIONS`), or `activation` itself if callable."""
+    """The activation named `activation`, or `activation` itself if callable.
+
+    **Arguments:** `activation`, a key of `ACTIVATIONS` or a callable.
+
+    **Returns:** the elementwise function.
+
+    **Raises:** `ValueError` listing the names for an unknown one."""
     if callable(activation):
         return activation
     try:

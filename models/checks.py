@@ -25,22 +25,47 @@ __all__ = [
 
 
 def is_concrete(x) -> bool:
-    """True unless a leaf of `x` is a JAX tracer (a value known only inside a jit or vmap)."""
+    """Whether `x` is known now: no leaf of it is a JAX tracer (a value known only inside a jit or vmap).
+
+    **Arguments:** `x`, any pytree.
+
+    **Returns:** a Python bool."""
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
 
 
 def positive(name: str, value):
-    """`value > 0`, returned as a JAX array (so sweeps over it do not recompile)."""
+    """`value > 0`, returned as a JAX array (so sweeps over it do not recompile).
+
+    **Arguments:** the argument's `name` (for the error) and its `value`, a scalar.
+
+    **Returns:** `value` as a JAX array (under `eqx.error_if` when traced).
+
+    **Raises:** `ValueError` naming it when a concrete value is missing, not a scalar, not finite or not
+    > 0."""
     return _check(name, value, lambda v: v > 0, "must be > 0")
 
 
 def non_negative(name: str, value):
-    """`value >= 0`, returned as a JAX array."""
+    """`value >= 0`, returned as a JAX array.
+
+    **Arguments:** the argument's `name` (for the error) and its `value`, a scalar.
+
+    **Returns:** `value` as a JAX array (under `eqx.error_if` when traced).
+
+    **Raises:** `ValueError` naming it when a concrete value is missing, not a scalar, not finite or not
+    >= 0."""
     return _check(name, value, lambda v: v >= 0, "must be >= 0")
 
 
 def unit_interval(name: str, value):
-    """`0 < value < 1` (a decay rate), returned as a JAX array."""
+    """`0 < value < 1` (a decay rate), returned as a JAX array.
+
+    **Arguments:** the argument's `name` (for the error) and its `value`, a scalar.
+
+    **Returns:** `value` as a JAX array (under `eqx.error_if` when traced).
+
+    **Raises:** `ValueError` naming it when a concrete value is missing, not a scalar, not finite or not
+    in (0, 1)."""
     return _check(name, value, lambda v: (v > 0) & (v < 1), "must be in (0, 1)")
 
 
@@ -59,13 +84,25 @@ def _check(name, value, ok, what):
 
 
 def forward_span(t0, t1) -> None:
-    """t1 > t0 when both are concrete: a flow runs forward in time (backwards, gradient flow would ascend)."""
+    """t1 > t0 when both are concrete: a flow runs forward in time (backwards, gradient flow would ascend).
+
+    **Arguments:** `t0`, `t1`.
+
+    **Returns:** None.
+
+    **Raises:** `ValueError` when concrete t1 <= t0."""
     if is_concrete((t0, t1)) and not float(t1) > float(t0):
         raise ValueError(f"t1 = {float(t1):.6g} must be greater than t0 = {float(t0):.6g}: flows run forward")
 
 
 def positive_int(name: str, value) -> int:
-    """`value` as a Python int if it is an integer > 0 (not a bool); else ValueError naming `name`."""
+    """A count that fixes a shape or a loop's length: an integer > 0 (not a bool), known now.
+
+    **Arguments:** the argument's `name` and its `value`.
+
+    **Returns:** `value` as a Python int.
+
+    **Raises:** `ValueError` naming it for a traced value, a bool, a non-integer or one <= 0."""
     _require_concrete(name, value)
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -73,8 +110,13 @@ def positive_int(name: str, value) -> int:
 
 
 def step_index(name: str, value):
-    """An integer >= 0 that may be traced (a step index handed to a jitted run), checked when concrete and
-    returned as a JAX array."""
+    """An integer >= 0 that may be traced (a step index handed to a jitted run), checked when concrete.
+
+    **Arguments:** the argument's `name` and its `value`.
+
+    **Returns:** `value` as a JAX array.
+
+    **Raises:** `ValueError` naming it for a concrete value that is not an integer >= 0."""
     if is_concrete(value) and (
         np.ndim(value) or not np.issubdtype(np.asarray(value).dtype, np.integer) or value < 0
     ):
@@ -83,7 +125,13 @@ def step_index(name: str, value):
 
 
 def batch_size(value, n: int) -> int:
-    """A minibatch size in 1..n; `None` means the full batch n."""
+    """A minibatch size in 1..n; `None` means the full batch n.
+
+    **Arguments:** the batch size `value`, the number of examples `n`.
+
+    **Returns:** B, a Python int.
+
+    **Raises:** `ValueError` naming `batch_size` for a traced value or one outside 1..n."""
     if value is None:
         return n
     _require_concrete("batch_size", value)
@@ -103,7 +151,13 @@ def _require_concrete(name: str, value):
 
 
 def finite_tree(name: str, tree):
-    """Every array leaf of `tree` finite; returns `tree` (wrapped in `eqx.error_if` when traced)."""
+    """Every array leaf of `tree` is finite.
+
+    **Arguments:** the argument's `name` and its `tree`.
+
+    **Returns:** `tree` (wrapped in `eqx.error_if` when traced).
+
+    **Raises:** `ValueError` naming it when a concrete leaf holds NaN or inf."""
     leaves = [leaf for leaf in jax.tree.leaves(tree) if eqx.is_array(leaf)]
     if is_concrete(leaves):
         for leaf in leaves:
@@ -115,7 +169,13 @@ def finite_tree(name: str, tree):
 
 
 def same_structure(name: str, tree, reference, reference_name: str):
-    """`tree` has the structure, shapes and dtypes of `reference`."""
+    """`tree` has the structure, shapes and dtypes of `reference`.
+
+    **Arguments:** `name` and `tree`, `reference` and `reference_name`.
+
+    **Returns:** None.
+
+    **Raises:** `ValueError` naming both for a different structure, shape or dtype."""
     a, b = jax.tree.structure(tree), jax.tree.structure(reference)
     if a != b:
         raise ValueError(f"{name} has pytree structure {a}, expected that of {reference_name}: {b}")

@@ -28,7 +28,11 @@ __all__ = ["conv", "CNN", "ResNet"]
 def conv(layer: eqx.nn.Conv2d, x: Float[Array, "c h w"]) -> Float[Array, "o h2 w2"]:
     """`layer(x)` (its stride and padding; no dilation or groups) as W (o, c kh kw) @ patches
     (c kh kw, h2 w2), the patches gathered by kh kw strided slices of the padded image (im2col, in the
-    weight's (c, kh, kw) order). Memory kh kw times the input's; cost that of the convolution."""
+    weight's (c, kh, kw) order). Memory kh kw times the input's; cost that of the convolution.
+
+    **Arguments:** an `equinox.nn.Conv2d` `layer` and one image `x` (c, h, w).
+
+    **Returns:** the layer's output (o, h2, w2), bias included."""
     w = layer.weight
     o, c, kh, kw = w.shape
     sh, sw = layer.stride

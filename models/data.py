@@ -37,17 +37,31 @@ __all__ = [
 
 
 def gaussian(key: PRNGKeyArray, n: int, d: int, *, scale: float = 1.0) -> Float[Array, "n d"]:
-    """x_i ~ N(0, scale^2 I_d)."""
+    """x_i ~ N(0, scale^2 I_d).
+
+    **Arguments:** `key`, the number of points `n`, the dimension `d`, `scale`.
+
+    **Returns:** X (n, d)."""
     return scale * jax.random.normal(key, (n, d))
 
 
 def uniform(key: PRNGKeyArray, n: int, d: int, *, low: float = 0.0, high: float = 1.0) -> Float[Array, "n d"]:
-    """x_ij ~ U[low, high] i.i.d. (Gatmiry et al. 2024, Figure 1, use U[0, 1])."""
+    """x_ij ~ U[low, high] i.i.d. (Gatmiry et al. 2024, Figure 1, use U[0, 1]).
+
+    **Arguments:** `key`, `n`, `d`, the interval `low`, `high`.
+
+    **Returns:** X (n, d)."""
     return jax.random.uniform(key, (n, d), minval=low, maxval=high)
 
 
 def orthogonal(key: PRNGKeyArray, n: int, d: int) -> Float[Array, "n d"]:
-    """n <= d orthonormal rows (a random n-frame of R^d): X X^T = I_n."""
+    """n <= d orthonormal rows (a random n-frame of R^d): X X^T = I_n.
+
+    **Arguments:** `key`, `n`, `d`.
+
+    **Returns:** X (n, d).
+
+    **Raises:** `ValueError` when n > d."""
     if n > d:
         raise ValueError(f"orthogonal inputs need n <= d, got n = {n}, d = {d}")
     q, r = jnp.linalg.qr(jax.random.normal(key, (d, n)))
@@ -55,19 +69,31 @@ def orthogonal(key: PRNGKeyArray, n: int, d: int) -> Float[Array, "n d"]:
 
 
 def sphere(key: PRNGKeyArray, n: int, d: int) -> Float[Array, "n d"]:
-    """x_i uniform on the unit sphere S^{d-1}."""
+    """x_i uniform on the unit sphere S^{d-1}.
+
+    **Arguments:** `key`, `n`, `d`.
+
+    **Returns:** X (n, d), unit rows."""
     x = jax.random.normal(key, (n, d))
     return x / jnp.linalg.norm(x, axis=1, keepdims=True)
 
 
 def linear_teacher(key: PRNGKeyArray, X: Float[Array, "n d"], *, norm: float = 1.0):
-    """y = beta* . x with beta* uniform on the sphere of radius `norm`. Returns (y, beta*)."""
+    """y = beta* . x with beta* uniform on the sphere of radius `norm`.
+
+    **Arguments:** `key`, the inputs `X` (n, d), `norm`.
+
+    **Returns:** (y (n,), beta* (d,))."""
     beta = sphere(key, 1, X.shape[1])[0] * norm
     return X @ beta, beta
 
 
 def two_layer_teacher(key: PRNGKeyArray, X: Float[Array, "n d"], *, width: int, activation="relu"):
-    """y = sum_j a_j sigma(w_j . x) with unit w_j and a_j = +-1/width. Returns (y, teacher model)."""
+    """y = sum_j a_j sigma(w_j . x) with unit w_j and a_j = +-1/width.
+
+    **Arguments:** `key`, the inputs `X` (n, d), the teacher's `width` and `activation`.
+
+    **Returns:** (y (n,), the teacher, a `TwoLayerNet`)."""
     kw, ka = jax.random.split(key)
     teacher = TwoLayerNet(X.shape[1], width, key=ka, activation=activation, outer="signs")
     teacher = eqx.tree_at(lambda m: m.W, teacher, sphere(kw, width, X.shape[1]))
@@ -75,14 +101,26 @@ def two_layer_teacher(key: PRNGKeyArray, X: Float[Array, "n d"], *, width: int, 
 
 
 def label_noise(key: PRNGKeyArray, y: Float[Array, " n *k"], sigma: float) -> Float[Array, " n *k"]:
-    """y + sigma * N(0, 1), fixed once (noisy targets, not the per-step noise of label-noise SGD)."""
+    """y + sigma * N(0, 1), fixed once (noisy targets, not the per-step noise of label-noise SGD).
+
+    **Arguments:** `key`, the targets `y`, `sigma >= 0`.
+
+    **Returns:** the noisy targets, shaped like `y`.
+
+    **Raises:** `ValueError` naming `sigma` when it is negative."""
     sigma = checks.non_negative("sigma", sigma)
     return y + sigma * jax.random.normal(key, y.shape, y.dtype)
 
 
 def flip_labels(key: PRNGKeyArray, y: Array, fraction: float, *, num_classes: int | None = None) -> Array:
     """y with `round(fraction * n)` of its n labels flipped, the examples drawn by `key` (a fixed draw):
-    +-1 targets negated, or, with `num_classes`, class indices moved to the next class (y + 1) mod k."""
+    +-1 targets negated, or, with `num_classes`, class indices moved to the next class (y + 1) mod k.
+
+    **Arguments:** `key`, the labels `y` (+-1, or class indices with `num_classes`), `fraction` in [0, 1].
+
+    **Returns:** the flipped labels, shaped like `y`.
+
+    **Raises:** `ValueError` for a `fraction` outside [0, 1]."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     flip = jax.random.permutation(key, y.shape[0])[: round(fraction * y.shape[0])]
@@ -92,7 +130,13 @@ def flip_labels(key: PRNGKeyArray, y: Array, fraction: float, *, num_classes: in
 
 
 def train_test_split(key: PRNGKeyArray, X, y, *, n_train: int):
-    """A random split: ((X_train, y_train), (X_test, y_test)) with n_train training rows."""
+    """A random split of the rows of X and y.
+
+    **Arguments:** `key`, `X`, `y`, the number of training rows `n_train` in 1..n-1.
+
+    **Returns:** ((X_train, y_train), (X_test, y_test)).
+
+    **Raises:** `ValueError` for `n_train` outside 1..n-1."""
     n = X.shape[0]
     if not 1 <= n_train < n:
         raise ValueError(f"n_train must be in 1..n-1 = 1..{n - 1}, got {n_train}")
@@ -111,11 +155,13 @@ def digits(
 ):
     """scikit-learn's bundled 8x8 digits (1,797 images, shipped inside the package).
 
-    Returns (X, y): X (n, 64), or (n, 1, 8, 8) images with `images`. With `labels`, y is the integer class
-    index (n,) in 0..k-1 (for cross-entropy); with `one_hot`, y is (n, 10) (or (n, len(classes))) in {0, 1};
-    with two `classes` and neither, y is +-1 (a binary regression target); otherwise y is the class index
-    as a float. `standardize` centres every pixel and scales by the global standard deviation (computed in
-    float32). X (and a float y) in the default float dtype, float64 when `jax_enable_x64` is set.
+    **Arguments:** `classes` (the digits kept, or None: all ten), `one_hot`, `standardize` (centre every
+    pixel and scale by the global standard deviation, computed in float32), `images`, `labels`.
+
+    **Returns:** (X, y): X (n, 64), or (n, 1, 8, 8) images with `images`. With `labels`, y is the integer
+    class index (n,) in 0..k-1 (for cross-entropy); with `one_hot`, y is (n, 10) (or (n, len(classes))) in
+    {0, 1}; with two `classes` and neither, y is +-1 (a binary regression target); otherwise y is the class
+    index as a float. X (and a float y) in the default float dtype, float64 when `jax_enable_x64` is set.
     """
     from sklearn.datasets import load_digits
 
@@ -144,9 +190,15 @@ def digits(
 def mnist1d(n: int = 4000, *, seed: int = 42, labels: bool = True):
     """MNIST-1D (Greydanus 2020): n one-dimensional "digits" of length 40 in 10 classes, generated offline
     by the `mnist1d` package from its ten templates (the published recipe and defaults: random padding,
-    scale, translation, shear, correlated and iid noise; `seed` fixes them). Returns (X (n, 1, 40): one
-    channel, as a 1-D convolution or `reshape` takes it; y): integer labels (n,) in 0..9 with `labels`,
-    else one-hot (n, 10) for square loss. X in the default float dtype, standardised as generated."""
+    scale, translation, shear, correlated and iid noise).
+
+    **Arguments:** the number of examples `n`, the generator's `seed`, `labels`.
+
+    **Returns:** (X (n, 1, 40): one channel, as a 1-D convolution or `reshape` takes it; y): integer labels
+    (n,) in 0..9 with `labels`, else one-hot (n, 10) for square loss. X in the default float dtype,
+    standardised as generated.
+
+    **Raises:** `ValueError` for `n` not a positive integer."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     n = checks.positive_int("n", n)
@@ -177,10 +229,15 @@ def cifar10(
     b"labels") in `folder`, or in the folder the environment variable SHARPFLOW_CIFAR10 names. Nothing is
     downloaded: a missing folder or file is a `ValueError` naming the path and the files expected.
 
-    The subsets the papers use: the examples of the first `classes` classes (in file order), the first `n` of
-    them. Returns (X (n, 3, 32, 32), y): integer labels (n,) in 0..classes-1 with `labels`, else one-hot
-    (n, classes) for square loss; X scaled to [0, 1] and, with `standardize`, centred and scaled per channel
-    by the subset's own mean and standard deviation; in the default float dtype."""
+    **Arguments:** `folder`; the subsets the papers use: the examples of the first `classes` classes (in
+    file order), the first `n` of them; `train` (the five training batches, or the test batch); `labels`;
+    `standardize` (centre and scale per channel by the subset's own mean and standard deviation).
+
+    **Returns:** (X (n, 3, 32, 32), y): integer labels (n,) in 0..classes-1 with `labels`, else one-hot
+    (n, classes) for square loss; X scaled to [0, 1] (then standardised); in the default float dtype.
+
+    **Raises:** `ValueError` naming the folder and the files expected when they are missing, and for
+    `classes` outside 1..10 or an `n` above the subset's size."""
     folder = folder if folder is not None else os.environ.get(CIFAR10_ENV)
     if folder is None:
         raise ValueError(

@@ -278,7 +278,11 @@ class Problem(eqx.Module):
 def chunked(examples: PyTree, chunk: int, dtype) -> tuple[PyTree, Array]:
     """`examples` (arrays with a leading example axis of b) reshaped to (count, chunk, ...), the last chunk
     padded with copies of the last example, and weights (count, chunk) of `dtype`: 1, and 0 on the padding.
-    The one way physical batches are cut (the problem's loss, the geometry's streamed terms)."""
+    The one way physical batches are cut (the problem's loss, the geometry's streamed terms).
+
+    **Arguments:** `examples` (a pytree of arrays with a leading axis of b), `chunk`, the weights' `dtype`.
+
+    **Returns:** (the chunked examples, the weights)."""
     b = jax.tree.leaves(examples)[0].shape[0]
     count = -(-b // chunk)
     pad = count * chunk - b
@@ -293,8 +297,14 @@ def chunked(examples: PyTree, chunk: int, dtype) -> tuple[PyTree, Array]:
 
 def check_start(problem: Problem, params0: PyTree) -> PyTree:
     """The argument checks every flow opens with: `problem` is a `Problem` and `params0` has the structure,
-    shapes and dtypes of `problem.params` and is finite. Returns `params0` (under `eqx.error_if` when
-    traced)."""
+    shapes and dtypes of `problem.params` and is finite.
+
+    **Arguments:** `problem`, `params0`.
+
+    **Returns:** `params0` (under `eqx.error_if` when traced).
+
+    **Raises:** `TypeError` for a problem that is not a `Problem`; `ValueError` naming `params0` for another
+    structure, shape or dtype, or non-finite values."""
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a models.Problem, got {type(problem).__name__}")
     checks.same_structure("params0", params0, problem.params, "problem.params")

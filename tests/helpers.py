@@ -1,11 +1,27 @@
 """The tests' documented helpers, imported as `tests.helpers`: small shared problems, a pytree comparison
-and a float32 cast. (The float64 switch and the key fixture are in conftest.py.)"""
+and a float32 cast, and the flows' private modules whose internals are tested on their own (the Brownian
+draws, the manifold's linear algebra, the noise factors): tests import public names and these, never a
+private module themselves. (The float64 switch and the key fixture are in conftest.py.)"""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from flows import _brownian as brownian
+from flows import _geometry as geometry
+from flows import _noise as noise
 from models import Linear, Problem, TwoLayerNet, data
+
+__all__ = [
+    "brownian",
+    "geometry",
+    "noise",
+    "tree_allclose",
+    "linear_regression",
+    "two_layer",
+    "float32",
+    "largest_intermediate",
+]
 
 
 def tree_allclose(x, y, *, rtol=1e-10, atol=1e-12) -> bool:

@@ -6,7 +6,7 @@ import importlib
 import jax
 import pytest
 
-MODULES = ["flows.discrete", "flows.gradient", "flows.sde", "flows.manifold"]
+MODULES = ["flows._discrete", "flows._gradient", "flows._sde", "flows._manifold"]
 
 
 @pytest.mark.parametrize("name", MODULES)

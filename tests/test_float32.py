@@ -1,7 +1,7 @@
 """float32, the dtype a user gets (`jax_enable_x64` off), against float64 on the same problem and key.
 
 The problem is built once in float64 and cast; the float32 run is made with x64 switched off, as a user
-makes it. The flows draw their noise in float32 whatever the dtype (`flows.brownian`), so the float64 run
+makes it. The flows draw their noise in float32 whatever the dtype (`flows/_brownian.py`), so the float64 run
 is a path-by-path reference and every tolerance is a multiple of float32's eps = 1.19e-7:
 - `PATH` = 100 eps for parameters along GD, SGD, label-noise SGD, gradient flow, both SDEs, Phi, the slow
   flow and the central flow: these runs contract towards a minimum or the manifold, so rounding does not

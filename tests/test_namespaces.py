@@ -10,7 +10,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(
-    f"{pkg}.{path.stem}" for pkg in ("models", "flows", "analysis") for path in (ROOT / pkg).glob("[!_]*.py")
+    f"{pkg}.{path.stem}"
+    for pkg in ("models", "flows", "analysis")
+    for path in (ROOT / pkg).glob("*.py")
+    if path.name != "__init__.py"
 )
 
 
@@ -57,3 +60,45 @@ def test_a_users_module_that_shadows_a_package_is_named(tmp_path, shadow, import
     )
     assert out.returncode != 0
     assert f"'{shadow}' is {tmp_path / shadow}.py, which shadows sharpflow's {shadow} package" in out.stderr
+
+
+def test_flows_implements_in_private_modules_and_re_exports_what_users_call():
+    """flows/ is diffrax's layout: every module but `timescale` is private (`_name.py`), and the package's
+    public names are re-exports of those modules' `__all__` (no module of the implementation leaks out as
+    `flows.geometry`, ...)."""
+    import flows
+
+    modules = [path.stem for path in (ROOT / "flows").glob("*.py") if path.name != "__init__.py"]
+    assert sorted(m for m in modules if not m.startswith("_")) == ["timescale"]
+    exported = {name for m in modules for name in importlib.import_module(f"flows.{m}").__all__}
+    public = {name: value for name, value in vars(flows).items() if not name.startswith("_")}
+    submodules = {name for name, value in public.items() if inspect.ismodule(value)}
+    assert {name for name in submodules if public[name].__name__.startswith("flows.")} == {"timescale"}
+    assert set(public) - submodules <= exported, set(public) - submodules - exported
+    for name in ("gd", "label_noise_sde", "riemannian_flow", "central_flow", "Saves", "Solve", "Trajectory"):
+        assert name in public
+
+
+def _sections_missing(fn) -> list[str]:
+    """The docstring sections `fn` lacks: **Arguments:** when it takes any, **Returns:** always, **Raises:**
+    when its own source raises or checks its arguments (`raise`, `models.checks`, `eqx.error_if`)."""
+    doc = fn.__doc__ or ""
+    source = inspect.getsource(fn)
+    body = source.split('"""', 2)[-1] if '"""' in source else source
+    takes = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+    need = ["**Returns:**"] + (["**Arguments:**"] if takes else [])
+    if any(word in body for word in ("raise ", "checks.", "error_if(")):
+        need.append("**Raises:**")
+    return [section for section in need if section not in doc]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_public_function_documents_its_arguments_returns_and_raises(name):
+    module = importlib.import_module(name)
+    missing = {}
+    for public in module.__all__:
+        fn = inspect.unwrap(getattr(module, public))  # a compiled function (`eqx.filter_jit`) as written
+        if inspect.isfunction(fn) and fn.__module__ == name:
+            if gaps := _sections_missing(fn):
+                missing[public] = gaps
+    assert not missing, missing

@@ -28,9 +28,8 @@ import lineax as lx
 from bench_common import median_time, median_times, table
 
 from analysis import ensembles
-from flows import label_noise_sde, label_noise_sgd
-from flows.brownian import BrownianGrid
-from flows.noise import diffusion, noise_parts
+from flows import BrownianGrid, label_noise_sde, label_noise_sgd
+from flows._noise import diffusion, noise_parts  # the noise factor itself, timed against the flow
 from models import Problem, TwoLayerNet, data
 
 ETA, SIGMA, STEPS, PATHS, ENSEMBLE = 0.01, 0.5, 1000, 256, 10_000

@@ -10,7 +10,7 @@ against the Riemannian flow of tr H / 4, in the slow time tau = eta^2 sigma^2 k 
 - (d) the weak error sup_tau |E tr H(Phi(theta_k)) - tr H(flow)| against eta, with slope 1.
 
 The paper preset is sized for a GPU: all ten digits with a one-hot vector output (N = 10 n constraints),
-n = 1,024, an MLP 64-128-128-10 (p = 26,122): the flow runs matrix-free (`flows.geometry`). The test accuracy
+n = 1,024, an MLP 64-128-128-10 (p = 26,122): the flow runs matrix-free. The test accuracy
 is a metric that carries its own data (`analysis.metrics.Accuracy`, an Equinox module), so nothing
 recompiles and no global holds the test set. The accuracy panel counts in steps of one test image in m
 (the summary gives the counts): at the quick size a change of 0.01 is three images.

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import features, riemannian
-from flows import limit_map, riemannian_flow
-from flows.manifold import label_noise_objective
+from flows import label_noise_objective, limit_map, riemannian_flow
 from models import Problem, TwoLayerNet
 from tests.helpers import two_layer
 

@@ -78,9 +78,9 @@ def test_every_argument_form_under_jit_gives_the_eager_result(name):
 def test_a_jit_closing_over_a_problem_does_not_constant_fold_its_data(name):
     """The data and parameters a `jax.jit` closes over enter the compiled program once, as given: XLA folded
     the forward pass over the whole data set into new constants while compiling (28 s for an SGD ensemble
-    of an MLP on n = 1,024), which `flows.trajectory.compiled` at each flow's entry prevents. Read from the
-    compiled program: its array constants hold no more numbers than the problem's own arrays and a solver's
-    coefficients (Tsit5's tableau, 68)."""
+    of an MLP on n = 1,024), which `compiled` (flows/_trajectory.py) at each flow's entry prevents. Read
+    from the compiled program: its array constants hold no more numbers than the problem's own arrays and a
+    solver's coefficients (Tsit5's tableau, 68)."""
     import re
 
     import equinox as eqx

@@ -13,8 +13,7 @@ import scipy.optimize
 
 import flows
 from analysis import compare, statistics
-from flows import central_flow, gd, gradient_flow
-from flows.central import sdcp
+from flows import central_flow, gd, gradient_flow, sdcp
 from models import CNN, Problem, data
 from tests.helpers import float32, linear_regression, two_layer
 

@@ -8,7 +8,7 @@ import pytest
 
 import flows
 from flows import gd, gradient_flow, label_noise_sgd, sgd
-from tests.helpers import linear_regression, tree_allclose, two_layer
+from tests.helpers import brownian, linear_regression, tree_allclose, two_layer
 
 
 def test_gd_on_linear_regression_matches_the_closed_form():
@@ -68,7 +68,7 @@ def test_a_batch_drawn_without_replacement_is_distinct_examples_and_the_full_bat
     draws (the sampling code itself, B < n); B = n is GD whatever `replace` says (docs/conventions.md)."""
     P = two_layer(n=8)
     key, eta = jax.random.key(0), 0.1
-    idx = np.asarray(flows.brownian.batch_indices(flows.brownian.step_keys(key, 0)[0], 8, 5, replace=False))
+    idx = np.asarray(brownian.batch_indices(flows.step_keys(key, 0)[0], 8, 5, replace=False))
     assert len(set(idx.tolist())) == 5
     step = sgd(P, P.params, steps=1, eta=eta, batch_size=5, replace=False, key=key)
     g = (P.ravel(P.params)[0] - P.ravel(step.final)[0]) / eta
@@ -160,7 +160,7 @@ def test_bad_input_names_the_argument(key):
 
 
 def test_divergence_raises_naming_the_step_or_returns_its_result_code():
-    """One failure convention (flows.trajectory): `throw=True` raises EquinoxRuntimeError naming the step;
+    """One failure convention (flows/_trajectory.py): `throw=True` raises EquinoxRuntimeError naming the step;
     `throw=False` returns the run with `result = DIVERGED`, per seed under vmap."""
     P = linear_regression()
     with pytest.raises(eqx.EquinoxRuntimeError, match=r"gd diverged: the loss became non-finite at step \d+"):

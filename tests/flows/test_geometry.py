@@ -1,5 +1,5 @@
-"""The manifold's linear algebra in both modes (`flows.geometry`) against dense computations, the flows they
-drive against each other, at a size where a p x p array cannot exist, and in float32."""
+"""The manifold's linear algebra in both modes (flows/_geometry.py) against dense computations, the flows
+they drive against each other, at a size where a p x p array cannot exist, and in float32."""
 
 import equinox as eqx
 import jax
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from flows import limit_map, riemannian_flow, tangent_projection, trace_grad
-from flows.geometry import Point, mode_for
 from models import Problem, TwoLayerNet, data
-from tests.helpers import float32, largest_intermediate
+from tests.helpers import float32, geometry, largest_intermediate
+
+Point, mode_for = geometry.Point, geometry.mode_for
 
 
 def net(n=6, d=4, width=8, activation="tanh", outputs=False, seed=0):
@@ -140,7 +141,6 @@ def test_a_failed_conjugate_gradient_solve_is_reported_not_called_a_divergence(m
     """CG held to a tolerance it cannot reach: the point records it, the flow's result is
     INNER_SOLVER_FAILED (not DIVERGED, not SUCCESSFUL) and, thrown, the error names it."""
     import flows
-    from flows import geometry
 
     P = net(n=11, d=4, width=8)
     start = limit_map(P, P.params)

@@ -11,11 +11,11 @@ import pytest
 import scipy.linalg
 
 import flows
-from flows import brownian, label_noise_sde, label_noise_sgd, sgd, sgd_sde, trace_grad
-from flows.brownian import BrownianGrid, step_keys
-from flows.noise import diffusion, ito_correction, noise_parts
+from flows import BrownianGrid, label_noise_sde, label_noise_sgd, sgd, sgd_sde, step_keys, trace_grad
 from models import Problem
-from tests.helpers import linear_regression, tree_allclose, two_layer
+from tests.helpers import brownian, linear_regression, noise, tree_allclose, two_layer
+
+diffusion, ito_correction, noise_parts = noise.diffusion, noise.ito_correction, noise.noise_parts
 
 
 def dense_factor(P, params, **hyper):

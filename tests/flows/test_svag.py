@@ -11,9 +11,8 @@ import scipy.linalg
 import flows
 from analysis import compare
 from flows import label_noise_sgd, sgd, svag, timescale
-from flows.noise import diffusion
 from models import Problem, QuadraticParam, data
-from tests.helpers import linear_regression, tree_allclose, two_layer
+from tests.helpers import linear_regression, noise, tree_allclose, two_layer
 
 
 @pytest.mark.parametrize("sigma", [None, 0.5])
@@ -103,7 +102,7 @@ def test_label_noise_on_one_example_apart_has_the_stated_covariance_and_sde_fact
     se = np.sqrt(np.var(np.asarray(dev)[:, :, None] * np.asarray(dev)[:, None, :], axis=0) / N)
     assert np.all(np.abs(C - expect) < 5 * se)
     factor = flows.StepNoise(batch_size=P.n, sigma=sigma, noise_batch_size=1).factor_args  # its own factor
-    cols = jax.vmap(lambda e: P.ravel(diffusion(P, P.params, e, eta=eta, **factor))[0])(jnp.eye(P.n))
+    cols = jax.vmap(lambda e: P.ravel(noise.diffusion(P, P.params, e, eta=eta, **factor))[0])(jnp.eye(P.n))
     np.testing.assert_allclose(cols.T @ cols * eta, expect, rtol=1e-10)  # factor covariance times one step
     with pytest.raises(ValueError, match="noise_batch_size = 1 places label noise, but sigma is None"):
         flows.StepNoise(batch_size=P.n, noise_batch_size=1)

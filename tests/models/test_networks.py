@@ -210,13 +210,13 @@ def test_gd_and_sgd_take_any_optax_optimizer():
 def test_the_minibatch_sde_on_cross_entropy_has_the_sgd_covariance():
     """With cross-entropy the batch factor takes q_i = softmax(f_i) - e_{y_i}: its covariance is that of
     the per-example gradients (1/B)[(1/n) sum g_i g_i^T - gbar gbar^T], and the SDE runs on a CNN."""
-    from flows.noise import diffusion
+    from tests.helpers import noise
 
     X, y = images(n=6)
     P = Problem(CNN((1, 8, 8), (2,), outputs=3, key=jax.random.key(6)), X, y, loss="cross_entropy")
     g = np.asarray(P.per_example_grads(P.params))
     cov = (g.T @ g / P.n - np.outer(g.mean(0), g.mean(0))) / 2
-    cols = jax.vmap(lambda e: P.ravel(diffusion(P, P.params, e, eta=1.0, sigma=None, batch_size=2))[0])(
+    cols = jax.vmap(lambda e: P.ravel(noise.diffusion(P, P.params, e, eta=1.0, sigma=None, batch_size=2))[0])(
         jnp.eye(P.n)
     )
     np.testing.assert_allclose(cols.T @ cols, cov, rtol=1e-10, atol=1e-14)

@@ -74,7 +74,11 @@ class StepNoise(eqx.Module):
 
 def noise_parts(problem: Problem, sigma, batch_size: int) -> dict[str, tuple[int, ...]]:
     """The blocks of the Brownian motion, in order: `"label"` (shaped like y) when `sigma` is given,
-    `"batch"` (n,) when `batch_size < n`. The SDE's Brownian motion is their concatenation, flattened."""
+    `"batch"` (n,) when `batch_size < n`. The SDE's Brownian motion is their concatenation, flattened.
+
+    **Arguments:** the `problem`, the label-noise scale `sigma` (None: no label block) and `batch_size`.
+
+    **Returns:** a dict block name -> shape, in order."""
     parts = {}
     if sigma is not None:
         parts["label"] = problem.y.shape
@@ -95,7 +99,14 @@ def diffusion(
 ) -> PyTree:
     """sqrt(eta) [F_label w_label + F_batch w_batch] at `params` for w = (w_label, w_batch) flattened (see
     `noise_parts`), as one VJP of the outputs; the module docstring gives F. The covariance of one SGD
-    step's gradient noise is F F^T."""
+    step's gradient noise is F F^T. Memory O(N + p), cost one forward pass and one VJP.
+
+    **Arguments:** `problem`, `params`, the noise `w` (m entries, `noise_dim`), and `eta`, `sigma`,
+    `batch_size`, `replace` as in `StepNoise.factor_args`.
+
+    **Returns:** a pytree shaped like `params`.
+
+    **Raises:** `ValueError` when `w` does not have m entries."""
     outputs, vjp = jax.vjp(problem.outputs, params)
     q = problem.output_grads(outputs)
     (step,) = vjp(
@@ -106,8 +117,14 @@ def diffusion(
 
 def noise_cotangent(problem: Problem, r, w, *, eta, sigma, batch_size: int, replace: bool = True):
     """sqrt(eta) [sigma w_label + c_B r * (w_batch - mean w_batch)] / sqrt(B n), shaped like the outputs: the
-    cotangent whose VJP through the outputs is `diffusion`. `r` is q = `Problem.output_grads` (the
-    residuals for square loss)."""
+    cotangent whose VJP through the outputs is `diffusion`.
+
+    **Arguments:** `problem`; `r`, q = `Problem.output_grads` (the residuals for square loss); the noise `w`
+    (m entries); `eta`, `sigma`, `batch_size`, `replace` as in `StepNoise.factor_args`.
+
+    **Returns:** an array shaped like the outputs (like `r`).
+
+    **Raises:** `ValueError` when `w` does not have m entries."""
     n = problem.n
     w = _split(w, noise_parts(problem, sigma, batch_size))
     cotangent = jnp.zeros_like(r)
@@ -121,7 +138,11 @@ def noise_cotangent(problem: Problem, r, w, *, eta, sigma, batch_size: int, repl
 
 
 def noise_dim(parts: dict[str, tuple[int, ...]]) -> int:
-    """m, the dimension of the Brownian motion with these blocks."""
+    """m, the dimension of the Brownian motion with these blocks.
+
+    **Arguments:** `parts`, as `noise_parts` returns them.
+
+    **Returns:** m, a Python int."""
     return sum(math.prod(shape) for shape in parts.values())
 
 
@@ -143,6 +164,12 @@ def ito_correction(
     solver with drift (Ito drift - this) solves the Ito SDE. One JVP of a VJP per noise column (vmapped).
 
     The label columns alone give (eta sigma^2 / (4B)) grad tr G, tr G = (1/n) sum_i ||grad f_i||^2.
+    Memory m p (the m columns' JVPs at once), cost m JVPs of a VJP.
+
+    **Arguments:** `problem`, `params`, and `eta`, `sigma`, `batch_size`, `replace` as in
+    `StepNoise.factor_args`.
+
+    **Returns:** a pytree shaped like `params`.
     """
     hyper = dict(eta=eta, sigma=sigma, batch_size=batch_size, replace=replace)
     m = noise_dim(noise_parts(problem, sigma, batch_size))

@@ -21,30 +21,48 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 from jaxtyping import Array, PRNGKeyArray
 
-from .noise import noise_dim
+from ._noise import noise_dim
 
 __all__ = ["normal", "rademacher", "batch_indices", "step_keys", "BrownianGrid"]
 
 
 def normal(key: PRNGKeyArray, shape, dtype) -> Array:
-    """N(0, 1) draws, made in float32 and cast to `dtype` (the same bits in every dtype)."""
+    """N(0, 1) draws, made in float32 and cast to `dtype` (the same bits in every dtype).
+
+    **Arguments:** `key`, the draws' `shape` and `dtype`.
+
+    **Returns:** an array of `shape` in `dtype`."""
     return jax.random.normal(key, shape, jnp.float32).astype(dtype)
 
 
 def rademacher(key: PRNGKeyArray, shape, dtype) -> Array:
-    """Uniform draws on {-1, +1} from the top bit of 32 random bits, cast to `dtype`."""
+    """Uniform draws on {-1, +1} from the top bit of 32 random bits, cast to `dtype`.
+
+    **Arguments:** `key`, the draws' `shape` and `dtype`.
+
+    **Returns:** an array of `shape` in `dtype`, each entry -1 or +1."""
     return (1 - 2 * (jax.random.bits(key, shape, jnp.uint32) >> 31).astype(jnp.int32)).astype(dtype)
 
 
 def batch_indices(key: PRNGKeyArray, n: int, batch_size: int, replace: bool = True) -> Array:
-    """A minibatch of `batch_size` example indices in 0..n-1 (int32), with or without replacement."""
+    """A minibatch of example indices drawn uniformly from 0..n-1.
+
+    **Arguments:** `key`, the number of examples `n`, `batch_size` (at most n without replacement),
+    `replace` (with replacement, the default, or without).
+
+    **Returns:** an int32 array of `batch_size` indices."""
     if replace:
         return jax.random.randint(key, (batch_size,), 0, n, dtype=jnp.int32)
     return jax.random.choice(key, jnp.arange(n, dtype=jnp.int32), (batch_size,), replace=False)
 
 
 def step_keys(key: PRNGKeyArray, k) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
-    """Step k's keys (batch, label noise, bridge) = `split(fold_in(key, k), 3)`."""
+    """Step k's keys (batch, label noise, bridge) = `split(fold_in(key, k), 3)`: where every flow's step k
+    draws its randomness (docs/conventions.md, Keys).
+
+    **Arguments:** the run's `key` and the step index `k` (may be traced).
+
+    **Returns:** the three keys (batch, label noise, bridge)."""
     return tuple(jax.random.split(jax.random.fold_in(key, k), 3))
 
 

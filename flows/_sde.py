@@ -2,12 +2,12 @@
 
     d theta = -grad L(theta) dt + sqrt(eta) [F_label(theta) dW_label + F_batch(theta) dW_batch]     (Ito)
 
-with independent Brownian motions and the noise factors of `flows.noise` (F F^T is the covariance of one
+with independent Brownian motions and the noise factors of `flows/_noise.py` (F F^T is the covariance of one
 step's gradient noise). Label-noise GD (B = n) has only the label term; plain SGD only the batch term;
 label-noise SGD on minibatches both.
 
 **The default: Euler on the step grid, four substeps a step.** Fixed steps h = eta / `substeps` on the
-`BrownianGrid` path (`flows.brownian`): the increment over step k of size eta is sqrt(eta) z_k with z_k drawn
+`flows.BrownianGrid` path: the increment over step k of size eta is sqrt(eta) z_k with z_k drawn
 exactly as label-noise SGD draws its step-k label noise, so an SDE path and a label-noise GD run with the
 same key are coupled; `substeps = 2^L` refines each step by Brownian bridges, and every refinement sees the
 same path. The default `substeps=4` solves the SDE (on a two-layer net at eta = 0.1, t = 1: its distance to
@@ -39,7 +39,7 @@ per evaluation; they save at `ts` by interpolation. The diffrax path needs eta a
 (they fix its static step budget). Solves run forward (`diffrax.ForwardMode`): differentiate through a path
 with `jax.jvp` / `jax.jacfwd`.
 
-Fixed-step saves lie on the step grid (`flows.integrate.Saves`): `ts` (or multiples of `save_every`) off it
+Fixed-step saves lie on the step grid (`flows.Saves`): `ts` (or multiples of `save_every`) off it
 is refused; the default saves `num_saves` = 101 grid points spread evenly over [0, t1].
 """
 
@@ -58,10 +58,10 @@ from models import Problem, checks
 from models.problem import check_start
 
 from . import timescale
-from .brownian import BrownianGrid
-from .integrate import Saves, Solve
-from .noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
-from .trajectory import (
+from ._brownian import BrownianGrid
+from ._integrate import Saves, Solve
+from ._noise import StepNoise, diffusion, ito_correction, noise_cotangent, noise_dim, noise_parts
+from ._trajectory import (
     Metric,
     Trajectory,
     compiled,
@@ -116,18 +116,23 @@ def label_noise_sde(
     - `key`: the Brownian path's key; with the same key, label-noise GD draws the same increments.
     - `substeps`: fixed steps of eta / substeps (a power of two) on the `BrownianGrid` path; default 4.
       `substeps=1` is label-noise SGD itself, not a solve of the SDE (module docstring).
-    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.integrate.Saves`): on the step grid; the
+    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.Saves`): on the step grid; the
       default `num_saves` points are each rounded to the nearest step. `metrics` as for `gradient_flow`.
-    - `solver`, `rtol`, `atol`, `max_steps`, `progress` (`flows.integrate.Solve`): default `diffrax.Euler()`
+    - `solver`, `rtol`, `atol`, `max_steps`, `progress` (`flows.Solve`): default `diffrax.Euler()`
       (see the module docstring for the others). With `rtol` (`atol` default rtol) steps are adaptive (PID
       controller, from eta / substeps) on a `diffrax.VirtualBrownianTree`, saved at the times themselves by
       interpolation; the solver must have an error estimate (e.g. `diffrax.Heun()`). `max_steps` bounds
       adaptive solves (default 100 times the fixed step count); `progress` shows diffrax's tqdm meter on the
       diffrax path.
 
-    **Returns:** a `Trajectory` in gradient-flow time t. A path whose loss becomes non-finite, or an adaptive
-    solve that fails, has its `result` code set and, with `throw=True`, raises `equinox.EquinoxRuntimeError`
-    naming the time (`flows.trajectory`).
+    - `throw`: raise on a failed path, or return the Trajectory with its `result` code.
+
+    **Returns:** a `Trajectory` in gradient-flow time t, recording eta and its `StepNoise`.
+
+    **Raises:** `ValueError` naming a bad argument (a `t1` or save time off the step grid, `substeps` not a
+    power of two, a solver that cannot solve this SDE, a problem without residuals); with `throw=True`,
+    `equinox.EquinoxRuntimeError` naming the time when a path's loss becomes non-finite or an adaptive solve
+    fails (the `result` code says which).
 
     **Example:** with the same key, the SDE's path is coupled to label-noise GD's: at `substeps=1` they are
     the same iterates, and the default `substeps=4` solves the SDE on the same Brownian path.
@@ -189,7 +194,14 @@ def sgd_sde(
     throw: bool = True,
 ) -> Trajectory:
     """The SDE of minibatch SGD (`flows.sgd` with the same eta, batch_size < n, replace): the batch term
-    only. Arguments as `label_noise_sde`."""
+    only.
+
+    **Arguments:** `batch_size` in 1..n - 1 (B = n is GD, which has no noise); the others as for
+    `label_noise_sde`.
+
+    **Returns:** a `Trajectory` in gradient-flow time t, recording eta and its `StepNoise`.
+
+    **Raises:** as `label_noise_sde`, and `ValueError` for `batch_size = n`."""
     batch_size = checks.batch_size(batch_size, problem.n)
     if batch_size == problem.n:
         raise ValueError(
@@ -422,7 +434,7 @@ def _diffrax_solve(
         max_steps=max_steps,
         progress_meter=solve.meter(),
         adjoint=diffrax.ForwardMode(),
-        throw=False,  # the failure convention of flows.trajectory: a result code, raised by `finish`
+        throw=False,  # the failure convention of flows/_trajectory.py: a result code, raised by `finish`
     )
     params, stats = sol.ys
     return Trajectory(ts=sol.ts, params=params, stats=stats, clock="t", result=solver_result(sol.result))

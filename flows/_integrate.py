@@ -17,7 +17,7 @@ from jaxtyping import Array
 from models import checks
 
 from . import timescale
-from .trajectory import solver_result
+from ._trajectory import solver_result
 
 __all__ = ["Saves", "Solve", "progress_meter", "solve_ode"]
 
@@ -156,15 +156,24 @@ def _concrete_positive(name, value) -> float:
 
 def progress_meter(progress: bool, refresh_steps: int = 1) -> diffrax.AbstractProgressMeter:
     """diffrax's tqdm meter when `progress` (refreshed every `refresh_steps` steps), else none: the one
-    progress bar of every flow, continuous and discrete."""
+    progress bar of every flow, continuous and discrete.
+
+    **Arguments:** `progress`, `refresh_steps`.
+
+    **Returns:** a `diffrax.TqdmProgressMeter` or `diffrax.NoProgressMeter`."""
     return diffrax.TqdmProgressMeter(refresh_steps=refresh_steps) if progress else diffrax.NoProgressMeter()
 
 
 def solve_ode(field, y0, t0, t1, ts, save, solve: Solve):
     """The one diffrax call of the deterministic flows: d y / dt = field(t, y, None) on [t0, t1] by `solve`
-    (adaptive PID steps), `save(t, y, None)` recorded at `ts`. Returns (ts, saved, result code): a failed
-    solve does not raise here (`flows.trajectory.finish` does). The times take the dtype of y0 (diffrax would
-    promote a float32 state to float64 times)."""
+    (adaptive PID steps), `save(t, y, None)` recorded at `ts`. The times take the dtype of y0 (diffrax
+    would promote a float32 state to float64 times).
+
+    **Arguments:** the vector `field`, the start `y0`, the span `t0`, `t1`, the save times `ts`, the `save`
+    function, the `Solve`.
+
+    **Returns:** (ts, saved, result code). A failed solve does not raise here (`finish` in
+    flows/_trajectory.py does)."""
     dtype = jnp.result_type(*jax.tree.leaves(y0))
     t0, t1, ts = (jnp.asarray(x, dtype) for x in (t0, t1, ts))
     sol = diffrax.diffeqsolve(

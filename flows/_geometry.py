@@ -62,7 +62,11 @@ def one_at_a_time(fn: Callable) -> Callable:
     """`fn` (one array in, a tuple of arrays out) whose batched form under `jax.vmap` runs the batch one
     matrix at a time (`lax.map`). jaxlib's batched LAPACK kernels split a batch over the thread pool they
     run on and wait for it: a vmapped QR or SVD inside a vmapped while loop (160 Gauss-Newton retractions)
-    deadlocked XLA's CPU runtime, every thread idle."""
+    deadlocked XLA's CPU runtime, every thread idle.
+
+    **Arguments:** `fn`, one array in, a tuple of arrays out.
+
+    **Returns:** `fn` with that batching rule (the same values)."""
 
     @custom_vmap
     def single(a):
@@ -81,7 +85,13 @@ _qr_r = one_at_a_time(lambda a: (jnp.linalg.qr(a, mode="r"),))  # R alone (no Q 
 
 def mode_for(problem, mode: Mode = "auto", dtype=None) -> Literal["dense", "matrix_free"]:
     """`mode` as given, or for `"auto"`: `"dense"` while J (N x p entries of `dtype`) takes at most
-    `DENSE_BUDGET` bytes, else `"matrix_free"`."""
+    `DENSE_BUDGET` bytes, else `"matrix_free"`: the one place the dense budget is read.
+
+    **Arguments:** the `problem`, `mode` (`"auto"`, `"dense"` or `"matrix_free"`), `dtype` (default X's).
+
+    **Returns:** `"dense"` or `"matrix_free"`.
+
+    **Raises:** `ValueError` naming `mode` for any other value."""
     if mode not in ("auto", "dense", "matrix_free"):
         raise ValueError(f"mode must be 'auto', 'dense' or 'matrix_free', got {mode!r}")
     if mode != "auto":
@@ -94,7 +104,11 @@ def rcond(N: int, dtype, mode: Literal["dense", "matrix_free"]) -> float:
     """The rank rule: J's squared singular values far below `rcond` max_a ||grad f_a||^2 count as zero.
     Dense (QR, singular values resolved to ~ eps sigma_max): (100 sqrt(N) eps)^2, two decades above the
     rounding of an exactly lost direction. Matrix-free (products with K, its eigenvalues resolved to
-    ~ N eps lambda_max): 10 N eps."""
+    ~ N eps lambda_max): 10 N eps.
+
+    **Arguments:** N, the number of constraints; the `dtype`; the `mode`.
+
+    **Returns:** rcond, a Python float."""
     eps = float(jnp.finfo(dtype).eps)
     if mode == "dense":
         return (100 * max(N, 1) ** 0.5 * eps) ** 2

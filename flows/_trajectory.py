@@ -55,18 +55,30 @@ Metric = Callable[..., Array]  # metric(problem, params) -> scalar
 
 
 def loss(problem, params) -> Array:
-    """The full-batch loss L(params), the metric every flow records."""
+    """The full-batch loss L(params), the metric every flow records.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** L, a scalar."""
     return problem.loss(params)
 
 
 def default_metrics(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
     """The metrics to record: the full-batch loss always, plus any given ones. (Module-level functions, not
-    closures: jitted flows key their compilation cache on them, so a fresh closure would recompile.)"""
+    closures: jitted flows key their compilation cache on them, so a fresh closure would recompile.)
+
+    **Arguments:** `metrics`, name -> `fn(problem, params)`, or None.
+
+    **Returns:** a dict with `"loss"` first."""
     return {"loss": loss, **(metrics or {})}
 
 
 def evaluate(problem, params, metrics: Mapping[str, Metric]) -> dict[str, Array]:
-    """name -> fn(problem, params) for every metric."""
+    """Every metric at `params`.
+
+    **Arguments:** `problem`, `params`, `metrics` (name -> `fn(problem, params)`).
+
+    **Returns:** a dict name -> `fn(problem, params)`."""
     return {name: fn(problem, params) for name, fn in metrics.items()}
 
 
@@ -144,13 +156,21 @@ class Trajectory(eqx.Module):
 
 
 def solver_result(result) -> Int[Array, ""]:
-    """A diffrax solve's `result` as a flow's code."""
+    """A diffrax solve's `result` as a flow's code.
+
+    **Arguments:** `result`, a `diffrax.RESULTS` value.
+
+    **Returns:** an int32 `Result` code: `SUCCESSFUL`, `MAX_STEPS` or `SOLVER_FAILED`."""
     code = jnp.where(result == diffrax.RESULTS.max_steps_reached, MAX_STEPS, SOLVER_FAILED)
     return jnp.where(result == diffrax.RESULTS.successful, SUCCESSFUL, code).astype(jnp.int32)
 
 
 def diverged_where(result, loss) -> Int[Array, ""]:
-    """`result`, or `DIVERGED` where it is `SUCCESSFUL` but a saved loss is not finite."""
+    """`result`, or `DIVERGED` where it is `SUCCESSFUL` but a saved loss is not finite.
+
+    **Arguments:** a `Result` code `result` and the saved losses `loss`.
+
+    **Returns:** an int32 code."""
     return jnp.where((result == SUCCESSFUL) & ~jnp.all(jnp.isfinite(loss)), DIVERGED, result).astype(
         jnp.int32
     )
@@ -159,7 +179,13 @@ def diverged_where(result, loss) -> Int[Array, ""]:
 def finish(name: str, traj: Trajectory, throw: bool, where: Callable[[], str] = lambda: "") -> Trajectory:
     """The end of every flow: `traj` as it is with `throw=False`; else raises `equinox.EquinoxRuntimeError`
     "{name} {message}{where()}" on failure (`where`, called only then, says when), or, traced, guards `traj`
-    with `eqx.branched_error_if`."""
+    with `eqx.branched_error_if`.
+
+    **Arguments:** the flow's `name`, its `traj`, `throw`, and `where` (a callable giving the step or time).
+
+    **Returns:** `traj`.
+
+    **Raises:** `equinox.EquinoxRuntimeError` with `throw=True` when `traj.result` is not `SUCCESSFUL`."""
     if not throw:
         return traj
     if checks.is_concrete(traj.result):
@@ -176,7 +202,11 @@ def compiled(fn: Callable) -> Callable:
     `lax.optimization_barrier` on entry: data and parameters that a caller's `jax.jit` closed over are
     constants of its trace, and XLA would otherwise constant-fold the forward pass over the whole data set
     while compiling (28 s seen for an SGD ensemble of an MLP on n = 1,024). Changes no value and costs
-    nothing at run time."""
+    nothing at run time.
+
+    **Arguments:** `fn`, the core to compile.
+
+    **Returns:** the compiled function, called as `fn`."""
 
     @functools.wraps(fn)
     def core(*args, **kwargs):

@@ -13,8 +13,8 @@ from jaxtyping import PyTree
 from models import Problem, checks
 from models.problem import check_start
 
-from .integrate import Saves, Solve, solve_ode
-from .trajectory import (
+from ._integrate import Saves, Solve, solve_ode
+from ._trajectory import (
     Metric,
     Trajectory,
     compiled,
@@ -50,17 +50,17 @@ def gradient_flow(
     **Arguments:**
 
     - `problem`, `params0` (a pytree shaped like `problem.params`), `t1 > t0`.
-    - `ts`, `save_every`, `num_saves`, `save_params`: when to save (`flows.integrate.Saves`: at `ts`, else
+    - `ts`, `save_every`, `num_saves`, `save_params`: when to save (`flows.Saves`: at `ts`, else
       every `save_every` in time, else `num_saves` points in [t0, t1]) and whether to keep the parameters;
       `metrics` (name -> `fn(problem, params)`; the loss is always recorded) are evaluated at the saves.
-    - `solver`, `rtol`, `atol`, `max_steps`, `progress`: how it is solved (`flows.integrate.Solve`): default
+    - `solver`, `rtol`, `atol`, `max_steps`, `progress`: how it is solved (`flows.Solve`): default
       `diffrax.Tsit5()` with PID steps; `progress` shows diffrax's tqdm meter.
     - `throw`: raise on a failed solve, or return the Trajectory with its `result` code.
 
     **Returns:** a `Trajectory` in gradient-flow time t.
 
     **Raises:** `ValueError` naming a bad argument; with `throw=True`, `equinox.EquinoxRuntimeError` when the
-    solve fails (`max_steps` reached, a non-finite loss; `flows.trajectory`).
+    solve fails (`max_steps` reached, a non-finite loss; `flows/_trajectory.py`).
 
     **Example:** GD at a small step follows the flow to O(eta).
 

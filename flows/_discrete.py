@@ -17,12 +17,12 @@ All three are the step theta_{k+1} = theta_k - eta g_k (an `optax.sgd` update) w
                      mean (eta/l) grad L and covariance (eta^2/l) Sigma a step, so per unit of t = k eta / l
                      the drift and the diffusion of SGD's SDE; l = 1 is SGD.
 
-Step k draws its randomness from `flows.brownian.step_keys(key, k)`: the same key gives the same bits, and an
+Step k draws its randomness from `flows.step_keys(key, k)`: the same key gives the same bits, and an
 ensemble is `jax.vmap` over keys. Parameters are
 saved every `save_every` steps, at t = eta * k (`flows.timescale`), together with the metrics (the
-full-batch loss, and any given). The step's randomness is a validated `flows.noise.StepNoise` and the save
+full-batch loss, and any given). The step's randomness is a validated `flows.StepNoise` and the save
 specification a validated `Steps`. A run whose loss becomes non-finite has `result = DIVERGED` and, with
-`throw=True` (the default), raises `equinox.EquinoxRuntimeError` naming the step (`flows.trajectory`).
+`throw=True` (the default), raises `equinox.EquinoxRuntimeError` naming the step (`flows/_trajectory.py`).
 """
 
 from collections.abc import Mapping
@@ -38,11 +38,12 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from models import Problem, checks
 from models.problem import check_start
 
-from . import brownian, timescale
-from .brownian import step_keys
-from .integrate import progress_meter
-from .noise import StepNoise
-from .trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, compiled, default_metrics, evaluate, finish
+from . import _brownian as brownian
+from . import timescale
+from ._brownian import step_keys
+from ._integrate import progress_meter
+from ._noise import StepNoise
+from ._trajectory import DIVERGED, SUCCESSFUL, Metric, Trajectory, compiled, default_metrics, evaluate, finish
 
 __all__ = ["Steps", "gd", "sgd", "label_noise_sgd", "svag"]
 
@@ -89,9 +90,13 @@ def gd(
     `optax.adam(eta)`; default `optax.sgd(eta)`, the step above; the clock stays t = eta * k, and the SDEs
     remain the limits of plain SGD only; its state starts afresh at `first_step`), `progress` (a tqdm bar
     over the steps, as diffrax's `TqdmProgressMeter`; the numbers are the same bits), `throw` (raise on
-    divergence, or return the Trajectory with its `result` code; `flows.trajectory`).
+    divergence, or return the Trajectory with its `result` code; `flows/_trajectory.py`).
 
     **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
+
+    **Raises:** `ValueError` naming a bad argument (`eta` not > 0, `steps` not a multiple of `save_every`,
+    `params0` not shaped like `problem.params` or not finite, an `optimizer` that is not an optax one); with
+    `throw=True`, `equinox.EquinoxRuntimeError` naming the step where the loss became non-finite.
 
     **Example** (doctested, as the other main flows' examples):
 
@@ -129,7 +134,14 @@ def sgd(
 ) -> Trajectory:
     """Minibatch SGD: g_k = (1/B) sum_{i in batch_k} g_i, B = `batch_size` in 1..n, drawn with replacement
     (or without, `replace=False`) afresh every step from `key`, fed to `optimizer` (default `optax.sgd(eta)`).
-    Arguments otherwise as `gd`."""
+
+    **Arguments:** `batch_size` (B in 1..n), `key` (step k draws from `flows.step_keys(key, k)`),
+    `replace`; the others as for `gd`.
+
+    **Returns:** a `Trajectory` with `steps // save_every + 1` saved points, recording eta and its
+    `StepNoise`.
+
+    **Raises:** as `gd`, and `ValueError` for a `batch_size` outside 1..n or a missing key."""
     noise = StepNoise(batch_size=checks.batch_size(batch_size, problem.n), replace=replace)
     save = Steps(steps, save_every, first_step, save_params, progress)
     return _discrete("sgd", problem, params0, key, eta, noise, save, metrics, throw, optimizer=optimizer)
@@ -158,7 +170,15 @@ def label_noise_sgd(
     (`noise="gaussian"`) or uniform on {-sigma, +sigma} (`"rademacher"`); both have variance sigma^2.
     Full batch (label-noise GD) unless `batch_size` is given. `noise_batch_size` = B_eps puts the label
     noise on B_eps examples drawn apart from the gradient batch (the module docstring gives the step; its
-    slow time is tau = eta^2 sigma^2 B_eps k / B^2, `flows.timescale`). Arguments otherwise as `sgd`."""
+    slow time is tau = eta^2 sigma^2 B_eps k / B^2, `flows.timescale`).
+
+    **Arguments:** `sigma >= 0`, `noise` (`"gaussian"` or `"rademacher"`), `batch_size` (default n),
+    `noise_batch_size` (B_eps, or None: the noise on the gradient batch); the others as for `sgd`.
+
+    **Returns:** a `Trajectory`, recording eta and its `StepNoise` (`Trajectory.slow_time()` gives tau).
+
+    **Raises:** as `sgd`, and `ValueError` for a problem without residuals (cross-entropy has no labels to
+    perturb) or a bad `sigma`, `noise` or `noise_batch_size`."""
     step_noise = StepNoise(
         batch_size=checks.batch_size(batch_size, problem.n),
         sigma=checks.non_negative("sigma", sigma),  # required: without it this would be plain GD or SGD
@@ -194,8 +214,15 @@ def svag(
     t = k eta / l. Its steps have mean -(eta/l) grad L and covariance (eta^2/l) Sigma (Sigma the covariance of
     one minibatch gradient): as l grows it converges weakly to the SDE of SGD at step eta (`sgd_sde`,
     `label_noise_sde`) at rate 1/l; l = 1 is `sgd` (`label_noise_sgd`) bit for bit. Step k draws the first
-    batch as SGD does and the second from its bridge key (`flows.brownian.step_keys`). Costs two minibatch
-    gradients a step. Arguments otherwise as `sgd`."""
+    batch as SGD does and the second from its bridge key (`flows.step_keys`). Costs two minibatch
+    gradients a step.
+
+    **Arguments:** `l >= 1`, the SVAG factor; `sigma` (label noise on both batches, or None); the others
+    as for `sgd` (`eta` is the SGD step the limit is taken at).
+
+    **Returns:** a `Trajectory` in t = k eta / l.
+
+    **Raises:** as `sgd`, and `ValueError` for `l` not a positive integer."""
     l = checks.positive_int("l", l)  # noqa: E741
     noise = StepNoise(batch_size=checks.batch_size(batch_size, problem.n), sigma=sigma, replace=replace)
     save = Steps(steps, save_every, first_step, save_params, progress)

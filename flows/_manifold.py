@@ -6,7 +6,7 @@ With J = d r / d theta (N, p) and K = J J^T (N, N):
     theta <- theta - J^T K^+ r     Gauss-Newton (minimum-norm Newton) retraction
     Phi(theta)                     where gradient flow from theta converges (`limit_map`)
 
-The linear algebra is `flows.geometry`: J formed and factorised by QR once per point, or matrix-free
+The linear algebra is `flows/_geometry.py`: J formed and factorised by QR once per point, or matrix-free
 products and conjugate gradients for problems whose J does not fit in memory; neither forms a p x p array.
 
 Label-noise SGD with step eta, noise sigma and batch B, in the slow time tau = eta^2 sigma^2 k / B (or
@@ -39,10 +39,10 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from models import Problem, checks
 from models.problem import check_start
 
-from . import geometry
-from .geometry import Mode
-from .integrate import Saves, Solve, solve_ode
-from .trajectory import (
+from . import _geometry as geometry
+from ._geometry import Mode
+from ._integrate import Saves, Solve, solve_ode
+from ._trajectory import (
     INNER_SOLVER_FAILED,
     Metric,
     Trajectory,
@@ -69,7 +69,11 @@ Objective = Callable[[Problem, PyTree], Array]
 
 
 def label_noise_objective(problem: Problem, params: PyTree) -> Float[Array, ""]:
-    """F = tr G / 4 = (1/(4n)) sum_i ||grad f_i||^2, equal to tr H / 4 on the zero-loss manifold."""
+    """F = tr G / 4 = (1/(4n)) sum_i ||grad f_i||^2, equal to tr H / 4 on the zero-loss manifold.
+
+    **Arguments:** `problem`, `params`.
+
+    **Returns:** F, a scalar."""
     return problem.gauss_newton_trace(params) / 4
 
 
@@ -77,8 +81,16 @@ def trace_grad(
     problem: Problem, params: PyTree, *, mode: Mode = "auto", chunk: int = 256
 ) -> Float[Array, " p"]:
     """grad tr G = (2/n) sum_a grad^2 f_a grad f_a (flat), exact, reverse over reverse per example: memory
-    N p in the dense mode, `chunk` * p streamed (`flows.geometry`). On Gamma its tangent part equals that of
-    grad tr H."""
+    N p in the dense mode, `chunk` * p streamed (flows/_geometry.py). On Gamma its tangent part equals that
+    of grad tr H.
+
+    **Arguments:** `problem`, `params`, `mode` (`"auto"`, `"dense"`, `"matrix_free"`), `chunk` (examples a
+    pass in the matrix-free mode).
+
+    **Returns:** grad tr G, flat (p,).
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
+    > p; a bad `mode`."""
     flat, unravel = problem.ravel(params)
     mode = geometry.mode_for(problem, mode, flat.dtype)
     return geometry.Point(problem, flat, unravel, mode, trace_grad=True, chunk=chunk).trace_grad
@@ -88,7 +100,14 @@ def trace_grad_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 16
 ) -> Float[Array, " p"]:
     """An unbiased estimate of grad tr G from tr G = (1/n) E_z ||J^T z||^2, z Rademacher in R^N: each
-    sample costs one vector-Jacobian product and its gradient, not N of them (for large n or p)."""
+    sample costs one vector-Jacobian product and its gradient, not N of them (for large n or p). Memory
+    `num_samples` N + p.
+
+    **Arguments:** `problem`, `params`, the probes' `key`, `num_samples`.
+
+    **Returns:** the estimate of grad tr G, flat (p,).
+
+    **Raises:** `ValueError` for `num_samples` not a positive integer."""
     num_samples = checks.positive_int("num_samples", num_samples)
     flat, unravel = problem.ravel(params)
     z = jax.random.rademacher(key, (num_samples, problem.y.size), flat.dtype)
@@ -103,8 +122,15 @@ def trace_grad_hutchinson(
 def tangent_projection(
     problem: Problem, params: PyTree, v: Float[Array, " p"], *, mode: Mode = "auto"
 ) -> Float[Array, " p"]:
-    """P_T v = v - J^T K^+ J v (`flows.geometry`: dense memory N p, cost N^2 p; matrix-free memory O(N + p),
-    cost one JVP and one VJP per conjugate-gradient step)."""
+    """P_T v = v - J^T K^+ J v (flows/_geometry.py: dense memory N p, cost N^2 p; matrix-free memory
+    O(N + p), cost one JVP and one VJP per conjugate-gradient step).
+
+    **Arguments:** `problem`, `params` (the point), `v` (flat, p), `mode`.
+
+    **Returns:** P_T v, flat (p,).
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
+    > p; a bad `mode`."""
     flat, unravel = problem.ravel(params)
     return geometry.Point(problem, flat, unravel, geometry.mode_for(problem, mode, flat.dtype)).project(v)
 
@@ -112,8 +138,15 @@ def tangent_projection(
 def riemannian_grad(
     problem: Problem, params: PyTree, objective: Objective | None = None, *, mode: Mode = "auto"
 ) -> Float[Array, " p"]:
-    """P_T grad F (flat); F defaults to `label_noise_objective`, whose gradient comes out of the same
-    per-example pass as J."""
+    """P_T grad F; F defaults to `label_noise_objective`, whose gradient comes out of the same per-example
+    pass as J.
+
+    **Arguments:** `problem`, `params`, `objective` (`fn(problem, params)` -> scalar, or None), `mode`.
+
+    **Returns:** P_T grad F, flat (p,).
+
+    **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
+    > p; a bad `mode`."""
     flat, unravel = problem.ravel(params)
     return _riemannian_grad(problem, flat, unravel, objective, geometry.mode_for(problem, mode, flat.dtype))
 
@@ -135,10 +168,15 @@ def _point_and_grad(problem, flat, unravel, objective, mode):
 def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50, mode: Mode = "auto") -> PyTree:
     """The Gauss-Newton retraction: theta <- theta - J^T K^+ r(theta) until max_i |r_i| <= tol.
 
-    `tol` defaults to 1e3 eps (1 + max |y|). Raises `equinox.EquinoxRuntimeError` if it has not converged
-    after `max_iter` iterations (the point is too far from the manifold) or went non-finite, `ValueError`
-    where J J^T is singular. Each iteration is one solve with
-    K (`flows.geometry`)."""
+    Each iteration is one solve with K (flows/_geometry.py).
+
+    **Arguments:** `problem`, `params` (the start), `tol` (default 1e3 eps (1 + max |y|)), `max_iter`,
+    `mode`.
+
+    **Returns:** the retracted parameters, a pytree shaped like `params`.
+
+    **Raises:** `equinox.EquinoxRuntimeError` if it has not converged after `max_iter` iterations (the point
+    is too far from the manifold) or went non-finite; `ValueError` where J J^T is singular."""
     return _onto(problem, params, phi=False, res_tol=tol, max_iter=max_iter, mode=mode)[0]
 
 
@@ -155,10 +193,15 @@ def limit_map(
     of Gamma it is attached to (Phi differs from the orthogonal projection at second order). Cost: the
     gradient-flow steps (one gradient each) and a few solves with K; one compiled call.
 
-    Raises `equinox.EquinoxRuntimeError` naming `limit_map` when gradient flow has not settled within
+    **Arguments:** `problem`, `params` (the start), `tol` (above), `max_time` and `max_steps` (the gradient
+    flow's budget), `mode`.
+
+    **Returns:** Phi(params), a pytree shaped like `params`.
+
+    **Raises:** `equinox.EquinoxRuntimeError` naming `limit_map` when gradient flow has not settled within
     `max_time` and `max_steps` (the start is far from any zero-loss point, or gradient flow has no zero-loss
-    limit there), and `ValueError` saying so when the landing fails because J J^T is singular there (as
-    every flow fails, `flows.trajectory`; a degenerate point is bad input)."""
+    limit there), and `ValueError` saying so when the landing fails because J J^T is singular there (a
+    degenerate point is bad input)."""
     return _onto(problem, params, phi=True, flow_tol=tol, max_time=max_time, max_steps=max_steps, mode=mode)[
         0
     ]
@@ -330,24 +373,26 @@ def riemannian_flow(
       flow from it converges: the point label-noise SGD started at params0 is attached to. A start already on
       the manifold stays where it is. `start="retract"` takes the Gauss-Newton retraction instead (it
       differs from Phi at second order in the distance to the manifold).
-    - `mode`: the linear algebra (`flows.geometry`): `"dense"` (J formed and factorised by QR once per
+    - `mode`: the linear algebra (`flows/_geometry.py`): `"dense"` (J formed and factorised by QR once per
       evaluation: memory 3 N p, cost N gradient evaluations and 3 N^2 p), `"matrix_free"` (JVPs and VJPs,
       conjugate gradients: memory O(N + p) plus `chunk` examples' gradients), or `"auto"` (dense while J
       fits in 1 GiB).
-    - `solver`, `rtol`, `atol`, `max_steps`, `progress` (`flows.integrate.Solve`): default Tsit5 with PID
+    - `solver`, `rtol`, `atol`, `max_steps`, `progress` (`flows.Solve`): default Tsit5 with PID
       steps, `rtol` default 1e-8 in float64, 1e-5 in float32, `atol` default rtol / 100.
-    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.integrate.Saves`): saved at `ts`, else every
+    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.Saves`): saved at `ts`, else every
       `save_every`, else `num_saves` points in [t0, t1]; records `loss`, `objective` and `grad_norm`
       (||P_T grad F||) besides any given `metrics`.
 
-    Raises `ValueError` if J J^T is singular where params0 lands (the constraints are dependent, or N > p:
-    the manifold is not smooth there; checked in the dense mode, since the matrix-free one never forms J)
-    or if params0 is not finite, and `equinox.EquinoxRuntimeError` if it
-    cannot be mapped onto the manifold (`limit_map`). Approaching rank loss along the way (a sparse optimum)
-    is allowed. A solve that fails on the way (`max_steps`, a non-finite loss) has its `result` code set and,
-    with `throw=True`, raises `equinox.EquinoxRuntimeError` (`flows.trajectory`).
+    - `throw`: raise on a failed solve, or return the Trajectory with its `result` code.
 
     **Returns:** a `Trajectory` with `clock="tau"` for the default objective, `"t"` otherwise.
+
+    **Raises:** `ValueError` if J J^T is singular where params0 lands (the constraints are dependent, or
+    N > p: the manifold is not smooth there; checked in the dense mode, since the matrix-free one never
+    forms J), if params0 is not finite, or for another bad argument; `equinox.EquinoxRuntimeError` if it
+    cannot be mapped onto the manifold (`limit_map`). Approaching rank loss along the way (a sparse optimum)
+    is allowed. A solve that fails on the way (`max_steps`, a non-finite loss, an inner solve) has its
+    `result` code set and, with `throw=True`, raises `equinox.EquinoxRuntimeError`.
 
     **Example:** a two-layer net with a fixed outer layer on 4 examples (N = 4 constraints, p = 24): mapped
     onto the manifold by Phi, the flow lowers tr H / 4 while the loss stays at zero.

@@ -53,8 +53,8 @@ from models import Problem, checks
 from models.problem import check_start
 
 from . import timescale
-from .integrate import Saves, Solve
-from .trajectory import (
+from ._integrate import Saves, Solve
+from ._trajectory import (
     INNER_SOLVER_FAILED,
     SUCCESSFUL,
     UNBOUNDED,
@@ -84,7 +84,9 @@ def sdcp(
     `max_iter`. X = 0 when A >= 0. jit- and vmap-able; cost O(k^6) for the step size, O(k^4) an
     iteration.
 
-    **Returns:** `(X, result)`, `result` a `flows.trajectory` code: `SUCCESSFUL` when the iteration settled
+    **Arguments:** `A` (k, k), `B` (k, k, k, k), `rtol`, `max_iter`.
+
+    **Returns:** `(X, result)`, `result` a `flows.Result` code: `SUCCESSFUL` when the iteration settled
     and X meets the complementarity conditions (Y >= 0 and <X, Y> = 0, to sqrt(rtol) of the problem's
     scale); `UNBOUNDED` when the iterates leave every bound (no solution exists: a direction D >= 0 with
     B(D) = 0 and <A, D> < 0, e.g. B = 0 and A not PSD, as on least squares past the edge); else
@@ -183,14 +185,18 @@ def central_flow(
     """The central flow of GD with step `eta` from `params0`, in gradient-flow time t = eta k, to `t1`
     (of RMSProp with `rmsprop`: module docstring).
 
+    **Arguments:**
+
+    - `eta > 0`, the GD step; `t1`, a whole number of steps eta / substeps.
     - `num_eigs`: the top eigenpairs of H tracked (at least the number that reach 2 / eta; those below the
       edge get X = 0 by complementarity).
     - `substeps`: steps of size h = eta / substeps per GD step (the look-ahead of `sdcp` is one step).
-    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.integrate.Saves`): saved on the step grid, as
+    - `ts`, `save_every`, `num_saves`, `save_params` (`flows.Saves`): saved on the step grid, as
       the SDEs are (the default `num_saves` points spread evenly over [0, t1], each rounded to the nearest
       step).
     - `solver`: a diffrax solver for each step with Sigma frozen (default `diffrax.Heun()`, second order:
       before the edge the flow is gradient flow to O(h^2)).
+    - `rmsprop`: an `RMSProp`, or None (GD); `metrics`, `throw` as for `gradient_flow`.
 
     Records `loss`, `predicted_loss` = L + (1/2) <Sigma, H> (GD's time-averaged loss), `eigenvalues` (the
     top num_eigs of H, descending, shape (T, num_eigs)), `eigen_residual` (||H u_i - lambda_i u_i|| of
@@ -205,11 +211,15 @@ def central_flow(
     `problem.ravel`).
 
     eta may be traced (`jax.vmap` over step sizes); t1 and the save times must then lie on every eta's step
-    grid. The result (`flows.trajectory`): `DIVERGED` when the loss becomes non-finite; `UNBOUNDED` when
+    grid. The result (`flows/_trajectory.py`): `DIVERGED` when the loss becomes non-finite; `UNBOUNDED` when
     the complementarity problem has no solution, so no oscillation holds GD at the edge (e.g. least squares
-    past 2 / eta: GD diverges); `INNER_SOLVER_FAILED` when `sdcp` does not converge; with `throw=True`
-    each raises `equinox.EquinoxRuntimeError`.
+    past 2 / eta: GD diverges); `INNER_SOLVER_FAILED` when `sdcp` does not converge.
+
     **Returns:** a `Trajectory` with `clock="t"`.
+
+    **Raises:** `ValueError` naming a bad argument (`t1` or a save time off the step grid, `num_eigs` above
+    p, an `rmsprop` that is not an `RMSProp`); with `throw=True`, `equinox.EquinoxRuntimeError` for each
+    failed result above.
     """
     params0 = check_start(problem, params0)
     eta = checks.positive("eta", eta)
