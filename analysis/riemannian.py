@@ -24,6 +24,7 @@ from jaxtyping import Array, Float, PyTree
 
 from flows import Objective, label_noise_objective, riemannian_grad
 from flows import _geometry as geometry
+from flows import _numerics as numerics
 from models import Problem
 
 from .hessian import lanczos
@@ -55,7 +56,7 @@ def tangent_basis(problem: Problem, params: PyTree) -> Float[Array, "p q"]:
     **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold)."""
     J = problem.jacobian(params)
     _, s, Vt = jnp.linalg.svd(J, full_matrices=True)
-    rank = int(jnp.sum(s > s[0] * max(J.shape) * jnp.finfo(s.dtype).eps))
+    rank = numerics.numerical_rank(s, J.shape)
     return Vt[rank:].T
 
 
@@ -119,7 +120,7 @@ def min_eigenvalue(
     flat, _ = problem.ravel(params)
     iters = min(num_iter, flat.shape[0])
     key = jax.random.key(0)
-    M = _projected_lagrangian(problem, params, objective, geometry.mode_for(problem, "auto", flat.dtype))
+    M = _projected_lagrangian(problem, params, objective, numerics.mode_for(problem, "auto", flat.dtype))
     top = lanczos(lambda v: M(v, 0.0), flat.shape[0], 1, key=key, num_iter=iters, dtype=flat.dtype)[0]
     c = jnp.abs(top) + 1.0
     return -lanczos(lambda v: -M(v, c), flat.shape[0], 1, key=key, num_iter=iters, dtype=flat.dtype)[0]

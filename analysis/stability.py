@@ -57,6 +57,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from flows import _brownian as brownian
+from flows._numerics import GRAM_RCOND
 from models import Problem, checks
 
 __all__ = [
@@ -121,7 +122,7 @@ class _Linearised:
     K = U diag(lam) U^T with lam > 0 kept; a residual second moment R = U X U^T is held as X (q, q).
     """
 
-    def __init__(self, problem, params, batch_size, replace, rcond=1e-9):
+    def __init__(self, problem, params, batch_size, replace, rcond=GRAM_RCOND):
         K = np.asarray(gram(problem, params), np.float64)
         lam, U = np.linalg.eigh(K)
         keep = lam > rcond * max(lam.max(), 0.0)

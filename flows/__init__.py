@@ -25,7 +25,6 @@ from ._discrete import gd as gd
 from ._discrete import label_noise_sgd as label_noise_sgd
 from ._discrete import sgd as sgd
 from ._discrete import svag as svag
-from ._geometry import Mode as Mode
 from ._gradient import gradient_flow as gradient_flow
 from ._integrate import Saves as Saves
 from ._integrate import Solve as Solve
@@ -39,6 +38,7 @@ from ._manifold import tangent_projection as tangent_projection
 from ._manifold import trace_grad as trace_grad
 from ._manifold import trace_grad_hutchinson as trace_grad_hutchinson
 from ._noise import StepNoise as StepNoise
+from ._numerics import Mode as Mode
 from ._sde import label_noise_sde as label_noise_sde
 from ._sde import sgd_sde as sgd_sde
 from ._trajectory import DIVERGED as DIVERGED

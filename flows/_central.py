@@ -52,6 +52,7 @@ from jaxtyping import Array, Float, Int, PyTree
 from models import Problem, checks
 from models.problem import check_start
 
+from . import _numerics as numerics
 from . import timescale
 from ._integrate import Saves, Solve
 from ._trajectory import (
@@ -95,7 +96,7 @@ def sdcp(
     dtype = A.dtype
     if k == 0:
         return jnp.zeros((0, 0), dtype), jnp.asarray(SUCCESSFUL, jnp.int32)
-    rtol = jnp.sqrt(jnp.finfo(dtype).eps) / 100 if rtol is None else rtol
+    rtol = numerics.sdcp_rtol(dtype) if rtol is None else rtol
     i, j = jnp.triu_indices(k)
     c = jnp.where(i == j, 1.0, jnp.sqrt(2.0)).astype(dtype)  # vec(M) = c * M[i, j] is an isometry
 
@@ -329,7 +330,7 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
         params = unravel(w)
         stats = evaluate(problem, params, metrics)
         x_eigs = jnp.linalg.eigvalsh(e.X)
-        edge_count = jnp.sum(x_eigs > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(x_eigs[-1], 0))
+        edge_count = jnp.sum(x_eigs > numerics.edge_cutoff(dtype) * jnp.maximum(x_eigs[-1], 0))
         stats |= {
             "predicted_loss": stats["loss"] + 0.5 * jnp.sum(jnp.diag(e.X) * e.eigenvalues),
             "eigenvalues": e.eigenvalues,

@@ -14,8 +14,8 @@ a = (example, output) over the N = n k scalar outputs.
 Both modes solve with (K + mu I)^{-1} in place of K^+: K^+ to a relative mu / sigma^2 on the directions
 whose singular value sigma of J is well above sqrt(mu), and those far below it (near rank loss, e.g. two
 inputs 1e-9 apart, or the sparse optima of the quadratic parametrisation) dropped, so that neither mode
-returns NaN there. mu = `rcond(N, dtype, mode)` max_a ||grad f_a||^2 sits above the rounding error of the
-mode's own arithmetic (the rank rule), which differs between the modes:
+returns NaN there. mu = `rcond(N, dtype, mode)` max_a ||grad f_a||^2 (flows/_numerics.py) sits above the
+rounding error of the mode's own arithmetic (the rank rule), which differs between the modes:
 
 - `"dense"`: J formed once per point, row by row from per-example gradients (memory N p; cost N gradient
   evaluations; grad tr G comes out of the same pass, reverse over reverse per example); R of the Householder
@@ -51,11 +51,9 @@ from jaxtyping import Array, Float
 
 from models.problem import chunked
 
-__all__ = ["Mode", "DENSE_BUDGET", "CG_RTOL", "one_at_a_time", "mode_for", "rcond", "Point"]
+from ._numerics import CG_RTOL, rcond
 
-Mode = Literal["auto", "dense", "matrix_free"]
-DENSE_BUDGET = 2**30  # bytes: the dense mode is chosen while J (N, p) fits in this
-CG_RTOL = {"float64": 1e-10, "float32": 1e-5}  # the matrix-free solves' relative tolerance, by dtype
+__all__ = ["one_at_a_time", "Point"]
 
 
 def one_at_a_time(fn: Callable) -> Callable:
@@ -81,38 +79,6 @@ def one_at_a_time(fn: Callable) -> Callable:
 
 
 _qr_r = one_at_a_time(lambda a: (jnp.linalg.qr(a, mode="r"),))  # R alone (no Q formed)
-
-
-def mode_for(problem, mode: Mode = "auto", dtype=None) -> Literal["dense", "matrix_free"]:
-    """`mode` as given, or for `"auto"`: `"dense"` while J (N x p entries of `dtype`) takes at most
-    `DENSE_BUDGET` bytes, else `"matrix_free"`: the one place the dense budget is read.
-
-    **Arguments:** the `problem`, `mode` (`"auto"`, `"dense"` or `"matrix_free"`), `dtype` (default X's).
-
-    **Returns:** `"dense"` or `"matrix_free"`.
-
-    **Raises:** `ValueError` naming `mode` for any other value."""
-    if mode not in ("auto", "dense", "matrix_free"):
-        raise ValueError(f"mode must be 'auto', 'dense' or 'matrix_free', got {mode!r}")
-    if mode != "auto":
-        return mode
-    itemsize = jnp.dtype(dtype or problem.X.dtype).itemsize
-    return "dense" if problem.y.size * problem.num_params * itemsize <= DENSE_BUDGET else "matrix_free"
-
-
-def rcond(N: int, dtype, mode: Literal["dense", "matrix_free"]) -> float:
-    """The rank rule: J's squared singular values far below `rcond` max_a ||grad f_a||^2 count as zero.
-    Dense (QR, singular values resolved to ~ eps sigma_max): (100 sqrt(N) eps)^2, two decades above the
-    rounding of an exactly lost direction. Matrix-free (products with K, its eigenvalues resolved to
-    ~ N eps lambda_max): 10 N eps.
-
-    **Arguments:** N, the number of constraints; the `dtype`; the `mode`.
-
-    **Returns:** rcond, a Python float."""
-    eps = float(jnp.finfo(dtype).eps)
-    if mode == "dense":
-        return (100 * max(N, 1) ** 0.5 * eps) ** 2
-    return 10 * max(N, 1) * eps
 
 
 class Point:

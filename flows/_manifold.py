@@ -33,15 +33,15 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from models import Problem, checks
 from models.problem import check_start
 
 from . import _geometry as geometry
-from ._geometry import Mode
+from . import _numerics as numerics
 from ._integrate import Saves, Solve, solve_ode
+from ._numerics import Mode
 from ._trajectory import (
     INNER_SOLVER_FAILED,
     Metric,
@@ -92,7 +92,7 @@ def trace_grad(
     **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
     > p; a bad `mode`."""
     flat, unravel = problem.ravel(params)
-    mode = geometry.mode_for(problem, mode, flat.dtype)
+    mode = numerics.mode_for(problem, mode, flat.dtype)
     return geometry.Point(problem, flat, unravel, mode, trace_grad=True, chunk=chunk).trace_grad
 
 
@@ -132,7 +132,7 @@ def tangent_projection(
     **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
     > p; a bad `mode`."""
     flat, unravel = problem.ravel(params)
-    return geometry.Point(problem, flat, unravel, geometry.mode_for(problem, mode, flat.dtype)).project(v)
+    return geometry.Point(problem, flat, unravel, numerics.mode_for(problem, mode, flat.dtype)).project(v)
 
 
 def riemannian_grad(
@@ -148,7 +148,7 @@ def riemannian_grad(
     **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
     > p; a bad `mode`."""
     flat, unravel = problem.ravel(params)
-    return _riemannian_grad(problem, flat, unravel, objective, geometry.mode_for(problem, mode, flat.dtype))
+    return _riemannian_grad(problem, flat, unravel, objective, numerics.mode_for(problem, mode, flat.dtype))
 
 
 def _riemannian_grad(problem, flat, unravel, objective, mode):
@@ -187,10 +187,9 @@ def limit_map(
 
     Gradient flow (diffrax Tsit5, adaptive, tolerances tol / 100) runs until the RMS of grad L falls below
     `tol`, a distance delta ~ tol / lambda_min(K / n) from the manifold; the Gauss-Newton `retract` then
-    lands within O(delta^2) of the flow's limit. Default `tol`: 10 sqrt(eps) = 1.5e-7 in float64; 100 eps =
-    1.2e-5 in float32, where 10 sqrt(eps) = 3.4e-3 would stop so far out that the landing misses Phi by
-    ~1e-2 (measured on a two-layer net with lambda_min = 0.04). Maps an SGD iterate near Gamma to the point
-    of Gamma it is attached to (Phi differs from the orthogonal projection at second order). Cost: the
+    lands within O(delta^2) of the flow's limit. Default `tol`: 10 sqrt(eps) = 1.5e-7 in float64, 100 eps =
+    1.2e-5 in float32 (why: `limit_map_tol` in flows/_numerics.py). Maps an SGD iterate near Gamma to the
+    point of Gamma it is attached to (Phi differs from the orthogonal projection at second order). Cost: the
     gradient-flow steps (one gradient each) and a few solves with K; one compiled call.
 
     **Arguments:** `problem`, `params` (the start), `tol` (above), `max_time` and `max_steps` (the gradient
@@ -241,14 +240,9 @@ def _onto(
     mode; None in the matrix-free one, which never forms J)."""
     checks.same_structure("params", params, problem.params, "problem.params")
     flat, unravel = problem.ravel(params)
-    eps = float(jnp.finfo(flat.dtype).eps)
-    if flow_tol is None:  # see limit_map
-        flow_tol = 10 * eps**0.5 if flat.dtype == jnp.float64 else 100 * eps
-    else:
-        flow_tol = checks.positive("tol", flow_tol)
-    if res_tol is None:
-        res_tol = 1e3 * eps * (1 + float(np.max(np.abs(problem.y))) if checks.is_concrete(problem.y) else 1.0)
-    mode = geometry.mode_for(problem, mode, flat.dtype)
+    flow_tol = numerics.limit_map_tol(flat.dtype) if flow_tol is None else checks.positive("tol", flow_tol)
+    res_tol = numerics.retract_tol(flat.dtype, problem.y) if res_tol is None else res_tol
+    mode = numerics.mode_for(problem, mode, flat.dtype)
     gram = gram and mode == "dense"  # the matrix-free mode never forms J
     v, settled, res, ok, solved, stats = _onto_compiled(
         problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
@@ -262,7 +256,7 @@ def _onto(
         if stats is not None:
             _check_regular(problem, stats, flat.dtype, mode, "where the start lands")
         if not ok:
-            if geometry.mode_for(problem, "auto", flat.dtype) == "dense":  # J fits: read its singular values
+            if numerics.mode_for(problem, "auto", flat.dtype) == "dense":  # J fits: read its singular values
                 J = problem.jacobian(unravel(v))
                 _check_regular(problem, _singular_range(J), flat.dtype, mode, "near the start")
             raise eqx.EquinoxRuntimeError(
@@ -287,9 +281,9 @@ def _singular_range(J):
 
 def _check_regular(problem, stats, dtype, mode, where: str) -> None:
     """Raise if J, with `_singular_range` `stats`, is singular by the rank rule of `mode`
-    (`geometry.rcond`): its smallest squared singular value is below mu."""
+    (`numerics.rcond`): its smallest squared singular value is below mu."""
     low, high, sq = (float(x) for x in jax.device_get(stats))
-    if low**2 <= geometry.rcond(problem.y.size, dtype, mode) * sq:
+    if low**2 <= numerics.rcond(problem.y.size, dtype, mode) * sq:
         raise ValueError(
             f"J J^T is singular {where} (singular values of J from {low:.3g} to {high:.3g}; "
             f"N = {problem.y.size} constraints, p = {problem.num_params} parameters): the constraints "
@@ -417,8 +411,8 @@ def riemannian_flow(
         raise ValueError(f"start must be 'limit_map' or 'retract', got {start!r}")
     params0 = _onto(problem, params0, phi=start == "limit_map", mode=mode, gram=True)[0]
     flat0 = problem.ravel(params0)[0]
-    mode = geometry.mode_for(problem, mode, flat0.dtype)
-    rtol = _default_rtol(flat0.dtype) if rtol is None else rtol
+    mode = numerics.mode_for(problem, mode, flat0.dtype)
+    rtol = numerics.slow_flow_rtol(flat0.dtype) if rtol is None else rtol
     solve = Solve(solver or diffrax.Tsit5(), rtol, rtol / 100 if atol is None else atol, max_steps, progress)
     clock = "tau" if objective in (None, label_noise_objective) else "t"
     traj = _riemannian_solve(
@@ -427,12 +421,6 @@ def riemannian_flow(
     )  # fmt: skip
     traj = Trajectory(ts=traj.ts, params=traj.params, stats=traj.stats, clock=clock, result=traj.result)
     return finish("riemannian_flow", traj, throw)
-
-
-def _default_rtol(dtype) -> float:
-    """The flow's default relative tolerance: 1e-8 in float64, 1e-5 in float32 (below float32's eps a
-    controller cannot meet its tolerance and crawls)."""
-    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
 
 
 def _slow_field(problem, unravel, objective, mode, stabilize) -> Callable:

@@ -1,7 +1,7 @@
 """The tests' documented helpers, imported as `tests.helpers`: small shared problems, a pytree comparison
 and a float32 cast, and the flows' private modules whose internals are tested on their own (the Brownian
-draws, the manifold's linear algebra, the noise factors): tests import public names and these, never a
-private module themselves. (The float64 switch and the key fixture are in conftest.py.)"""
+draws, the manifold's linear algebra and its numerical rules, the noise factors): tests import public names
+and these, never a private module themselves. (The float64 switch and the key fixture are in conftest.py.)"""
 
 import equinox as eqx
 import jax
@@ -10,12 +10,14 @@ import jax.numpy as jnp
 from flows import _brownian as brownian
 from flows import _geometry as geometry
 from flows import _noise as noise
+from flows import _numerics as numerics
 from models import Linear, Problem, TwoLayerNet, data
 
 __all__ = [
     "brownian",
     "geometry",
     "noise",
+    "numerics",
     "tree_allclose",
     "linear_regression",
     "two_layer",

@@ -32,15 +32,9 @@ import jax
 import jax.numpy as jnp
 from bench_common import median_time, median_times, table
 
-from flows import (
-    Solve,
-    label_noise_objective,
-    label_noise_sgd,
-    limit_map,
-    manifold,
-    riemannian_flow,
-    timescale,
-)
+from flows import Solve, label_noise_objective, label_noise_sgd, limit_map, riemannian_flow, timescale
+from flows import _manifold as manifold  # the flow's vector field, to count and time its evaluations
+from flows import _numerics as numerics
 from models import Problem, QuadraticParam, TwoLayerNet, data
 
 TAU1, SIGMA, ETAS = 2.0, 1.0, (0.01, 0.005)
@@ -72,7 +66,7 @@ def field_cost(P, start):
     """(accepted steps, rejected steps, seconds of one field evaluation) of the default flow to TAU1."""
     flat, unravel = P.ravel(start)
     field = manifold._slow_field(P, unravel, None, "dense", 1.0)  # riemannian_flow's, at its defaults
-    rtol = manifold._default_rtol(flat.dtype)
+    rtol = numerics.slow_flow_rtol(flat.dtype)
     sol = eqx.filter_jit(diffrax.diffeqsolve)(
         diffrax.ODETerm(field),
         diffrax.Tsit5(),

@@ -25,7 +25,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from central_flows_jax import Flow, GradientDescent
 
 from flows import central_flow
 from models import MLP, Problem, data
@@ -42,6 +41,8 @@ def problem(n=128, width=16, flip=0.2):
 
 
 def reference(P, steps):
+    from central_flows_jax import Flow, GradientDescent  # the reference, installed in its own environment
+
     flat0, unravel = P.ravel(P.params)
 
     def loss(w):

@@ -9,9 +9,9 @@ import pytest
 
 from flows import limit_map, riemannian_flow, tangent_projection, trace_grad
 from models import Problem, TwoLayerNet, data
-from tests.helpers import float32, geometry, largest_intermediate
+from tests.helpers import float32, geometry, largest_intermediate, numerics
 
-Point, mode_for = geometry.Point, geometry.mode_for
+Point, mode_for = geometry.Point, numerics.mode_for
 
 
 def net(n=6, d=4, width=8, activation="tanh", outputs=False, seed=0):
@@ -148,7 +148,7 @@ def test_a_failed_conjugate_gradient_solve_is_reported_not_called_a_divergence(m
     point = Point(P, flat, unravel, "matrix_free", cg_rtol=1e-30)
     point.solve(point.r + 1.0)
     assert not bool(point.solved)
-    monkeypatch.setitem(geometry.CG_RTOL, "float64", 1e-30)
+    monkeypatch.setitem(numerics.CG_RTOL, "float64", 1e-30)
     traj = riemannian_flow(P, start, t1=0.1, ts=jnp.array([0.0, 0.1]), mode="matrix_free", throw=False)
     assert int(traj.result) == flows.INNER_SOLVER_FAILED
     with pytest.raises(eqx.EquinoxRuntimeError, match="inner solver"):

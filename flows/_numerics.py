@@ -1,0 +1,140 @@
+"""The numerical rules the flows and analyses share, in one place: when J is formed densely (the dense
+budget), which singular values count as zero (the rank rules), and the tolerances that depend on the dtype.
+Each rule says why it has the value it has. Two rules live elsewhere, each also in one place: J's rows are
+built by `models.Problem.example_jacobian`, and steps meet time by `flows.timescale.is_whole` (one relative
+tolerance, `WHOLE_RTOL`).
+"""
+
+from typing import Literal
+
+import jax.numpy as jnp
+import numpy as np
+
+from models import checks
+
+__all__ = [
+    "Mode",
+    "DENSE_BUDGET",
+    "CG_RTOL",
+    "mode_for",
+    "rcond",
+    "numerical_rank",
+    "GRAM_RCOND",
+    "slow_flow_rtol",
+    "limit_map_tol",
+    "retract_tol",
+    "sdcp_rtol",
+    "edge_cutoff",
+]
+
+Mode = Literal["auto", "dense", "matrix_free"]
+
+# -- the dense budget ---------------------------------------------------------------------------------------
+DENSE_BUDGET = 2**30  # bytes: the dense mode is chosen while J (N, p) fits in this
+
+
+def mode_for(problem, mode: Mode = "auto", dtype=None) -> Literal["dense", "matrix_free"]:
+    """`mode` as given, or for `"auto"`: `"dense"` while J (N x p entries of `dtype`) takes at most
+    `DENSE_BUDGET` bytes, else `"matrix_free"`: the one place the dense budget is read.
+
+    **Arguments:** the `problem`, `mode` (`"auto"`, `"dense"` or `"matrix_free"`), `dtype` (default X's).
+
+    **Returns:** `"dense"` or `"matrix_free"`.
+
+    **Raises:** `ValueError` naming `mode` for any other value."""
+    if mode not in ("auto", "dense", "matrix_free"):
+        raise ValueError(f"mode must be 'auto', 'dense' or 'matrix_free', got {mode!r}")
+    if mode != "auto":
+        return mode
+    itemsize = jnp.dtype(dtype or problem.X.dtype).itemsize
+    return "dense" if problem.y.size * problem.num_params * itemsize <= DENSE_BUDGET else "matrix_free"
+
+
+# -- rank rules ---------------------------------------------------------------------------------------------
+def rcond(N: int, dtype, mode: Literal["dense", "matrix_free"]) -> float:
+    """The manifold's rank rule: J's squared singular values far below `rcond` max_a ||grad f_a||^2 count as
+    zero. Dense (QR, singular values resolved to ~ eps sigma_max): (100 sqrt(N) eps)^2, two decades above
+    the rounding of an exactly lost direction. Matrix-free (products with K, its eigenvalues resolved to
+    ~ N eps lambda_max): 10 N eps.
+
+    **Arguments:** N, the number of constraints; the `dtype`; the `mode`.
+
+    **Returns:** rcond, a Python float."""
+    eps = float(jnp.finfo(dtype).eps)
+    if mode == "dense":
+        return (100 * max(N, 1) ** 0.5 * eps) ** 2
+    return 10 * max(N, 1) * eps
+
+
+def numerical_rank(s, shape) -> int:
+    """The rank of a dense matrix from its singular values: those above max(shape) eps s_max (NumPy's
+    `matrix_rank` rule, for a matrix known to its rounding), where the analyses read a basis off a dense SVD
+    (the tangent space of `analysis.riemannian`).
+
+    **Arguments:** the singular values `s` (descending), the matrix's `shape`.
+
+    **Returns:** the rank, a Python int."""
+    s = np.asarray(s)
+    return int(np.sum(s > s[0] * max(shape) * np.finfo(s.dtype).eps))
+
+
+# the linear stability analysis' cut-off on the eigenvalues of K (float64 on the host): directions of K far
+# below its largest eigenvalue are not curvature the linearisation can resolve
+GRAM_RCOND = 1e-9
+
+
+# -- dtype tolerances ---------------------------------------------------------------------------------------
+CG_RTOL = {"float64": 1e-10, "float32": 1e-5}  # the matrix-free solves' relative tolerance, by dtype
+
+
+def slow_flow_rtol(dtype) -> float:
+    """The slow flow's default relative tolerance: 1e-8 in float64, 1e-5 in float32 (below float32's eps a
+    controller cannot meet its tolerance and crawls).
+
+    **Arguments:** the `dtype`.
+
+    **Returns:** rtol, a Python float."""
+    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
+
+
+def limit_map_tol(dtype) -> float:
+    """Where `flows.limit_map`'s gradient flow stops, the RMS of grad L: 10 sqrt(eps) = 1.5e-7 in float64;
+    100 eps = 1.2e-5 in float32, where 10 sqrt(eps) = 3.4e-3 would stop so far out that the landing misses
+    Phi by ~1e-2 (measured on a two-layer net with lambda_min = 0.04).
+
+    **Arguments:** the `dtype`.
+
+    **Returns:** tol, a Python float."""
+    eps = float(jnp.finfo(dtype).eps)
+    return 10 * eps**0.5 if jnp.dtype(dtype) == jnp.float64 else 100 * eps
+
+
+def retract_tol(dtype, y) -> float:
+    """Where the Gauss-Newton retraction stops, max_i |r_i|: 1e3 eps (1 + max |y|), a thousand roundings of
+    the labels' scale (1e3 eps when y is traced and its scale unknown).
+
+    **Arguments:** the `dtype`, the labels `y`.
+
+    **Returns:** tol, a Python float."""
+    eps = float(jnp.finfo(dtype).eps)
+    return 1e3 * eps * (1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1.0)
+
+
+def sdcp_rtol(dtype):
+    """The complementarity solver's default tolerance on the relative step: sqrt(eps) / 100 (its conditions
+    are then met to sqrt(rtol) of the problem's scale, `flows.sdcp`).
+
+    **Arguments:** the `dtype`.
+
+    **Returns:** rtol, a 0-d array of `dtype`."""
+    return jnp.sqrt(jnp.finfo(dtype).eps) / 100
+
+
+def edge_cutoff(dtype):
+    """The central flow's count of eigenvalues held at the edge: X's eigenvalues above sqrt(eps) times its
+    largest (X solves `sdcp` to about sqrt(eps), so smaller ones are its rounding).
+
+    **Arguments:** the `dtype`.
+
+    **Returns:** the relative cut-off, a 0-d array of `dtype`."""
+    return jnp.sqrt(jnp.finfo(dtype).eps)
