@@ -219,7 +219,12 @@ def _checkpointed(driver):
 
 @pytest.mark.parametrize(
     "driver",
-    ["edge_of_stability", "svag_vs_sde", pytest.param("label_noise_slow_clock", marks=pytest.mark.slow)],
+    # one driver's pieces in make test; all three share `part` (the other two in make test-all)
+    [
+        "edge_of_stability",
+        pytest.param("svag_vs_sde", marks=pytest.mark.slow),
+        pytest.param("label_noise_slow_clock", marks=pytest.mark.slow),
+    ],
 )
 def test_a_drivers_long_part_is_checkpointed_piece_by_piece_and_read_back(driver, tmp_path):
     """Each piece of a driver's part goes through `part` (stored on disk by `analysis.store.part`, as the

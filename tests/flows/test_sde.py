@@ -94,7 +94,7 @@ def test_brownian_grid_refinements_are_one_brownian_motion(key):
     np.testing.assert_allclose(coarse[2], np.sqrt(eta) * z, rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 def test_a_coarse_steps_increments_drawn_at_once_are_its_fine_steps_increments(key, dtype):
     """`step_increments(k)` (the bridge tree of coarse step k, drawn once: what the Euler loop uses) holds
     the numbers `increment(j)` gives at each of its fine steps, for both noise blocks and every level: the
