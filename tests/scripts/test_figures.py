@@ -133,3 +133,17 @@ def test_the_figure_list_is_every_figure_script_and_no_script_imports_one():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             assert not set(names) & set(SCRIPTS), f"{path.relative_to(ROOT)} imports a figure script"
+
+
+def test_svag_summary_calls_diverging_runs_diverging_not_within_the_band(capsys):
+    """Runs whose loss explodes have a weak gap inside a band as wide as the runs (1e13 +- 2e13 at the first
+    paper preset's eta = 0.25): the summary says they diverge instead of calling SGD within its SDE's band."""
+    import svag
+
+    gap = np.array([[1.3e13, 2.0e13], [1e13, 2e13]])
+    r = {"0.25": {"gap": {"loss": gap}, "svag1": {"loss": np.array([0.32, 3.5e1, 2e22])}}}
+    svag.summary({"etas": [0.25], "ls": [1, 2]}, r)
+    assert "SGD diverges (its mean loss went from 0.32 to 2e+22)" in capsys.readouterr().out
+    r["0.25"]["svag1"]["loss"] = np.array([0.32, 0.3, 0.28])
+    svag.summary({"etas": [0.25], "ls": [1, 2]}, r)
+    assert "SGD is within the band of its SDE" in capsys.readouterr().out
