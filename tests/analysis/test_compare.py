@@ -219,9 +219,10 @@ def _checkpointed(driver):
 
 @pytest.mark.parametrize(
     "driver",
-    # one driver's pieces in make test; all three share `part` (the other two in make test-all)
+    # make test-all: the three share `part`, whose nested resumption make test checks on a toy figure
+    # (tests/scripts/test_common.py, test_a_run_killed_inside_a_part_resumes_from_its_last_checkpoint)
     [
-        "edge_of_stability",
+        pytest.param("edge_of_stability", marks=pytest.mark.slow),
         pytest.param("svag_vs_sde", marks=pytest.mark.slow),
         pytest.param("label_noise_slow_clock", marks=pytest.mark.slow),
     ],

@@ -361,7 +361,8 @@ def test_sgd_sde_refuses_the_full_batch(key):
 
 
 # -- the one-pass Euler step -------------------------------------------------------------------------------
-@pytest.mark.parametrize("ts", ["even", "uneven", "traced"])
+# "uneven" and "traced" take the same while loop over segments (traced: its indices traced as well)
+@pytest.mark.parametrize("ts", ["even", pytest.param("uneven", marks=pytest.mark.slow), "traced"])
 def test_one_pass_euler_is_diffrax_euler_on_the_same_path(ts, key):
     """The default solve (one forward pass and one VJP a step) against diffrax's Euler with the drift and the
     noise as two terms on the same BrownianGrid: the same path to rounding, with label and minibatch noise

@@ -22,10 +22,12 @@ from run_figures import SCRIPTS  # noqa: E402
 # tests/flows and tests/analysis; so are optimization_threshold (19 s: gd, sgd and the thresholds of
 # analysis.stability) and sharpness_vs_lr_batch (20 s: sgd and analysis.stability); central_flow_cnn (29 s)
 # is compare.edge_of_stability and svag_cnn (36 s) compare.svag_vs_sde, which tests/analysis/test_compare.py
-# runs; gd_vs_gradient_flow (18 s) is gd and gradient_flow, tested in tests/flows. make test draws
-# early_alignment and slow_flow_vs_label_noise: the figure pipeline end to end, a discrete and a slow flow
+# runs; gd_vs_gradient_flow (18 s) and early_alignment (9 s) are gd, gradient_flow and analysis.features,
+# tested in tests/flows and tests/analysis. make test draws slow_flow_vs_label_noise: the figure pipeline end
+# to end (label-noise SGD, Phi, the slow flow, stored parts)
 SLOW = {
     "gd_vs_gradient_flow",
+    "early_alignment",
     "slow_flow_real_net",
     "rank_one_features",
     "sde_vs_sgd",
