@@ -233,7 +233,8 @@ def central_flow(
         raise ValueError(f"rmsprop must be a flows.RMSProp or None, got {type(rmsprop).__name__}")
     saves = Saves(ts, save_every, num_saves, save_params)
     solve = Solve(solver or diffrax.Heun())  # fixed steps h: no tolerances
-    index = saves.grid_index(t1, eta / substeps, timescale.steps_for_time(t1, eta / substeps, name="t1"))
+    h = eta / substeps
+    index = saves.grid_index(t1, h, timescale.steps_for_time(t1, h, name="t1"))
     traj = _solve(
         problem,
         params0,

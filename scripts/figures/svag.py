@@ -40,7 +40,7 @@ PRESETS = {
     ),
 }
 SDE_SUBSTEPS = 32
-DIVERGED = 1e3  # SGD's mean loss grown by this factor from its start: the runs diverge
+DIVERGENCE_FACTOR = 1e3  # SGD's mean loss grown by this factor from its start: the runs diverge
 CHUNK = 1024  # seeds a compiled call: the paper's 8,192 at once asked for 40 GB
 
 
@@ -98,7 +98,9 @@ def summary(cfg, r):
         gap = r[str(eta)]["gap"]["loss"]
         cells = ", ".join(f"l={ell}: {g:.2e} +- {b:.1e}" for ell, (g, b) in zip(cfg["ls"], gap))
         start, end = r[str(eta)]["svag1"]["loss"][[0, -1]]
-        if not np.isfinite(end) or end > DIVERGED * start:  # a gap between exploding runs measures nothing
+        if (
+            not np.isfinite(end) or end > DIVERGENCE_FACTOR * start
+        ):  # a gap between exploding runs measures nothing
             verdict = f"SGD diverges (its mean loss went from {start:.3g} to {end:.3g}): no gap is measured"
         elif gap[0, 0] > gap[0, 1]:
             verdict = "SGD is resolved from its SDE"
