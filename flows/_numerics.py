@@ -22,7 +22,9 @@ __all__ = [
     "GRAM_RCOND",
     "slow_flow_rtol",
     "limit_map_tol",
+    "limit_map_rtol",
     "retract_tol",
+    "residual_floor",
     "sdcp_rtol",
     "edge_cutoff",
 ]
@@ -97,16 +99,38 @@ def slow_flow_rtol(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
 
 
-def limit_map_tol(dtype) -> float:
-    """Where `flows.limit_map`'s gradient flow stops, the RMS of grad L: 10 sqrt(eps) = 1.5e-7 in float64;
-    100 eps = 1.2e-5 in float32, where 10 sqrt(eps) = 3.4e-3 would stop so far out that the landing misses
-    Phi by ~1e-2 (measured on a two-layer net with lambda_min = 0.04).
+def limit_map_tol(dtype, mode: Literal["dense", "matrix_free"]) -> float:
+    """Where `flows.limit_map`'s gradient flow stops, the RMS of grad L, and the Gauss-Newton landing after
+    it misses Phi by O(delta^2) at a distance delta ~ tol / lambda_min(K / n).
+
+    - `"dense"` (the Rosenbrock-W flow, flows/_rosenbrock.py, whose steps grow geometrically in the tail, so a
+      smaller tol costs a few steps): 1e-10 in float64, 1e-7 in float32 (~ eps; above the gradient's rounding
+      floor on the nets measured, 5e-8). On the digits MLP (lambda_min(K / n) = 1.2e-3) float32 lands 2e-5 off
+      Phi in tr H relative at 1e-7, 8e-3 off at 100 eps.
+    - `"matrix_free"` (Tsit5, whose steps are bound by lambda_max and whose run is ~ log(1 / tol) /
+      lambda_min): 10 sqrt(eps) = 1.5e-7 in float64 (4e-5 off Phi in tr H relative on that MLP); 100 eps =
+      1.2e-5 in float32, where 10 sqrt(eps) = 3.4e-3 would stop so far out that the landing misses Phi by
+      ~1e-2 (measured on a two-layer net with lambda_min = 0.04).
+
+    **Arguments:** the `dtype`, the `mode`.
+
+    **Returns:** tol, a Python float."""
+    double = jnp.dtype(dtype) == jnp.float64
+    if mode == "dense":
+        return 1e-10 if double else 1e-7
+    eps = float(jnp.finfo(dtype).eps)
+    return 10 * eps**0.5 if double else 100 * eps
+
+
+def limit_map_rtol(dtype) -> float:
+    """The local error tolerance of `flows.limit_map`'s Rosenbrock-W flow (flows/_rosenbrock.py), relative to
+    1 + |theta|: 1e-8 in float64 (Phi to ~2e-8 in the parameters and 1e-7 in tr H on the digits MLP), 1e-6 in
+    float32 (~10 eps: 4e-6 and 2e-5 there).
 
     **Arguments:** the `dtype`.
 
-    **Returns:** tol, a Python float."""
-    eps = float(jnp.finfo(dtype).eps)
-    return 10 * eps**0.5 if jnp.dtype(dtype) == jnp.float64 else 100 * eps
+    **Returns:** rtol, a Python float."""
+    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-6
 
 
 def retract_tol(dtype, y) -> float:
@@ -118,6 +142,19 @@ def retract_tol(dtype, y) -> float:
     **Returns:** tol, a Python float."""
     eps = float(jnp.finfo(dtype).eps)
     return 1e3 * eps * (1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1.0)
+
+
+def residual_floor(dtype, y) -> float:
+    """Where the residuals are round-off, max_i |r_i| <= 10 eps (1 + max |y|): there the gradient is
+    rounding too, and `flows.limit_map`'s dense flow stops even above its gradient `tol` (a float32
+    quadratic parametrisation with |J| ~ 1 rounds its RMS gradient at ~5e-7, above float32's tol 1e-7; the
+    digits MLP at that tol still has residuals ~3e3 eps). 10 eps when y is traced.
+
+    **Arguments:** the `dtype`, the labels `y`.
+
+    **Returns:** the floor, a Python float."""
+    eps = float(jnp.finfo(dtype).eps)
+    return 10 * eps * (1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1.0)
 
 
 def sdcp_rtol(dtype):

@@ -1,6 +1,7 @@
 """The tests' documented helpers, imported as `tests.helpers`: small shared problems, a pytree comparison
 and a float32 cast, and the flows' private modules whose internals are tested on their own (the Brownian
-draws, the manifold's linear algebra and its numerical rules, the noise factors): tests import public names
+draws, the manifold's linear algebra and its numerical rules, the noise factors, the stiff Rosenbrock-W
+steps): tests import public names
 and these, never a private module themselves. (The float64 switch and the key fixture are in conftest.py.)"""
 
 import equinox as eqx
@@ -11,6 +12,7 @@ from flows import _brownian as brownian
 from flows import _geometry as geometry
 from flows import _noise as noise
 from flows import _numerics as numerics
+from flows import _rosenbrock as rosenbrock
 from models import Linear, Problem, TwoLayerNet, data
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "geometry",
     "noise",
     "numerics",
+    "rosenbrock",
     "tree_allclose",
     "linear_regression",
     "two_layer",
