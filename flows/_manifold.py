@@ -312,24 +312,32 @@ _EXPLICIT_STEPS = 256
 
 
 def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
-    """Gradient flow from `flat` until the RMS of grad L is at most `tol`, within `max_time` and `max_steps`:
-    (where it stopped, whether it settled). Tsit5 first (tolerances tol / 100 in the matrix-free mode, the
-    whole budget; `limit_map_rtol` in the dense mode, at most `_EXPLICIT_STEPS`); in the dense mode a flow
-    not settled within those goes on by `rosenbrock.settle` with the rest of the budget, which also stops
-    where the residuals reach round-off (`residual_floor`)."""
+    """Gradient flow from `flat` until it is at rest, within `max_time` and `max_steps`: (where it stopped,
+    whether it came to rest). At rest: the RMS of grad L at most `tol`, or max_i |r_i| at round-off
+    (`residual_floor`; there the gradient is rounding and the flow has nothing left to do). Tsit5 first
+    (tolerances tol / 100 in the matrix-free mode, the whole budget; `limit_map_rtol` in the dense mode, at
+    most `_EXPLICIT_STEPS`); in the dense mode a flow not at rest within those goes on by
+    `rosenbrock.settle` with the rest of the budget."""
+    grad = jax.grad(lambda w: problem.loss(unravel(w)))
+    floor = numerics.residual_floor(flat.dtype, problem.y)
+
+    def at_rest(theta, f):
+        residual = jnp.max(jnp.abs(problem.residuals(unravel(theta))))
+        return (jnp.sqrt(jnp.mean(f**2)) <= tol) | (residual <= floor)
+
     dense = mode == "dense"
     rtol = numerics.limit_map_rtol(flat.dtype) if dense else tol / 100
     explicit = min(_EXPLICIT_STEPS, max_steps) if dense else max_steps
     solve = Solve(diffrax.Tsit5(), rtol, rtol, explicit)
-    sol = diffrax.diffeqsolve(  # the steady-state event, not save times, ends this solve
-        diffrax.ODETerm(lambda t, v, args: -jax.grad(lambda w: problem.loss(unravel(w)))(v)),
+    sol = diffrax.diffeqsolve(  # the event, not save times, ends this solve
+        diffrax.ODETerm(lambda t, v, args: -grad(v)),
         solve.solver,
         t0=jnp.zeros((), flat.dtype),
         t1=jnp.asarray(max_time, flat.dtype),
         dt0=None,
         y0=flat,
         stepsize_controller=solve.controller(),
-        event=diffrax.Event(diffrax.steady_state_event(rtol=0.0, atol=tol)),
+        event=diffrax.Event(lambda t, y, args, **kwargs: at_rest(y, -grad(y))),
         max_steps=solve.max_steps,
         throw=False,
     )
@@ -339,8 +347,7 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
 
     def stiff():
         rest = max_time - sol.ts[-1]
-        floor = numerics.residual_floor(flat.dtype, problem.y)
-        return rosenbrock.settle(problem, flat, unravel, tol, rtol, rest, max_steps - explicit, floor)[:2]
+        return rosenbrock.settle(problem, flat, unravel, at_rest, rtol, rest, max_steps - explicit)[:2]
 
     return lax.cond(sol.result == diffrax.RESULTS.max_steps_reached, stiff, lambda: (flat, settled))
 

@@ -120,26 +120,22 @@ def refresh_interval(N: int) -> int:
     return min(max(N // 64, 4), 32)
 
 
-def settle(problem, flat, unravel, tol, rtol, max_time, max_steps, floor=0.0):
-    """Gradient flow from `flat` until the RMS of grad L is at most `tol`, or max_i |r_i| at most `floor`
-    (the residuals at round-off, where the gradient is rounding and the flow has nothing left to do):
-    adaptive ROS34PW2 steps, each local error at most `rtol` (1 + |theta|) in RMS, within `max_time` and
-    `max_steps` (steps tried).
+def settle(problem, flat, unravel, at_rest, rtol, max_time, max_steps):
+    """Gradient flow from `flat` until `at_rest(theta, -grad L(theta))` (`flows.limit_map`'s: a small RMS
+    gradient, or the residuals at round-off): adaptive ROS34PW2 steps, each local error at most `rtol`
+    (1 + |theta|) in RMS, within `max_time` and `max_steps` (steps tried).
 
     W is refreshed after a rejected step and after `refresh_interval(N)` accepted ones. Traceable (a
     `lax.while_loop`): `flows.limit_map` reads `settled` and raises.
 
-    **Arguments:** the `problem`, the flat start `flat`, `unravel`, `tol`, `rtol`, `max_time`, `max_steps`,
-    `floor`.
+    **Arguments:** the `problem`, the flat start `flat`, `unravel`, `at_rest`, `rtol`, `max_time`,
+    `max_steps`.
 
     **Returns:** (theta, settled, steps tried, steps accepted)."""
     refresh = refresh_interval(problem.y.size)
     dtype = flat.dtype
     grad = jax.grad(lambda v: problem.loss(unravel(v)))
     rms = lambda x: jnp.sqrt(jnp.mean(x**2))  # noqa: E731
-
-    def at_rest(theta, f):
-        return (rms(f) <= tol) | (jnp.max(jnp.abs(problem.residuals(unravel(theta)))) <= floor)
 
     tiny = jnp.finfo(dtype).tiny
     f0 = -grad(flat)

@@ -50,7 +50,8 @@ def tsit5_flow(P, params):
 @eqx.filter_jit
 def settled(P, params, tol, rtol):
     flat, unravel = P.ravel(params)
-    return rosenbrock.settle(P, flat, unravel, tol, rtol, 1e6, 10**6)
+    small_gradient = lambda theta, f: jnp.sqrt(jnp.mean(f**2)) <= tol  # noqa: E731
+    return rosenbrock.settle(P, flat, unravel, small_gradient, rtol, 1e6, 10**6)
 
 
 def points(name):
