@@ -103,10 +103,10 @@ def limit_map_tol(dtype, mode: Literal["dense", "matrix_free"]) -> float:
     """Where `flows.limit_map`'s gradient flow stops, the RMS of grad L, and the Gauss-Newton landing after
     it misses Phi by O(delta^2) at a distance delta ~ tol / lambda_min(K / n).
 
-    - `"dense"` (the Rosenbrock-W flow, flows/_rosenbrock.py, whose steps grow geometrically in the tail, so a
-      smaller tol costs a few steps): 1e-10 in float64, 1e-7 in float32 (~ eps; above the gradient's rounding
-      floor on the nets measured, 5e-8). On the digits MLP (lambda_min(K / n) = 1.2e-3) float32 lands 2e-5 off
-      Phi in tr H relative at 1e-7, 8e-3 off at 100 eps.
+    - `"dense"` (a stiff flow goes on by Rosenbrock-W steps, flows/_rosenbrock.py, which grow geometrically
+      in the tail, so a smaller tol costs a few steps): 1e-10 in float64, 1e-7 in float32 (~ eps; where the
+      gradient rounds above it, `residual_floor` ends the flow). On the digits MLP (lambda_min(K / n) =
+      1.2e-3) float32 lands 2e-5 off Phi in tr H relative at 1e-7, 8e-3 off at 100 eps.
     - `"matrix_free"` (Tsit5, whose steps are bound by lambda_max and whose run is ~ log(1 / tol) /
       lambda_min): 10 sqrt(eps) = 1.5e-7 in float64 (4e-5 off Phi in tr H relative on that MLP); 100 eps =
       1.2e-5 in float32, where 10 sqrt(eps) = 3.4e-3 would stop so far out that the landing misses Phi by
@@ -146,7 +146,7 @@ def retract_tol(dtype, y) -> float:
 
 def residual_floor(dtype, y) -> float:
     """Where the residuals are round-off, max_i |r_i| <= 10 eps (1 + max |y|): there the gradient is
-    rounding too, and `flows.limit_map`'s dense flow stops even above its gradient `tol` (a float32
+    rounding too, and `flows.limit_map`'s gradient flow stops even above its gradient `tol` (a float32
     quadratic parametrisation with |J| ~ 1 rounds its RMS gradient at ~5e-7, above float32's tol 1e-7; the
     digits MLP at that tol still has residuals ~3e3 eps). 10 eps when y is traced.
 

@@ -49,27 +49,29 @@ def tsit5_flow(P, params):
 
 @eqx.filter_jit
 def settled(P, params, tol, rtol):
+    """The Rosenbrock-W flow alone to an RMS gradient of `tol` at local tolerance `rtol`."""
     flat, unravel = P.ravel(params)
     small_gradient = lambda theta, f: jnp.sqrt(jnp.mean(f**2)) <= tol  # noqa: E731
     return rosenbrock.settle(P, flat, unravel, small_gradient, rtol, 1e6, 10**6)
 
 
 def points(name):
-    """(problem, {point name: params}, label-noise GD's eta for the save)."""
+    """(problem, {point name: params}): a label-noise GD save (2,000 steps from Phi of the initialisation)
+    and the initialisation."""
     if name == "digits MLP":
         X, y = data.digits(classes=(3, 8))  # slow_flow_real_net's quick preset (a script imports no figure)
         train, _ = data.train_test_split(jax.random.key(0), X, y, n_train=64)
         P = Problem(MLP(X.shape[1], 64, outputs=1, key=jax.random.key(1)), *train)
-        eta, steps = 0.1, 2000
+        eta = 0.1
     else:
         N = int(name.split("N = ")[1])
         kx, kt, kn = jax.random.split(jax.random.key(0), 3)
         X = data.gaussian(kx, N, 32)
         y, _ = data.two_layer_teacher(kt, X, width=4, activation="tanh")
         P = Problem(TwoLayerNet(32, N, key=kn, activation="tanh", train_outer=False), X, y)
-        eta, steps = 0.5, 2000
+        eta = 0.5
     start = limit_map(P, P.params)
-    run = label_noise_sgd(P, start, steps=steps, eta=eta, sigma=0.5, key=jax.random.key(1), save_every=steps)
+    run = label_noise_sgd(P, start, steps=2000, eta=eta, sigma=0.5, key=jax.random.key(1), save_every=2000)
     return P, {"save": run.final, "initialisation": P.params}
 
 

@@ -37,6 +37,7 @@ def test_the_dtype_tolerances_sit_above_their_dtypes_rounding():
         assert eps / 2 < free < 1e-4 and min(eps / 2, 1e-10) <= dense < free
         assert 5 * eps < numerics.limit_map_rtol(dtype) < 1e-5
         assert numerics.retract_tol(dtype, jnp.array([2.0, -3.0])) == pytest.approx(1e3 * eps * 4)
+        assert numerics.residual_floor(dtype, jnp.array([2.0, -3.0])) == pytest.approx(10 * eps * 4)
         assert eps < float(numerics.sdcp_rtol(dtype)) < float(numerics.edge_cutoff(dtype)) < 1e-2
         # the manifold's rank rules: the dense (QR) cut-off on squared singular values is far below the
         # matrix-free one on K's eigenvalues, which products with K cannot resolve
