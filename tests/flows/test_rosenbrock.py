@@ -62,6 +62,7 @@ def test_the_stiff_limit_map_lands_where_a_long_explicit_flow_ends():
         np.testing.assert_allclose(P.ravel(phi)[0], P.ravel(end)[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # 8 s; in make test slow_flow_vs_label_noise's smoke figure maps this problem in float32
 def test_float32_phi_stops_where_the_residuals_reach_round_off():
     """The quadratic parametrisation of slow_flow_vs_label_noise's smoke preset (n = 3, d = 5), float32: its
     RMS gradient rounds at ~5e-7, above float32's default tol 1e-7, so the flow stops where max |r| reaches
