@@ -133,6 +133,11 @@ def limit_map_rtol(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-6
 
 
+def _label_scale(y) -> float:
+    """1 + max |y|, the scale of the residuals' rounding; 1 when y is traced and its scale unknown."""
+    return 1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1.0
+
+
 def retract_tol(dtype, y) -> float:
     """Where the Gauss-Newton retraction stops, max_i |r_i|: 1e3 eps (1 + max |y|), a thousand roundings of
     the labels' scale (1e3 eps when y is traced and its scale unknown).
@@ -140,8 +145,7 @@ def retract_tol(dtype, y) -> float:
     **Arguments:** the `dtype`, the labels `y`.
 
     **Returns:** tol, a Python float."""
-    eps = float(jnp.finfo(dtype).eps)
-    return 1e3 * eps * (1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1.0)
+    return 1e3 * float(jnp.finfo(dtype).eps) * _label_scale(y)
 
 
 def residual_floor(dtype, y) -> float:
@@ -153,8 +157,7 @@ def residual_floor(dtype, y) -> float:
     **Arguments:** the `dtype`, the labels `y`.
 
     **Returns:** the floor, a Python float."""
-    eps = float(jnp.finfo(dtype).eps)
-    return 10 * eps * (1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1.0)
+    return 10 * float(jnp.finfo(dtype).eps) * _label_scale(y)
 
 
 def sdcp_rtol(dtype):

@@ -142,11 +142,11 @@ def settle(problem, flat, unravel, at_rest, rtol, max_time, max_steps):
     h0 = jnp.minimum(0.01 * (1 + rms(flat)) / jnp.maximum(rms(f0), tiny), max_time)
 
     def cond(state):
-        theta, f, _, t, h, tried, _, _ = state
-        return ~at_rest(theta, f) & (tried < max_steps) & (t < max_time) & (h > 0)
+        *_, t, h, tried, _, _, rest = state
+        return ~rest & (tried < max_steps) & (t < max_time) & (h > 0)
 
     def body(state):
-        theta, f, w, t, h, tried, accepted, age = state
+        theta, f, w, t, h, tried, accepted, age, rest = state
         new, err = step(problem, grad, w, theta, f, h)
         scale = rtol * (1 + jnp.maximum(jnp.abs(theta), jnp.abs(new)))
         e = rms(err / scale)
@@ -154,16 +154,22 @@ def settle(problem, flat, unravel, at_rest, rtol, max_time, max_steps):
         factor = jnp.clip(0.9 * e ** (-1 / _ORDER), 0.2, 5.0)
         h_next = h * jnp.where(jnp.isfinite(factor), factor, 0.2).astype(dtype)
         theta, t = jnp.where(ok, new, theta), jnp.where(ok, t + h, t)
-        f = lax.cond(ok, lambda: -grad(theta), lambda: f)
+
+        def moved():  # -grad L and the rest rule at the accepted point, once
+            f_new = -grad(theta)
+            return f_new, at_rest(theta, f_new)
+
+        f, rest = lax.cond(ok, moved, lambda: (f, rest))
         # a new W after `refresh` accepted steps, or after a rejection by a W from an earlier point
         stale = jnp.where(ok, age + 1 >= refresh, age > 0)
         w = lax.cond(stale, lambda: gauss_newton_w(problem, theta, unravel), lambda: w)
         age = jnp.where(stale, 0, age + ok.astype(age.dtype))
         h_next = jnp.minimum(h_next, max_time)
-        return theta, f, w, t, h_next, tried + 1, accepted + ok.astype(accepted.dtype), age
+        return theta, f, w, t, h_next, tried + 1, accepted + ok.astype(accepted.dtype), age, rest
 
     zero = jnp.zeros((), dtype)
     count = jnp.zeros((), jnp.int32)
-    init = (flat, f0, gauss_newton_w(problem, flat, unravel), zero, h0, count, count, count)
-    theta, f, _, _, _, tried, accepted, _ = lax.while_loop(cond, body, init)
-    return theta, at_rest(theta, f), tried, accepted
+    w0 = gauss_newton_w(problem, flat, unravel)
+    init = (flat, f0, w0, zero, h0, count, count, count, at_rest(flat, f0))
+    theta, *_, tried, accepted, _, rest = lax.while_loop(cond, body, init)
+    return theta, rest, tried, accepted
