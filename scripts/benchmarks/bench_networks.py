@@ -12,6 +12,10 @@ cross-entropy (p = 154,058). In one process, medians:
    one timed call after compilation. Target: minutes.
 4. Growth: the gradient at n = 250 (one chunk), 500, 1,000 and at channels (24, 48, 64) (p = 39,018)
    against (48, 96, 128), as ratios to the full size.
+5. The ReLU (`models.activations.relu`) against `jax.nn.relu`, whose custom JVP makes the vmapped gradient
+   transpose its activations: the CNN's chunked gradient with each, and 20 GD steps of 10 two-layer ReLU
+   nets at `optimization_threshold`'s paper size (n = 2,560, m = 200, d = 8) with each, the seeds by
+   `lax.map` (one net's activations in cache at a time) and by `vmap`.
 Where JAX sees a GPU, the same rows run there.
 """
 
@@ -23,17 +27,32 @@ import jax.numpy as jnp
 from bench_common import median_times, table
 
 from analysis import ensembles, hessian
-from flows import sgd
-from models import CNN, Problem, data
+from flows import gd, sgd
+from models import CNN, Problem, TwoLayerNet, data
 
 N, CHUNK, CHANNELS, SMALL = 1000, 250, (48, 96, 128), (24, 48, 64)
 SEEDS, STEPS, BATCH = 8, 50, 32
 
 
-def problem(n=N, channels=CHANNELS, chunk=CHUNK):
+def problem(n=N, channels=CHANNELS, chunk=CHUNK, activation="relu"):
     X, y = data.digits(images=True, labels=True)  # float32: the benchmark runs without jax_enable_x64
-    net = CNN((1, 8, 8), channels, outputs=10, key=jax.random.key(0))
+    net = CNN((1, 8, 8), channels, outputs=10, key=jax.random.key(0), activation=activation)
     return Problem(net, X[:n], y[:n], loss="cross_entropy", chunk=chunk)
+
+
+def two_layer_gd(activation, over_seeds):
+    """20 GD steps of 10 two-layer ReLU nets (n = 2,560, m = 200, d = 8, a noisy linear teacher), the seeds
+    by `over_seeds` (`jax.vmap` or `lax.map`): the final parameters."""
+
+    def run(key):
+        kx, kn = jax.random.split(key)
+        X = jax.random.normal(kx, (2560, 8))
+        net = TwoLayerNet(8, 200, key=kn, activation=activation, init_scale=1e-6, outer="balanced")
+        P = Problem(net, X, X @ jnp.ones(8) / jnp.sqrt(8.0))
+        return gd(P, P.params, steps=20, eta=0.02, save_every=20).final
+
+    keys = jax.random.split(jax.random.key(6), 10)
+    return jax.jit(lambda k: over_seeds(run, k)).lower(keys).compile(), keys
 
 
 def flops(fn, *args) -> float:
@@ -66,6 +85,13 @@ def rows(repeats):
     quarter, half = problem(n=N // 4), problem(n=N // 2)
     grad_small = jax.jit(lambda p: small_P.grad(p))
     grad_quarter, grad_half = jax.jit(lambda p: quarter.grad(p)), jax.jit(lambda p: half.grad(p))
+    custom = problem(activation=jax.nn.relu)
+    grad_custom = jax.jit(lambda p: custom.grad(p))
+    nets = {
+        (name, over): two_layer_gd(activation, fn)
+        for name, activation in (("relu", "relu"), ("jax.nn.relu", jax.nn.relu))
+        for over, fn in (("lax.map", jax.lax.map), ("vmap", lambda f, k: jax.vmap(f)(k)))
+    }
     t = median_times(
         {
             "matmul": lambda: matmul(a),
@@ -76,6 +102,8 @@ def rows(repeats):
             "grad_small": lambda: grad_small(small_P.params),
             "grad_quarter": lambda: grad_quarter(quarter.params),
             "grad_half": lambda: grad_half(half.params),
+            "grad_custom": lambda: grad_custom(custom.params),
+            **{key: (lambda f=f, k=k: f(k)) for key, (f, k) in nets.items()},
         },
         repeats=repeats,
     )
@@ -99,6 +127,10 @@ def rows(repeats):
     print(f"SGD ensemble ({SEEDS} seeds x {STEPS} steps, B = {BATCH}): {rate / matmul_rate:.2f} of matmul")
     print(f"chunked HVP = {t['hvp'] / t['grad']:.2f} chunked gradients (target <= 4)")
     print(f"spectral density (10 probes x 80 steps): {slq:.1f} s")
+    print(f"CNN gradient with jax.nn.relu: {t['grad_custom'] / t['grad']:.2f}x activations.relu's")
+    for over in ("lax.map", "vmap"):
+        ratio = t[("jax.nn.relu", over)] / t[("relu", over)]
+        print(f"two-layer ReLU GD, seeds by {over}: jax.nn.relu {ratio:.2f}x activations.relu")
     return [
         ("chunked gradient, n = 1000", t["grad"]),
         ("unchunked gradient, n = 1000", t["grad_whole"]),
@@ -108,6 +140,8 @@ def rows(repeats):
         ("chunked gradient, n = 500", t["grad_half"]),
         (f"chunked gradient, channels {SMALL}", t["grad_small"]),
         ("SLQ density, 10 x 80 (one call)", slq),
+        ("chunked gradient, jax.nn.relu", t["grad_custom"]),
+        *((f"two-layer GD x 20, {name}, {over}", t[(name, over)]) for name, over in nets),
         ("matmul 1024^3", t["matmul"]),
     ]
 
