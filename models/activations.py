@@ -23,9 +23,10 @@ def relu(z):
 
     `jax.nn.relu` gets the same derivative from a custom JVP rule, and under `jax.vmap` over examples
     (how `Problem` evaluates a model) that rule's batching puts the examples on the other axis of the
-    tangents: the compiled gradient of a two-layer ReLU net then transposes an n x m array twice a step
-    and costs 3-4x this product (`scripts/benchmarks/bench_networks.py`). A non-finite pre-activation
-    gives NaN at -inf (0 from `jax.nn.relu`): the run has diverged there, which the flows report.
+    tangents: the compiled gradient of a two-layer ReLU net then transposes an n x m array twice a step,
+    and GD there took 1.8-3.5x as long as with this product (`scripts/benchmarks/bench_networks.py`).
+    A non-finite pre-activation gives NaN at -inf (0 from `jax.nn.relu`): the run has diverged there,
+    which the flows report.
 
     **Arguments:** `z`, an array.
 

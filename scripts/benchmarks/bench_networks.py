@@ -41,7 +41,7 @@ def problem(n=N, channels=CHANNELS, chunk=CHUNK, activation="relu"):
 
 
 def two_layer_gd(activation, over_seeds):
-    """20 GD steps of 10 two-layer ReLU nets (n = 2,560, m = 200, d = 8, a noisy linear teacher), the seeds
+    """20 GD steps of 10 two-layer ReLU nets (n = 2,560, m = 200, d = 8, a linear teacher), the seeds
     by `over_seeds` (`jax.vmap` or `lax.map`): the final parameters."""
 
     def run(key):

@@ -129,10 +129,11 @@ def compute(cfg, progress, part):
 def run_seeds(cfg, method, n, seeds):
     """`train` for every seed at one n: the scores and the number of distinct active directions (NaN for
     minibatch methods where n <= B). The seeds run `seeds_at_once` at a time (`lax.map` over vmapped
-    groups, one compiled loop). On this 2-core CPU two at a time was the fastest measured at every size,
-    n = 20 to 2,560 (GD at n = 2,560: 9.9 ms a step for 10 seeds, 10.6 one at a time, 20.6 all at once);
-    all at once keeps every seed's n x m activations in flight. The quick preset's small nets run all six at
-    once (its figure took 4.5 minutes so, 6.2 two at a time). On a GPU, `--set seeds_at_once=10`."""
+    groups, one compiled loop). On this 2-core CPU two at a time was the fastest measured at the paper's
+    sizes, n = 40 to 2,560 (GD at n = 2,560: 9.9 ms a step for 10 seeds, 10.6 one at a time, 20.6 all at
+    once); all at once keeps every seed's n x m activations in flight. The quick preset's small nets run
+    all six at once (its figure took 4.5 minutes so, 6.2 two at a time). On a GPU: `--set seeds_at_once=10`
+    (assumed, not measured here)."""
     if method in ("sgd", "sde") and n <= cfg["batch"]:  # minibatches need n > B
         return {"scores": np.full((len(seeds), 3), np.nan), "directions": np.full(len(seeds), np.nan)}
     finals, scores = jax.lax.map(
