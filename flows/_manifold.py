@@ -192,15 +192,18 @@ def limit_map(
     Gauss-Newton `retract` then lands within O(delta^2) of the flow's limit. The flow is stiff there (its
     explicit step bound by lambda_max(K / n), its tail decaying at lambda_min):
 
-    - dense mode: up to 256 Tsit5 steps (a non-stiff flow settles within them), then the Rosenbrock-W method
-      ROS34PW2 with the Gauss-Newton matrix as W (flows/_rosenbrock.py: one J and one N x N eigh serve
-      several steps, which grow geometrically as the normal modes decay); local errors 1e-8 (1 + |theta|)
-      in float64, 1e-6 in float32; default `tol` 1e-10 in float64, 1e-7 in float32. Its landing is ~50
-      rtol from Phi in the parameters (measured 1.6e-7 on the digits MLP, N = 64, p = 8,385, where it maps
-      a label-noise GD save in 0.32 s, 5.8x faster than Tsit5 did; 4e-7 on one with N = 32, cond(K) =
-      1.6e3, against Tsit5 at rtol 1e-12 to t = 2e4).
-    - matrix-free mode: diffrax Tsit5 (tolerances tol / 100), ~ cond(K) log(1 / tol) steps of one gradient;
-      default `tol` 10 sqrt(eps) = 1.5e-7 in float64, 100 eps = 1.2e-5 in float32.
+    Up to 256 Tsit5 steps (a non-stiff flow settles within them), then the Rosenbrock-W method ROS34PW2 with
+    the Gauss-Newton matrix as W (flows/_rosenbrock.py), whose steps grow geometrically as the normal modes
+    decay; local errors 1e-8 (1 + |theta|) in float64, 1e-6 in float32; default `tol` 1e-10 in float64,
+    1e-7 in float32.
+
+    - dense mode: one J and one N x N eigh serve several steps. Its landing is ~50 rtol from Phi in the
+      parameters (measured 1.6e-7 on the digits MLP, N = 64, p = 8,385, where it maps a label-noise GD
+      save in 0.32 s, 5.8x faster than Tsit5 did; 4e-7 on one with N = 32, cond(K) = 1.6e3, against Tsit5
+      at rtol 1e-12 to t = 2e4).
+    - matrix-free mode: the same steps with J never formed, each stage's W solved by conjugate gradients
+      on I + c K (~sqrt(cond) products with K, one JVP and one VJP each); it lands where the dense mode
+      does (1e-15 apart on the digits MLP) and costs what Tsit5 to its old stop, 1.5e-7, did.
 
     (Why these: `limit_map_tol` in flows/_numerics.py.) Maps an SGD iterate near Gamma to the point of Gamma
     it is attached to (Phi differs from the orthogonal projection at second order). Memory: the dense mode's
@@ -256,7 +259,7 @@ def _onto(
     flat, unravel = problem.ravel(params)
     mode = numerics.mode_for(problem, mode, flat.dtype)
     if flow_tol is None:
-        flow_tol = numerics.limit_map_tol(flat.dtype, mode)
+        flow_tol = numerics.limit_map_tol(flat.dtype)
     else:
         flow_tol = checks.positive("tol", flow_tol)
     res_tol = numerics.retract_tol(flat.dtype, problem.y) if res_tol is None else res_tol
@@ -319,9 +322,8 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
     """Gradient flow from `flat` until it is at rest, within `max_time` and `max_steps`: (where it stopped,
     whether it came to rest). At rest: the RMS of grad L at most `tol`, or max_i |r_i| at round-off
     (`residual_floor`; there the gradient is rounding and the flow has nothing left to do). Tsit5 first
-    (tolerances tol / 100 in the matrix-free mode, the whole budget; `limit_map_rtol` in the dense mode, at
-    most `_EXPLICIT_STEPS`); in the dense mode a flow not at rest within those goes on by
-    `rosenbrock.settle` with the rest of the budget."""
+    (`limit_map_rtol`, at most `_EXPLICIT_STEPS`); a flow not at rest within those goes on by
+    `rosenbrock.settle` in `mode` with the rest of the budget."""
     grad = jax.grad(lambda w: problem.loss(unravel(w)))
     floor = numerics.residual_floor(flat.dtype, problem.y)
 
@@ -329,9 +331,8 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
         residual = jnp.max(jnp.abs(problem.residuals(unravel(theta))))
         return (jnp.sqrt(jnp.mean(f**2)) <= tol) | (residual <= floor)
 
-    dense = mode == "dense"
-    rtol = numerics.limit_map_rtol(flat.dtype) if dense else tol / 100
-    explicit = min(_EXPLICIT_STEPS, max_steps) if dense else max_steps
+    rtol = numerics.limit_map_rtol(flat.dtype)
+    explicit = min(_EXPLICIT_STEPS, max_steps)
     solve = Solve(diffrax.Tsit5(), rtol, rtol, explicit)
     sol = diffrax.diffeqsolve(  # the event, not save times, ends this solve
         diffrax.ODETerm(lambda t, v, args: -grad(v)),
@@ -346,12 +347,12 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
         throw=False,
     )
     flat, settled = sol.ys[-1], sol.result == diffrax.RESULTS.event_occurred
-    if not dense or explicit == max_steps:
+    if explicit == max_steps:
         return flat, settled
 
     def stiff():
         rest = max_time - sol.ts[-1]
-        return rosenbrock.settle(problem, flat, unravel, at_rest, rtol, rest, max_steps - explicit)[:2]
+        return rosenbrock.settle(problem, flat, unravel, at_rest, rtol, rest, max_steps - explicit, mode)[:2]
 
     return lax.cond(sol.result == diffrax.RESULTS.max_steps_reached, stiff, lambda: (flat, settled))
 

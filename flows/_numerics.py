@@ -99,27 +99,19 @@ def slow_flow_rtol(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-5
 
 
-def limit_map_tol(dtype, mode: Literal["dense", "matrix_free"]) -> float:
+def limit_map_tol(dtype) -> float:
     """Where `flows.limit_map`'s gradient flow stops, the RMS of grad L, and the Gauss-Newton landing after
-    it misses Phi by O(delta^2) at a distance delta ~ tol / lambda_min(K / n).
+    it misses Phi by O(delta^2) at a distance delta ~ tol / lambda_min(K / n): 1e-10 in float64, 1e-7 in
+    float32 (~ eps; where the gradient rounds above it, `residual_floor` ends the flow). A stiff flow goes on
+    by Rosenbrock-W steps (flows/_rosenbrock.py, both modes), which grow geometrically in the tail, so a
+    smaller tol costs a few steps; Tsit5 alone, its steps bound by lambda_max, needed 10 sqrt(eps) = 1.5e-7
+    in float64 (4e-5 off Phi in tr H relative on the digits MLP, lambda_min(K / n) = 1.2e-3). On that MLP
+    float32 lands 2e-5 off Phi in tr H relative at 1e-7, 8e-3 off at 100 eps.
 
-    - `"dense"` (a stiff flow goes on by Rosenbrock-W steps, flows/_rosenbrock.py, which grow geometrically
-      in the tail, so a smaller tol costs a few steps): 1e-10 in float64, 1e-7 in float32 (~ eps; where the
-      gradient rounds above it, `residual_floor` ends the flow). On the digits MLP (lambda_min(K / n) =
-      1.2e-3) float32 lands 2e-5 off Phi in tr H relative at 1e-7, 8e-3 off at 100 eps.
-    - `"matrix_free"` (Tsit5, whose steps are bound by lambda_max and whose run is ~ log(1 / tol) /
-      lambda_min): 10 sqrt(eps) = 1.5e-7 in float64 (4e-5 off Phi in tr H relative on that MLP); 100 eps =
-      1.2e-5 in float32, where 10 sqrt(eps) = 3.4e-3 would stop so far out that the landing misses Phi by
-      ~1e-2 (measured on a two-layer net with lambda_min = 0.04).
-
-    **Arguments:** the `dtype`, the `mode`.
+    **Arguments:** the `dtype`.
 
     **Returns:** tol, a Python float."""
-    double = jnp.dtype(dtype) == jnp.float64
-    if mode == "dense":
-        return 1e-10 if double else 1e-7
-    eps = float(jnp.finfo(dtype).eps)
-    return 10 * eps**0.5 if double else 100 * eps
+    return 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-7
 
 
 def limit_map_rtol(dtype) -> float:

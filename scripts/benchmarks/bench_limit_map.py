@@ -1,5 +1,5 @@
-"""Phi where it is called often: `limit_map` of a trajectory's saves, the stiff Rosenbrock-W flow of the dense
-mode against the explicit flow it replaced, float64.
+"""Phi where it is called often: `limit_map` of a trajectory's saves, the stiff Rosenbrock-W flow of both
+modes against the explicit flow it replaced, float64.
 
 Problems: the digits MLP 64-64-64-1 with tanh of `slow_flow_real_net`'s quick preset (n = 64, p = 8,385),
 and the two-layer tanh net of the slow flow's growth study at N = `--sizes` (p = 32 N). Points: a
@@ -10,7 +10,10 @@ label-noise GD iterate near the manifold (a save; eta = 0.1 on the MLP, 0.5 on t
 - `limit_map`: the library's dense mode, its default tolerances: up to 256 Tsit5 steps, then, where the flow
   has not settled (stiff), ROS34PW2 with the Gauss-Newton W (flows/_rosenbrock.py);
 - `tsit5`, the baseline written here: what `limit_map` ran before, Tsit5 gradient flow (rtol = atol = tol /
-  100) to an RMS gradient of tol = 1.5e-7, then the Gauss-Newton landing (`flows.retract`).
+  100) to an RMS gradient of tol = 1.5e-7, then the Gauss-Newton landing (`flows.retract`);
+- `limit_map, matrix-free` and `tsit5, matrix-free`: the same two where J is never formed (the Rosenbrock-W
+  stages solved by conjugate gradients, the landing's Gauss-Newton steps too), `--matrix-free` (the
+  digits MLP only: its Tsit5 baseline takes ~2,750 steps).
 
 Reported beside the times: each landing's distance to a tight reference (the Rosenbrock-W flow at rtol
 1e-10 to an RMS gradient of 1e-12, then the landing), in the parameters (max) and in tr H (relative), and
@@ -75,7 +78,7 @@ def points(name):
     return P, {"save": run.final, "initialisation": P.params}
 
 
-def rows_for(name, repeats):
+def rows_for(name, repeats, modes=("dense",)):
     P, starts = points(name)
     rows = []
     for where, params in starts.items():
@@ -83,14 +86,19 @@ def rows_for(name, repeats):
         reference = retract(P, unravel(settled(P, params, 1e-12, 1e-10)[0]))
         ref_flat, ref_trace = P.ravel(reference)[0], float(P.gauss_newton_trace(reference))
 
-        def old(params=params, unravel=unravel):
-            return retract(P, unravel(tsit5_flow(P, params)[0]))
+        runs = {}
+        for mode in modes:
+            label = "" if mode == "dense" else ", matrix-free"
 
-        def new(params=params):
-            return limit_map(P, params, mode="dense")
+            def old(params=params, unravel=unravel, mode=mode):
+                return retract(P, unravel(tsit5_flow(P, params)[0]), mode=mode)
 
-        times = median_times({"limit_map": new, "tsit5": old}, repeats=repeats)
-        for run, fn in (("limit_map", new), ("tsit5", old)):
+            def new(params=params, mode=mode):
+                return limit_map(P, params, mode=mode)
+
+            runs |= {f"limit_map{label}": new, f"tsit5{label}": old}
+        times = median_times(runs, repeats=repeats)
+        for run, fn in runs.items():
             land = fn()
             miss = float(jnp.max(jnp.abs(P.ravel(land)[0] - ref_flat)))
             trace = abs(float(P.gauss_newton_trace(land)) / ref_trace - 1)
@@ -99,7 +107,10 @@ def rows_for(name, repeats):
         tsit5_steps = int(tsit5_flow(P, params)[1])
         alone = f"Rosenbrock-W alone {int(accepted)} steps accepted of {int(tried)}"
         print(f"{name}, {where}: {alone}; the baseline's Tsit5 {tsit5_steps}")
-        rows += table(f"limit_map of the {where}, {name}", list(times.items()), "tsit5")
+        for mode in modes:
+            label = "" if mode == "dense" else ", matrix-free"
+            pair = [(run, times[run]) for run in (f"limit_map{label}", f"tsit5{label}")]
+            rows += table(f"limit_map of the {where}, {name}{label}", pair, f"tsit5{label}")
     return rows
 
 
@@ -107,9 +118,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="*", default=[256], help="N of the two-layer net")
+    p.add_argument("--matrix-free", action="store_true", help="the matrix-free rows of the digits MLP")
     args = p.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    rows = rows_for("digits MLP", args.repeats)
+    rows = rows_for("digits MLP", args.repeats, ("dense", "matrix_free") if args.matrix_free else ("dense",))
     for N in args.sizes:
         rows += rows_for(f"two-layer net, N = {N}", args.repeats)
     return rows

@@ -32,9 +32,8 @@ def test_the_dtype_tolerances_sit_above_their_dtypes_rounding():
     for dtype in (jnp.float32, jnp.float64):
         eps = float(jnp.finfo(dtype).eps)
         assert numerics.slow_flow_rtol(dtype) > 10 * eps
-        # Phi's stop (an RMS gradient) near eps or above, tighter where the stiff dense flow makes it cheap
-        dense, free = numerics.limit_map_tol(dtype, "dense"), numerics.limit_map_tol(dtype, "matrix_free")
-        assert eps / 2 < free < 1e-4 and min(eps / 2, 1e-10) <= dense < free
+        # Phi's stop (an RMS gradient): near eps in float32, where the stiff flow's tail makes it cheap
+        assert min(eps / 2, 1e-10) <= numerics.limit_map_tol(dtype) < 1e-6
         assert 5 * eps < numerics.limit_map_rtol(dtype) < 1e-5
         assert numerics.retract_tol(dtype, jnp.array([2.0, -3.0])) == pytest.approx(1e3 * eps * 4)
         assert numerics.residual_floor(dtype, jnp.array([2.0, -3.0])) == pytest.approx(10 * eps * 4)

@@ -1,5 +1,5 @@
-"""The Rosenbrock-W flow behind the dense `limit_map` (flows/_rosenbrock.py), float64: its order with a W that
-is not the Jacobian, and its limit against a long explicit gradient flow on a stiff net."""
+"""The Rosenbrock-W flow behind `limit_map` (flows/_rosenbrock.py), float64: its order with a W that is not
+the Jacobian, dense and matrix-free, and its limit against a long explicit gradient flow on a stiff net."""
 
 import functools
 
@@ -14,25 +14,33 @@ from models import MLP, Problem, QuadraticParam, data
 from tests.helpers import float32, numerics, rosenbrock, two_layer
 
 
-def test_ros34pw2_is_third_order_with_a_stale_gauss_newton_w():
+@pytest.mark.parametrize("mode", ["dense", "matrix_free"])
+def test_ros34pw2_is_third_order_with_a_stale_gauss_newton_w(mode):
     """Fixed steps of gradient flow on a two-layer net far from its manifold, W = I + gamma h G frozen at
     the start (G = J^T J / n, neither the Hessian there nor the Gauss-Newton matrix later): a W-method
-    keeps its order for any W, so the error at t = 1 against Tsit5 at rtol 1e-13 falls like h^3."""
+    keeps its order for any W, so the error at t = 1 against Tsit5 at rtol 1e-13 falls like h^3. The
+    matrix-free stages (conjugate gradients to 1e-12, J never formed) are the same method."""
     P = two_layer(n=6, d=3, width=5)
     flat, unravel = P.ravel(P.params)
     grad = jax.grad(lambda v: P.loss(unravel(v)))
-    w = rosenbrock.gauss_newton_w(P, flat, unravel)
+    if mode == "dense":
+        w, take = rosenbrock.gauss_newton_w(P, flat, unravel), rosenbrock.step
+    else:
+        w = rosenbrock.matrix_free_w(P, flat, unravel)
+        take = functools.partial(rosenbrock.step_matrix_free, unravel=unravel, cg_rtol=1e-12)
     ref = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, v, args: -grad(v)), diffrax.Tsit5(), 0.0, 1.0, 0.01, flat,
         stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-13), max_steps=100_000,
     ).ys[-1]  # fmt: skip
 
-    @functools.partial(jax.jit, static_argnums=1)
     def run(h, steps):
         def body(theta, _):
-            return rosenbrock.step(P, grad, w, theta, -grad(theta), h)[0], None
+            new, _, solved = take(P, grad, w, theta, -grad(theta), h)
+            return new, solved
 
-        return jax.lax.scan(body, flat, length=steps)[0]
+        theta, solved = jax.lax.scan(body, flat, length=steps)
+        assert bool(jnp.all(solved))
+        return theta
 
     errors = np.array([float(jnp.max(jnp.abs(run(1.0 / m, m) - ref))) for m in (16, 32, 64)])
     orders = np.log2(errors[:-1] / errors[1:])
@@ -46,7 +54,8 @@ def test_the_stiff_limit_map_lands_where_a_long_explicit_flow_ends():
     near the manifold (a save of a trajectory, where Phi is called often), and ends at theta(inf) =
     Phi(theta(20)) = Phi(theta(0)). The dense limit_map (Rosenbrock-W, ~200 and ~400 steps) lands on it to
     1e-6 from both (measured 4.3e-7: the slow tail's local errors at rtol 1e-8 add up; Tsit5 at the old
-    tolerances landed 8e-6 off on the digits MLP of slow_flow_real_net)."""
+    tolerances landed 8e-6 off on the digits MLP of slow_flow_real_net), and the matrix-free one (the same
+    steps, conjugate gradients for J) where the dense one does."""
     X, y = data.digits(classes=(3, 8))
     P = Problem(MLP(X.shape[1], 16, key=jax.random.key(0)), X[:32], y[:32])
     flow = gradient_flow(
@@ -58,8 +67,10 @@ def test_the_stiff_limit_map_lands_where_a_long_explicit_flow_ends():
     lam = jnp.linalg.eigvalsh(J @ J.T)
     assert lam[-1] / lam[0] > 1e3  # stiff: an explicit solver is bound by lambda_max, the tail by lambda_min
     for start in (near, P.params):
-        phi = limit_map(P, start, mode="dense")
-        np.testing.assert_allclose(P.ravel(phi)[0], P.ravel(end)[0], rtol=0, atol=1e-6)
+        phi = P.ravel(limit_map(P, start, mode="dense"))[0]
+        np.testing.assert_allclose(phi, P.ravel(end)[0], rtol=0, atol=1e-6)
+        free = P.ravel(limit_map(P, start, mode="matrix_free"))[0]
+        np.testing.assert_allclose(free, phi, rtol=0, atol=1e-9)
 
 
 @pytest.mark.slow  # 8 s; in make test slow_flow_vs_label_noise's smoke figure maps this problem in float32
