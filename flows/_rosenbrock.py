@@ -129,7 +129,7 @@ def step_matrix_free(problem, grad, w, theta, f, h, unravel, cg_rtol):
     W = I + c n G, G = J^T J / n, c = gamma h / n, J linearised at the W's point (`matrix_free_w`), solved
     by the push-through identity W^{-1} b = b - c J^T (I + c K)^{-1} J b: conjugate gradients on the N x N
     system, preconditioned by diag(1 + c K), to `cg_rtol`. A stage costs one gradient, ~sqrt(cond(I + c K))
-    CG iterations of one JVP and one VJP each, and three more products; memory O(N + p).
+    CG iterations of one JVP and one VJP each, and two to four more products; memory O(N + p).
 
     **Arguments:** as `step`, with the matrix-free `w`, `unravel` and the CG tolerance `cg_rtol`.
 
