@@ -34,6 +34,7 @@ from flows import label_noise_sgd, limit_map, retract
 from models import MLP, Problem, TwoLayerNet, data
 
 OLD_TOL = 1.5e-7  # the old float64 default: 10 sqrt(eps)
+LABELS = {"dense": "", "matrix_free": ", matrix-free"}  # each mode's suffix in the row names
 
 
 @eqx.filter_jit
@@ -88,7 +89,7 @@ def rows_for(name, repeats, modes=("dense",)):
 
         runs = {}
         for mode in modes:
-            label = "" if mode == "dense" else ", matrix-free"
+            label = LABELS[mode]
 
             def old(params=params, unravel=unravel, mode=mode):
                 return retract(P, unravel(tsit5_flow(P, params)[0]), mode=mode)
@@ -108,7 +109,7 @@ def rows_for(name, repeats, modes=("dense",)):
         alone = f"Rosenbrock-W alone {int(accepted)} steps accepted of {int(tried)}"
         print(f"{name}, {where}: {alone}; the baseline's Tsit5 {tsit5_steps}")
         for mode in modes:
-            label = "" if mode == "dense" else ", matrix-free"
+            label = LABELS[mode]
             pair = [(run, times[run]) for run in (f"limit_map{label}", f"tsit5{label}")]
             rows += table(f"limit_map of the {where}, {name}{label}", pair, f"tsit5{label}")
     return rows
