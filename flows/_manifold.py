@@ -179,7 +179,7 @@ def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50, m
 
     **Raises:** `equinox.EquinoxRuntimeError` if it has not converged after `max_iter` iterations (the point
     is too far from the manifold) or went non-finite; `ValueError` where J J^T is singular."""
-    return _onto(problem, params, phi=False, res_tol=tol, max_iter=max_iter, mode=mode)
+    return _onto(problem, params, phi=False, res_tol=tol, max_iter=max_iter, mode=mode)[0]
 
 
 def limit_map(
@@ -218,7 +218,9 @@ def limit_map(
     `max_time` and `max_steps` (the start is far from any zero-loss point, or gradient flow has no zero-loss
     limit there), and `ValueError` saying so when the landing fails because J J^T is singular there (a
     degenerate point is bad input)."""
-    return _onto(problem, params, phi=True, flow_tol=tol, max_time=max_time, max_steps=max_steps, mode=mode)
+    return _onto(problem, params, phi=True, flow_tol=tol, max_time=max_time, max_steps=max_steps, mode=mode)[
+        0
+    ]
 
 
 _UNSETTLED = (
@@ -235,70 +237,57 @@ _TOO_FAR = (
 )
 
 
-class _Onto(eqx.Module):
-    """How `_onto` maps a point onto the manifold: by Phi (`phi`: gradient flow to rest at `flow_tol`, within
-    `max_time` and `max_steps`) or the retraction alone, then Gauss-Newton to max|r| <= `res_tol` within
-    `max_iter` iterations, in `mode`; with `gram` (dense mode only), J's `_singular_range` at the landing."""
-
-    phi: bool = eqx.field(static=True)
-    mode: str = eqx.field(static=True)
-    gram: bool = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    max_iter: int = eqx.field(static=True)
-    flow_tol: float | Array
-    res_tol: float | Array
-    max_time: float | Array
-
-
-def _onto_how(
-    problem, dtype, *, phi, flow_tol=None, res_tol=None, max_time=1e6, max_steps=100_000, max_iter=50,
-    mode: Mode = "auto", gram=False,
-) -> _Onto:  # fmt: skip
-    """The `_Onto` of these arguments, its defaults filled in for `dtype`."""
-    mode = numerics.mode_for(problem, mode, dtype)
-    flow_tol = numerics.limit_map_tol(dtype) if flow_tol is None else checks.positive("tol", flow_tol)
-    res_tol = numerics.retract_tol(dtype, problem.y) if res_tol is None else res_tol
-    # the matrix-free mode never forms J
-    return _Onto(phi, mode, gram and mode == "dense", max_steps, max_iter, flow_tol, res_tol, max_time)
-
-
-def _onto(problem, params, **how):
-    """Map `params` onto the manifold (`_onto_how`'s arguments `how`) in one compiled call, raising the
-    errors of `limit_map` and `retract` (`_landed`)."""
+def _onto(
+    problem,
+    params,
+    *,
+    phi: bool,
+    flow_tol=None,
+    res_tol=None,
+    max_time=1e6,
+    max_steps: int = 100_000,
+    max_iter: int = 50,
+    mode: Mode = "auto",
+    gram: bool = False,
+):
+    """Map `params` onto the manifold (Phi when `phi`, else the retraction) in one compiled call, raising
+    the errors of `limit_map` and `retract`: `ValueError` where J J^T is singular (a degenerate start),
+    `equinox.EquinoxRuntimeError` where the map fails to converge (eagerly with the numbers, or traced).
+    With `gram`, also returns `_singular_range` of J at the result (in the dense
+    mode; None in the matrix-free one, which never forms J)."""
     checks.same_structure("params", params, problem.params, "problem.params")
     flat, unravel = problem.ravel(params)
-    how = _onto_how(problem, flat.dtype, **how)
-    landing = _onto_compiled(problem, flat, how)
-    return unravel(_landed(problem, how, landing, landing[0]))
-
-
-def _landed(problem, how: _Onto, landing, value):
-    """`value`, once `landing` (`_onto_core`'s) is checked: `ValueError` where J J^T is singular (a
-    degenerate start), `equinox.EquinoxRuntimeError` where the map failed to converge (eagerly with the
-    numbers, or traced, `value` under `eqx.error_if`)."""
-    v, settled, res, ok, solved, stats = landing
-    if not checks.is_concrete((settled, ok, solved)):
-        for failed, message in ((~settled, _UNSETTLED), (~solved, _UNSOLVED), (~ok, _TOO_FAR)):
-            value = eqx.error_if(value, failed, message)
-        return value
-    settled, res, ok, solved = jax.device_get((settled, res, ok, solved))
-    if not settled:
-        raise eqx.EquinoxRuntimeError(
-            f"{_UNSETTLED} (max_time = {how.max_time:g}, max_steps = {how.max_steps})"
+    mode = numerics.mode_for(problem, mode, flat.dtype)
+    if flow_tol is None:
+        flow_tol = numerics.limit_map_tol(flat.dtype)
+    else:
+        flow_tol = checks.positive("tol", flow_tol)
+    res_tol = numerics.retract_tol(flat.dtype, problem.y) if res_tol is None else res_tol
+    gram = gram and mode == "dense"  # the matrix-free mode never forms J
+    v, settled, res, ok, solved, stats = _onto_compiled(
+        problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
+    )
+    if checks.is_concrete((settled, ok, solved)):
+        settled, res, ok, solved = jax.device_get((settled, res, ok, solved))
+        if not settled:
+            raise eqx.EquinoxRuntimeError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
+        if not solved:
+            raise eqx.EquinoxRuntimeError(_UNSOLVED)
+        if stats is not None:
+            _check_regular(problem, stats, flat.dtype, mode, "where the start lands")
+        if not ok:
+            if numerics.mode_for(problem, "auto", flat.dtype) == "dense":  # J fits: read its singular values
+                J = problem.jacobian(unravel(v))
+                _check_regular(problem, _singular_range(J), flat.dtype, mode, "near the start")
+            raise eqx.EquinoxRuntimeError(
+                f"{_TOO_FAR}; max|r| = {float(res):.3g} after {max_iter} iterations, "
+                f"tol = {float(res_tol):.3g}"
+            )
+    else:
+        v = eqx.error_if(
+            eqx.error_if(eqx.error_if(v, ~settled, _UNSETTLED), ~solved, _UNSOLVED), ~ok, _TOO_FAR
         )
-    if not solved:
-        raise eqx.EquinoxRuntimeError(_UNSOLVED)
-    if stats is not None:
-        _check_regular(problem, stats, v.dtype, how.mode, "where the start lands")
-    if not ok:
-        if numerics.mode_for(problem, "auto", v.dtype) == "dense":  # J fits: read its singular values
-            J = problem.jacobian(problem.ravel(problem.params)[1](v))
-            _check_regular(problem, _singular_range(J), v.dtype, how.mode, "near the start")
-        raise eqx.EquinoxRuntimeError(
-            f"{_TOO_FAR}; max|r| = {float(res):.3g} after {how.max_iter} iterations, "
-            f"tol = {float(how.res_tol):.3g}"
-        )
-    return value
+    return unravel(v), stats
 
 
 _singular_values = geometry.one_at_a_time(lambda J: (jnp.linalg.svd(J, compute_uv=False),))
@@ -368,14 +357,12 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
     return lax.cond(sol.result == diffrax.RESULTS.max_steps_reached, stiff, lambda: (flat, settled))
 
 
-def _onto_core(problem, flat, how: _Onto):
-    """The traced map onto the manifold: (landing, settled, max|r| there, max|r| <= res_tol, every solve
-    succeeded, J's `_singular_range` there or None)."""
+@compiled
+def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
     unravel = problem.ravel(problem.params)[1]
-    mode, res_tol, max_iter = how.mode, how.res_tol, how.max_iter
     settled = jnp.asarray(True)
-    if how.phi:
-        flat, settled = _to_rest(problem, flat, unravel, mode, how.flow_tol, how.max_time, how.max_steps)
+    if phi:
+        flat, settled = _to_rest(problem, flat, unravel, mode, flow_tol, max_time, max_steps)
 
     def cond(state):
         _, res, i, solved = state
@@ -393,11 +380,8 @@ def _onto_core(problem, flat, how: _Onto):
     polished, res2, _, polish_solved = body((v, res, i, solved))
     better = (res2 < res) & polish_solved
     v, res = jax.tree.map(lambda a, b: jnp.where(better, a, b), (polished, res2), (v, res))
-    stats = _singular_range(problem.jacobian(unravel(v))) if how.gram else None
+    stats = _singular_range(problem.jacobian(unravel(v))) if gram else None
     return v, settled, res, res <= res_tol, solved, stats
-
-
-_onto_compiled = compiled(_onto_core)
 
 
 def riemannian_flow(
@@ -477,16 +461,16 @@ def riemannian_flow(
     saves = Saves(ts, save_every, num_saves, save_params)
     if start not in ("limit_map", "retract"):
         raise ValueError(f"start must be 'limit_map' or 'retract', got {start!r}")
-    dtype = jnp.result_type(*jax.tree.leaves(params0))
-    onto = _onto_how(problem, dtype, phi=start == "limit_map", mode=mode, gram=True)
-    rtol = numerics.slow_flow_rtol(dtype) if rtol is None else rtol
+    params0 = _onto(problem, params0, phi=start == "limit_map", mode=mode, gram=True)[0]
+    flat0 = problem.ravel(params0)[0]
+    mode = numerics.mode_for(problem, mode, flat0.dtype)
+    rtol = numerics.slow_flow_rtol(flat0.dtype) if rtol is None else rtol
     solve = Solve(solver or diffrax.Tsit5(), rtol, rtol / 100 if atol is None else atol, max_steps, progress)
     clock = "tau" if objective in (None, label_noise_objective) else "t"
-    traj, landing = _riemannian_solve(
-        problem, params0, onto, objective, stabilize, t0, t1, saves.times(t1, t0), saves.params, solve,
+    traj = _riemannian_solve(
+        problem, params0, objective, mode, stabilize, t0, t1, saves.times(t1, t0), saves.params, solve,
         default_metrics(metrics),
     )  # fmt: skip
-    traj = _landed(problem, onto, landing, traj)
     traj = Trajectory(ts=traj.ts, params=traj.params, stats=traj.stats, clock=clock, result=traj.result)
     return finish("riemannian_flow", traj, throw)
 
@@ -503,19 +487,9 @@ def _slow_field(problem, unravel, objective, mode, stabilize) -> Callable:
 
 
 @compiled
-def _riemannian_solve(problem, params0, onto, objective, stabilize, t0, t1, ts, save_params, solve, metrics):
-    """params0 mapped onto the manifold (`_onto_core`) and the flow from there, in one call: (the
-    Trajectory, the landing). Where the landing failed to converge (`riemannian_flow` raises then), the flow
-    is frozen at params0 (its field zero), so that it takes a few steps, not `max_steps`; a singular landing
-    (raised on when concrete) is flowed from, as before the fusion."""
-    mode = onto.mode
+def _riemannian_solve(problem, params0, objective, mode, stabilize, t0, t1, ts, save_params, solve, metrics):
     flat0, unravel = problem.ravel(params0)
-    landing = _onto_core(problem, flat0, onto)
-    landed, settled, _, ok, solved, _ = landing
-    good = settled & ok & solved  # the failures `_landed` raises on, eagerly and traced
-    flat0 = jnp.where(good, landed, flat0)
-    moving = _slow_field(problem, unravel, objective, mode, stabilize)
-    field = lambda t, v, args: jnp.where(good, moving(t, v, args), 0)  # noqa: E731
+    field = _slow_field(problem, unravel, objective, mode, stabilize)
 
     def save(t, v, args):
         params = unravel(v)
@@ -531,6 +505,4 @@ def _riemannian_solve(problem, params0, onto, objective, stabilize, t0, t1, ts, 
     ts, (params, (stats, solved)), result = solve_ode(field, flat0, t0, t1, ts, save, solve)
     # a failed conjugate-gradient solve at a save (matrix-free mode) is an inner failure, not a divergence
     result = jnp.where(jnp.all(solved), result, INNER_SOLVER_FAILED)
-    return Trajectory(
-        ts=ts, params=params, stats=stats, result=diverged_where(result, stats["loss"])
-    ), landing
+    return Trajectory(ts=ts, params=params, stats=stats, result=diverged_where(result, stats["loss"]))
