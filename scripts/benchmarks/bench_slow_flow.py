@@ -8,7 +8,8 @@
    flow also timed 10 calls back to back (an interleaved call pays the machine's wake-up after a scan).
    Reported with it: the flow's accepted and rejected steps, its field evaluations, and the cost of one
    (the geometry at a point: J's rows, the QR of [J^T; sqrt(mu) I], two triangular solves), timed in a
-   loop. Target: the flow >= 300x faster than the bare scan at eta = 0.01, the ratio growing as eta
+   loop, with the QR's and the triangular solve's shares and the Cholesky the normal equations would take.
+   Target: the flow >= 300x faster than the bare scan at eta = 0.01, the ratio growing as eta
    shrinks; a second flow call with the same shapes does not recompile.
 2. Growth: a two-layer tanh net with a fixed outer layer on a tanh teacher, d = 32, width m = N (so
    p = 32 N), N = 64, 256, 1024 (`--sizes`), in float64 and in float32 (the same problem built in float64
@@ -78,9 +79,39 @@ def field_cost(P, start):
         stepsize_controller=Solve(diffrax.Tsit5(), rtol, rtol / 100).controller(),
         max_steps=100_000,
     )
-    loop = jax.jit(lambda v: jax.lax.fori_loop(0, 1000, lambda i, v: v + 1e-12 * field(0.0, v, None), v))
-    seconds = median_time(lambda: loop(flat), repeats=5) / 1000
-    return int(sol.stats["num_accepted_steps"]), int(sol.stats["num_rejected_steps"]), seconds
+    return int(sol.stats["num_accepted_steps"]), int(sol.stats["num_rejected_steps"]), per_call(field, flat)
+
+
+def per_call(fn, flat) -> float:
+    """Seconds of one `fn(0.0, v, None)` (a field's signature), from a compiled loop of 1,000 calls whose
+    results feed the next (so none is hoisted or dropped)."""
+    loop = jax.jit(lambda v: jax.lax.fori_loop(0, 1000, lambda i, v: v + 1e-12 * fn(0.0, v, None), v))
+    return median_time(lambda: loop(flat), repeats=5) / 1000
+
+
+def factorisation_costs(P, start) -> dict[str, float]:
+    """Seconds of the two dense factorisation steps of one field evaluation at the start, in the loop of
+    `per_call`: the QR (R only) of [J^T; sqrt(mu) I] and the triangular solve Q_1^T = R^{-T} J; and, for
+    comparison, the Cholesky of K + mu I the normal equations would take instead (losing cond(J)^2 eps)."""
+    flat = P.ravel(start)[0]
+    J = P.jacobian(start)
+    N = J.shape[0]
+    mu = jnp.asarray(1e-6, flat.dtype)
+    eye = jnp.eye(N, dtype=flat.dtype)
+    R = jnp.linalg.qr(jnp.concatenate([J.T, jnp.sqrt(mu) * eye]), mode="r")
+
+    def qr(t, v, args):  # v enters the matrix so that each call in the loop is computed anew
+        stacked = jnp.concatenate([J.T + 1e-20 * v[:, None], jnp.sqrt(mu) * eye])
+        return 1e-30 * jnp.sum(jnp.linalg.qr(stacked, mode="r")) + v
+
+    def solve(t, v, args):
+        return 1e-30 * jnp.sum(jax.scipy.linalg.solve_triangular(R, J + 1e-20 * v, trans="T"), 0) + v
+
+    def cholesky(t, v, args):
+        K = J @ J.T + mu * eye + 1e-20 * jnp.sum(v)
+        return 1e-30 * jnp.sum(jnp.linalg.cholesky(K)) + v
+
+    return {name: per_call(fn, flat) for name, fn in (("QR", qr), ("R^-T J", solve), ("Cholesky", cholesky))}
 
 
 def count_compiles(fn) -> int:
@@ -135,8 +166,11 @@ def quadratic_rows(dtype, repeats):
     evaluations = 6 * (accepted + rejected)  # Tsit5: six new field evaluations a step (first same as last)
     print(
         f"  the flow: {accepted} accepted and {rejected} rejected steps, ~{evaluations} field evaluations of "
-        f"{seconds * 1e6:.1f} us each: {evaluations * seconds * 1e3:.1f} ms of its {rows[0][1] * 1e3:.1f} ms"
+        f"{seconds * 1e6:.1f} us each: {evaluations * seconds * 1e3:.1f} ms of its {rows[0][1] * 1e3:.1f} ms "
+        f"({rows[1][1] * 1e3:.1f} ms back to back)"
     )
+    costs = ", ".join(f"{name} {t * 1e6:.1f} us" for name, t in factorisation_costs(P, start).items())
+    print(f"  of an evaluation: {costs} (the normal equations' Cholesky, not used: cond(J)^2 eps)")
     other = jax.tree.map(lambda x: 1.01 * x, start)
     compiles = count_compiles(lambda: flow(other, 0.5))
     print(f"  compilations on a second flow call with the same shapes: {compiles}")
