@@ -114,7 +114,7 @@ def test_bad_starting_points_say_which():
         limit_map(P, far, max_steps=2000)  # riemannian_flow's default start; 100,000 steps by default
     with pytest.raises(eqx.EquinoxRuntimeError, match="too far from the manifold"):
         riemannian_flow(P, far, t1=1.0, start="retract")
-    # traced, the landing is checked inside the flow's one compiled call
+    # traced (inside a caller's jit), the failed landing raises through eqx.error_if
     traced = eqx.filter_jit(lambda p: riemannian_flow(P, p, t1=1.0, start="retract").stats["loss"])
     with pytest.raises(eqx.EquinoxRuntimeError, match="too far from the manifold"):
         jax.block_until_ready(traced(far))
