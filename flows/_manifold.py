@@ -256,29 +256,29 @@ def _onto(
     With `gram`, also returns `_singular_range` of J at the result (in the dense
     mode; None in the matrix-free one, which never forms J)."""
     checks.same_structure("params", params, problem.params, "problem.params")
-    flat, unravel = problem.ravel(params)
-    mode = numerics.mode_for(problem, mode, flat.dtype)
+    dtype = jnp.result_type(*jax.tree.leaves(params))  # the flat parameters' (raveled in the compiled call)
+    mode = numerics.mode_for(problem, mode, dtype)
     if flow_tol is None:
-        flow_tol = numerics.limit_map_tol(flat.dtype)
+        flow_tol = numerics.limit_map_tol(dtype)
     else:
         flow_tol = checks.positive("tol", flow_tol)
-    res_tol = numerics.retract_tol(flat.dtype, problem.y) if res_tol is None else res_tol
+    res_tol = numerics.retract_tol(dtype, problem.y) if res_tol is None else res_tol
     gram = gram and mode == "dense"  # the matrix-free mode never forms J
     v, settled, res, ok, solved, stats = _onto_compiled(
-        problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
+        problem, params, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
     )
     if checks.is_concrete((settled, ok, solved)):
-        settled, res, ok, solved = jax.device_get((settled, res, ok, solved))
+        settled, res, ok, solved, stats = jax.device_get((settled, res, ok, solved, stats))
         if not settled:
             raise eqx.EquinoxRuntimeError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
         if not solved:
             raise eqx.EquinoxRuntimeError(_UNSOLVED)
         if stats is not None:
-            _check_regular(problem, stats, flat.dtype, mode, "where the start lands")
+            _check_regular(problem, stats, dtype, mode, "where the start lands")
         if not ok:
-            if numerics.mode_for(problem, "auto", flat.dtype) == "dense":  # J fits: read its singular values
-                J = problem.jacobian(unravel(v))
-                _check_regular(problem, _singular_range(J), flat.dtype, mode, "near the start")
+            if numerics.mode_for(problem, "auto", dtype) == "dense":  # J fits: read its singular values
+                J = problem.jacobian(v)
+                _check_regular(problem, _singular_range(J), dtype, mode, "near the start")
             raise eqx.EquinoxRuntimeError(
                 f"{_TOO_FAR}; max|r| = {float(res):.3g} after {max_iter} iterations, "
                 f"tol = {float(res_tol):.3g}"
@@ -287,7 +287,7 @@ def _onto(
         v = eqx.error_if(
             eqx.error_if(eqx.error_if(v, ~settled, _UNSETTLED), ~solved, _UNSOLVED), ~ok, _TOO_FAR
         )
-    return unravel(v), stats
+    return v, stats
 
 
 _singular_values = geometry.one_at_a_time(lambda J: (jnp.linalg.svd(J, compute_uv=False),))
@@ -358,8 +358,10 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
 
 
 @compiled
-def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
-    unravel = problem.ravel(problem.params)[1]
+def _onto_compiled(problem, params, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
+    """(the landing, a pytree like params; settled; max|r| there; max|r| <= res_tol; every solve succeeded;
+    J's `_singular_range` there or None): raveled and unraveled here, not eagerly."""
+    flat, unravel = problem.ravel(params)
     settled = jnp.asarray(True)
     if phi:
         flat, settled = _to_rest(problem, flat, unravel, mode, flow_tol, max_time, max_steps)
@@ -380,8 +382,9 @@ def _onto_compiled(problem, flat, flow_tol, res_tol, max_time, max_steps, max_it
     polished, res2, _, polish_solved = body((v, res, i, solved))
     better = (res2 < res) & polish_solved
     v, res = jax.tree.map(lambda a, b: jnp.where(better, a, b), (polished, res2), (v, res))
-    stats = _singular_range(problem.jacobian(unravel(v))) if gram else None
-    return v, settled, res, res <= res_tol, solved, stats
+    landing = unravel(v)
+    stats = _singular_range(problem.jacobian(landing)) if gram else None
+    return landing, settled, res, res <= res_tol, solved, stats
 
 
 def riemannian_flow(
@@ -462,9 +465,9 @@ def riemannian_flow(
     if start not in ("limit_map", "retract"):
         raise ValueError(f"start must be 'limit_map' or 'retract', got {start!r}")
     params0 = _onto(problem, params0, phi=start == "limit_map", mode=mode, gram=True)[0]
-    flat0 = problem.ravel(params0)[0]
-    mode = numerics.mode_for(problem, mode, flat0.dtype)
-    rtol = numerics.slow_flow_rtol(flat0.dtype) if rtol is None else rtol
+    dtype = jnp.result_type(*jax.tree.leaves(params0))
+    mode = numerics.mode_for(problem, mode, dtype)
+    rtol = numerics.slow_flow_rtol(dtype) if rtol is None else rtol
     solve = Solve(solver or diffrax.Tsit5(), rtol, rtol / 100 if atol is None else atol, max_steps, progress)
     clock = "tau" if objective in (None, label_noise_objective) else "t"
     traj = _riemannian_solve(
