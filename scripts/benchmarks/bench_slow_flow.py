@@ -167,7 +167,7 @@ def quadratic_rows(dtype, repeats):
     print(
         f"  the flow: {accepted} accepted and {rejected} rejected steps, ~{evaluations} field evaluations of "
         f"{seconds * 1e6:.1f} us each: {evaluations * seconds * 1e3:.1f} ms of its {rows[0][1] * 1e3:.1f} ms "
-        f"({rows[1][1] * 1e3:.1f} ms back to back)"
+        f"({warm * 1e3:.1f} ms back to back)"
     )
     costs = ", ".join(f"{name} {t * 1e6:.1f} us" for name, t in factorisation_costs(P, start).items())
     print(f"  of an evaluation: {costs} (the normal equations' Cholesky, not used: cond(J)^2 eps)")
