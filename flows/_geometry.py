@@ -20,12 +20,14 @@ rounding error of the mode's own arithmetic (the rank rule), which differs betwe
 - `"dense"`: J formed once per point, row by row from per-example gradients (memory N p; cost N gradient
   evaluations; grad tr G comes out of the same pass, reverse over reverse per example); R of the Householder
   QR of [J^T; sqrt(mu) I] (2 N^2 (p + N); memory N (p + N) more), so that R^T R = K + mu I without forming
-  K, and Q_1 = J^T R^{-1} by one triangular solve (N^2 p; memory N p more): P_T v = v - Q_1 Q_1^T v,
-  J^+ b = Q_1 R^{-T} b. Backward stable: J's singular values are resolved to ~ eps sigma_max and a solve
-  loses cond(J) eps, where the normal equations (K formed and factorised by Cholesky, half the cost) lose
-  cond(J)^2 eps: in float32 they refused a two-layer net at N = 1,024, and with the cut-off they need
-  there (10 N eps) put tangent projections 1% off on a J with cond(J) = 35 (QR: 2e-6). mu =
-  (100 sqrt(N) eps)^2 max_a ||grad f_a||^2.
+  K; then (K + mu I)^{-1} b = R^{-1} R^{-T} b by two triangular solves (2 N^2 each), so that
+  P_T v = v - J^T R^{-1} R^{-T} J v costs 2 N p + 2 N^2 a vector (the seminormal equations). J's singular
+  values are resolved to ~ eps sigma_max and a tangent projection loses ~ cond(J) eps (0.3-1.6 cond(J) eps
+  measured at cond(J) = 300 in float32; 0.3-1.5 with Q_1 = J^T R^{-1} formed, which costs N^2 p more a
+  point and made an evaluation of the quadratic's field 1.6-1.9x slower), where the normal equations (K
+  formed) lose cond(J)^2 eps: in float32 they refused a two-layer net at N = 1,024, and with the cut-off
+  they need there (10 N eps) put tangent projections 1% off on a J with cond(J) = 35 (QR: 2e-6).
+  mu = (100 sqrt(N) eps)^2 max_a ||grad f_a||^2.
 - `"matrix_free"`: K u is one JVP and one VJP of the residuals (the primal pass linearised once: memory
   O(p + N + one batch of activations), never N p); (K + mu I)^{-1} b by conjugate gradients (lineax CG,
   Jacobi preconditioner diag K_aa = ||grad f_a||^2, which the trace pass yields for free); a solve that
@@ -47,6 +49,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jax import lax
 from jax.custom_batching import custom_vmap
+from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float
 
 from models.problem import chunked
@@ -123,11 +126,9 @@ class Point:
         # (K + mu I)^{-1}, which is K^+ to a relative mu / sigma^2 elsewhere
         self.mu = rcond(self.N, dtype, mode) * jnp.maximum(jnp.max(self.sq), jnp.finfo(dtype).tiny)
         if mode == "dense":
-            # R of the Householder QR of [J^T; sqrt(mu) I], so that R^T R = K + mu I; and
-            # Q_1^T = R^{-T} J (N, p), so that J^T = Q_1 R
+            # R of the Householder QR of [J^T; sqrt(mu) I], so that R^T R = K + mu I
             stacked = jnp.concatenate([self.J.T, jnp.sqrt(self.mu) * jnp.eye(self.N, dtype=dtype)])
             self._R = _qr_r(stacked)[0]
-            self._Qt = self._rt_solve(self.J)
         self.solved = jnp.asarray(True)  # False once a conjugate-gradient solve has failed
 
     def jv(self, v: Float[Array, " p"]) -> Float[Array, " N"]:
@@ -138,39 +139,29 @@ class Point:
         """J^T u (a vector-Jacobian product in matrix-free mode)."""
         return u @ self.J if self.mode == "dense" else self._vjp(u)[0]
 
-    def _rt_solve(self, b):
-        """R^{-T} b (dense)."""
-        return jax.scipy.linalg.solve_triangular(self._R, b, trans="T")
-
     def solve(self, b: Float[Array, " N"]) -> Float[Array, " N"]:
         """(K + mu I)^{-1} b: K^+ b for b in range(K), with K's eigenvalues far below mu dropped (the rank
         rule above; at a point where J loses rank, the pseudo-inverse of the rank kept). Dense: R^{-1} R^{-T}
         b, two triangular solves. Matrix-free: conjugate gradients (Jacobi preconditioner); a solve that does
         not reach its tolerance sets `solved` to False (the flows report it as `INNER_SOLVER_FAILED`)."""
         if self.mode == "dense":
-            return jax.scipy.linalg.solve_triangular(self._R, self._rt_solve(b))
+            return solve_triangular(self._R, solve_triangular(self._R, b, trans="T"))
         x, solved = shifted_solve(self.jv, self.jtu, self.sq, self.mu, b, self._cg_rtol)
         self.solved = self.solved & solved
         return x
 
     def multipliers(self, v: Float[Array, " p"]) -> Float[Array, " N"]:
         """K^+ J v, the least-squares solution lambda of J^T lambda = v (the Lagrange multipliers of a
-        gradient v). Dense: R^{-1} Q_1^T v (loses cond(J) eps, not cond(J)^2 eps)."""
-        if self.mode == "dense":
-            return jax.scipy.linalg.solve_triangular(self._R, self._Qt @ v)
+        gradient v)."""
         return self.solve(self.jv(v))
 
     def min_norm(self, b: Float[Array, " N"]) -> Float[Array, " p"]:
-        """J^+ b = J^T K^+ b (dense: Q_1 R^{-T} b)."""
-        return self._rt_solve(b) @ self._Qt if self.mode == "dense" else self.jtu(self.solve(b))
+        """J^+ b = J^T K^+ b."""
+        return self.jtu(self.solve(b))
 
     def project(self, v: Float[Array, " p"], b: Float[Array, " N"] | None = None) -> Float[Array, " p"]:
         """P_T v + J^+ b = v - J^+ (J v - b), the point of {w : J w = b} nearest v (b = 0 by default: the
-        tangent projection). One solve; dense: v - Q_1 (Q_1^T v - R^{-T} b), where P_T v = v - Q_1 Q_1^T v
-        loses only eps."""
-        if self.mode == "dense":
-            c = self._Qt @ v
-            return v - (c if b is None else c - self._rt_solve(b)) @ self._Qt
+        tangent projection). One solve."""
         Jv = self.jv(v)
         return v - self.min_norm(Jv if b is None else Jv - b)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flows import limit_map, riemannian_flow, tangent_projection, trace_grad
-from models import Problem, TwoLayerNet, data
+from models import Linear, Problem, TwoLayerNet, data
 from tests.helpers import float32, geometry, largest_intermediate, numerics
 
 Point, mode_for = geometry.Point, numerics.mode_for
@@ -119,6 +119,36 @@ def test_the_float32_dense_projection_resolves_j_to_its_eps():
             got = np.asarray(point.project(jnp.asarray(u, jnp.float32)), np.float64)
             exact = u - Vt.T @ (Vt @ u)
             assert np.linalg.norm(got - exact) < 1e-5 * np.linalg.norm(u), (name, s[-1] / s[0])
+
+
+def test_the_float32_dense_projection_loses_cond_eps_not_cond_squared():
+    """Linear regression (J = X, N = 20, p = 80) with cond(X) = 300, float32: P_T v (one J product, two
+    triangular solves with R from the QR, one J^T product) within 4 cond(J) eps ||v|| of the exact
+    projector, for random v and for v near J's smallest right singular vector; the normal equations in the
+    same float32 (K = J J^T formed and solved) miss that bound (measured 5-14 cond(J) eps)."""
+    cond, N, p = 300.0, 20, 80
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    V, _ = np.linalg.qr(rng.standard_normal((p, N)))
+    X = (U * np.logspace(0, -np.log10(cond), N)) @ V.T
+    P = float32(
+        Problem(Linear(p, key=jax.random.key(0)), jnp.asarray(X), jnp.asarray(rng.standard_normal(N)))
+    )
+    bound = 4 * cond * np.finfo(np.float32).eps
+    with jax.enable_x64(False):
+        flat, unravel = P.ravel(P.params)
+        point = Point(P, flat, unravel, "dense")
+        Jf = np.asarray(P.jacobian(P.params))
+        vs = [rng.standard_normal(p) for _ in range(5)] + [V[:, -1] + 0.1 * rng.standard_normal(p)]
+        normal_equations = []
+        for u in vs:
+            exact = u - V @ (V.T @ u)
+            got = np.asarray(point.project(jnp.asarray(u, jnp.float32)), np.float64)
+            assert np.linalg.norm(got - exact) < bound * np.linalg.norm(u)
+            uf = u.astype(np.float32)
+            ne = uf - Jf.T @ np.linalg.solve(Jf @ Jf.T, Jf @ uf)
+            normal_equations.append(np.linalg.norm(ne - exact) / np.linalg.norm(u))
+    assert max(normal_equations) > bound
 
 
 @pytest.mark.parametrize("gap", [0.0, 1e-9, 1e-8, 1e-7, 1e-6, 1e-3])
