@@ -110,7 +110,7 @@ def sde_vs_sgd(
     if noise not in ("batch", "label"):
         raise ValueError(f"noise must be 'batch' (minibatch SGD) or 'label' (label-noise SGD), got {noise!r}")
     if noise == "label":
-        sigma = float(checks.positive("sigma", sigma))
+        sigma = checks.positive_float("sigma", sigma)
     elif checks.batch_size(batch_size, problem.n) == problem.n:
         raise ValueError("noise='batch' needs batch_size < n")
     seeds = checks.positive_int("seeds", seeds)
@@ -432,7 +432,7 @@ def label_noise_slow_clock(
     **Raises:** `ValueError` for a bad `sigma`, `seeds` or `batch_size`, or a problem without residuals;
     `equinox.EquinoxRuntimeError` where Phi cannot map a point (`flows.limit_map`).
     """
-    sigma = float(checks.positive("sigma", sigma))
+    sigma = checks.positive_float("sigma", sigma)
     seeds = checks.positive_int("seeds", seeds)
     batch = checks.batch_size(batch_size, problem.n)
     observables = dict(observables or {"trace_H": Problem.gauss_newton_trace})

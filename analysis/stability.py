@@ -222,7 +222,7 @@ def mean_square_rate(
     mean(y^2) / 2), a problem without residuals, or a bad argument; `equinox.EquinoxRuntimeError` when the
     power method's two-sided bounds have not met.
     """
-    eta = float(checks.positive("eta", eta))
+    eta = checks.positive_float("eta", eta)
     _check_minimum(problem, params, min_loss_rtol)
     lin = _Linearised(problem, params, batch_size, replace)
     rho, X = _mean_square_mode(lin, eta, method, checks.positive_int("num_iter", num_iter), tol)
@@ -393,7 +393,7 @@ def sde_rate(
 
     **Raises:** `ValueError` when `params` is not a minimum (its loss above `min_loss_rtol`
     mean(y^2) / 2), a problem without residuals, or a bad argument."""
-    eta = float(checks.positive("eta", eta))
+    eta = checks.positive_float("eta", eta)
     _check_minimum(problem, params, min_loss_rtol)
     return _sde_rate(_Linearised(problem, params, batch_size, replace), eta)
 
@@ -511,7 +511,7 @@ def threshold(
     if eta_max is None:
         hi = gd_eta * (1 + 1e-9) if criterion == "mean_square" else 20 * gd_eta
     else:
-        hi = float(checks.positive("eta_max", eta_max))
+        hi = checks.positive_float("eta_max", eta_max)
     steps = checks.positive_int("steps", steps)
 
     if lin.B == lin.n:  # the full batch is GD: stable up to 2 / lambda_max(G), and its SDE has no noise
@@ -614,8 +614,8 @@ def wu_bound(eta, batch_size: int, *, mu, n: int | None = None, replace: bool = 
     **Returns:** the bound, a Python float (inf for the full batch without replacement).
 
     **Raises:** `ValueError` for a bad `eta` or `mu`, or sampling without replacement without `n`."""
-    eta = float(checks.positive("eta", eta))
-    mu = float(checks.positive("mu", mu))
+    eta = checks.positive_float("eta", eta)
+    mu = checks.positive_float("mu", mu)
     if not replace and n is None:
         raise ValueError("wu_bound without replacement needs n")
     batch_size = checks.positive_int("batch_size", batch_size)
@@ -693,7 +693,7 @@ def label_noise_stationary_loss(
 
     **Raises:** `ValueError` when `params` is not a minimum (its loss above `min_loss_rtol`
     mean(y^2) / 2), a problem without residuals, or a bad argument."""
-    eta = float(checks.positive("eta", eta))
+    eta = checks.positive_float("eta", eta)
     sigma = float(checks.non_negative("sigma", sigma))
     _check_minimum(problem, params, min_loss_rtol)
     lin = _Linearised(problem, params, batch_size, replace)

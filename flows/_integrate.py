@@ -59,7 +59,7 @@ class Saves(eqx.Module):
                 raise ValueError(
                     "save_every must be a concrete number (it fixes the number of saves); give ts under jit"
                 )
-            every = _concrete_positive("save_every", every)
+            every = checks.positive_float("save_every", every)
         self.ts = ts
         self.every = every
         self.num = checks.positive_int("num_saves", num)
@@ -144,14 +144,7 @@ def _tolerance(name, value):
     arithmetic in the state's dtype; a traced one checked by `eqx.error_if`."""
     if value is None:
         return None
-    return _concrete_positive(name, value) if checks.is_concrete(value) else checks.positive(name, value)
-
-
-def _concrete_positive(name, value) -> float:
-    """A concrete number > 0 as a Python float, checked on the host (a literal inside a caller's jit stays a
-    literal)."""
-    checks.positive(name, np.asarray(value))
-    return float(np.asarray(value))
+    return checks.positive_float(name, value) if checks.is_concrete(value) else checks.positive(name, value)
 
 
 def progress_meter(progress: bool, refresh_steps: int = 1) -> diffrax.AbstractProgressMeter:

@@ -27,7 +27,7 @@ long horizons.
 """
 
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -179,7 +179,7 @@ def retract(problem: Problem, params: PyTree, *, tol=None, max_iter: int = 50, m
 
     **Raises:** `equinox.EquinoxRuntimeError` if it has not converged after `max_iter` iterations (the point
     is too far from the manifold) or went non-finite; `ValueError` where J J^T is singular."""
-    return _onto(problem, params, phi=False, res_tol=tol, max_iter=max_iter, mode=mode)[0]
+    return _onto(problem, params, phi=False, res_tol=tol, max_iter=max_iter, mode=mode)
 
 
 def limit_map(
@@ -218,9 +218,7 @@ def limit_map(
     `max_time` and `max_steps` (the start is far from any zero-loss point, or gradient flow has no zero-loss
     limit there), and `ValueError` saying so when the landing fails because J J^T is singular there (a
     degenerate point is bad input)."""
-    return _onto(problem, params, phi=True, flow_tol=tol, max_time=max_time, max_steps=max_steps, mode=mode)[
-        0
-    ]
+    return _onto(problem, params, phi=True, flow_tol=tol, max_time=max_time, max_steps=max_steps, mode=mode)
 
 
 _UNSETTLED = (
@@ -237,58 +235,92 @@ _TOO_FAR = (
 )
 
 
-def _onto(
-    problem,
-    params,
-    *,
-    phi: bool,
-    flow_tol=None,
-    res_tol=None,
-    max_time=1e6,
-    max_steps: int = 100_000,
-    max_iter: int = 50,
-    mode: Mode = "auto",
-    gram: bool = False,
-):
-    """Map `params` onto the manifold (Phi when `phi`, else the retraction) in one compiled call, raising
-    the errors of `limit_map` and `retract`: `ValueError` where J J^T is singular (a degenerate start),
-    `equinox.EquinoxRuntimeError` where the map fails to converge (eagerly with the numbers, or traced).
-    With `gram`, also returns `_singular_range` of J at the result (in the dense
-    mode; None in the matrix-free one, which never forms J)."""
-    checks.same_structure("params", params, problem.params, "problem.params")
-    dtype = jnp.result_type(*jax.tree.leaves(params))  # the flat parameters' (raveled in the compiled call)
-    mode = numerics.mode_for(problem, mode, dtype)
-    if flow_tol is None:
-        flow_tol = numerics.limit_map_tol(dtype)
-    else:
-        flow_tol = checks.positive("tol", flow_tol)
-    res_tol = numerics.retract_tol(dtype, problem.y) if res_tol is None else res_tol
-    gram = gram and mode == "dense"  # the matrix-free mode never forms J
-    v, settled, res, ok, solved, stats = _onto_compiled(
-        problem, params, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram
-    )
-    if checks.is_concrete((settled, ok, solved)):
-        settled, res, ok, solved, stats = jax.device_get((settled, res, ok, solved, stats))
-        if not settled:
-            raise eqx.EquinoxRuntimeError(f"{_UNSETTLED} (max_time = {max_time:g}, max_steps = {max_steps})")
-        if not solved:
-            raise eqx.EquinoxRuntimeError(_UNSOLVED)
-        if stats is not None:
-            _check_regular(problem, stats, dtype, mode, "where the start lands")
-        if not ok:
-            if numerics.mode_for(problem, "auto", dtype) == "dense":  # J fits: read its singular values
-                J = problem.jacobian(v)
-                _check_regular(problem, _singular_range(J), dtype, mode, "near the start")
-            raise eqx.EquinoxRuntimeError(
-                f"{_TOO_FAR}; max|r| = {float(res):.3g} after {max_iter} iterations, "
-                f"tol = {float(res_tol):.3g}"
-            )
-    else:
-        v = eqx.error_if(
-            eqx.error_if(eqx.error_if(v, ~settled, _UNSETTLED), ~solved, _UNSOLVED), ~ok, _TOO_FAR
-        )
-    return v, stats
+class _Budget(NamedTuple):
+    """How a start is mapped onto the manifold: Phi's gradient flow stops at the RMS gradient `flow_tol`
+    within `max_time` and `max_steps`; the Gauss-Newton landing at max|r| <= `res_tol` within `max_iter`
+    iterations; the linear algebra in `mode` (resolved, never "auto")."""
 
+    flow_tol: float | Array
+    res_tol: float | Array
+    max_time: float
+    max_steps: int
+    max_iter: int
+    mode: Literal["dense", "matrix_free"]
+
+
+def _budget(
+    problem, dtype, flow_tol=None, res_tol=None, max_time=1e6, max_steps=100_000, max_iter=50, mode="auto"
+):
+    """The `_Budget` of `limit_map` and `retract` for parameters of `dtype`, their defaults filled in."""
+    flow_tol = numerics.limit_map_tol(dtype) if flow_tol is None else checks.positive("tol", flow_tol)
+    res_tol = numerics.retract_tol(dtype, problem.y) if res_tol is None else res_tol
+    return _Budget(flow_tol, res_tol, max_time, max_steps, max_iter, numerics.mode_for(problem, mode, dtype))
+
+
+class _Landing(NamedTuple):
+    """Where `_land` put a start: the landing `params` (a pytree like the start); whether Phi's gradient
+    flow `settled`; max|r| there (`res`); whether `res` <= res_tol (`ok`); whether every inner solve
+    succeeded (`solved`); J's `_singular_range` there (`stats`, dense mode, when asked) or None; and
+    whether all went well (`landed`: settled, ok, solved, and J regular where `stats` says)."""
+
+    params: PyTree
+    settled: Array
+    res: Array
+    ok: Array
+    solved: Array
+    stats: Array | None
+    landed: Array
+
+
+def _onto(problem, params, *, phi: bool, **budget):
+    """Map `params` onto the manifold (Phi when `phi`, else the retraction) in one compiled call, raising
+    the errors of `limit_map` and `retract` (`_checked_landing`); `budget`: `_budget`'s keywords."""
+    checks.same_structure("params", params, problem.params, "problem.params")
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    budget = _budget(problem, dtype, **budget)
+    landing = _onto_compiled(problem, params, budget, phi)
+    return _checked_landing(problem, landing, budget, dtype, landing.params)
+
+
+def _checked_landing(problem, landing: _Landing, budget: _Budget, dtype, x):
+    """`x` once `landing` is known to have succeeded. Concrete: raises `equinox.EquinoxRuntimeError` where
+    the map failed to converge (with the numbers) and `ValueError` where J J^T is singular at the landing (a
+    degenerate start); traced: `x` under `eqx.error_if` with the same messages, less the numbers."""
+    if not checks.is_concrete(landing.landed):
+        for failed, message in (
+            (~landing.settled, _UNSETTLED),
+            (~landing.solved, _UNSOLVED),
+            (~landing.ok, _TOO_FAR),
+            (~landing.landed, _SINGULAR),
+        ):
+            x = eqx.error_if(x, failed, message)
+        return x
+    if landing.landed:  # one scalar read on success; the reason read only on failure
+        return x
+    settled, res, ok, solved, stats, _ = jax.device_get(landing[1:])
+    if not settled:
+        raise eqx.EquinoxRuntimeError(
+            f"{_UNSETTLED} (max_time = {budget.max_time:g}, max_steps = {budget.max_steps})"
+        )
+    if not solved:
+        raise eqx.EquinoxRuntimeError(_UNSOLVED)
+    if stats is not None:
+        _check_regular(problem, stats, dtype, budget.mode, "where the start lands")
+    if not ok:
+        if numerics.mode_for(problem, "auto", dtype) == "dense":  # J fits: read its singular values
+            J = problem.jacobian(landing.params)
+            _check_regular(problem, _singular_range(J), dtype, budget.mode, "near the start")
+        raise eqx.EquinoxRuntimeError(
+            f"{_TOO_FAR}; max|r| = {float(res):.3g} after {budget.max_iter} iterations, "
+            f"tol = {float(budget.res_tol):.3g}"
+        )
+    return x
+
+
+_SINGULAR = (
+    "J J^T is singular where the start lands: the constraints r_i = 0 are dependent there, so the zero-loss "
+    "manifold is not smooth there; start from a generic point"
+)
 
 _singular_values = geometry.one_at_a_time(lambda J: (jnp.linalg.svd(J, compute_uv=False),))
 
@@ -297,6 +329,11 @@ def _singular_range(J):
     """(smallest singular value of J, largest, max_a ||grad f_a||^2): what `_check_regular` reads."""
     s = _singular_values(J)[0]
     return jnp.stack([s[-1], s[0], jnp.max(jnp.sum(J**2, axis=1))])
+
+
+def _regular(problem, stats, dtype, mode) -> Array:
+    """Whether J, with `_singular_range` `stats`, is regular by the rank rule of `_check_regular`."""
+    return stats[0] ** 2 > numerics.rcond(problem.y.size, dtype, mode) * stats[2]
 
 
 def _check_regular(problem, stats, dtype, mode, where: str) -> None:
@@ -357,22 +394,24 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
     return lax.cond(sol.result == diffrax.RESULTS.max_steps_reached, stiff, lambda: (flat, settled))
 
 
-@compiled
-def _onto_compiled(problem, params, flow_tol, res_tol, max_time, max_steps, max_iter, mode, phi, gram):
-    """(the landing, a pytree like params; settled; max|r| there; max|r| <= res_tol; every solve succeeded;
-    J's `_singular_range` there or None): raveled and unraveled here, not eagerly."""
+def _land(problem, params, budget: _Budget, phi: bool, gram: bool) -> _Landing:
+    """Map `params` onto the manifold within `budget`: Phi's gradient flow when `phi` (`_to_rest`), then
+    Gauss-Newton steps until max|r| <= res_tol and one more where it lowers max|r|; with `gram`, J's
+    `_singular_range` at the landing (dense mode). Traced; raveled and unraveled here."""
     flat, unravel = problem.ravel(params)
     settled = jnp.asarray(True)
     if phi:
-        flat, settled = _to_rest(problem, flat, unravel, mode, flow_tol, max_time, max_steps)
+        flat, settled = _to_rest(
+            problem, flat, unravel, budget.mode, budget.flow_tol, budget.max_time, budget.max_steps
+        )
 
     def cond(state):
         _, res, i, solved = state
-        return (res > res_tol) & (i < max_iter) & jnp.isfinite(res) & solved
+        return (res > budget.res_tol) & (i < budget.max_iter) & jnp.isfinite(res) & solved
 
     def body(state):
         v, _, i, solved = state
-        point = geometry.Point(problem, v, unravel, mode)
+        point = geometry.Point(problem, v, unravel, budget.mode)
         v = v - point.min_norm(point.r)
         return v, jnp.max(jnp.abs(problem.residuals(unravel(v)))), i + 1, solved & point.solved
 
@@ -383,8 +422,18 @@ def _onto_compiled(problem, params, flow_tol, res_tol, max_time, max_steps, max_
     better = (res2 < res) & polish_solved
     v, res = jax.tree.map(lambda a, b: jnp.where(better, a, b), (polished, res2), (v, res))
     landing = unravel(v)
-    stats = _singular_range(problem.jacobian(landing)) if gram else None
-    return landing, settled, res, res <= res_tol, solved, stats
+    ok = res <= budget.res_tol
+    landed = settled & ok & solved
+    stats = None
+    if gram and budget.mode == "dense":
+        stats = _singular_range(problem.jacobian(landing))
+        landed = landed & _regular(problem, stats, v.dtype, budget.mode)
+    return _Landing(landing, settled, res, ok, solved, stats, landed)
+
+
+@compiled
+def _onto_compiled(problem, params, budget, phi):
+    return _land(problem, params, budget, phi, gram=False)
 
 
 def riemannian_flow(
@@ -421,7 +470,8 @@ def riemannian_flow(
     - `params0`: the start. `start="limit_map"` (default) maps it onto the manifold by Phi, where gradient
       flow from it converges: the point label-noise SGD started at params0 is attached to. A start already on
       the manifold stays where it is. `start="retract"` takes the Gauss-Newton retraction instead (it
-      differs from Phi at second order in the distance to the manifold).
+      differs from Phi at second order in the distance to the manifold). The landing and the flow are one
+      compiled call; where the landing fails, the flow is skipped and the landing's error raised.
     - `mode`: the linear algebra (`flows/_geometry.py`): `"dense"` (J formed and factorised by QR once per
       evaluation: memory 3 N p, cost N gradient evaluations and 3 N^2 p), `"matrix_free"` (JVPs and VJPs,
       conjugate gradients: memory O(N + p) plus `chunk` examples' gradients), or `"auto"` (dense while J
@@ -458,24 +508,23 @@ def riemannian_flow(
     True
     """
     params0 = check_start(problem, params0)
-    t1 = checks.positive("t1", t1)
-    checks.forward_span(t0, t1)
+    given_t1, t1 = t1, checks.positive("t1", t1)
+    checks.forward_span(t0, given_t1)  # on the number given (t1 is now an array)
     stabilize = checks.non_negative("stabilize", stabilize)
     saves = Saves(ts, save_every, num_saves, save_params)
     if start not in ("limit_map", "retract"):
         raise ValueError(f"start must be 'limit_map' or 'retract', got {start!r}")
-    params0 = _onto(problem, params0, phi=start == "limit_map", mode=mode, gram=True)[0]
     dtype = jnp.result_type(*jax.tree.leaves(params0))
-    mode = numerics.mode_for(problem, mode, dtype)
+    budget = _budget(problem, dtype, mode=mode)
     rtol = numerics.slow_flow_rtol(dtype) if rtol is None else rtol
     solve = Solve(solver or diffrax.Tsit5(), rtol, rtol / 100 if atol is None else atol, max_steps, progress)
     clock = "tau" if objective in (None, label_noise_objective) else "t"
-    traj = _riemannian_solve(
-        problem, params0, objective, mode, stabilize, t0, t1, saves.times(t1, t0), saves.params, solve,
-        default_metrics(metrics),
+    ts = saves.times(given_t1, t0)
+    traj, landing = _riemannian_solve(
+        problem, params0, budget, start == "limit_map", objective, stabilize, t0, t1, ts, saves.params, solve,
+        default_metrics(metrics), clock,
     )  # fmt: skip
-    traj = Trajectory(ts=traj.ts, params=traj.params, stats=traj.stats, clock=clock, result=traj.result)
-    return finish("riemannian_flow", traj, throw)
+    return finish("riemannian_flow", _checked_landing(problem, landing, budget, dtype, traj), throw)
 
 
 def _slow_field(problem, unravel, objective, mode, stabilize) -> Callable:
@@ -490,22 +539,46 @@ def _slow_field(problem, unravel, objective, mode, stabilize) -> Callable:
 
 
 @compiled
-def _riemannian_solve(problem, params0, objective, mode, stabilize, t0, t1, ts, save_params, solve, metrics):
-    flat0, unravel = problem.ravel(params0)
-    field = _slow_field(problem, unravel, objective, mode, stabilize)
+def _riemannian_solve(
+    problem, params0, budget, phi, objective, stabilize, t0, t1, ts, save_params, solve, metrics, clock
+):
+    """params0 landed on the manifold (`_land`, Phi when `phi`) and the flow from there, in one compiled
+    call: (the Trajectory, the `_Landing`). Where the landing failed the flow is skipped (NaN saves) and
+    `_checked_landing` reports why."""
+    landing = _land(problem, params0, budget, phi, gram=True)
+    mode = budget.mode
 
-    def save(t, v, args):
-        params = unravel(v)
-        point, g = _point_and_grad(problem, v, unravel, objective, mode)
-        stats = evaluate(problem, params, metrics)
-        # the default objective tr G / 4 from the squared gradient norms the geometry has (never J in the
-        # matrix-free mode)
-        default = objective is None or objective is label_noise_objective
-        stats["objective"] = jnp.sum(point.sq) / (4 * problem.n) if default else objective(problem, params)
-        stats["grad_norm"] = jnp.linalg.norm(point.project(g))
-        return (params if save_params else None), (stats, point.solved)
+    def flow():
+        flat0, unravel = problem.ravel(landing.params)
+        field = _slow_field(problem, unravel, objective, mode, stabilize)
 
-    ts, (params, (stats, solved)), result = solve_ode(field, flat0, t0, t1, ts, save, solve)
-    # a failed conjugate-gradient solve at a save (matrix-free mode) is an inner failure, not a divergence
-    result = jnp.where(jnp.all(solved), result, INNER_SOLVER_FAILED)
-    return Trajectory(ts=ts, params=params, stats=stats, result=diverged_where(result, stats["loss"]))
+        def save(t, v, args):
+            params = unravel(v)
+            point, g = _point_and_grad(problem, v, unravel, objective, mode)
+            stats = evaluate(problem, params, metrics)
+            # the default objective tr G / 4 from the squared gradient norms the geometry has (never J in
+            # the matrix-free mode)
+            default = objective is None or objective is label_noise_objective
+            stats["objective"] = (
+                jnp.sum(point.sq) / (4 * problem.n) if default else objective(problem, params)
+            )
+            stats["grad_norm"] = jnp.linalg.norm(point.project(g))
+            return (params if save_params else None), (stats, point.solved)
+
+        times, (params, (stats, solved)), result = solve_ode(field, flat0, t0, t1, ts, save, solve)
+        # a failed conjugate-gradient solve at a save (matrix-free mode) is an inner failure, not a
+        # divergence
+        result = jnp.where(jnp.all(solved), result, INNER_SOLVER_FAILED)
+        result = diverged_where(result, stats["loss"])
+        return Trajectory(ts=times, params=params, stats=stats, clock=clock, result=result)
+
+    def skipped():
+        return jax.tree.map(_nan_like, jax.eval_shape(flow))
+
+    return lax.cond(landing.landed, flow, skipped), landing
+
+
+def _nan_like(leaf: jax.ShapeDtypeStruct) -> Array:
+    """NaN (zero for an integer dtype) of `leaf`'s shape and dtype: the saves of a flow that did not run."""
+    fill = jnp.nan if jnp.issubdtype(leaf.dtype, jnp.inexact) else 0
+    return jnp.full(leaf.shape, fill, leaf.dtype)

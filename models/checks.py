@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "is_concrete",
     "positive",
+    "positive_float",
     "non_negative",
     "unit_interval",
     "forward_span",
@@ -45,6 +46,23 @@ def positive(name: str, value):
     return _check(name, value, lambda v: v > 0, "must be > 0")
 
 
+def positive_float(name: str, value) -> float:
+    """A concrete `value > 0` as a Python float, checked on the host without making a device array: for a
+    setting that stays a literal (a tolerance, a save interval) or that fixes a shape.
+
+    **Arguments:** the argument's `name` (for the error) and its `value`, a scalar.
+
+    **Returns:** `value` as a Python float.
+
+    **Raises:** `ValueError` naming it when the value is missing, traced, not a scalar, not finite or not
+    > 0."""
+    if value is None:
+        raise ValueError(f"{name} is required")
+    if not is_concrete(value):
+        raise ValueError(f"{name} must be a concrete number, got a traced value ({type(value).__name__})")
+    return float(_check_host(name, value, lambda v: v > 0, "must be > 0"))
+
+
 def non_negative(name: str, value):
     """`value >= 0`, returned as a JAX array.
 
@@ -73,14 +91,21 @@ def _check(name, value, ok, what):
     if value is None:
         raise ValueError(f"{name} is required")
     if is_concrete(value):
-        v = np.asarray(value)
-        if v.ndim != 0:
-            raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
-        if not np.isfinite(v) or not ok(v):
-            raise ValueError(f"{name} {what}, got {v.item()}")
-        return jnp.asarray(value)
+        _check_host(name, value, ok, what)
+        return value if isinstance(value, jax.Array) else jnp.asarray(value)
     value = jnp.asarray(value)
     return eqx.error_if(value, ~(jnp.isfinite(value) & ok(value)), f"{name} {what}")
+
+
+def _check_host(name, value, ok, what) -> np.ndarray:
+    """A concrete `value` as a NumPy scalar array, raising `ValueError` naming it unless it is a finite
+    scalar with `ok`."""
+    v = np.asarray(value)
+    if v.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
+    if not np.isfinite(v) or not ok(v):
+        raise ValueError(f"{name} {what}, got {v.item()}")
+    return v
 
 
 def forward_span(t0, t1) -> None:

@@ -276,3 +276,9 @@ def test_a_traced_count_says_it_must_be_concrete():
         jax.jit(lambda b: checks.batch_size(b, 4))(2)
     with pytest.raises(ValueError, match="steps must be a concrete Python int"):
         jax.jit(lambda s: checks.positive_int("steps", s))(2)
+    # a setting read as a Python float on the host (a tolerance, a step size of an analysis)
+    with pytest.raises(ValueError, match="eta must be a concrete number, got a traced value"):
+        jax.jit(lambda e: checks.positive_float("eta", e))(0.1)
+    with pytest.raises(ValueError, match="eta must be > 0, got -0.1"):
+        checks.positive_float("eta", -0.1)
+    assert checks.positive_float("eta", np.float32(0.5)) == 0.5

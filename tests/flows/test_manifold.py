@@ -124,6 +124,10 @@ def test_bad_starting_points_say_which():
     twin = Problem(P.model(P.params), P.X.at[1].set(P.X[0]), P.y.at[1].set(P.y[0]))
     with pytest.raises(ValueError, match="J J\\^T is singular where the start lands"):
         riemannian_flow(twin, twin.params, t1=1.0)
+    # traced, the flow from a singular landing is skipped and says why (no NaN trajectory passed off as done)
+    traced = eqx.filter_jit(lambda p: riemannian_flow(twin, p, t1=1.0).stats["loss"])
+    with pytest.raises(eqx.EquinoxRuntimeError, match="J J\\^T is singular where the start lands"):
+        jax.block_until_ready(traced(twin.params))
     # twins with different labels: no zero-loss point at all; Gauss-Newton fails because J J^T is singular,
     # and the message says so rather than calling the start too far
     clash = Problem(twin.model(twin.params), twin.X, twin.y.at[1].add(1e-3))
@@ -134,6 +138,25 @@ def test_bad_starting_points_say_which():
     wide = Problem(Linear(2, key=jax.random.key(0)), P.X[:, :2], P.y)  # N = 3 > p = 2
     with pytest.raises(ValueError, match="N = 3 constraints r_i = 0 on p = 2 parameters.*no start helps"):
         limit_map(wide, wide.params)
+
+
+def test_a_failed_landing_skips_the_flow():
+    """The landing and the flow are one compiled call; where the landing fails, the flow does not run (it
+    would spend its whole budget on a point off the manifold) and the landing's error is raised. The
+    objective counts its evaluations through a callback: none for a failed landing, many for a good one."""
+    P = gatmiry("cubic")
+    calls = []
+
+    def counted(problem, params):
+        jax.debug.callback(lambda: calls.append(1))
+        return label_noise_objective(problem, params)
+
+    far = jax.tree.map(lambda x: 1e3 * x, P.params)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="too far from the manifold"):
+        riemannian_flow(P, far, t1=1.0, start="retract", objective=counted, ts=[0.0, 1.0])
+    assert not calls
+    riemannian_flow(P, P.params, t1=1.0, start="retract", objective=counted, ts=[0.0, 1.0])
+    assert len(calls) > 10
 
 
 def test_flow_converges_to_a_sparse_optimum_where_J_loses_rank():
