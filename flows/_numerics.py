@@ -9,6 +9,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from models import checks
 
@@ -125,30 +126,31 @@ def limit_map_rtol(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-6
 
 
-def _label_scale(y) -> float:
-    """1 + max |y|, the scale of the residuals' rounding; 1 when y is traced and its scale unknown."""
-    return 1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1.0
+def _label_scale(y) -> float | Array:
+    """1 + max |y|, the scale of the residuals' rounding: a Python float for concrete labels, computed in
+    the trace for traced ones (every flow's compiled core traces its problem)."""
+    return 1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1 + jnp.max(jnp.abs(y))
 
 
-def retract_tol(dtype, y) -> float:
+def retract_tol(dtype, y) -> float | Array:
     """Where the Gauss-Newton retraction stops, max_i |r_i|: 1e3 eps (1 + max |y|), a thousand roundings of
-    the labels' scale (1e3 eps when y is traced and its scale unknown).
+    the labels' scale.
 
     **Arguments:** the `dtype`, the labels `y`.
 
-    **Returns:** tol, a Python float."""
+    **Returns:** tol, a Python float (a scalar array for traced `y`)."""
     return 1e3 * float(jnp.finfo(dtype).eps) * _label_scale(y)
 
 
-def residual_floor(dtype, y) -> float:
+def residual_floor(dtype, y) -> float | Array:
     """Where the residuals are round-off, max_i |r_i| <= 10 eps (1 + max |y|): there the gradient is
     rounding too, and `flows.limit_map`'s gradient flow stops even above its gradient `tol` (a float32
     quadratic parametrisation with |J| ~ 1 rounds its RMS gradient at ~5e-7, above float32's tol 1e-7; the
-    digits MLP at that tol still has residuals ~3e3 eps). 10 eps when y is traced.
+    digits MLP at that tol still has residuals ~3e3 eps).
 
     **Arguments:** the `dtype`, the labels `y`.
 
-    **Returns:** the floor, a Python float."""
+    **Returns:** the floor, a Python float (a scalar array for traced `y`)."""
     return 10 * float(jnp.finfo(dtype).eps) * _label_scale(y)
 
 

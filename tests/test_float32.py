@@ -28,7 +28,7 @@ from flows import (
     sgd,
     sgd_sde,
 )
-from models import Problem, TwoLayerNet
+from models import Problem, QuadraticParam, TwoLayerNet, data
 from tests.helpers import float32, two_layer
 
 EPS = float(np.finfo(np.float32).eps)
@@ -85,6 +85,21 @@ def test_float32_hessian_metrics_follow_float64():
     top = lambda P: hessian.top_eigenvalues(P, P.params, 3, key=jax.random.key(2))  # noqa: E731
     assert_close(*in_both(top, P), SECOND)
     assert_close(*in_both(lambda P: P.gauss_newton_trace(P.params), P), PATH)
+
+
+def test_float32_phi_settles_where_residuals_reach_the_labels_round_off():
+    """bench_slow_flow's quadratic (n = 20, d = 40, labels up to 2.4), 1% off the manifold: in float32 the
+    RMS gradient rounds above Phi's tol, so Phi stops where max|r| reaches 10 eps (1 + max|y|). It had
+    read a traced y as unit scale (10 eps) and ran to max_steps without settling; it lands at Phi (the
+    float64 landing to PATH)."""
+    X = data.gaussian(jax.random.key(0), 20, 40)
+    P = Problem(QuadraticParam(40, init_scale=1.0), X, X[:, 0] - 0.5 * X[:, 1])
+    with jax.enable_x64(False):
+        P32 = float32(P)
+        off = jax.tree.map(lambda x: 1.01 * x, limit_map(P32, P32.params))
+        got = P32.ravel(limit_map(P32, off))[0]
+    reference = P.ravel(limit_map(P, jax.tree.map(lambda x: x.astype(jnp.float64), off)))[0]
+    assert_close(np.asarray(reference), np.asarray(got, np.float64), PATH)
 
 
 def test_float32_minimum_of_tr_h_is_computed_in_float64():

@@ -35,11 +35,14 @@ def test_the_dtype_tolerances_sit_above_their_dtypes_rounding():
         # Phi's stop (an RMS gradient): near eps in float32, where the stiff flow's tail makes it cheap
         assert min(eps / 2, 1e-10) <= numerics.limit_map_tol(dtype) < 1e-6
         assert 5 * eps < numerics.limit_map_rtol(dtype) < 1e-5
-        assert numerics.retract_tol(dtype, jnp.array([2.0, -3.0])) == pytest.approx(1e3 * eps * 4)
-        assert numerics.residual_floor(dtype, jnp.array([2.0, -3.0])) == pytest.approx(10 * eps * 4)
+        assert numerics.retract_tol(dtype, jnp.array([2.0, -3.0])) == pytest.approx(1e3 * eps * 4, abs=0)
+        assert numerics.residual_floor(dtype, jnp.array([2.0, -3.0])) == pytest.approx(10 * eps * 4, abs=0)
         assert eps < float(numerics.sdcp_rtol(dtype)) < float(numerics.edge_cutoff(dtype)) < 1e-2
         # the manifold's rank rules: the dense (QR) cut-off on squared singular values is far below the
         # matrix-free one on K's eigenvalues, which products with K cannot resolve
         assert numerics.rcond(100, dtype, "dense") < numerics.rcond(100, dtype, "matrix_free")
-    traced = jax.jit(lambda y: numerics.retract_tol(jnp.float64, y))(jnp.array([2.0, -3.0]))
-    assert float(traced) == pytest.approx(1e3 * float(jnp.finfo(jnp.float64).eps))  # y's scale unknown
+    # traced labels (every flow's compiled core traces the problem) are scaled in the trace: a floor of 10
+    # eps there had stopped float32's Phi short of labels of size 2.4 (max|r| 2.1e-6 > 1.2e-6, not settled)
+    for tol in (numerics.retract_tol, numerics.residual_floor):
+        traced = jax.jit(lambda y, tol=tol: tol(jnp.float64, y))(jnp.array([2.0, -3.0]))
+        assert float(traced) == pytest.approx(tol(jnp.float64, jnp.array([2.0, -3.0])), abs=0)
