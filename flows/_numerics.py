@@ -126,10 +126,12 @@ def limit_map_rtol(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-6
 
 
-def _label_scale(y) -> float | Array:
+def _label_scale(y, dtype) -> float | Array:
     """1 + max |y|, the scale of the residuals' rounding: a Python float for concrete labels, computed in
-    the trace for traced ones (every flow's compiled core traces its problem)."""
-    return 1 + float(np.max(np.abs(y))) if checks.is_concrete(y) else 1 + jnp.max(jnp.abs(y))
+    the trace in `dtype` for traced ones (every flow's compiled core traces its problem)."""
+    if checks.is_concrete(y):
+        return 1 + float(np.max(np.abs(y)))
+    return 1 + jnp.max(jnp.abs(y)).astype(dtype)
 
 
 def retract_tol(dtype, y) -> float | Array:
@@ -139,7 +141,7 @@ def retract_tol(dtype, y) -> float | Array:
     **Arguments:** the `dtype`, the labels `y`.
 
     **Returns:** tol, a Python float (a scalar array for traced `y`)."""
-    return 1e3 * float(jnp.finfo(dtype).eps) * _label_scale(y)
+    return 1e3 * float(jnp.finfo(dtype).eps) * _label_scale(y, dtype)
 
 
 def residual_floor(dtype, y) -> float | Array:
@@ -151,7 +153,7 @@ def residual_floor(dtype, y) -> float | Array:
     **Arguments:** the `dtype`, the labels `y`.
 
     **Returns:** the floor, a Python float (a scalar array for traced `y`)."""
-    return 10 * float(jnp.finfo(dtype).eps) * _label_scale(y)
+    return 10 * float(jnp.finfo(dtype).eps) * _label_scale(y, dtype)
 
 
 def sdcp_rtol(dtype):
