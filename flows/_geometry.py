@@ -56,7 +56,7 @@ from models.problem import chunked
 
 from ._numerics import CG_RTOL, rcond
 
-__all__ = ["one_at_a_time", "Point", "shifted_solve", "squared_gradient_norms"]
+__all__ = ["one_at_a_time", "singular_values", "Point", "shifted_solve", "squared_gradient_norms"]
 
 
 def one_at_a_time(fn: Callable) -> Callable:
@@ -82,6 +82,16 @@ def one_at_a_time(fn: Callable) -> Callable:
 
 
 _qr_r = one_at_a_time(lambda a: (jnp.linalg.qr(a, mode="r"),))  # R alone (no Q formed)
+_svd_values = one_at_a_time(lambda a: (jnp.linalg.svd(a, compute_uv=False),))
+
+
+def singular_values(a: Float[Array, "m n"]) -> Float[Array, " k"]:
+    """The singular values of `a`, largest first; under `jax.vmap` one matrix at a time (`one_at_a_time`).
+
+    **Arguments:** `a`, a matrix.
+
+    **Returns:** its min(m, n) singular values."""
+    return _svd_values(a)[0]
 
 
 class Point:
@@ -130,6 +140,15 @@ class Point:
             stacked = jnp.concatenate([self.J.T, jnp.sqrt(self.mu) * jnp.eye(self.N, dtype=dtype)])
             self._R = _qr_r(stacked)[0]
         self.solved = jnp.asarray(True)  # False once a conjugate-gradient solve has failed
+
+    def singular_values(self) -> Float[Array, " N"]:
+        """J's singular values, largest first, from R (dense mode): R^T R = K + mu I, so sigma_i =
+        sqrt(s_i(R)^2 - mu), an SVD of R (N^3) and not of J (N^2 p); resolved to ~ eps sigma_max, as J's
+        own."""
+        if self.mode != "dense":
+            raise ValueError("singular_values needs the dense mode (the matrix-free mode never forms J)")
+        s = singular_values(self._R)
+        return jnp.sqrt(jnp.maximum(s**2 - self.mu, 0))
 
     def jv(self, v: Float[Array, " p"]) -> Float[Array, " N"]:
         """J v (a Jacobian-vector product in matrix-free mode)."""

@@ -260,7 +260,8 @@ def _budget(
 class _Landing(NamedTuple):
     """Where `_land` put a start: the landing `params` (a pytree like the start); whether Phi's gradient
     flow `settled`; max|r| there (`res`); whether `res` <= res_tol (`ok`); whether every inner solve
-    succeeded (`solved`); J's `_singular_range` there (`stats`, dense mode, when asked) or None; and
+    succeeded (`solved`); J's singular range there (`stats`, as `_singular_range`; dense mode, when asked)
+    or None; and
     whether all went well (`landed`: settled, ok, solved, and J regular where `stats` says)."""
 
     params: PyTree
@@ -322,12 +323,10 @@ _SINGULAR = (
     "manifold is not smooth there; start from a generic point"
 )
 
-_singular_values = geometry.one_at_a_time(lambda J: (jnp.linalg.svd(J, compute_uv=False),))
-
 
 def _singular_range(J):
     """(smallest singular value of J, largest, max_a ||grad f_a||^2): what `_check_regular` reads."""
-    s = _singular_values(J)[0]
+    s = geometry.singular_values(J)
     return jnp.stack([s[-1], s[0], jnp.max(jnp.sum(J**2, axis=1))])
 
 
@@ -397,7 +396,8 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
 def _land(problem, params, budget: _Budget, phi: bool, gram: bool) -> _Landing:
     """Map `params` onto the manifold within `budget`: Phi's gradient flow when `phi` (`_to_rest`), then
     Gauss-Newton steps until max|r| <= res_tol and one more where it lowers max|r|; with `gram`, J's
-    `_singular_range` at the landing (dense mode). Traced; raveled and unraveled here."""
+    singular range (as `_singular_range`) where that last step was taken, from its QR (dense mode). Traced;
+    raveled and unraveled here."""
     flat, unravel = problem.ravel(params)
     settled = jnp.asarray(True)
     if phi:
@@ -409,24 +409,32 @@ def _land(problem, params, budget: _Budget, phi: bool, gram: bool) -> _Landing:
         _, res, i, solved = state
         return (res > budget.res_tol) & (i < budget.max_iter) & jnp.isfinite(res) & solved
 
-    def body(state):
-        v, _, i, solved = state
+    def step(v):  # one Gauss-Newton step: (the new point, max|r| there, the geometry it was taken with)
         point = geometry.Point(problem, v, unravel, budget.mode)
         v = v - point.min_norm(point.r)
-        return v, jnp.max(jnp.abs(problem.residuals(unravel(v)))), i + 1, solved & point.solved
+        return v, jnp.max(jnp.abs(problem.residuals(unravel(v)))), point
+
+    def body(state):
+        v, _, i, solved = state
+        v, res, point = step(v)
+        return v, res, i + 1, solved & point.solved
 
     res0 = jnp.max(jnp.abs(problem.residuals(unravel(flat))))
     v, res, i, solved = jax.lax.while_loop(cond, body, (flat, res0, 0, jnp.asarray(True)))
     # one more Gauss-Newton step squares a residual at res_tol down to round-off; kept where it helps
-    polished, res2, _, polish_solved = body((v, res, i, solved))
-    better = (res2 < res) & polish_solved
+    polished, res2, point = step(v)
+    better = (res2 < res) & point.solved
     v, res = jax.tree.map(lambda a, b: jnp.where(better, a, b), (polished, res2), (v, res))
     landing = unravel(v)
     ok = res <= budget.res_tol
     landed = settled & ok & solved
     stats = None
     if gram and budget.mode == "dense":
-        stats = _singular_range(problem.jacobian(landing))
+        # J's singular range from the last step's QR, one Gauss-Newton step (max|r| <= res_tol) from the
+        # landing: an SVD of R (N x N), not of J (N x p: N^2 p, and a copy of J the flow's compiled call
+        # held beside its own, 0.3 GB at N = 1,024, p = 32,768 in float64)
+        sigma = point.singular_values()
+        stats = jnp.stack([sigma[-1], sigma[0], jnp.max(point.sq)])
         landed = landed & _regular(problem, stats, v.dtype, budget.mode)
     return _Landing(landing, settled, res, ok, solved, stats, landed)
 
