@@ -261,8 +261,8 @@ class _Landing(NamedTuple):
     """Where `_land` put a start: the landing `params` (a pytree like the start); whether Phi's gradient
     flow `settled`; max|r| there (`res`); whether `res` <= res_tol (`ok`); whether every inner solve
     succeeded (`solved`); J's singular range there (`stats`, as `_singular_range`; dense mode, when asked)
-    or None; and
-    whether all went well (`landed`: settled, ok, solved, and J regular where `stats` says)."""
+    or None; and whether all went well (`landed`: settled, ok, solved, and J `_regular` where `stats`
+    says)."""
 
     params: PyTree
     settled: Array
@@ -318,10 +318,11 @@ def _checked_landing(problem, landing: _Landing, budget: _Budget, dtype, x):
     return x
 
 
-_SINGULAR = (
-    "J J^T is singular where the start lands: the constraints r_i = 0 are dependent there, so the zero-loss "
-    "manifold is not smooth there; start from a generic point"
+_DEPENDENT = (
+    "the constraints r_i = 0 are dependent there, so the zero-loss manifold is not smooth there; start from "
+    "a generic point"
 )
+_SINGULAR = f"J J^T is singular where the start lands: {_DEPENDENT}"
 
 
 def _singular_range(J):
@@ -330,21 +331,19 @@ def _singular_range(J):
     return jnp.stack([s[-1], s[0], jnp.max(jnp.sum(J**2, axis=1))])
 
 
-def _regular(problem, stats, dtype, mode) -> Array:
-    """Whether J, with `_singular_range` `stats`, is regular by the rank rule of `_check_regular`."""
+def _regular(problem, stats, dtype, mode):
+    """Whether J, with `_singular_range` `stats` (traced or on the host), is regular by the rank rule of
+    `mode` (`numerics.rcond`): its smallest squared singular value is above mu."""
     return stats[0] ** 2 > numerics.rcond(problem.y.size, dtype, mode) * stats[2]
 
 
 def _check_regular(problem, stats, dtype, mode, where: str) -> None:
-    """Raise if J, with `_singular_range` `stats`, is singular by the rank rule of `mode`
-    (`numerics.rcond`): its smallest squared singular value is below mu."""
+    """Raise unless J, with `_singular_range` `stats`, is `_regular`."""
     low, high, sq = (float(x) for x in jax.device_get(stats))
-    if low**2 <= numerics.rcond(problem.y.size, dtype, mode) * sq:
+    if not _regular(problem, (low, high, sq), dtype, mode):
         raise ValueError(
             f"J J^T is singular {where} (singular values of J from {low:.3g} to {high:.3g}; "
-            f"N = {problem.y.size} constraints, p = {problem.num_params} parameters): the constraints "
-            "r_i = 0 are dependent there, so the zero-loss manifold is not smooth there; start from a "
-            "generic point"
+            f"N = {problem.y.size} constraints, p = {problem.num_params} parameters): {_DEPENDENT}"
         )
 
 
