@@ -314,6 +314,7 @@ def test_image_and_sequence_data_sets():
     np.testing.assert_array_equal(X, again)  # generated offline, the same for the same seed
 
 
+@pytest.mark.slow  # 20 s; make test covers the landing check and Point.singular_values on a Linear model
 def test_the_slow_flow_runs_on_a_cnn_and_its_landing_check_reads_j_singular_values():
     """A tanh CNN (p = 39) on 6 digit images, square loss on one output: Phi of the start, the regularity
     check at the landing (J's singular values read off the landing step's R, `Point.singular_values`)
