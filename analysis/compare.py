@@ -171,7 +171,7 @@ def svag_vs_sde(
     num_saves: int,
     metrics: Callable[[PRNGKeyArray], Mapping] | None = None,
     substeps: int = 32,
-    chunk: int | None = None,
+    seeds_at_once: int | None = None,
     mesh=None,
     progress: bool = False,
     part: Callable[[str, Callable[[], dict]], dict] | None = None,
@@ -192,9 +192,9 @@ def svag_vs_sde(
     for each l, t1 substeps / eta SDE steps, and the metrics at each save.
 
     **Arguments:** `problem`, `params0`, `eta`, the SVAG factors `ls`, `t1`, `batch_size`, `key`, `seeds`,
-    `num_saves` (t1 l / eta steps must be a multiple of it), `metrics`, the SDE's `substeps`, `chunk` (seeds a
-    compiled call), `mesh`, `progress`, `part` (as in `sde_vs_sgd`: each run `svag{l}` and `sde` through
-    it).
+    `num_saves` (t1 l / eta steps must be a multiple of it), `metrics`, the SDE's `substeps`,
+    `seeds_at_once` (seeds a compiled call), `mesh`, `progress`, `part` (as in `sde_vs_sgd`: each run
+    `svag{l}` and `sde` through it).
 
     **Raises:** `ValueError` for a bad `seeds` or `num_saves`, or a step count that `num_saves` does not
     divide; the flows' own errors."""
@@ -224,7 +224,9 @@ def svag_vs_sde(
 
         out[f"svag{ell}"] = part(
             f"svag{ell}",
-            lambda run=run: summarised(ensemble(run, keys, chunk=chunk, mesh=mesh, progress=progress)),
+            lambda run=run: summarised(
+                ensemble(run, keys, seeds_at_once=seeds_at_once, mesh=mesh, progress=progress)
+            ),
         )
 
     def sde(k):
@@ -232,7 +234,10 @@ def svag_vs_sde(
                        substeps=substeps, save_params=False, metrics=metrics(k))  # fmt: skip
 
     out["sde"] = part(
-        "sde", lambda: summarised(ensemble(sde, sde_keys, chunk=chunk, mesh=mesh, progress=progress))
+        "sde",
+        lambda: summarised(
+            ensemble(sde, sde_keys, seeds_at_once=seeds_at_once, mesh=mesh, progress=progress)
+        ),
     )
     for m in (m for m in out["sde"] if f"{m}_band" in out["sde"]):
         gaps = []

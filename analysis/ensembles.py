@@ -1,4 +1,4 @@
-"""Ensembles: one flow over many PRNG keys, compiled once and sharded over every device of every process.
+"""Ensembles: one flow over many PRNG keys, compiled once and run on every device of every process.
 
 The same keys give the same bits on one device, on several and across processes (`jax.distributed`, started
 by `scripts/tools/launch.py`).
@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from flows import Trajectory
+from models import checks
 
 __all__ = ["init_processes", "seed_mesh", "ensemble"]
 
@@ -37,7 +38,7 @@ def init_processes() -> None:
 
 
 def seed_mesh(devices=None) -> Mesh:
-    """A one-axis mesh, `"seeds"`, over `devices`.
+    """A one-axis mesh, `"seeds"`, over `devices`: the devices an ensemble spreads its seeds over.
 
     **Arguments:** `devices` (default: every device of every process).
 
@@ -46,26 +47,41 @@ def seed_mesh(devices=None) -> Mesh:
 
 
 def ensemble(
-    flow: Callable[..., Trajectory], keys, *per_seed, chunk: int | None = None, mesh=None, progress=False
+    flow: Callable[..., Trajectory],
+    keys,
+    *per_seed,
+    seeds_at_once: int | None = None,
+    mesh=None,
+    progress=False,
 ):
     """`flow(key, *args)` for every key (and the matching slices of `per_seed`, pytrees with a leading seed
-    axis), stacked over a leading seed axis: `jax.vmap`-ed, compiled once (`jax.jit`) and sharded over the
-    seed axis of `mesh` (default `seed_mesh()`: all devices of all processes; `mesh=False`: a plain vmap on
-    the default device, for a flow whose batching rules do not survive sharding), `chunk` seeds at a time
-    (all at once by default; `progress=True` shows a tqdm bar over the chunks).
+    axis), stacked over a leading seed axis: `jax.vmap`-ed and compiled once (`jax.jit`) for blocks of
+    `seeds_at_once` seeds, the blocks spread round-robin over the devices of `mesh` (default `seed_mesh()`:
+    all devices of all processes; `mesh=False`: the default device alone). `progress=True` shows a tqdm bar
+    over the blocks.
 
-    Every device runs the same compiled per-seed program on its share of the seeds, so the same keys give
-    the same bits on one device, on several and across processes (`jax.distributed`, started by
-    `scripts/tools/launch.py`); tested with 1 against 4 CPU devices
-    (`XLA_FLAGS=--xla_force_host_platform_device_count=4`) and 1 against 2 processes. A chunk
-    is padded to a multiple of the mesh size with copies of its last seed, which are dropped. Across
-    processes every process passes the same keys and gets the whole result back.
+    Each block is dispatched to its device as an ordinary single-device computation (asynchronously, so
+    the devices run at once): nothing in the traced program carries a sharding, so every batching rule JAX
+    has serves (a user's `eqx.nn.Conv2d` under `jax.grad`, whose batching rule refuses sharded outputs,
+    included). Every seed is computed by the same program, of width `seeds_at_once`, wherever it runs: the
+    same keys and the same `seeds_at_once` give the same bits on one device, on several and across processes
+    (`jax.distributed`, started by `scripts/tools/launch.py`; tested with 1 against 4 CPU devices,
+    `XLA_FLAGS=--xla_force_host_platform_device_count=4`, and 1 against 2 processes). XLA's batched kernels
+    round differently at different widths (a convolution or an attention layer vmapped over 1 or 4 seeds
+    differ by ~1e-7 in float32, ~1e-16 in float64), so the default width, the seeds over the devices,
+    follows the device count: pass `seeds_at_once` to fix the bits across machines. The last block is
+    padded with copies of the last seed, which are dropped; across processes every process passes the same
+    keys and gets the whole result back. Memory: a device runs one block at a time (`seeds_at_once` copies
+    of the flow's working set) and holds the outputs of its blocks.
 
     **Arguments:** the `flow` (`flow(key, *args)` -> a `Trajectory`, or any pytree), its `keys`, the
-    `per_seed` arguments, `chunk`, `mesh`, `progress`.
+    `per_seed` arguments, `seeds_at_once` (default: the seeds over the devices, rounded up), `mesh`,
+    `progress`.
 
     **Returns:** the flow's outputs stacked over a leading seed axis (a `Trajectory` of ensembles).
-    """
+
+    **Raises:** `ValueError` naming `seeds_at_once` when it is not a positive integer, and naming
+    `per_seed` when its leading axis is not the number of keys."""
     from tqdm.auto import tqdm
 
     keys = jnp.asarray(keys)
@@ -73,39 +89,57 @@ def ensemble(
     impl = jax.random.key_impl(keys) if typed else None
     data = np.asarray(jax.random.key_data(keys) if typed else keys)
     per_seed = jax.tree.map(np.asarray, per_seed)
-    if mesh is False:  # a plain vmap on the default device, no sharding
-        sharding, size = None, 1
-    else:
-        mesh = mesh if mesh is not None else seed_mesh()
-        sharding, size = NamedSharding(mesh, PartitionSpec(mesh.axis_names)), mesh.size
+    seeds = len(data)
+    for leaf in jax.tree.leaves(per_seed):
+        if leaf.ndim == 0 or leaf.shape[0] != seeds:
+            raise ValueError(
+                f"per_seed arguments need a leading seed axis of {seeds} (one per key), got a leaf of "
+                f"shape {leaf.shape}"
+            )
+    devices = [jax.devices()[0]] if mesh is False else list((mesh or seed_mesh()).devices.flat)
+    devices.sort(key=lambda d: d.process_index)  # each process's devices in one contiguous run
+    size = len(devices)
+    width = (
+        -(-seeds // size) if seeds_at_once is None else checks.positive_int("seeds_at_once", seeds_at_once)
+    )
+    blocks = -(-seeds // width)
+    blocks += -blocks % size  # every device the same number of blocks: processes gather equal shapes
+    padded = jax.tree.map(
+        lambda x: np.concatenate([x, np.repeat(x[-1:], blocks * width - seeds, axis=0)]), (data, per_seed)
+    )
+    mine = [b for b in range(blocks) if devices[b % size].process_index == jax.process_index()]
 
     run = _vmapped(flow, impl)
-    chunk = chunk or len(data)
-    parts = []
-    for start in tqdm(range(0, len(data), chunk), disable=not progress, desc="seeds"):
-        count = min(chunk, len(data) - start)
-        pad = -count % size
-
-        def shard(x, start=start, count=count, pad=pad):
-            x = x[start : start + count]
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-            if sharding is None:
-                return jnp.asarray(x)
-            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-        out = run(shard(data), *jax.tree.map(shard, per_seed))
-        if jax.process_count() > 1:
-            out = multihost_utils.process_allgather(out, tiled=True)
-        parts.append(jax.tree.map(lambda a, count=count: a[:count], out))
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+    outs = [
+        run(
+            *jax.device_put(
+                jax.tree.map(lambda x, b=b: x[b * width : (b + 1) * width], padded), devices[b % size]
+            )
+        )
+        for b in mine
+    ]  # dispatched asynchronously: the devices run at once
+    outs = [jax.tree.map(np.asarray, out) for out in tqdm(outs, disable=not progress, desc="seed blocks")]
+    out = jax.tree.map(lambda *xs: np.stack(xs), *outs)  # (local blocks, width, ...)
+    order = mine
+    if jax.process_count() > 1:
+        out = multihost_utils.process_allgather(out, tiled=True)  # the processes' blocks, in process order
+        order = [
+            b
+            for p in range(jax.process_count())
+            for b in range(blocks)
+            if devices[b % size].process_index == p
+        ]
+    where = np.argsort(order)  # block b's row in `out`
+    return jax.tree.map(lambda a: jnp.asarray(a[where].reshape(-1, *a.shape[2:])[:seeds]), out)
 
 
 @functools.lru_cache(maxsize=16)
 def _vmapped(flow, impl):
-    """jit(vmap(flow)) taking raw key data, cached on the flow so that calling `ensemble` again with the same
-    flow (say, chunk after chunk of a long run) does not compile again."""
+    """jit(vmap(flow)) taking raw key data and the per-seed arguments as one tuple, cached on the flow so
+    that calling `ensemble` again with the same flow (say, group after group of a long run) does not compile
+    again."""
 
-    def one(k, *args):
+    def one(k, args):
         return flow(jax.random.wrap_key_data(k, impl=impl) if impl is not None else k, *args)
 
     return jax.jit(jax.vmap(one))

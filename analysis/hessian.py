@@ -19,9 +19,13 @@ activations + p)):
 Dense matrices (`dense`, `gauss_newton`, `spectrum`) are for small p only.
 
 Every function of `(problem, params, ...)` here is compiled (`equinox.filter_jit`): eager calls with the same
-problem structure and shapes reuse one compiled program (an eager Lanczos used to recompile at every call).
+problem structure and shapes reuse one compiled program. Each refuses parameters or a result that are not
+finite, a `ValueError` eagerly and `eqx.error_if` under `jax.jit` / `jax.vmap` (inside a flow's metrics the
+flow reports a divergence instead: `models.checks.flow_metrics`).
 Lanczos costs 1.24x its Hessian-vector products (`scripts/bench_lanczos.py`).
 """
+
+import functools
 
 import equinox as eqx
 import jax
@@ -58,6 +62,22 @@ __all__ = [
 _CHUNK = 128  # Hessian-vector products evaluated together when sweeping a basis
 
 
+def _checked(fn):
+    """`equinox.filter_jit(fn)` for a function of `(problem, params, ...)`, with `params` refused where not
+    finite (a `ValueError` naming them eagerly, `eqx.error_if` traced) and a result that is not finite
+    refused likewise (`checks.finite_result`) rather than returned as a number. Both stand down inside a
+    flow's metrics (`checks.flow_metrics`), where the flow reports a divergence itself."""
+    jitted = eqx.filter_jit(fn)
+
+    @functools.wraps(fn)
+    def call(problem, params, *args, **kwargs):
+        if not checks.in_flow_metrics():
+            params = checks.finite_tree("params", params)
+        return checks.finite_result(f"hessian.{fn.__name__}", jitted(problem, params, *args, **kwargs))
+
+    return call
+
+
 def operator(problem: Problem, params: PyTree) -> lx.FunctionLinearOperator:
     """H as a symmetric lineax operator; `.mv(v)` is one Hessian-vector product (forward over reverse,
     linearised once so repeated products reuse the primal pass). Memory O(p) (plus the activations).
@@ -70,7 +90,7 @@ def operator(problem: Problem, params: PyTree) -> lx.FunctionLinearOperator:
     return lx.FunctionLinearOperator(hvp, jax.ShapeDtypeStruct(flat.shape, flat.dtype), lx.symmetric_tag)
 
 
-@eqx.filter_jit
+@_checked
 def hvp(problem: Problem, params: PyTree, v: Float[Array, " p"]) -> Float[Array, " p"]:
     """H v, one Hessian-vector product.
 
@@ -80,7 +100,7 @@ def hvp(problem: Problem, params: PyTree, v: Float[Array, " p"]) -> Float[Array,
     return operator(problem, params).mv(v)
 
 
-@eqx.filter_jit
+@_checked
 def dense(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     """The dense Hessian (small p only: memory p^2, cost p Hessian-vector products).
 
@@ -91,7 +111,7 @@ def dense(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     return jax.hessian(lambda v: problem.loss(unravel(v)))(flat)
 
 
-@eqx.filter_jit
+@_checked
 def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     """The dense Gauss-Newton part G = (1/n) J^T J (small p only: memory p^2 + N p); H - G is the residual
     part R.
@@ -106,7 +126,7 @@ def gauss_newton(problem: Problem, params: PyTree) -> Float[Array, "p p"]:
     return J.T @ J / problem.n
 
 
-@eqx.filter_jit
+@_checked
 def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
     """All eigenvalues of H, ascending (dense; small p only: memory p^2, cost p^3).
 
@@ -116,7 +136,7 @@ def spectrum(problem: Problem, params: PyTree) -> Float[Array, " p"]:
     return jnp.linalg.eigvalsh(dense(problem, params))
 
 
-@eqx.filter_jit
+@_checked
 def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr R = (1/n) sum_i r_i . tr grad^2 f_i, exact: one Hessian-vector product of the residual part per
     coordinate (p in all). Zero on the zero-loss manifold.
@@ -131,7 +151,7 @@ def trace_residual(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return _sum_over_basis(lambda j, e: residual_hvp(e)[j], flat)
 
 
-@eqx.filter_jit
+@_checked
 def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """tr H, exact. Square loss: tr G + tr R (N gradient evaluations and p Hessian-vector products of the
     residual part); cross-entropy: sum_j e_j^T H e_j, p Hessian-vector products.
@@ -146,7 +166,7 @@ def trace(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return _sum_over_basis(lambda j, e: H.mv(e)[j], _ravel(problem, params)[0])
 
 
-@eqx.filter_jit
+@_checked
 def trace_split(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 10
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -169,7 +189,7 @@ def trace_split(
     return problem.gauss_newton_trace(params) + mean, se
 
 
-@eqx.filter_jit
+@_checked
 def trace_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -207,10 +227,10 @@ class TraceProbe(eqx.Module):
     def __call__(self, problem: Problem, params: PyTree) -> Float[Array, ""]:
         flat, _ = _ravel(problem, params)
         z = _rademacher(self.key, flat, self.num_probes, minimum=1)
-        return jnp.mean(_quadratic_forms(operator(problem, params).mv, z))
+        return checks.finite_result("TraceProbe", jnp.mean(_quadratic_forms(operator(problem, params).mv, z)))
 
 
-@eqx.filter_jit
+@_checked
 def trace_xtrace(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 20
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -265,7 +285,7 @@ class SpectralDensity(eqx.Module):
         return per_probe.mean(), per_probe.std(ddof=1) / jnp.sqrt(per_probe.shape[0])
 
 
-@eqx.filter_jit
+@_checked
 def spectral_density(
     problem: Problem, params: PyTree, key: PRNGKeyArray, *, num_probes: int = 10, num_steps: int = 80
 ) -> SpectralDensity:
@@ -310,7 +330,7 @@ def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> S
     return SpectralDensity(nodes, weights)
 
 
-@eqx.filter_jit
+@_checked
 def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """||H||_F = sqrt(sum_j ||H e_j||^2), exact: p Hessian-vector products (small to moderate p).
 
@@ -322,7 +342,7 @@ def frobenius_norm(problem: Problem, params: PyTree) -> Float[Array, ""]:
     return jnp.sqrt(_sum_over_basis(lambda j, e: jnp.sum(H.mv(e) ** 2), flat))
 
 
-@eqx.filter_jit
+@_checked
 def frobenius_norm_hutchinson(
     problem: Problem, params: PyTree, key: PRNGKeyArray, num_samples: int = 100
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
@@ -341,7 +361,7 @@ def frobenius_norm_hutchinson(
     return f, q.std(ddof=1) / jnp.sqrt(num_samples) / (2 * f)
 
 
-@eqx.filter_jit
+@_checked
 def top_eigenvalues(
     problem: Problem,
     params: PyTree,
@@ -375,7 +395,7 @@ def top_eigenvalues(
     )
 
 
-@eqx.filter_jit
+@_checked
 def lambda_max(problem: Problem, params: PyTree) -> Float[Array, ""]:
     """lambda_max(H), the sharpness: `top_eigenvalues` with 40 Lanczos steps from a fixed key (a metric for
     the flows). Cost 40 Hessian-vector products, memory 40 p.
@@ -415,7 +435,7 @@ def lanczos(
 
     **Raises:** `ValueError` for k not in 1..dim or a bad `num_iter`; `equinox.EquinoxRuntimeError` (eagerly
     and traced) when a residual is above `rtol` |theta_1| after `num_iter` steps, rather than return an
-    unconverged value."""
+    unconverged value, or when a Ritz value or residual is not finite (outside a flow's metrics)."""
     k = checks.positive_int("k", k)
     if k > dim:
         raise ValueError(f"k must be <= the dimension {dim}, got {k}")
@@ -460,6 +480,7 @@ def lanczos(
         jnp.any(residual > rtol * jnp.abs(top[0])),
         "lanczos: the top Ritz pairs did not converge (residual above rtol |lambda_1|): raise num_iter",
     )
+    top = checks.finite_result("lanczos: the Ritz values or their residuals", (top, residual))[0]
     if not return_vectors:
         return top
     return top, Q[:m].T @ evecs[:, ::-1][:, :k]

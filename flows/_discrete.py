@@ -25,7 +25,7 @@ specification a validated `Steps`. A run whose loss becomes non-finite has `resu
 `throw=True` (the default), raises `equinox.EquinoxRuntimeError` naming the step (`flows/_trajectory.py`).
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import equinox as eqx
@@ -75,7 +75,7 @@ def gd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     first_step: int = 0,
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: Callable[..., optax.GradientTransformation] | optax.GradientTransformation | None = None,
     progress: bool = False,
     throw: bool = True,
 ) -> Trajectory:
@@ -85,17 +85,21 @@ def gd(
     `save_every`), step size `eta > 0`, `metrics` (name -> `fn(problem, params)`, the loss is always
     recorded), `save_params` (keep the parameters or only the metrics), `first_step` (the index k of the
     first step: a run continued from step k, e.g. a chunk of a long run, draws the same noise and saves at
-    the same times t = eta * k as one that never stopped; `analysis.store.resumable`), `optimizer` (any
-    `optax.GradientTransformation` fed the step's gradient, e.g. `optax.sgd(eta, momentum=0.9)` or
-    `optax.adam(eta)`; default `optax.sgd(eta)`, the step above; the clock stays t = eta * k, and the SDEs
-    remain the limits of plain SGD only; its state starts afresh at `first_step`), `progress` (a tqdm bar
-    over the steps, as diffrax's `TqdmProgressMeter`; the numbers are the same bits), `throw` (raise on
-    divergence, or return the Trajectory with its `result` code; `flows/_trajectory.py`).
+    the same times t = eta * k as one that never stopped; `analysis.store.resumable`), `optimizer` (an optax
+    optimizer fed the step's gradient, with eta its step size, so that the clock t = eta * k and the
+    optimizer's step size are one number: its constructor, called as `optimizer(eta)`, e.g. `optax.adam`
+    or `functools.partial(optax.sgd, momentum=0.9)`; or a transformation built by
+    `optax.inject_hyperparams`, whose `learning_rate` must equal eta; default `optax.sgd`, the step
+    above; the SDEs remain the limits of plain SGD only; its state starts afresh at `first_step`),
+    `progress` (a tqdm bar over the steps, as diffrax's `TqdmProgressMeter`; the numbers are the same
+    bits), `throw` (raise on divergence, or return the Trajectory with its `result` code;
+    `flows/_trajectory.py`).
 
     **Returns:** a `Trajectory` with `steps // save_every + 1` saved points.
 
     **Raises:** `ValueError` naming a bad argument (`eta` not > 0, `steps` not a multiple of `save_every`,
-    `params0` not shaped like `problem.params` or not finite, an `optimizer` that is not an optax one); with
+    `params0` not shaped like `problem.params` or not finite, an `optimizer` that is not an optax one, or
+    one whose step size is not eta or cannot be read: a transformation built with its own step size); with
     `throw=True`, `equinox.EquinoxRuntimeError` naming the step where the loss became non-finite.
 
     **Example** (doctested, as the other main flows' examples):
@@ -128,12 +132,13 @@ def sgd(
     metrics: Mapping[str, Metric] | None = None,
     save_params: bool = True,
     first_step: int = 0,
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: Callable[..., optax.GradientTransformation] | optax.GradientTransformation | None = None,
     progress: bool = False,
     throw: bool = True,
 ) -> Trajectory:
     """Minibatch SGD: g_k = (1/B) sum_{i in batch_k} g_i, B = `batch_size` in 1..n, drawn with replacement
-    (or without, `replace=False`) afresh every step from `key`, fed to `optimizer` (default `optax.sgd(eta)`).
+    (or without, `replace=False`) afresh every step from `key`, fed to `optimizer` (as for `gd`; default
+    `optax.sgd`).
 
     **Arguments:** `batch_size` (B in 1..n), `key` (step k draws from `flows.step_keys(key, k)`),
     `replace`; the others as for `gd`.
@@ -249,8 +254,8 @@ def _discrete(
     eta = checks.positive("eta", eta)
     if key is None and (noise.sigma is not None or noise.batch_size < problem.n):
         raise ValueError(f"{name} needs a PRNG key")
-    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
-        raise ValueError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    if optimizer is not None:
+        optimizer, params0 = _optimizer(optimizer, eta, params0)
     traj, first_bad = _scan(
         problem, params0, key, eta, noise, save, default_metrics(metrics), svag_l, optimizer
     )
@@ -265,6 +270,47 @@ def _discrete(
         return f" at step {k} (t = {step} * k = {t:.4g}) with {step} = {float(eta):.4g}{given}; reduce eta"
 
     return finish(name, traj, throw, where)
+
+
+def _optimizer(optimizer, eta, params0) -> tuple[optax.GradientTransformation, PyTree]:
+    """(The optax optimizer stepping at eta, params0): eta is the run's one step size (`gd`'s `optimizer`).
+    `optimizer(eta)` for a constructor; an `optax.inject_hyperparams` transformation as it is, once its
+    `learning_rate` is checked to equal eta (eagerly, or traced by `eqx.error_if` on the params0 returned,
+    which every step consumes).
+
+    **Raises:** `ValueError` naming `optimizer` for anything else: a transformation built with a step size
+    of its own (`optax.adam(1e-3)`), which would run at that step while the clock counts t = eta k."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        state = jax.eval_shape(optimizer.init, params0)
+        if (
+            not isinstance(getattr(state, "hyperparams", None), dict)
+            or "learning_rate" not in state.hyperparams
+        ):
+            raise ValueError(
+                "optimizer is an optax transformation built with a step size of its own, which the run "
+                "cannot read: its clock t = eta * k would count another step. Pass its constructor, called "
+                "with eta (optimizer=optax.adam, or functools.partial(optax.sgd, momentum=0.9)), or build "
+                "it with optax.inject_hyperparams(...)(learning_rate=eta)"
+            )
+        lr = jnp.asarray(optimizer.init(params0).hyperparams["learning_rate"], jnp.result_type(eta))
+        disagree = jnp.abs(lr - eta) > 1e-6 * jnp.abs(eta)  # one clock to six digits (lr may be float32)
+        what = "optimizer's learning_rate differs from eta: the run's clock t = eta * k needs them equal"
+        if checks.is_concrete((lr, eta)):
+            if bool(disagree):
+                raise ValueError(f"{what} (learning_rate = {float(lr):.6g}, eta = {float(eta):.6g})")
+            return optimizer, params0
+        return optimizer, eqx.error_if(params0, disagree, what)
+    if not callable(optimizer):
+        raise ValueError(
+            f"optimizer must be an optax optimizer's constructor (optax.adam) or an optax.inject_hyperparams "
+            f"transformation, got {type(optimizer).__name__}"
+        )
+    built = optimizer(eta)
+    if not isinstance(built, optax.GradientTransformation):
+        raise ValueError(
+            f"optimizer(eta) must give an optax.GradientTransformation, got {type(built).__name__}"
+        )
+    return built, params0
 
 
 @compiled

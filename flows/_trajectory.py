@@ -74,12 +74,16 @@ def default_metrics(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
 
 
 def evaluate(problem, params, metrics: Mapping[str, Metric]) -> dict[str, Array]:
-    """Every metric at `params`.
+    """Every metric at `params`, under `models.checks.flow_metrics()`: where the run diverged its metrics are
+    NaN, and the flow reports the divergence itself (the metrics' own finiteness checks stand down).
 
     **Arguments:** `problem`, `params`, `metrics` (name -> `fn(problem, params)`).
 
-    **Returns:** a dict name -> `fn(problem, params)`."""
-    return {name: fn(problem, params) for name, fn in metrics.items()}
+    **Returns:** a dict name -> `fn(problem, params)`.
+
+    **Raises:** what the metrics raise (their finiteness checks stand down here)."""
+    with checks.flow_metrics():
+        return {name: fn(problem, params) for name, fn in metrics.items()}
 
 
 class Result(enum.IntEnum):

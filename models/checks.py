@@ -3,7 +3,14 @@
 Concrete values (Python numbers, NumPy arrays, JAX arrays outside `jit`) are checked on the host and raise
 `ValueError` naming the argument. Traced values (inside a user's `jit` or `vmap`) are checked with
 `eqx.error_if`, so the error survives compilation.
+
+Inside `flow_metrics()` (a flow evaluating its metrics) the finiteness checks of the metrics' parameters and
+results stand down: a flow whose loss became non-finite reports that itself (`DIVERGED`, naming the step),
+and its metrics there are not meaningful (`flows/_trajectory.py`).
 """
+
+import contextlib
+import contextvars
 
 import equinox as eqx
 import jax
@@ -21,8 +28,34 @@ __all__ = [
     "step_index",
     "batch_size",
     "finite_tree",
+    "finite_result",
+    "flow_metrics",
+    "in_flow_metrics",
     "same_structure",
 ]
+
+_IN_FLOW_METRICS = contextvars.ContextVar("sharpflow_in_flow_metrics", default=False)
+
+
+@contextlib.contextmanager
+def flow_metrics():
+    """While tracing a flow's metrics: `finite_result` and the metrics' parameter checks stand down (the
+    flow reports a non-finite loss as a divergence, naming the step). Read at trace time, so it holds under
+    `jit` and `vmap` alike.
+
+    **Returns:** a context manager."""
+    token = _IN_FLOW_METRICS.set(True)
+    try:
+        yield
+    finally:
+        _IN_FLOW_METRICS.reset(token)
+
+
+def in_flow_metrics() -> bool:
+    """Whether a flow's metrics are being evaluated (`flow_metrics`).
+
+    **Returns:** a Python bool."""
+    return _IN_FLOW_METRICS.get()
 
 
 def is_concrete(x) -> bool:
@@ -191,6 +224,29 @@ def finite_tree(name: str, tree):
         return tree
     bad = jnp.any(jnp.stack([~jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
     return eqx.error_if(tree, bad, f"{name} contains non-finite values (NaN or inf)")
+
+
+def finite_result(name: str, tree):
+    """Every floating-point leaf of a result `tree` is finite, unless inside `flow_metrics()`: a NaN or
+    inf is refused rather than returned as a number.
+
+    **Arguments:** the computation's `name` (for the error) and its result `tree`.
+
+    **Returns:** `tree` (wrapped in `eqx.error_if` when traced).
+
+    **Raises:** `ValueError` naming it when a concrete leaf holds NaN or inf."""
+    if in_flow_metrics():
+        return tree
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if eqx.is_inexact_array(leaf)]
+    what = f"{name} is not finite (NaN or inf): the parameters or the data overflow the dtype"
+    if not leaves:
+        return tree
+    if is_concrete(leaves):
+        if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves):
+            raise ValueError(what)
+        return tree
+    bad = jnp.any(jnp.stack([~jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    return eqx.error_if(tree, bad, what)
 
 
 def same_structure(name: str, tree, reference, reference_name: str):

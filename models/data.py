@@ -196,18 +196,19 @@ def mnist1d(n: int = 4000, *, seed: int = 42, labels: bool = True):
 
     **Returns:** (X (n, 1, 40): one channel, as a 1-D convolution or `reshape` takes it; y): integer labels
     (n,) in 0..9 with `labels`, else one-hot (n, 10) for square loss. X in the default float dtype,
-    standardised as generated.
+    standardised as generated. The generator makes the same number of examples of every class, in a
+    shuffled order: for any n, 10 ceil(n / 10) are made (standardised together) and the first n kept.
 
     **Raises:** `ValueError` for `n` not a positive integer."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     n = checks.positive_int("n", n)
     args = get_dataset_args()
-    args.num_samples, args.train_split, args.seed = n, 1.0, seed
+    args.num_samples, args.train_split, args.seed = 10 * -(-n // 10), 1.0, seed
     made = make_dataset(args)
     dtype = jnp.result_type(float)
-    X = jnp.asarray(made["x"], dtype).reshape(n, 1, -1)
-    classes = np.asarray(made["y"], np.int32)
+    X = jnp.asarray(made["x"][:n], dtype).reshape(n, 1, -1)
+    classes = np.asarray(made["y"][:n], np.int32)
     return X, jnp.asarray(classes) if labels else jnp.asarray(np.eye(10)[classes], dtype)
 
 
@@ -256,10 +257,9 @@ def cifar10(
         raise ValueError(f"classes must be in 1..10, got {classes}")
     rows, found = [], []
     for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        rows.append(np.asarray(batch[b"data"], np.uint8))
-        found.append(np.asarray(batch[b"labels"], np.int64))
+        data, y = _cifar10_batch(folder / name)
+        rows.append(data)
+        found.append(y)
     data, y = np.concatenate(rows), np.concatenate(found)
     keep = y < classes
     data, y = data[keep][:n], y[keep][:n]
@@ -271,3 +271,30 @@ def cifar10(
     dtype = jnp.result_type(float)
     targets = jnp.asarray(y, jnp.int32) if labels else jnp.asarray(np.eye(classes)[y], dtype)
     return jnp.asarray(X, dtype), targets
+
+
+def _cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One python-format CIFAR-10 batch: (data (m, 3072) uint8, labels (m,) int64).
+
+    **Raises:** `ValueError` naming the file and what it should hold when it is not a pickled dict of
+    b"data" (m, 3072) uint8 rows and m b"labels" in 0..9."""
+    expected = 'a pickled dict of b"data" (m, 3072) uint8 rows and m b"labels" in 0..9'
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except Exception as e:  # truncated, not a pickle, another format
+        raise ValueError(f"cifar10: {path} cannot be read as {expected}: {type(e).__name__}: {e}") from e
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"cifar10: {path} holds {keys}, expected {expected}")
+    data, y = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise ValueError(
+            f'cifar10: {path} has b"data" of {data.dtype}{list(data.shape)}, expected {expected}'
+        )
+    if y.shape != (data.shape[0],) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > 9:
+        raise ValueError(
+            f'cifar10: {path} has {y.shape[0] if y.ndim else 0} b"labels" ({y.dtype}) for '
+            f"{data.shape[0]} rows, expected {expected}"
+        )
+    return data, y.astype(np.int64)

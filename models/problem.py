@@ -62,7 +62,8 @@ class Problem(eqx.Module):
 
     `Problem.params` holds the trainable parameters of `model`: the usual starting point of a flow. Each
     argument is checked (shapes, dtypes, finiteness, labels in range, the model's output against y) and a
-    bad one raises `ValueError` naming it.
+    bad one raises `ValueError` naming it; values known only inside a `jax.jit` / `jax.vmap` (finiteness of
+    X and y, labels in range) are checked there by `eqx.error_if`, with the same words.
     """
 
     params: PyTree
@@ -96,9 +97,9 @@ class Problem(eqx.Module):
                 f"y must be integer class labels of shape (n,) = ({n},) for cross_entropy, "
                 f"got {y.dtype}{list(y.shape)}"
             )
-        if checks.is_concrete((X, y)):
-            checks.finite_tree("X", X)
-            checks.finite_tree("y", y)
+        X = checks.finite_tree("X", X)  # eagerly, or under eqx.error_if when traced
+        if loss == "square":
+            y = checks.finite_tree("y", y)
         try:
             out = eqx.filter_eval_shape(model, X[0])
         except Exception as e:  # the model cannot take one example of X
@@ -114,11 +115,7 @@ class Problem(eqx.Module):
                 raise ValueError(
                     f"cross_entropy needs a vector of k logits per example, the model gives {out.shape}"
                 )
-            if checks.is_concrete(y) and (int(np.min(y)) < 0 or int(np.max(y)) >= out.shape[0]):
-                raise ValueError(
-                    f"y must hold labels in 0..{out.shape[0] - 1} (the model's {out.shape[0]} logits), got "
-                    f"{int(np.min(y))}..{int(np.max(y))}"
-                )
+            y = _labels_in_range(y, out.shape[0])
         if trainable is None:
             trainable = model.trainable() if hasattr(model, "trainable") else eqx.is_inexact_array
         self.params, self.static = eqx.partition(model, trainable)
@@ -273,6 +270,20 @@ class Problem(eqx.Module):
         if self.chunk is None or self.chunk >= self.n:
             return jax.vmap(fn)(xs)
         return lax.map(fn, xs, batch_size=self.chunk)
+
+
+def _labels_in_range(y, k: int):
+    """Class labels `y` in 0..k-1: checked on the host when concrete (a closed-over array inside a `jit`
+    included), else under `eqx.error_if`.
+
+    **Raises:** `ValueError` naming `y` and the range found."""
+    what = f"y must hold labels in 0..{k - 1} (the model's {k} logits)"
+    if checks.is_concrete(y):
+        lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
+        if lo < 0 or hi >= k:
+            raise ValueError(f"{what}, got {lo}..{hi}")
+        return y
+    return eqx.error_if(y, jnp.any((y < 0) | (y >= k)), what)
 
 
 def chunked(examples: PyTree, chunk: int, dtype) -> tuple[PyTree, Array]:

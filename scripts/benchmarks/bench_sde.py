@@ -11,10 +11,10 @@ of 256 paths (`jax.jit(jax.vmap(...))` over keys), 1,000 steps each, through
 - the same SDE through diffrax (`MultiTerm(ODETerm, ControlTerm)` on the same `BrownianGrid`, two terms,
   each with its own pass) and on a `VirtualBrownianTree` (adaptive-capable path, a tree descent a step).
 
-Targets: the SDE <= 1.1x label-noise GD and <= 0.9x the bare scan. Then the 10,000-path ensemble in chunks
-of 256 (`analysis.ensembles.ensemble(..., chunk=256)`): its cost per path-step against 256 paths (target:
-flat) and its peak memory (bounded by the chunk). All compiled before timing; medians over repeats, the rows
-compared interleaved (`bench_common.median_times`).
+Targets: the SDE <= 1.1x label-noise GD and <= 0.9x the bare scan. Then the 10,000-path ensemble in groups
+of 256 (`analysis.ensembles.ensemble(..., seeds_at_once=256)`): its cost per path-step against 256 paths
+(target: flat) and its peak memory (bounded by the group). All compiled before timing; medians over
+repeats, the rows compared interleaved (`bench_common.median_times`).
 """
 
 import argparse
@@ -136,8 +136,8 @@ def main(argv=None):
         return sde_loss(P, k)
 
     many = jax.random.split(jax.random.key(3), ENSEMBLE)
-    small = median_time(lambda: ensembles.ensemble(flow, keys, chunk=PATHS), repeats=r)
-    large = median_time(lambda: ensembles.ensemble(flow, many, chunk=PATHS), repeats=1)
+    small = median_time(lambda: ensembles.ensemble(flow, keys, seeds_at_once=PATHS), repeats=r)
+    large = median_time(lambda: ensembles.ensemble(flow, many, seeds_at_once=PATHS), repeats=1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     per_small, per_large = small / (PATHS * STEPS), large / (ENSEMBLE * STEPS)
     scaling = [

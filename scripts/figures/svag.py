@@ -41,7 +41,7 @@ PRESETS = {
 }
 SDE_SUBSTEPS = 32
 DIVERGENCE_FACTOR = 1e3  # SGD's mean loss grown by this factor from its start: the runs diverge
-CHUNK = 1024  # seeds a compiled call: the paper's 8,192 at once asked for 40 GB
+SEEDS_AT_ONCE = 1024  # seeds a compiled call: the paper's 8,192 at once asked for 40 GB
 
 
 def problem(cfg):
@@ -60,7 +60,8 @@ def compute(cfg, progress, part):
             lambda eta=eta: compare.svag_vs_sde(
                 P, P.params, eta=eta, ls=cfg["ls"], t1=cfg["t1"], batch_size=cfg["batch"],
                 key=jax.random.key(1), seeds=cfg["seeds"], num_saves=cfg["saves"], substeps=SDE_SUBSTEPS,
-                chunk=CHUNK, progress=progress, part=lambda label, fn, eta=eta: part(f"eta{eta}-{label}", fn),
+                seeds_at_once=SEEDS_AT_ONCE, progress=progress,
+                part=lambda label, fn, eta=eta: part(f"eta{eta}-{label}", fn),
             ),
         )  # fmt: skip
     return out

@@ -45,7 +45,7 @@ PRESETS = {
                   etas=[0.05, 0.5], t1=10.0, ls=[1, 2, 4, 8], seeds=256, saves=10, lambda_max=False),
 }  # fmt: skip
 SDE_SUBSTEPS = 32
-CHUNK = 256  # seeds a compiled call
+SEEDS_AT_ONCE = 256  # seeds a compiled call
 STATS = {"loss": "training loss", "accuracy": "test accuracy", "trace_H": "tr H", "lambda_max": "λ_max(H)"}
 
 
@@ -73,7 +73,7 @@ def compute(cfg, progress, part):
             lambda eta=eta: compare.svag_vs_sde(
                 P, P.params, eta=eta, ls=cfg["ls"], t1=cfg["t1"], batch_size=cfg["batch"],
                 key=jax.random.key(2), seeds=cfg["seeds"], num_saves=cfg["saves"], metrics=observables,
-                substeps=SDE_SUBSTEPS, chunk=CHUNK, progress=progress,
+                substeps=SDE_SUBSTEPS, seeds_at_once=SEEDS_AT_ONCE, progress=progress,
                 part=lambda label, fn, eta=eta: part(f"eta{eta}-{label}", fn),
             ),
         )  # fmt: skip

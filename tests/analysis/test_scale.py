@@ -112,12 +112,12 @@ def test_ensemble_chunks_pad_and_take_per_seed_arguments():
         return sgd(P, p0, steps=20, eta=0.1, batch_size=2, key=k, save_every=5)
 
     whole = ensembles.ensemble(flow, keys, starts)
-    chunked = ensembles.ensemble(flow, keys, starts, chunk=3)
+    chunked = ensembles.ensemble(flow, keys, starts, seeds_at_once=3)
     assert_same_bits(jax.tree.map(np.asarray, whole.stats), jax.tree.map(np.asarray, chunked.stats))
     plain = jax.vmap(flow)(keys, starts)
     np.testing.assert_allclose(whole.stats["loss"], plain.stats["loss"], rtol=1e-12)
     assert not np.allclose(whole.stats["loss"][0], whole.stats["loss"][1])
-    unsharded = ensembles.ensemble(flow, keys, starts, chunk=3, mesh=False)  # a plain vmap, no mesh
+    unsharded = ensembles.ensemble(flow, keys, starts, seeds_at_once=3, mesh=False)  # a plain vmap, no mesh
     np.testing.assert_allclose(unsharded.stats["loss"], plain.stats["loss"], rtol=1e-12)
 
 

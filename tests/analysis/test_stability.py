@@ -36,7 +36,7 @@ def ensemble_sgd(P, start, *, eta, batch_size, steps, seeds, key, replace=True):
     run = lambda k: sgd(  # noqa: E731
         P, start, steps=steps, eta=eta, batch_size=batch_size, key=k, replace=replace, save_params=True
     )
-    return ensembles.ensemble(run, keys, chunk=10_000)
+    return ensembles.ensemble(run, keys, seeds_at_once=10_000)
 
 
 @pytest.mark.parametrize("replace", [True, False])
@@ -298,10 +298,10 @@ def test_sde_generator_matches_simulated_sgd_sde():
     run = lambda k: sgd_sde(  # noqa: E731
         P, start, t1=float(t[-1]), eta=eta, batch_size=B, key=k, substeps=16, ts=t, save_params=False
     )
-    L = np.asarray(ensembles.ensemble(run, keys, chunk=8000).stats["loss"]).mean(0)
+    L = np.asarray(ensembles.ensemble(run, keys, seeds_at_once=8000).stats["loss"]).mean(0)
     np.testing.assert_allclose(L, closed, rtol=0.03)
     run = lambda k: sgd(P, start, steps=steps, eta=eta, batch_size=B, key=k, save_params=False)  # noqa: E731
-    L_sgd = np.asarray(ensembles.ensemble(run, keys, chunk=8000).stats["loss"]).mean(0)
+    L_sgd = np.asarray(ensembles.ensemble(run, keys, seeds_at_once=8000).stats["loss"]).mean(0)
     assert abs(L_sgd[-1] / closed[-1] - 1) > 0.035
 
 

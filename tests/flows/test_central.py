@@ -2,6 +2,8 @@
 (preconditioned) gradient flow before the edge, and a toy problem whose edge-of-stability orbit is known in
 closed form for both, against the discrete runs."""
 
+import functools
+
 import diffrax
 import equinox as eqx
 import jax
@@ -209,7 +211,12 @@ def test_rmsprop_central_flow_matches_the_closed_form_edge_orbit_and_rmsprop_tim
     assert float(eta * flow.stats["eigenvalues"][-1, 0]) == pytest.approx(2.0, rel=1e-8)
     assert int(flow.stats["edge_count"][-1]) == 1 and int(flow.stats["edge_count"][0]) == 0
     run = gd(
-        P, P.params, steps=4000, eta=eta, save_every=1, optimizer=optax.rmsprop(eta, decay=decay, eps=eps)
+        P,
+        P.params,
+        steps=4000,
+        eta=eta,
+        save_every=1,
+        optimizer=functools.partial(optax.rmsprop, decay=decay, eps=eps),
     )
     assert float(run.stats["loss"][2000:].mean()) == pytest.approx(predicted, rel=1e-6)
     plain = central_flow(P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41)  # GD holds another edge
@@ -269,7 +276,7 @@ def test_rmsprop_central_flow_is_the_preconditioned_gradient_flow_before_the_edg
     assert errors[-1] < 1e-3 * float(jnp.linalg.norm(reference))  # 5.7e-4 at h = 0.0125
     gaps = []
     for eta in (0.02, 0.01):
-        optimizer = optax.rmsprop(eta, decay=1 / (1 + rate * eta), eps=eps, initial_scale=scale)
+        optimizer = functools.partial(optax.rmsprop, decay=1 / (1 + rate * eta), eps=eps, initial_scale=scale)
         run = gd(P, P.params, steps=round(1 / eta), eta=eta, save_every=round(1 / eta), optimizer=optimizer)
         gaps.append(float(jnp.linalg.norm(P.ravel(run.final)[0] - solved[0][-1])))
     assert 0.8 < np.log2(gaps[0] / gaps[1]) < 1.2, gaps
@@ -349,7 +356,7 @@ def test_rmsprop_central_flow_on_a_cnn_predicts_rmsprop_time_averaged_loss_at_th
     eta, decay, eps, steps = 0.01, 0.99, 1e-8, 400
     flat0, unravel = P.ravel(P.params)
     scale = float(jnp.mean(P.ravel(P.grad(P.params))[0] ** 2))
-    optimizer = optax.rmsprop(eta, decay=decay, eps=eps, initial_scale=scale)
+    optimizer = functools.partial(optax.rmsprop, decay=decay, eps=eps, initial_scale=scale)
     run = gd(P, P.params, steps=steps, eta=eta, save_every=1, optimizer=optimizer)
     ks = np.arange(0, steps + 1, steps // 20)
     target = np.asarray(statistics.time_average(run, 40).stats["loss"])[ks]

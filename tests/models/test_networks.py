@@ -2,6 +2,7 @@
 parameter counts, cross-entropy against a hand-written loss, physical batches against the unchunked
 numbers, any optax optimizer against hand-written loops, and the arguments only square loss admits."""
 
+import functools
 import pickle
 
 import equinox as eqx
@@ -14,7 +15,7 @@ import pytest
 from analysis import hessian, stability
 from flows import gd, label_noise_sgd, limit_map, sgd, sgd_sde
 from models import CNN, MLP, Problem, ResNet, ViT, data
-from tests.helpers import tree_allclose
+from tests.helpers import tree_allclose, two_layer
 
 
 def conv(x, layer):
@@ -185,7 +186,8 @@ def test_gd_and_sgd_take_any_optax_optimizer():
     flat0, unravel = P.ravel(P.params)
     grad = jax.jit(lambda v: P.ravel(P.grad(unravel(v)))[0])
     eta, steps = 0.1, 5
-    run = gd(P, P.params, steps=steps, eta=eta, save_every=steps, optimizer=optax.sgd(eta, momentum=0.9))
+    momentum = functools.partial(optax.sgd, momentum=0.9)  # a constructor: gd calls it with eta
+    run = gd(P, P.params, steps=steps, eta=eta, save_every=steps, optimizer=momentum)
     w, m = flat0, jnp.zeros_like(flat0)
     for _ in range(steps):
         m = grad(w) + 0.9 * m
@@ -193,18 +195,41 @@ def test_gd_and_sgd_take_any_optax_optimizer():
     np.testing.assert_allclose(P.ravel(run.final)[0], w, rtol=1e-10)
     np.testing.assert_allclose(run.ts, [0.0, eta * steps])  # the clock stays t = eta k
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int32 and float
-        run = gd(P, P.params, steps=steps, eta=eta, save_every=steps, optimizer=optax.adam(0.01))
+        run = gd(P, P.params, steps=steps, eta=0.01, save_every=steps, optimizer=optax.adam)
     w, m, s = flat0, jnp.zeros_like(flat0), jnp.zeros_like(flat0)
     for k in range(1, steps + 1):
         g = grad(w)
         m, s = 0.9 * m + 0.1 * g, 0.999 * s + 0.001 * g**2
         w = w - 0.01 * (m / (1 - 0.9**k)) / (jnp.sqrt(s / (1 - 0.999**k)) + 1e-8)
     np.testing.assert_allclose(P.ravel(run.final)[0], w, rtol=1e-8)
-    a = sgd(P, P.params, steps=3, eta=eta, batch_size=2, key=jax.random.key(0), optimizer=optax.sgd(eta))
+    a = sgd(P, P.params, steps=3, eta=eta, batch_size=2, key=jax.random.key(0), optimizer=optax.sgd)
     b = sgd(P, P.params, steps=3, eta=eta, batch_size=2, key=jax.random.key(0))
     assert tree_allclose(a.params, b.params, rtol=1e-14)
     with pytest.raises((ValueError, TypeError), match="optimizer"):  # TypeError: the tests' type checker
         gd(P, P.params, steps=1, eta=eta, optimizer="adam")
+
+
+def test_an_optimizer_has_one_step_size_the_runs_clock():
+    """The clock t = eta k and the optimizer's step size are one number: a transformation built with a
+    step of its own (optax.adam(1e-3) beside eta = 0.05 ran Adam at 1e-3 on a clock of 0.05) is refused,
+    eagerly and under jax.jit / eqx.filter_jit / jax.vmap; an inject_hyperparams one is read and
+    compared."""
+    P = two_layer()
+    run = lambda opt, eta=0.05: gd(P, P.params, steps=2, eta=eta, optimizer=opt)  # noqa: E731
+    with pytest.raises(ValueError, match="optimizer is an optax transformation built with a step size"):
+        run(optax.adam(1e-3))
+    injected = optax.inject_hyperparams(optax.sgd)(learning_rate=0.05)
+    np.testing.assert_array_equal(P.ravel(run(injected).final)[0], P.ravel(run(optax.sgd).final)[0])
+    with pytest.raises(
+        ValueError, match=r"learning_rate differs from eta.*learning_rate = 0.001, eta = 0.05"
+    ):
+        run(optax.inject_hyperparams(optax.sgd)(learning_rate=1e-3))
+    other = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-3)
+    for wrap in (eqx.filter_jit, jax.jit):
+        with pytest.raises(Exception, match="learning_rate differs from eta"):
+            jax.block_until_ready(wrap(lambda e: run(other, e).stats["loss"])(jnp.asarray(0.05)))
+    with pytest.raises(Exception, match="learning_rate differs from eta"):
+        jax.block_until_ready(jax.vmap(lambda e: run(other, e).stats["loss"])(jnp.asarray([0.05, 1e-3])))
 
 
 def test_the_minibatch_sde_on_cross_entropy_has_the_sgd_covariance():
@@ -305,6 +330,25 @@ def test_cifar10_is_read_from_the_folder_the_user_names(tmp_path, monkeypatch):
         data.cifar10(tmp_path / "nowhere")
 
 
+def test_a_corrupt_or_misshaped_cifar10_batch_names_its_file_and_what_it_expected(tmp_path):
+    """A truncated pickle, a dict without b"data", rows of the wrong width, labels out of 0..9: each a
+    ValueError naming the file and the format expected (was: a raw UnpicklingError or KeyError)."""
+    rng = np.random.default_rng(0)
+    good = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+    bad = {
+        "truncated": pickle.dumps(good)[:100],
+        "no data": pickle.dumps({b"labels": [0, 1]}),
+        "wide rows": pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}),
+        "labels": pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}),
+        "count": pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}),
+    }
+    for what, content in bad.items():
+        (tmp_path / "test_batch").write_bytes(content)
+        with pytest.raises(ValueError, match=r"cifar10: .*test_batch .*b\"data\" \(m, 3072\) uint8") as e:
+            data.cifar10(tmp_path, train=False)
+        assert "test_batch" in str(e.value), what
+
+
 def test_image_and_sequence_data_sets():
     X, y = data.digits(images=True, labels=True)
     assert X.shape == (1797, 1, 8, 8) and y.dtype == jnp.int32 and int(y.max()) == 9
@@ -312,6 +356,9 @@ def test_image_and_sequence_data_sets():
     assert X.shape == (200, 1, 40) and y.shape == (200,) and set(np.unique(y)) <= set(range(10))
     again, _ = data.mnist1d(200)
     np.testing.assert_array_equal(X, again)  # generated offline, the same for the same seed
+    for n in (1, 7, 256):  # the generator makes 10 ceil(n / 10): any n is served (256 raised TypeError)
+        X, y = data.mnist1d(n, labels=False)
+        assert X.shape == (n, 1, 40) and y.shape == (n, 10) and np.all(np.isfinite(X))
 
 
 @pytest.mark.slow  # 20 s; make test covers the landing check and Point.singular_values on a Linear model
