@@ -19,3 +19,16 @@ from . import riemannian as riemannian
 from . import stability as stability
 from . import statistics as statistics
 from . import store as store
+
+__all__ = [
+    "compare",
+    "ensembles",
+    "features",
+    "hessian",
+    "metrics",
+    "plots",
+    "riemannian",
+    "stability",
+    "statistics",
+    "store",
+]

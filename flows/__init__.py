@@ -44,9 +44,51 @@ from ._sde import sgd_sde as sgd_sde
 from ._trajectory import DIVERGED as DIVERGED
 from ._trajectory import INNER_SOLVER_FAILED as INNER_SOLVER_FAILED
 from ._trajectory import MAX_STEPS as MAX_STEPS
+from ._trajectory import OFF_MANIFOLD as OFF_MANIFOLD
 from ._trajectory import SOLVER_FAILED as SOLVER_FAILED
 from ._trajectory import SUCCESSFUL as SUCCESSFUL
 from ._trajectory import UNBOUNDED as UNBOUNDED
 from ._trajectory import Metric as Metric
 from ._trajectory import Result as Result
 from ._trajectory import Trajectory as Trajectory
+
+__all__ = [
+    "timescale",
+    "BrownianGrid",
+    "step_keys",
+    "PAST_EDGE",
+    "RMSProp",
+    "central_flow",
+    "sdcp",
+    "Steps",
+    "gd",
+    "label_noise_sgd",
+    "sgd",
+    "svag",
+    "gradient_flow",
+    "Saves",
+    "Solve",
+    "Objective",
+    "label_noise_objective",
+    "limit_map",
+    "retract",
+    "riemannian_flow",
+    "riemannian_grad",
+    "tangent_projection",
+    "trace_grad",
+    "trace_grad_hutchinson",
+    "StepNoise",
+    "Mode",
+    "label_noise_sde",
+    "sgd_sde",
+    "DIVERGED",
+    "INNER_SOLVER_FAILED",
+    "MAX_STEPS",
+    "OFF_MANIFOLD",
+    "SOLVER_FAILED",
+    "SUCCESSFUL",
+    "UNBOUNDED",
+    "Metric",
+    "Result",
+    "Trajectory",
+]

@@ -29,10 +29,11 @@ rounding error of the mode's own arithmetic (the rank rule), which differs betwe
   they need there (10 N eps) put tangent projections 1% off on a J with cond(J) = 35 (QR: 2e-6).
   mu = (100 sqrt(N) eps)^2 max_a ||grad f_a||^2.
 - `"matrix_free"`: K u is one JVP and one VJP of the residuals (the primal pass linearised once: memory
-  O(p + N + one batch of activations), never N p); (K + mu I)^{-1} b by conjugate gradients (lineax CG,
+  O(p + N + one batch of activations), never N p); (K + mu I)^{-1} b by conjugate gradients (`shifted_solve`,
   Jacobi preconditioner diag K_aa = ||grad f_a||^2, which the trace pass yields for free); a solve that
   misses its tolerance is recorded (`Point.solved`) and the flows report it (`INNER_SOLVER_FAILED`, never
-  DIVERGED); grad tr G streamed over examples in chunks of `chunk` (memory chunk * p). Products with K
+  DIVERGED); grad tr G streamed over examples in chunks of `chunk` (the problem's `Problem.chunk` by
+  default, else 256; memory chunk * p). Products with K
   carry errors ~ eps lambda_max(K), so K's eigenvalues (sigma^2) are resolved to ~ N eps max ||grad f_a||^2
   and mu = 10 N eps max_a ||grad f_a||^2: the squared cut-off of the dense mode is far below this one.
 
@@ -46,7 +47,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jax import lax
 from jax.custom_batching import custom_vmap
 from jax.scipy.linalg import solve_triangular
@@ -110,7 +110,7 @@ class Point:
         mode: Literal["dense", "matrix_free"],
         *,
         trace_grad: bool = False,
-        chunk: int = 256,
+        chunk: int | None = None,
         cg_rtol: float | None = None,
     ):
         problem.require_square("the zero-loss manifold's geometry")
@@ -187,32 +187,60 @@ class Point:
 
 def shifted_solve(jv: Callable, jtu: Callable, sq, shift, b, rtol) -> tuple:
     """(K + shift I)^{-1} b with K = J J^T given by its products, J v = `jv(v)` and J^T u = `jtu(u)`:
-    conjugate gradients preconditioned by diag(K) + shift (`sq`, the per-output ||grad f_a||^2), to the
-    relative tolerance `rtol`, at most 10 N + 100 iterations. Cost: one JVP and one VJP an iteration, ~sqrt of
-    the condition number of (K + shift I) iterations; memory O(N + p).
+    conjugate gradients preconditioned by diag(K) + shift (`sq`, the per-output ||grad f_a||^2), until the
+    residual falls below `rtol` ||b||, at most 10 N + 100 iterations. Cost: one JVP and one VJP an iteration,
+    ~sqrt of the condition number of (K + shift I) iterations; memory O(N + p).
+
+    Written out rather than lineax's CG, whose breakdown guard (a step alpha above 1 / (100 N eps), taken for
+    a singular operator) fires on exactly the systems the rank rule makes: near rank loss K has eigenvalues
+    at the shift, mu = 10 N eps max ||grad f_a||^2 in the matrix-free mode (flows/_numerics.py), and the
+    step along them is ~ 1 / mu: lineax returned NaN there (a two-layer net with two inputs 1e-7 apart).
+    K + shift I is positive definite, so the only breakdown is a non-positive curvature p^T (K + shift I) p
+    from rounding, which ends the solve as failed.
 
     **Arguments:** `jv`, `jtu`, `sq` (N,), `shift` > 0, `b` (N,), `rtol`.
 
-    **Returns:** (x, whether CG reached `rtol` with a finite x)."""
-    K = lx.FunctionLinearOperator(
-        lambda u: jv(jtu(u)) + shift * u, jax.ShapeDtypeStruct(b.shape, b.dtype), lx.positive_semidefinite_tag
-    )
-    precond = lx.TaggedLinearOperator(
-        lx.DiagonalLinearOperator(1.0 / (sq + shift)), lx.positive_semidefinite_tag
-    )
-    solver = lx.CG(rtol=rtol, atol=0.0, max_steps=10 * b.size + 100)
-    sol = lx.linear_solve(K, b, solver, options={"preconditioner": precond}, throw=False)
-    return sol.value, (sol.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
+    **Returns:** (x, whether the residual reached `rtol` ||b|| with a finite x)."""
+
+    def matvec(u):
+        return jv(jtu(u)) + shift * u
+
+    inverse_diagonal = 1.0 / (sq + shift)
+    target = (rtol * jnp.linalg.norm(b)) ** 2
+    max_steps = 10 * b.size + 100
+
+    def unfinished(state):
+        _, r, _, _, step, broken = state
+        return (jnp.sum(r**2) > target) & (step < max_steps) & ~broken
+
+    def step_(state):
+        x, r, p, gamma, step, _ = state
+        Ap = matvec(p)
+        curvature = p @ Ap
+        broken = ~(curvature > 0)  # rounding on a positive-definite system, or NaN
+        alpha = jnp.where(broken, 0.0, gamma / jnp.where(broken, 1.0, curvature))
+        x, r = x + alpha * p, r - alpha * Ap
+        z = inverse_diagonal * r
+        gamma_next = z @ r
+        p = z + jnp.where(gamma > 0, gamma_next / jnp.where(gamma > 0, gamma, 1.0), 0.0) * p
+        return x, r, p, gamma_next, step + 1, broken
+
+    z0 = inverse_diagonal * b
+    state = (jnp.zeros_like(b), b, z0, z0 @ b, jnp.asarray(0), jnp.asarray(False))
+    x, r, _, _, _, broken = lax.while_loop(unfinished, step_, state)
+    residual = jnp.linalg.norm(b - matvec(x))  # the true residual, not the recurrence's
+    solved = ~broken & (residual**2 <= 4 * target) & jnp.all(jnp.isfinite(x))
+    return x, solved
 
 
 def squared_gradient_norms(problem, flat: Float[Array, " p"], unravel: Callable) -> Float[Array, " N"]:
-    """||grad f_a||^2 for every output a (diag K), matrix-free: 256 examples' gradients at a time (memory
-    256 p, cost N per-example gradients).
+    """||grad f_a||^2 for every output a (diag K), matrix-free: the problem's `chunk` examples' gradients at
+    a time, 256 when it sets none (memory that times p, cost N per-example gradients).
 
     **Arguments:** the `problem`, the flat parameters `flat`, `unravel`.
 
     **Returns:** the (N,) array."""
-    return _streamed(problem, flat, unravel, 256, False)[0]
+    return _streamed(problem, flat, unravel, None, False)[0]
 
 
 def _example_terms(problem, unravel, trace_grad: bool):
@@ -240,10 +268,15 @@ def _rows(problem, flat, unravel, trace_grad):
     return J, sq.reshape(-1), None if g is None else jnp.sum(g, axis=0) / problem.n
 
 
+_STREAM_CHUNK = 256  # examples a streamed pass takes at once where neither the call nor the problem says
+
+
 def _streamed(problem, flat, unravel, chunk, trace_grad):
-    """Matrix-free: ||grad f_a||^2 (N,) and grad tr G (p,) or None, `chunk` examples at a time (memory
-    chunk * p): a scan over chunks, the last one padded and masked."""
+    """Matrix-free: ||grad f_a||^2 (N,) and grad tr G (p,) or None, `chunk` examples at a time (None: the
+    problem's `chunk`, else `_STREAM_CHUNK`; memory chunk * p): a scan over chunks, the last one padded and
+    masked."""
     n = problem.n
+    chunk = chunk or problem.chunk or _STREAM_CHUNK
     chunk = max(1, min(chunk, n))
     X, mask = chunked(problem.X, chunk, flat.dtype)
     count = mask.shape[0]

@@ -46,6 +46,8 @@ from ._integrate import Saves, Solve, solve_ode
 from ._numerics import Mode
 from ._trajectory import (
     INNER_SOLVER_FAILED,
+    OFF_MANIFOLD,
+    SUCCESSFUL,
     Metric,
     Trajectory,
     compiled,
@@ -80,14 +82,14 @@ def label_noise_objective(problem: Problem, params: PyTree) -> Float[Array, ""]:
 
 
 def trace_grad(
-    problem: Problem, params: PyTree, *, mode: Mode = "auto", chunk: int = 256
+    problem: Problem, params: PyTree, *, mode: Mode = "auto", chunk: int | None = None
 ) -> Float[Array, " p"]:
     """grad tr G = (2/n) sum_a grad^2 f_a grad f_a (flat), exact, reverse over reverse per example: memory
     N p in the dense mode, `chunk` * p streamed (flows/_geometry.py). On Gamma its tangent part equals that
     of grad tr H.
 
     **Arguments:** `problem`, `params`, `mode` (`"auto"`, `"dense"`, `"matrix_free"`), `chunk` (examples a
-    pass in the matrix-free mode).
+    pass in the matrix-free mode; default the problem's `chunk`, else 256).
 
     **Returns:** grad tr G, flat (p,).
 
@@ -132,9 +134,11 @@ def tangent_projection(
     **Returns:** P_T v, flat (p,).
 
     **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
-    > p; a bad `mode`."""
+    > p; a bad `mode`; `equinox.EquinoxRuntimeError` where the matrix-free mode's conjugate gradients did not
+    converge (never a NaN projection)."""
     flat, unravel = problem.ravel(params)
-    return geometry.Point(problem, flat, unravel, numerics.mode_for(problem, mode, flat.dtype)).project(v)
+    point = geometry.Point(problem, flat, unravel, numerics.mode_for(problem, mode, flat.dtype))
+    return _solved("tangent_projection", point, point.project(v))
 
 
 def riemannian_grad(
@@ -148,14 +152,23 @@ def riemannian_grad(
     **Returns:** P_T grad F, flat (p,).
 
     **Raises:** `ValueError` for a problem without residuals (cross-entropy: no zero-loss manifold) or with N
-    > p; a bad `mode`."""
+    > p; a bad `mode`; `equinox.EquinoxRuntimeError` where the matrix-free mode's conjugate gradients did not
+    converge."""
     flat, unravel = problem.ravel(params)
-    return _riemannian_grad(problem, flat, unravel, objective, numerics.mode_for(problem, mode, flat.dtype))
-
-
-def _riemannian_grad(problem, flat, unravel, objective, mode):
+    mode = numerics.mode_for(problem, mode, flat.dtype)
     point, g = _point_and_grad(problem, flat, unravel, objective, mode)
-    return point.project(g)
+    return _solved("riemannian_grad", point, point.project(g))
+
+
+def _solved(name: str, point, value):
+    """`value`, computed with `point`'s solves, or an `equinox.EquinoxRuntimeError` naming `name` where a
+    conjugate-gradient solve failed (eagerly at once, traced through `eqx.error_if`)."""
+    what = f"{name}: the conjugate-gradient solve with J J^T did not converge (matrix-free mode)"
+    if checks.is_concrete(point.solved):
+        if not bool(point.solved):
+            raise eqx.EquinoxRuntimeError(what)
+        return value
+    return eqx.error_if(value, ~point.solved, what)
 
 
 def _point_and_grad(problem, flat, unravel, objective, mode):
@@ -393,16 +406,24 @@ def _to_rest(problem, flat, unravel, mode, tol, max_time, max_steps):
 
 
 def _land(problem, params, budget: _Budget, phi: bool, gram: bool) -> _Landing:
-    """Map `params` onto the manifold within `budget`: Phi's gradient flow when `phi` (`_to_rest`), then
+    """Map `params` onto the manifold within `budget`: Phi's gradient flow when `phi` (`_to_rest`; skipped
+    for a start already within res_tol of the manifold, so that Phi runs once per start), then
     Gauss-Newton steps until max|r| <= res_tol and one more where it lowers max|r|; with `gram`, J's
     singular range (as `_singular_range`) where that last step was taken, from its QR (dense mode). Traced;
     raveled and unraveled here."""
     flat, unravel = problem.ravel(params)
-    settled = jnp.asarray(True)
-    if phi:
-        flat, settled = _to_rest(
-            problem, flat, unravel, budget.mode, budget.flow_tol, budget.max_time, budget.max_steps
-        )
+    max_residual = lambda v: jnp.max(jnp.abs(problem.residuals(unravel(v))))  # noqa: E731
+    settled, res0 = jnp.asarray(True), max_residual(flat)
+    if phi:  # a start already on the manifold (max|r| <= res_tol, e.g. mapped by limit_map) is its own Phi
+
+        def flow_to_rest():
+            v, at_rest = _to_rest(
+                problem, flat, unravel, budget.mode, budget.flow_tol, budget.max_time, budget.max_steps
+            )
+            return v, at_rest, max_residual(v)
+
+        on = res0 <= budget.res_tol
+        flat, settled, res0 = lax.cond(on, lambda: (flat, jnp.asarray(True), res0), flow_to_rest)
 
     def cond(state):
         _, res, i, solved = state
@@ -418,7 +439,6 @@ def _land(problem, params, budget: _Budget, phi: bool, gram: bool) -> _Landing:
         v, res, point = step(v)
         return v, res, i + 1, solved & point.solved
 
-    res0 = jnp.max(jnp.abs(problem.residuals(unravel(flat))))
     v, res, i, solved = jax.lax.while_loop(cond, body, (flat, res0, 0, jnp.asarray(True)))
     # one more Gauss-Newton step squares a residual at res_tol down to round-off; kept where it helps
     polished, res2, point = step(v)
@@ -487,7 +507,7 @@ def riemannian_flow(
       steps, `rtol` default 1e-8 in float64, 1e-5 in float32, `atol` default rtol / 100.
     - `ts`, `save_every`, `num_saves`, `save_params` (`flows.Saves`): saved at `ts`, else every
       `save_every`, else `num_saves` points in [t0, t1]; records `loss`, `objective` and `grad_norm`
-      (||P_T grad F||) besides any given `metrics`.
+      (||P_T grad F||) and `max_residual` (max_i |r_i|) besides any given `metrics`.
 
     - `throw`: raise on a failed solve, or return the Trajectory with its `result` code.
 
@@ -497,8 +517,10 @@ def riemannian_flow(
     N > p: the manifold is not smooth there; checked in the dense mode, since the matrix-free one never
     forms J), if params0 is not finite, or for another bad argument; `equinox.EquinoxRuntimeError` if it
     cannot be mapped onto the manifold (`limit_map`). Approaching rank loss along the way (a sparse optimum)
-    is allowed. A solve that fails on the way (`max_steps`, a non-finite loss, an inner solve) has its
-    `result` code set and, with `throw=True`, raises `equinox.EquinoxRuntimeError`.
+    is allowed. A solve that fails on the way (`max_steps`, a non-finite loss, an inner solve, or residuals
+    past `numerics.manifold_drift_tol` at a save: `OFF_MANIFOLD`, the flow left a manifold that is not C^2,
+    as a ReLU net's or one with max pooling is) has its `result` code set and, with `throw=True`, raises
+    `equinox.EquinoxRuntimeError`.
 
     **Example:** a two-layer net with a fixed outer layer on 4 examples (N = 4 constraints, p = 24): mapped
     onto the manifold by Phi, the flow lowers tr H / 4 while the loss stays at zero.
@@ -570,12 +592,16 @@ def _riemannian_solve(
                 jnp.sum(point.sq) / (4 * problem.n) if default else objective(problem, params)
             )
             stats["grad_norm"] = jnp.linalg.norm(point.project(g))
+            stats["max_residual"] = jnp.max(jnp.abs(point.r))
             return (params if save_params else None), (stats, point.solved)
 
         times, (params, (stats, solved)), result = solve_ode(field, flat0, t0, t1, ts, save, solve)
         # a failed conjugate-gradient solve at a save (matrix-free mode) is an inner failure, not a
-        # divergence
+        # divergence; residuals past the drift tolerance mean the flow left the manifold
         result = jnp.where(jnp.all(solved), result, INNER_SOLVER_FAILED)
+        drift = numerics.manifold_drift_tol(flat0.dtype, problem.y, solve.atol)
+        off = ~(jnp.max(stats["max_residual"]) <= drift) & jnp.all(jnp.isfinite(stats["loss"]))
+        result = jnp.where((result == SUCCESSFUL) & off, OFF_MANIFOLD, result)
         result = diverged_where(result, stats["loss"])
         return Trajectory(ts=times, params=params, stats=stats, clock=clock, result=result)
 

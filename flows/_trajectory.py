@@ -6,8 +6,10 @@ enumeration `Result` (an int32 array, one code a seed in an ensemble; `Result(in
 `DIVERGED` (the loss became non-finite), `MAX_STEPS` (an adaptive solve ran out of its step budget),
 `SOLVER_FAILED` (any other failure of the ODE solver), `INNER_SOLVER_FAILED` (an iterative solve inside a
 step did not converge: conjugate gradients, the central flow's complementarity problem or its eigenpairs)
-or `UNBOUNDED` (the central flow's complementarity problem has no solution: GD cannot be held at the
-edge). A failed inner solve is never reported as a divergence, nor its number as a result.
+`UNBOUNDED` (the central flow's complementarity problem has no solution: GD cannot be held at the
+edge) or `OFF_MANIFOLD` (a flow on the zero-loss manifold whose residuals grew past its tolerance: a
+non-smooth model, ReLU or max pooling, whose manifold has kinks the flow cannot follow). A failed inner
+solve is never reported as a divergence, nor its number as a result.
 
 With `throw=True` a failed flow raises `equinox.EquinoxRuntimeError`: at once, naming the step or time,
 when its arguments are concrete; from `eqx.branched_error_if` when the flow runs under the caller's
@@ -44,6 +46,7 @@ __all__ = [
     "SOLVER_FAILED",
     "INNER_SOLVER_FAILED",
     "UNBOUNDED",
+    "OFF_MANIFOLD",
     "Trajectory",
     "solver_result",
     "diverged_where",
@@ -105,6 +108,12 @@ class Result(enum.IntEnum):
         "2 / eta gain no curvature from the oscillation, as on least squares, and GD diverges there)",
     )
 
+    OFF_MANIFOLD = (
+        6,
+        "left the zero-loss manifold: its residuals grew past the flow's tolerance (the flow needs a C^2 "
+        "manifold: a ReLU, max pooling or another kink in the model breaks it; use a smooth activation)",
+    )
+
     def __new__(cls, code: int, message: str):
         member = int.__new__(cls, code)
         member._value_ = code
@@ -112,7 +121,7 @@ class Result(enum.IntEnum):
         return member
 
 
-SUCCESSFUL, DIVERGED, MAX_STEPS, SOLVER_FAILED, INNER_SOLVER_FAILED, UNBOUNDED = Result
+SUCCESSFUL, DIVERGED, MAX_STEPS, SOLVER_FAILED, INNER_SOLVER_FAILED, UNBOUNDED, OFF_MANIFOLD = Result
 
 
 class Trajectory(eqx.Module):

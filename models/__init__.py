@@ -13,3 +13,19 @@ from .mlp import MLP as MLP
 from .problem import Problem as Problem
 from .two_layer import TwoLayerNet as TwoLayerNet
 from .vit import ViT as ViT
+
+__all__ = [
+    "checks",
+    "data",
+    "cubic",
+    "CNN",
+    "ResNet",
+    "Linear",
+    "QuadraticParam",
+    "RandomFeatures",
+    "MatrixFactorization",
+    "MLP",
+    "Problem",
+    "TwoLayerNet",
+    "ViT",
+]

@@ -19,7 +19,8 @@ mean-square generator); below, Wu et al.'s necessary bound 1 / (||H||_F sqrt(v_B
 float64: perturbations of 1e-5 around a minimum, losses down to 1e-20. `--seeds`: the ensemble size.
 
 Estimators: the loss exactly along every path; the thresholds in closed form from the Gram matrix
-(`analysis.stability`). The fraction escaped is a count over seeds, its band binomial.
+(`stability.threshold`, `stability.mean_square_rate`, `stability.lyapunov_exponent`). The fraction escaped
+is a count over seeds, its band binomial.
 """
 
 import jax

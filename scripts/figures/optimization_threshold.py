@@ -23,9 +23,10 @@ fitted 99% of the noise; a simple net sits at ~ s^2 / 2 (1 - d / n), and label-n
 it at sigma = 0.1) at each n. float64: lambda = 1e-6 and interpolation down to losses of 1e-30.
 `--seeds`: data sets (and initialisations) per n.
 
-Estimators: the training loss and direction counts exactly; the test loss and the distance to OLS as means
-over `test` fresh inputs drawn per seed (the same inputs for every method, so the methods' differences carry
-no sampling noise of their own). No curvature is recorded: the bands are the seeds' range.
+Estimators: the training loss and direction counts exactly; the test loss and the distance to OLS
+(`features.distance_to_ols`) as means over `test` fresh inputs drawn per seed (the same inputs for every
+method, so the methods' differences carry no sampling noise of their own). No curvature is recorded: the
+bands are the seeds' range.
 """
 
 import jax

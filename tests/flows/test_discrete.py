@@ -176,7 +176,7 @@ def test_divergence_raises_naming_the_step_or_returns_its_result_code():
         named == [flows.Result.SUCCESSFUL, flows.Result.DIVERGED] and flows.DIVERGED is flows.Result.DIVERGED
     )
     assert named[1].message == "diverged: the loss became non-finite"
-    assert [int(r) for r in flows.Result] == list(range(6))  # one code each, as stored results hold them
+    assert [int(r) for r in flows.Result] == list(range(7))  # one code each, as stored results hold them
 
 
 def test_a_start_of_another_dtype_is_refused():

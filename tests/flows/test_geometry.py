@@ -227,3 +227,55 @@ def test_the_matrix_free_flow_never_forms_an_N_by_p_array():
         lambda w: riemannian_flow(P, w, t1=0.1, ts=jnp.array([0.0, 0.1]), mode="dense").stats
     )(P.params)
     assert largest_intermediate(dense.jaxpr) >= N * p  # the check sees J where it is formed
+
+
+@pytest.mark.parametrize("gap", [1e-9, 1e-7])
+def test_the_matrix_free_projection_stays_finite_where_lineax_cg_broke_down(gap):
+    """The reported case: a two-layer tanh net (d = 2, width 3) whose inputs 2 and 3 are `gap` apart. The
+    rank rule puts eigenvalues of K + mu I at mu, and lineax's CG took the step ~1 / mu there for a
+    breakdown and returned all NaN at 1e-7; `geometry.shifted_solve` converges. The projection differs from
+    the dense mode's only along J's smallest singular direction (which the matrix-free mode drops)."""
+    X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2)))
+    X = X.at[2].set(X[1] + gap)
+    P = Problem(TwoLayerNet(2, 3, key=jax.random.key(0), activation="tanh"), X, jnp.sin(X[:, 0]))
+    v = jax.random.normal(jax.random.key(1), (P.num_params,))
+    free = tangent_projection(P, P.params, v, mode="matrix_free")
+    dense = tangent_projection(P, P.params, v, mode="dense")
+    assert bool(jnp.all(jnp.isfinite(free)))
+    lost = np.linalg.svd(np.asarray(P.jacobian(P.params)), full_matrices=False)[2][-1]
+    off = free - dense
+    np.testing.assert_allclose(off - np.dot(off, lost) * lost, 0, atol=1e-4 * float(jnp.linalg.norm(dense)))
+
+
+def test_a_failed_solve_raises_from_the_projection_rather_than_return_it(monkeypatch):
+    """tangent_projection and riemannian_grad with conjugate gradients held to a tolerance they cannot
+    reach: an error naming the solve, eagerly and under jax.jit (never the unconverged vector)."""
+    from flows import riemannian_grad
+
+    P = net(n=11, d=4, width=8)
+    v = jnp.ones(P.num_params)
+    monkeypatch.setitem(numerics.CG_RTOL, "float64", 1e-30)
+    for call in (
+        lambda w: tangent_projection(P, w, v, mode="matrix_free"),
+        lambda w: riemannian_grad(P, w, mode="matrix_free"),
+    ):
+        with pytest.raises(eqx.EquinoxRuntimeError, match="conjugate-gradient solve with J J\\^T did not"):
+            call(P.params)
+        with pytest.raises(Exception, match="conjugate-gradient solve with J J\\^T did not"):
+            jax.block_until_ready(eqx.filter_jit(call)(P.params))
+
+
+def test_the_streamed_passes_take_the_problems_chunk():
+    """The matrix-free geometry streams `Problem.chunk` examples at a time (it took 256 whatever the
+    problem said): its largest intermediate follows the problem's chunk."""
+    X = data.gaussian(jax.random.key(0), 64, 3)
+    net_ = TwoLayerNet(3, 40, key=jax.random.key(1), activation="tanh")
+    sizes = {}
+    for chunk in (None, 4):
+        P = Problem(net_, X, jnp.sin(X[:, 0]), chunk=chunk)
+        jaxpr = jax.make_jaxpr(lambda w, P=P: trace_grad(P, w, mode="matrix_free"))(P.params)
+        sizes[chunk] = largest_intermediate(jaxpr.jaxpr)
+        np.testing.assert_allclose(
+            trace_grad(P, P.params, mode="matrix_free"), trace_grad(P, P.params, mode="dense"), rtol=1e-10
+        )
+    assert sizes[4] <= sizes[None] / 4, sizes  # 64 examples at once without the chunk

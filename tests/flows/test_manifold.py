@@ -159,6 +159,57 @@ def test_a_failed_landing_skips_the_flow():
     assert len(calls) > 10
 
 
+def test_phi_runs_once_per_start():
+    """A start limit_map already mapped is its own Phi: riemannian_flow and limit_map from it run no
+    gradient flow (the forward passes, counted by a callback in the model, equal those of the Gauss-Newton
+    retraction from it; the flow from a mapped start ran Phi's gradient flow again, 35 s on a ResNet)."""
+    calls = []
+
+    class Counted(eqx.Module):
+        net: TwoLayerNet
+
+        def __call__(self, x):
+            jax.debug.callback(lambda: calls.append(1))
+            return self.net(x)
+
+    X = data.gaussian(jax.random.key(0), 5, 3)
+    P = Problem(Counted(TwoLayerNet(3, 6, key=jax.random.key(1), activation="tanh")), X, jnp.sin(X[:, 0]))
+    start = limit_map(P, P.params)
+    counts = {}
+    for how in ("limit_map", "retract"):
+        calls.clear()
+        riemannian_flow(P, start, t1=1e-3, ts=[0.0, 1e-3], start=how)
+        counts[how] = len(calls)
+    assert counts["limit_map"] == counts["retract"], counts
+    calls.clear()
+    again = limit_map(P, start)
+    mapped = len(calls)
+    calls.clear()
+    retract(P, start)
+    assert mapped == len(calls)
+    np.testing.assert_allclose(P.ravel(again)[0], P.ravel(start)[0], rtol=0, atol=1e-12)
+
+
+def test_a_flow_that_leaves_a_non_smooth_manifold_says_so():
+    """The slow flow on a ReLU CNN (p = 39, 6 digit images) crosses kinks of its manifold and its residuals
+    rise to 6.3e-7 by tau = 0.05 (it had reported SUCCESSFUL): OFF_MANIFOLD, raised with a message naming
+    the cause. The same CNN with tanh holds them at 1.3e-9 and succeeds."""
+    from flows import OFF_MANIFOLD, SUCCESSFUL
+    from models import CNN
+
+    X, y = data.digits(classes=(0, 1), images=True)
+    X, y = X[:6], y[:6] / 2
+    results = {}
+    for activation in ("tanh", "relu"):
+        P = Problem(CNN((1, 8, 8), (2,), outputs=1, key=jax.random.key(3), activation=activation), X, y)
+        flow = riemannian_flow(P, P.params, t1=0.05, num_saves=6, start="retract", throw=False)
+        results[activation] = (int(flow.result), float(flow.stats["max_residual"].max()))
+    assert results["tanh"][0] == SUCCESSFUL and results["tanh"][1] < 1e-8, results
+    assert results["relu"][0] == OFF_MANIFOLD and results["relu"][1] > 3e-7, results
+    with pytest.raises(eqx.EquinoxRuntimeError, match="left the zero-loss manifold.*C\\^2"):
+        riemannian_flow(P, P.params, t1=0.05, num_saves=6, start="retract")
+
+
 def test_flow_converges_to_a_sparse_optimum_where_J_loses_rank():
     """Quadratic parametrisation w = u*u - v*v, n = 3 < d = 5, a 1-sparse teacher. On Gamma,
     tr H = (4/n) sum_j c_j (u_j^2 + v_j^2), c_j = sum_i x_ij^2, which at the optimum is the weighted l1 norm

@@ -49,36 +49,43 @@ def test_one_svag_step_has_the_drift_and_covariance_of_the_sgd_sde_per_unit_time
 
 def test_svag_converges_to_the_ou_sde_like_1_over_l():
     """Label noise on linear regression is OU. SVAG's stationary covariance solves S = A S A^T + (eta^2/l) D,
-    A = I - (eta/l) H, D the covariance of one label-noise gradient; the SDE's solves H S + S H = eta D. The
-    simulated SVAG (l = 4, 1,000 paths) matches its own equation, and the gap between the two falls like
-    1/l."""
+    A = I - (eta/l) H, D the covariance of one label-noise gradient; the SDE's solves H S + S H = eta D.
+    SVAG simulated at l = 1, 2, 4 (400 paths of 2,000 l steps each, sampled every 4 l steps once
+    stationary): each matches its own equation to ~0.5%, and the simulated gap to the SDE's covariance
+    (27%, 11%, 5.2% at eta = 0.4) falls like 1/l (slope ~1.1 from l = 2 to 4; the closed forms' own gaps
+    behave alike)."""
     P = linear_regression()
     H = np.asarray(P.X.T @ P.X / P.n)
     w_star = jnp.linalg.solve(P.X.T @ P.X, P.X.T @ P.y)
-    eta, sigma = 0.1, 1.0
+    eta, sigma, seeds, T = 0.4, 1.0, 400, 2000
     D = sigma**2 * H / P.n  # sigma^2 X^T X / n^2
-
-    def svag_covariance(ell):
-        A = np.eye(4) - eta / ell * H
-        return scipy.linalg.solve_discrete_lyapunov(A, eta**2 / ell * D)
-
     sde = scipy.linalg.solve_continuous_lyapunov(H, eta * D)
-    gaps = [np.linalg.norm(svag_covariance(ell) - sde) / np.linalg.norm(sde) for ell in (1, 2, 4, 8)]
-    np.testing.assert_allclose(np.array(gaps[:-1]) / np.array(gaps[1:]), 2.0, rtol=0.1)
     start = eqx.tree_at(lambda m: m.w, P.params, w_star)
-    ell, seeds = 4, 1000
-    run = jax.vmap(
-        lambda k: (
-            svag(
-                P, start, steps=800, eta=eta, batch_size=P.n, l=ell, sigma=sigma, key=k, save_every=20
-            ).params.w
-        )
-    )(jax.random.split(jax.random.key(3), seeds))[:, 10:]  # after 200 steps of eta / l: stationary
-    x = np.asarray(run).reshape(-1, 4) - np.asarray(w_star)
-    S = x.T @ x / x.shape[0]
-    rel = lambda A, B: np.linalg.norm(A - B) / np.linalg.norm(B)  # noqa: E731
-    assert rel(S, svag_covariance(ell)) < 0.04
-    assert rel(S, svag_covariance(ell)) < rel(S, svag_covariance(1))
+    rel = lambda A: np.linalg.norm(A) / np.linalg.norm(sde)  # noqa: E731
+    gaps = []
+    for ell in (1, 2, 4):
+        own = scipy.linalg.solve_discrete_lyapunov(np.eye(4) - eta / ell * H, eta**2 / ell * D)
+        paths = jax.vmap(
+            lambda k, ell=ell: (
+                svag(
+                    P,
+                    start,
+                    steps=T * ell,
+                    eta=eta,
+                    batch_size=P.n,
+                    l=ell,
+                    sigma=sigma,
+                    key=k,
+                    save_every=4 * ell,
+                ).params.w
+            )  # fmt: skip
+        )(jax.random.split(jax.random.key(3), seeds))
+        x = np.asarray(paths)[:, 50:].reshape(-1, 4) - np.asarray(w_star)  # after 200 l steps: stationary
+        S = x.T @ x / x.shape[0]
+        assert rel(S - own) < 0.015, ell
+        gaps.append(rel(S - sde))
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert 0.9 < np.log2(gaps[1] / gaps[2]) < 1.3, gaps
 
 
 def test_label_noise_on_one_example_apart_has_the_stated_covariance_and_sde_factor():

@@ -2,6 +2,7 @@
 ratios from a CPU table, and (make test-all) runs its items end to end on the CPU at smoke sizes."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,13 @@ import gpu  # noqa: E402
 
 
 def test_gpu_script_refuses_a_machine_without_a_gpu(tmp_path):
+    """JAX_PLATFORMS=cpu hides any GPU, so the refusal is tested on every machine (on one with a GPU the
+    script would otherwise run its whole suite)."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "tools" / "gpu.py"), "--out", str(tmp_path / "gpu.md")],
         capture_output=True,
         text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert done.returncode != 0 and "JAX sees no GPU here" in done.stderr
     assert not (tmp_path / "gpu.md").exists()
