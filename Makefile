@@ -1,4 +1,5 @@
-# `make figures`, `make test`, `make test-all`, `make bench`, `make gpu`, `make lint`: each creates .venv on
+# `make figures`, `make test`, `make test-all`, `make bench`, `make gpu`, `make lint`, `make docs` (the site,
+# warnings as errors, its examples run): each creates .venv on
 # first use and installs what it needs (`make gpu`: the `gpu` extra, JAX's CUDA build). `make test` leaves out the tests marked slow (paper-size checks); `make test-all` runs
 # every test. Both spread the tests over the machine's cores (pytest-xdist).
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PRESET ?= quick
 
-.PHONY: figures test test-all bench gpu lint clean
+.PHONY: figures test test-all bench gpu lint docs clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +36,12 @@ bench: $(VENV)/.installed-bench
 gpu: $(VENV)/.installed-gpu
 	$(PY) scripts/tools/gpu.py
 
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	$(PY) scripts/tools/check_docs.py
+
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results site

@@ -104,6 +104,7 @@ def gd(
 
     **Example** (doctested, as the other main flows' examples):
 
+    ```pycon
     >>> import jax
     >>> from models import Problem, TwoLayerNet, data
     >>> X = data.gaussian(jax.random.key(0), 16, 3)
@@ -113,6 +114,8 @@ def gd(
     ([0.0, 10.0, 20.0], 't')
     >>> bool(run.stats["loss"][-1] < 0.5 * run.stats["loss"][0])
     True
+
+    ```
     """
     noise = StepNoise(batch_size=problem.n)
     save = Steps(steps, save_every, first_step, save_params, progress)

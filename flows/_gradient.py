@@ -64,6 +64,7 @@ def gradient_flow(
 
     **Example:** GD at a small step follows the flow to O(eta).
 
+    ```pycon
     >>> import jax
     >>> from flows import gd
     >>> from models import Problem, TwoLayerNet, data
@@ -76,6 +77,8 @@ def gradient_flow(
     >>> gap = abs(run.stats["loss"][-1] - flow.stats["loss"][-1]) / flow.stats["loss"][-1]
     >>> bool(gap < 0.01)
     True
+
+    ```
     """
     params0 = check_start(problem, params0)
     checks.positive("t1", t1)

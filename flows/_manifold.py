@@ -525,6 +525,7 @@ def riemannian_flow(
     **Example:** a two-layer net with a fixed outer layer on 4 examples (N = 4 constraints, p = 24): mapped
     onto the manifold by Phi, the flow lowers tr H / 4 while the loss stays at zero.
 
+    ```pycon
     >>> import jax
     >>> from models import Problem, TwoLayerNet, data
     >>> X = data.gaussian(jax.random.key(0), 4, 3)
@@ -535,6 +536,8 @@ def riemannian_flow(
     ('tau', True)
     >>> bool(flow.stats["loss"].max() < 1e-8)
     True
+
+    ```
     """
     params0 = check_start(problem, params0)
     given_t1, t1 = t1, checks.positive("t1", t1)

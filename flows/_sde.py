@@ -137,6 +137,7 @@ def label_noise_sde(
     **Example:** with the same key, the SDE's path is coupled to label-noise GD's: at `substeps=1` they are
     the same iterates, and the default `substeps=4` solves the SDE on the same Brownian path.
 
+    ```pycon
     >>> import jax
     >>> import jax.numpy as jnp
     >>> from flows import label_noise_sgd
@@ -152,6 +153,8 @@ def label_noise_sde(
     >>> sde = label_noise_sde(problem, problem.params, t1=1.0, ts=ts, **hyper)
     >>> sde.stats["loss"].shape
     (2,)
+
+    ```
     """
     batch_size = checks.batch_size(batch_size, problem.n)
     sigma = checks.non_negative("sigma", sigma)
