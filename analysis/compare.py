@@ -180,10 +180,12 @@ def svag_vs_sde(
     (`flows.sgd_sde`, Euler with `substeps` a step), `seeds` runs each, saved at `num_saves + 1` times in
     [0, t1] (t = k eta / l for SVAG).
 
-    `metrics(seed_key)` gives each seed its metrics (the loss is always recorded): default
-    `{"trace_H": hessian.TraceProbe(seed_key)}`, one Hutchinson probe a seed, unbiased for the ensemble's
-    mean E tr H, its probe variance inside the band (`hessian.TraceProbe`). SVAG's ensembles share their keys
-    over l (from `key`); the SDE's are independent of them.
+    `metrics(metric_key)` gives each seed its metrics (the loss is always recorded): default
+    `{"trace_H": hessian.TraceProbe(metric_key)}`, one Hutchinson probe a seed, unbiased for the ensemble's
+    mean E tr H, its probe variance inside the band (`hessian.TraceProbe`). Seed i's metric key is the same
+    in every run, SVAG's at each l and the SDE's (common random numbers: from the common start every run's
+    estimate at t = 0 is the same number, and the probes add no variance to the gaps' differences); SVAG's
+    ensembles share their keys over l (from `key`); the SDE's noise is independent of them.
 
     **Returns:** a dict: `t`; for each run (`svag{l}`, `sde`) and stat m, `m` (the ensemble mean over time)
     and `m_band` (its 95% half-width); `gap[m]`, shape (len(ls), 2): the weak gap sup_t |E m(SVAG_l) -
@@ -203,6 +205,7 @@ def svag_vs_sde(
     t = np.linspace(0.0, t1, checks.positive_int("num_saves", num_saves) + 1)
     keys = jax.random.split(key, seeds)
     sde_keys = jax.random.split(jax.random.fold_in(key, 1), seeds)
+    metric_keys = jax.random.split(jax.random.fold_in(key, 2), seeds)  # the same in every run
     part = part or _unstored
 
     def summarised(runs):
@@ -218,25 +221,25 @@ def svag_vs_sde(
         if steps % num_saves:
             raise ValueError(f"t1 l / eta = {steps} steps (l = {ell}) is not a multiple of num_saves")
 
-        def run(k, ell=ell, steps=steps):
+        def run(k, mk, ell=ell, steps=steps):
             return svag(problem, params0, steps=steps, eta=eta, batch_size=batch_size, l=ell, key=k,
-                        save_every=steps // num_saves, save_params=False, metrics=metrics(k))  # fmt: skip
+                        save_every=steps // num_saves, save_params=False, metrics=metrics(mk))  # fmt: skip
 
         out[f"svag{ell}"] = part(
             f"svag{ell}",
             lambda run=run: summarised(
-                ensemble(run, keys, seeds_at_once=seeds_at_once, mesh=mesh, progress=progress)
+                ensemble(run, keys, metric_keys, seeds_at_once=seeds_at_once, mesh=mesh, progress=progress)
             ),
         )
 
-    def sde(k):
+    def sde(k, mk):
         return sgd_sde(problem, params0, t1=t1, eta=eta, batch_size=batch_size, key=k, ts=t,
-                       substeps=substeps, save_params=False, metrics=metrics(k))  # fmt: skip
+                       substeps=substeps, save_params=False, metrics=metrics(mk))  # fmt: skip
 
     out["sde"] = part(
         "sde",
         lambda: summarised(
-            ensemble(sde, sde_keys, seeds_at_once=seeds_at_once, mesh=mesh, progress=progress)
+            ensemble(sde, sde_keys, metric_keys, seeds_at_once=seeds_at_once, mesh=mesh, progress=progress)
         ),
     )
     for m in (m for m in out["sde"] if f"{m}_band" in out["sde"]):
@@ -259,6 +262,7 @@ def edge_of_stability(
     window: int,
     num_eigs: int = 3,
     substeps: int = 4,
+    sharpness_every: int | None = None,
     part: Callable[[str, Callable[[], dict]], dict] | None = None,
 ) -> dict:
     """GD with step `eta` for t1 / eta steps (every step kept), gradient flow and the central flow
@@ -267,7 +271,9 @@ def edge_of_stability(
 
     **Returns:** a dict of arrays: `t`; GD's `gd_loss` (every step), `gd_mean_loss` (averaged over a centred
     window of `window` steps, `analysis.statistics.time_average`; NaN where the window leaves the run) and
-    `gd_lambda` (lambda_max(H) by Lanczos); gradient flow's `gf_loss`, `gf_lambda`; the central flow's
+    `gd_lambda` (lambda_max(H) by Lanczos) at the saves, and `gd_sharpness` at GD's steps
+    `gd_sharpness_steps` (every `sharpness_every` steps, default K: GD's overshoots past the edge last a
+    few steps, which the saves miss); gradient flow's `gf_loss`, `gf_lambda`; the central flow's
     `cf_loss`, `cf_predicted` (L + (1/2) <Sigma, H>, its prediction of GD's averaged loss), `cf_lambda`
     (its top eigenvalue), `cf_edge_count`; and `gf_distance`, `cf_distance`: each flow's distance from GD's
     averaged parameters.
@@ -276,16 +282,22 @@ def edge_of_stability(
     O(p num_eigs^2) for the central flow; cost: a gradient a GD step, ~(1.5 k^2 + 15 k + 2) gradients a
     central-flow substep for k = num_eigs (3 k Hessian-vector products of ~2.5 gradients, k(k+1)/2 third
     derivatives of ~3, two Heun stages of a gradient and k quadratic forms each; measured ~35 at k = 2 and
-    ~80 at k = 3 on a CNN), a Lanczos run (40 products) a save.
+    ~80 at k = 3 on a CNN), a Lanczos run (40 products) a save and every `sharpness_every` GD steps.
 
     **Arguments:** `problem`, `params0`, `eta`, `t1` (a whole number of steps), `num_saves`, the averaging
-    `window`, `num_eigs`, `substeps`, `part` (as in `sde_vs_sgd`: the three runs, labels `gd`, `gf`, `cf`,
-    through it, each a checkpoint a resumed run reads back).
+    `window`, `num_eigs`, `substeps`, `sharpness_every`, `part` (as in `sde_vs_sgd`: the three runs,
+    labels `gd`, `gf`, `cf`, through it, each a checkpoint a resumed run reads back).
 
     **Raises:** `ValueError` for a `t1` that is not a whole number of steps or a bad `num_saves`; the flows'
     own errors."""
     steps = timescale.steps_for_time(t1, eta)
     ks = np.arange(0, steps + 1, max(1, steps // checks.positive_int("num_saves", num_saves)))
+    every = (
+        int(ks[1] - ks[0])
+        if sharpness_every is None
+        else checks.positive_int("sharpness_every", sharpness_every)
+    )
+    sharp_ks = np.arange(0, steps + 1, every)
     ts = jnp.asarray(timescale.flow_time(ks, eta))
     part = part or _unstored
     flat = functools.partial(_flat_saves, problem)
@@ -297,6 +309,10 @@ def edge_of_stability(
             "gd_loss": run.stats["loss"],
             "gd_mean_loss": averaged.stats["loss"][ks],
             "gd_lambda": jax.lax.map(lambda k: hessian.lambda_max(problem, run.at(k)), jnp.asarray(ks)),
+            "gd_sharpness": jax.lax.map(
+                lambda k: hessian.lambda_max(problem, run.at(k)), jnp.asarray(sharp_ks)
+            ),
+            "gd_sharpness_steps": sharp_ks,
             "gd_mean_params": flat(jax.tree.map(lambda x: x[ks], averaged.params)),
         }
 

@@ -84,11 +84,11 @@ def ensemble(
     `per_seed` when its leading axis is not the number of keys."""
     from tqdm.auto import tqdm
 
-    keys = jnp.asarray(keys)
-    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
-    impl = jax.random.key_impl(keys) if typed else None
-    data = np.asarray(jax.random.key_data(keys) if typed else keys)
-    per_seed = jax.tree.map(np.asarray, per_seed)
+    data, impl = _key_data(jnp.asarray(keys))
+    data = np.asarray(data)
+    raw = [_key_data(leaf) for leaf in jax.tree.leaves(per_seed)]  # typed keys travel as their data
+    impls = (jax.tree.structure(per_seed), tuple(i for _, i in raw))
+    per_seed = jax.tree.unflatten(impls[0], [np.asarray(x) for x, _ in raw])
     seeds = len(data)
     for leaf in jax.tree.leaves(per_seed):
         if leaf.ndim == 0 or leaf.shape[0] != seeds:
@@ -109,7 +109,7 @@ def ensemble(
     )
     mine = [b for b in range(blocks) if devices[b % size].process_index == jax.process_index()]
 
-    run = _vmapped(flow, impl)
+    run = _vmapped(flow, impl, impls)
     outs = [
         run(
             *jax.device_put(
@@ -133,13 +133,26 @@ def ensemble(
     return jax.tree.map(lambda a: jnp.asarray(a[where].reshape(-1, *a.shape[2:])[:seeds]), out)
 
 
+def _key_data(x):
+    """(x as a NumPy array, None), or (its key data, its PRNG implementation) for typed PRNG keys."""
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(x)), jax.random.key_impl(x)
+    return x, None
+
+
+def _wrapped(x, impl):
+    return x if impl is None else jax.random.wrap_key_data(x, impl=impl)
+
+
 @functools.lru_cache(maxsize=16)
-def _vmapped(flow, impl):
-    """jit(vmap(flow)) taking raw key data and the per-seed arguments as one tuple, cached on the flow so
-    that calling `ensemble` again with the same flow (say, group after group of a long run) does not compile
-    again."""
+def _vmapped(flow, impl, impls):
+    """jit(vmap(flow)) taking raw key data and the per-seed arguments as one tuple (typed keys among them as
+    their data, `impls`: their structure and implementations), cached on the flow so that calling
+    `ensemble` again with the same flow (say, group after group of a long run) does not compile again."""
+    structure, leaf_impls = impls
 
     def one(k, args):
-        return flow(jax.random.wrap_key_data(k, impl=impl) if impl is not None else k, *args)
+        leaves = [_wrapped(x, i) for x, i in zip(jax.tree.leaves(args), leaf_impls)]
+        return flow(_wrapped(k, impl), *jax.tree.unflatten(structure, leaves))
 
     return jax.jit(jax.vmap(one))

@@ -87,39 +87,43 @@ def trajectory(ax, traj, stat: str = "loss", *, label=None, color=None, level: f
 
 def edge_of_stability(axes, runs, *, name: str = "", tags: str = "abc") -> None:
     """Three panels from `analysis.compare.edge_of_stability` results `runs` (eta -> result), a colour per
-    eta: (a) GD's loss (thin) and its window average, the central flow's prediction (black dashes, one dash
-    pattern per eta) and gradient flow (dotted, the eta's colour); (b) eta lambda_max(H) of each with the
-    edge eta lambda = 2; (c) each flow's distance from GD's averaged parameters. `name` prefixes the titles,
-    `tags` labels the panels. Every line style is named in a legend.
+    eta shared by GD, gradient flow and the central flow, a line style per method (GD solid, the central
+    flow dashed, gradient flow dotted): (a) GD's loss (thin) and its window average, the central flow's
+    prediction and gradient flow's loss; (b) eta lambda_max(H) of each with the edge eta lambda = 2, GD's at
+    every step it was measured (`gd_sharpness`); (c) each flow's distance from GD's averaged parameters.
+    `name` prefixes the titles, `tags` labels the panels. The legends name the colours and the styles.
 
     **Arguments:** three `axes`, the `runs`, `name`, `tags`.
 
     **Returns:** None (draws on the axes)."""
     ax_loss, ax_sharp, ax_dist = axes
     for c, (eta, e) in enumerate(runs.items()):
-        color, dashes = f"C{c}", (4, 2 + c)
+        color = f"C{c}"
         k = np.arange(np.shape(e["gd_loss"])[0]) * eta
         ax_loss.plot(k, e["gd_loss"], color=color, lw=0.4, alpha=0.4)
-        ax_loss.plot(e["t"], e["gd_mean_loss"], color=color, lw=2, label=f"GD averaged, η = {eta}")
-        ax_loss.plot(e["t"], e["cf_predicted"], "--", color="k", lw=1.2, dashes=dashes)
-        ax_loss.plot(e["t"], e["gf_loss"], ":", color=color, lw=1.2)
-        ax_sharp.plot(e["t"], eta * np.asarray(e["gd_lambda"]), color=color, lw=2, label=f"GD, η = {eta}")
-        ax_sharp.plot(e["t"], eta * np.asarray(e["cf_lambda"]), "--", color="k", lw=1.2, dashes=dashes)
-        ax_sharp.plot(e["t"], eta * np.asarray(e["gf_lambda"]), ":", color=color, lw=1.2)
-        ax_dist.plot(e["t"], e["cf_distance"], "--", color=color, label=f"to central flow, η = {eta}")
-        ax_dist.plot(e["t"], e["gf_distance"], ":", color=color, label=f"to gradient flow, η = {eta}")
-    ax_loss.plot([], [], "k--", lw=1.2, label="central flow (prediction)")
-    ax_loss.plot([], [], "k:", lw=1.2, label="gradient flow (colour: its η)")
-    ax_sharp.plot([], [], "k--", lw=1.2, label="central flow")
-    ax_sharp.plot([], [], "k:", lw=1.2, label="gradient flow")
-    ax_sharp.axhline(2.0, color="C3", lw=1.5, ls="-.", label="edge: η λ = 2")
+        ax_loss.plot(e["t"], e["gd_mean_loss"], color=color, lw=2, label=f"η = {eta}")
+        ax_loss.plot(e["t"], e["cf_predicted"], "--", color=color, lw=1.4)
+        ax_loss.plot(e["t"], e["gf_loss"], ":", color=color, lw=1.4)
+        steps = e.get("gd_sharpness_steps")
+        gd_t, gd_lambda = (e["t"], e["gd_lambda"]) if steps is None else (steps * eta, e["gd_sharpness"])
+        ax_sharp.plot(gd_t, eta * np.asarray(gd_lambda), color=color, lw=1.2, label=f"η = {eta}")
+        ax_sharp.plot(e["t"], eta * np.asarray(e["cf_lambda"]), "--", color=color, lw=1.4)
+        ax_sharp.plot(e["t"], eta * np.asarray(e["gf_lambda"]), ":", color=color, lw=1.4)
+        ax_dist.plot(e["t"], e["cf_distance"], "--", color=color, label=f"η = {eta}")
+        ax_dist.plot(e["t"], e["gf_distance"], ":", color=color)
+    for ax, what in ((ax_loss, "GD averaged"), (ax_sharp, "GD"), (ax_dist, None)):
+        if what:
+            ax.plot([], [], "k-", lw=1.2, label=what)
+        ax.plot([], [], "k--", lw=1.4, label="central flow" + (" (prediction)" if ax is ax_loss else ""))
+        ax.plot([], [], "k:", lw=1.4, label="gradient flow")
+    ax_sharp.axhline(2.0, color="0.4", lw=1.0, ls="-.", label="edge: η λ = 2")
     prefix = f"{name}: " if name else ""
     a, b, c = tags
     ax_loss.set(xlabel="t = η k", ylabel="training loss", yscale="log", title=f"({a}) {prefix}loss")
     ax_sharp.set(xlabel="t = η k", ylabel="η λ_max(H)", title=f"({b}) {prefix}sharpness")
     ax_dist.set(xlabel="t = η k", ylabel="‖θ − mean GD θ‖", title=f"({c}) {prefix}distance from mean GD")
     for ax in axes:
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="best", framealpha=0.8)
 
 
 def save(fig, path) -> Path:

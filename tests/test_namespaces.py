@@ -104,3 +104,36 @@ def test_every_public_function_documents_its_arguments_returns_and_raises(name):
             if gaps := _sections_missing(fn):
                 missing[public] = gaps
     assert not missing, missing
+
+
+def test_import_sharpflow_gives_the_three_packages_and_no_user_module_shadows_them(tmp_path):
+    """`import sharpflow` in a folder holding a user's own flows.py and models.py: sharpflow.flows is the
+    library's (`import flows` there took the user's file), and `from sharpflow.models import Problem`
+    works; a user's module imported under one of those names before sharpflow is named in the error."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "flows.py").write_text("x = 1\n")
+    (tmp_path / "models.py").write_text("x = 2\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = (
+        "import sharpflow\n"
+        "from sharpflow.models import Problem\n"
+        "from sharpflow.flows import gd\n"
+        "from sharpflow.analysis import hessian\n"
+        "print(sharpflow.flows.gd is gd, Problem.__module__, sharpflow.models.__file__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:2] == ["True", "models.problem"]
+    assert run.stdout.split()[2] == str(ROOT / "models" / "__init__.py")
+    first = subprocess.run(
+        [sys.executable, "-c", "import flows; import sharpflow"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode != 0
+    assert f"'flows' is already imported from {tmp_path / 'flows.py'}, not sharpflow's" in first.stderr

@@ -13,8 +13,8 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from analysis import compare
-from models import CNN, Problem, data
+from sharpflow.analysis import compare
+from sharpflow.models import CNN, Problem, data
 
 X, labels = data.digits(classes=(0, 1, 2, 3), images=True, labels=True)
 X, labels = X[:128], data.flip_labels(jax.random.key(3), labels[:128], 0.2, num_classes=4)

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from analysis import hessian
-from flows import gd
-from models import Problem, data
+from sharpflow.analysis import hessian
+from sharpflow.flows import gd
+from sharpflow.models import Problem, data
 
 
 class MyCNN(eqx.Module):

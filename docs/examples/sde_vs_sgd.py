@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 
-from analysis import compare
-from models import Problem, TwoLayerNet, data
+from sharpflow.analysis import compare
+from sharpflow.models import Problem, TwoLayerNet, data
 
 kx, kn = jax.random.split(jax.random.key(0))
 X = data.gaussian(kx, 16, 5)

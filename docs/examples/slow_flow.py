@@ -19,9 +19,9 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis import features  # noqa: E402
-from flows import label_noise_sgd, limit_map, riemannian_flow, timescale  # noqa: E402
-from models import Problem, TwoLayerNet  # noqa: E402
+from sharpflow.analysis import features  # noqa: E402
+from sharpflow.flows import label_noise_sgd, limit_map, riemannian_flow, timescale  # noqa: E402
+from sharpflow.models import Problem, TwoLayerNet  # noqa: E402
 
 kx, ky, kn = jax.random.split(jax.random.key(0), 3)
 X = jax.random.uniform(kx, (3, 3))  # n = d = 3

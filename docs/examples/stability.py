@@ -19,9 +19,9 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis import ensembles, stability  # noqa: E402
-from flows import gd, limit_map, sgd  # noqa: E402
-from models import Problem, TwoLayerNet, data  # noqa: E402
+from sharpflow.analysis import ensembles, stability  # noqa: E402
+from sharpflow.flows import gd, limit_map, sgd  # noqa: E402
+from sharpflow.models import Problem, TwoLayerNet, data  # noqa: E402
 
 kx, kt, kn = jax.random.split(jax.random.key(0), 3)
 X = data.gaussian(kx, 16, 4)

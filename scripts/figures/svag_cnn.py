@@ -99,8 +99,6 @@ def draw(cfg, r, path):
                 ylabel=label,
                 title=f"({chr(97 + row * ncols + col)}) η = {eta}: {label}",
             )
-            if col == 0:
-                ax.legend(fontsize=6)
         ax = axes[row * ncols + ncols - 1]
         inv = 1 / np.asarray(cfg["ls"], float)
         gap = re["gap"]["loss"]
@@ -112,6 +110,8 @@ def draw(cfg, r, path):
         ax.set(xlabel="1 / l (l = 1: SGD)", ylabel="sup_t |E loss(SVAG_l) − E loss(SDE)|",
                title=f"({chr(97 + row * ncols + ncols - 1)}) η = {eta}: weak gap to the SDE")  # fmt: skip
         ax.legend(fontsize=6)
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend for the runs, below the panels
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, frameon=False)
     return plots.save(fig, path)
 
 

@@ -171,8 +171,8 @@ def test_edge_of_stability_reads_gd_and_both_flows_at_common_times():
 
 def test_svag_vs_sde_runs_sgd_at_l_1_and_its_probe_trace_is_unbiased():
     """l = 1 is SGD itself (the same keys give the same losses); the default tr H (one Hutchinson probe a
-    seed) has the exact trace's ensemble mean within its 95% band at every save; the weak gaps come with
-    their bands for every stat."""
+    seed, the same probe for seed i in every run) has the exact trace's ensemble mean within its 95% band at
+    every save; the weak gaps come with their bands for every stat."""
     P = two_layer(n=8, d=3, width=5)
     kw = dict(eta=0.1, t1=1.0, batch_size=2, key=jax.random.key(3), seeds=64, num_saves=2, substeps=4)
     r = compare.svag_vs_sde(P, P.params, ls=[1, 2], **kw)
@@ -193,6 +193,10 @@ def test_svag_vs_sde_runs_sgd_at_l_1_and_its_probe_trace_is_unbiased():
     exact = np.asarray(runs.stats["trace_H"].mean(0))
     assert np.all(np.abs(r["svag1"]["trace_H"] - exact) < r["svag1"]["trace_H_band"]), (r["svag1"], exact)
     assert r["svag1"]["trace_H_band"][1] > 0
+    # common probes: seed i's tr H probe is the same in every run, so from the common start the estimates at
+    # t = 0 are one number (they differed by the probes' spread, +-1.8 on svag_cnn's tr H ~ 5)
+    at_start = [r[run]["trace_H"][0] for run in ("svag1", "svag2", "sde")]
+    np.testing.assert_allclose(at_start, at_start[0], rtol=1e-12)  # rounding: two compiled programs
     assert set(r["gap"]) == {"loss", "trace_H"} and r["gap"]["loss"].shape == (2, 2)
     assert r["t"].shape == (3,) and r["sde"]["loss"].shape == (3,)
     with pytest.raises(ValueError, match="not a multiple of num_saves"):
