@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PRESET ?= quick
 
-.PHONY: figures test test-all bench gpu lint docs clean
+.PHONY: figures test test-all test-min bench gpu lint docs clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ test: $(VENV)/.installed-test
 test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n auto --dist worksteal -m ""
 
+# the lowest versions pyproject.toml admits, in a venv of their own: the README example and a fast subset
+MIN_TESTS := tests/test_readme.py tests/models/test_problem.py tests/flows/test_discrete.py tests/test_nothing_silent.py
+test-min: pyproject.toml
+	test -x .venv-min/bin/python || $(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) scripts/tools/lowest_pins.py > .venv-min/lowest.txt
+	.venv-min/bin/python -m pip install --quiet -e ".[test]" -c .venv-min/lowest.txt
+	.venv-min/bin/python -m pytest -q -n auto --dist worksteal $(MIN_TESTS)
+
 bench: $(VENV)/.installed-bench
 	$(PY) scripts/benchmarks/run_benchmarks.py
 
@@ -44,4 +53,4 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) results site
+	rm -rf $(VENV) .venv-min results site

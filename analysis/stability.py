@@ -46,6 +46,7 @@ D + eta P are a stable Lyapunov part D plus eta times a map that keeps PSD matri
 unstable exactly at eta = 1 / rho(-D^{-1} N) (or P), a Perron root (`_closed_threshold`).
 """
 
+import functools
 from typing import Literal
 
 import equinox as eqx
@@ -454,7 +455,7 @@ def _lyapunov_exponent(lin, eta, key, steps) -> float:
     return float(_lyapunov(K, r0, example, key, jnp.asarray(eta), lin.B, lin.n, lin.replace, steps))
 
 
-@jax.jit(static_argnames=("B", "n", "replace", "steps"))
+@functools.partial(jax.jit, static_argnames=("B", "n", "replace", "steps"))
 def _lyapunov(K, r0, example, key, eta, B, n, replace, steps):
     def step(carry, k):
         r, total = carry

@@ -69,3 +69,34 @@ def test_ensemble_bands_and_the_trajectory_plot():
         statistics.ensemble_bands(gd(P, P.params, steps=2, eta=0.3))
     with pytest.raises(ValueError, match="stat must be one of"):
         plots.trajectory(ax, ensemble, "trace_H")
+
+
+def test_the_edge_panels_share_a_colour_per_step_size_and_draw_gd_sharpness_at_every_step():
+    """Each eta's GD, central-flow and gradient-flow lines share its colour (the central flow was black for
+    every eta, so the curve that left GD could not be matched to its step size); GD's sharpness is drawn at
+    every step it was measured, not at the saves."""
+    from matplotlib.colors import to_rgba
+
+    t = np.linspace(0.0, 2.0, 5)
+
+    def run(eta):
+        k = np.arange(0, int(round(2.0 / eta)) + 1)
+        ones = np.ones_like(t)
+        return {"t": t, "gd_loss": np.ones(len(k)), "gd_mean_loss": ones, "gd_lambda": ones,
+                "gd_sharpness": np.linspace(1, 3, len(k)), "gd_sharpness_steps": k, "gf_loss": ones,
+                "gf_lambda": ones, "cf_predicted": ones, "cf_lambda": ones, "cf_distance": ones,
+                "gf_distance": ones}  # fmt: skip
+
+    fig, axes = plots.figure(3)
+    plots.edge_of_stability(axes, {0.5: run(0.5), 0.25: run(0.25)})
+    sharp = axes[1]
+    for eta, colour in ((0.5, "C0"), (0.25, "C1")):
+        drawn = [
+            line
+            for line in sharp.lines
+            if line.get_color() == colour or to_rgba(line.get_color()) == to_rgba(colour)
+        ]
+        styles = sorted(line.get_linestyle() for line in drawn)
+        assert styles == ["-", "--", ":"], (eta, styles)  # GD, the central flow, gradient flow
+        gd_line = next(line for line in drawn if line.get_linestyle() == "-")
+        assert len(gd_line.get_xdata()) == int(round(2.0 / eta)) + 1  # every step
