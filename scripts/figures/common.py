@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -161,10 +162,23 @@ def images(source: str, n: int, *, classes: int = 4, folder=None):
         ) from e
 
 
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sharpflow" / "jax"
+
+
+def compilation_cache(folder: Path) -> None:
+    """JAX's persistent compilation cache in `folder`: a second run of a script (or a resumed one) reads its
+    compiled programs back instead of compiling them again. Every compilation of a second or more is kept.
+    In your own code the same is one line: `jax.config.update("jax_compilation_cache_dir", FOLDER)`."""
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(figure: Figure, argv=None) -> dict:
     """Parse the command line, compute (or read the stored result), draw, print the summary and where the
     figure and its data went. Returns the arrays."""
     args = parser(figure.doc).parse_args(argv)
+    if argv is None:  # run from the command line: JAX's persistent compilation cache
+        compilation_cache(CACHE)
     if figure.x64:
         jax.config.update("jax_enable_x64", True)
     cfg = dict(figure.presets[args.preset])

@@ -111,10 +111,10 @@ def draw(cfg, r, path):
         ax.loglog(etas, errs[-1] * etas / etas[-1], "k:", label="slope 1")
         ax.set(
             xlabel="eta",
-            ylabel="sup_t |E tr H(SGD) - tr H(limit)| (noise floor removed, 95% band)",
-            title=f"{name}: weak error",
+            ylabel="sup_t |E tr H(SGD) - E tr H(limit)|",
+            title=f"{name}: weak error (95% band)",
         )
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     return plots.save(fig, path)
 
 
