@@ -61,7 +61,7 @@ def test_the_default_ensemble_runs_a_users_convolutions_with_a_trace_metric():
 )
 def test_the_hessian_functions_agree_with_the_dense_hessian(name):
     """Lanczos, the exact trace, the Frobenius norm and the stochastic estimators against the dense H of
-    each user model (p = 133 to 777)."""
+    each user model (p = 133 to 745)."""
     P = PROBLEMS[name]
     H = hessian.dense(P, P.params)
     eigs = np.linalg.eigvalsh(np.asarray(H))[::-1]
