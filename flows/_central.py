@@ -346,7 +346,8 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
         return (params if save_params else None), stats
 
     # One loop, each quantity traced once: at a save index the point is recorded (eigenpairs refreshed by
-    # _REFRESH Rayleigh-Ritz steps, _COLD at the very first), otherwise the flow takes a step.
+    # _REFRESH Rayleigh-Ritz steps, _COLD at the very first), and the flow steps from it with the same edge
+    # quantities (computed once a point), unless the next save is at the same index or none is left.
     saves = index.shape[0]
     U0 = _initial_vectors(p, k, dtype)
     nu0 = None if rmsprop is None else jnp.full(p, rmsprop.initial_scale, dtype)
@@ -362,14 +363,13 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
         e = edge(w, nu, U, iterations)
         result = jnp.where(result == SUCCESSFUL, e.result, result)  # the first failure of sdcp
 
-        def save(_):
-            new = jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, nu, e))
-            return w, nu, j, s + 1, new
+        def save(out):
+            return jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, nu, e))
 
-        def advance(_):
-            return *step(w, nu, e), j + 1, s, out
-
-        w, nu, j, s, out = lax.cond(at_save, save, advance, None)
+        out = lax.cond(at_save, save, lambda out: out, out)
+        s = s + at_save.astype(s.dtype)
+        more = (s < saves) & (index[jnp.minimum(s, saves - 1)] != j)
+        w, nu, j = lax.cond(more, lambda: (*step(w, nu, e), j + 1), lambda: (w, nu, j))
         return w, nu, e.start, j, s, out, result
 
     zero = jnp.zeros((), jnp.int32)
