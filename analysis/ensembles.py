@@ -85,10 +85,9 @@ def ensemble(
     from tqdm.auto import tqdm
 
     data, impl = _key_data(jnp.asarray(keys))
-    data = np.asarray(data)
     raw = [_key_data(leaf) for leaf in jax.tree.leaves(per_seed)]  # typed keys travel as their data
     impls = (jax.tree.structure(per_seed), tuple(i for _, i in raw))
-    per_seed = jax.tree.unflatten(impls[0], [np.asarray(x) for x, _ in raw])
+    per_seed = jax.tree.unflatten(impls[0], [x for x, _ in raw])
     seeds = len(data)
     for leaf in jax.tree.leaves(per_seed):
         if leaf.ndim == 0 or leaf.shape[0] != seeds:
@@ -107,7 +106,8 @@ def ensemble(
     padded = jax.tree.map(
         lambda x: np.concatenate([x, np.repeat(x[-1:], blocks * width - seeds, axis=0)]), (data, per_seed)
     )
-    mine = [b for b in range(blocks) if devices[b % size].process_index == jax.process_index()]
+    owner = [devices[b % size].process_index for b in range(blocks)]
+    mine = [b for b in range(blocks) if owner[b] == jax.process_index()]
 
     run = _vmapped(flow, impl, impls)
     outs = [
@@ -120,16 +120,9 @@ def ensemble(
     ]  # dispatched asynchronously: the devices run at once
     outs = [jax.tree.map(np.asarray, out) for out in tqdm(outs, disable=not progress, desc="seed blocks")]
     out = jax.tree.map(lambda *xs: np.stack(xs), *outs)  # (local blocks, width, ...)
-    order = mine
     if jax.process_count() > 1:
         out = multihost_utils.process_allgather(out, tiled=True)  # the processes' blocks, in process order
-        order = [
-            b
-            for p in range(jax.process_count())
-            for b in range(blocks)
-            if devices[b % size].process_index == p
-        ]
-    where = np.argsort(order)  # block b's row in `out`
+    where = np.argsort(sorted(range(blocks), key=lambda b: owner[b]))  # block b's row in `out` (stable)
     return jax.tree.map(lambda a: jnp.asarray(a[where].reshape(-1, *a.shape[2:])[:seeds]), out)
 
 
@@ -137,7 +130,7 @@ def _key_data(x):
     """(x as a NumPy array, None), or (its key data, its PRNG implementation) for typed PRNG keys."""
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         return np.asarray(jax.random.key_data(x)), jax.random.key_impl(x)
-    return x, None
+    return np.asarray(x), None
 
 
 def _wrapped(x, impl):

@@ -284,18 +284,15 @@ def _optimizer(optimizer, eta, params0) -> tuple[optax.GradientTransformation, P
     **Raises:** `ValueError` naming `optimizer` for anything else: a transformation built with a step size
     of its own (`optax.adam(1e-3)`), which would run at that step while the clock counts t = eta k."""
     if isinstance(optimizer, optax.GradientTransformation):
-        state = jax.eval_shape(optimizer.init, params0)
-        if (
-            not isinstance(getattr(state, "hyperparams", None), dict)
-            or "learning_rate" not in state.hyperparams
-        ):
+        hyperparams = getattr(optimizer.init(params0), "hyperparams", None)
+        if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
             raise ValueError(
                 "optimizer is an optax transformation built with a step size of its own, which the run "
                 "cannot read: its clock t = eta * k would count another step. Pass its constructor, called "
                 "with eta (optimizer=optax.adam, or functools.partial(optax.sgd, momentum=0.9)), or build "
                 "it with optax.inject_hyperparams(...)(learning_rate=eta)"
             )
-        lr = jnp.asarray(optimizer.init(params0).hyperparams["learning_rate"], jnp.result_type(eta))
+        lr = jnp.asarray(hyperparams["learning_rate"], jnp.result_type(eta))
         disagree = jnp.abs(lr - eta) > 1e-6 * jnp.abs(eta)  # one clock to six digits (lr may be float32)
         what = "optimizer's learning_rate differs from eta: the run's clock t = eta * k needs them equal"
         if checks.is_concrete((lr, eta)):

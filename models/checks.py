@@ -217,13 +217,7 @@ def finite_tree(name: str, tree):
 
     **Raises:** `ValueError` naming it when a concrete leaf holds NaN or inf."""
     leaves = [leaf for leaf in jax.tree.leaves(tree) if eqx.is_array(leaf)]
-    if is_concrete(leaves):
-        for leaf in leaves:
-            if not np.all(np.isfinite(np.asarray(leaf))):
-                raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-        return tree
-    bad = jnp.any(jnp.stack([~jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-    return eqx.error_if(tree, bad, f"{name} contains non-finite values (NaN or inf)")
+    return _finite(tree, leaves, f"{name} contains non-finite values (NaN or inf)")
 
 
 def finite_result(name: str, tree):
@@ -238,15 +232,20 @@ def finite_result(name: str, tree):
     if in_flow_metrics():
         return tree
     leaves = [leaf for leaf in jax.tree.leaves(tree) if eqx.is_inexact_array(leaf)]
-    what = f"{name} is not finite (NaN or inf): the parameters or the data overflow the dtype"
-    if not leaves:
-        return tree
+    return _finite(
+        tree, leaves, f"{name} is not finite (NaN or inf): the parameters or the data overflow the dtype"
+    )
+
+
+def _finite(tree, leaves, message: str):
+    """`tree` once its array `leaves` are all finite: a `ValueError` with `message` when they are concrete,
+    else `tree` under `eqx.error_if` with it (`finite_tree`, `finite_result`)."""
     if is_concrete(leaves):
         if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves):
-            raise ValueError(what)
+            raise ValueError(message)
         return tree
     bad = jnp.any(jnp.stack([~jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-    return eqx.error_if(tree, bad, what)
+    return eqx.error_if(tree, bad, message)
 
 
 def same_structure(name: str, tree, reference, reference_name: str):

@@ -171,6 +171,19 @@ def test_the_dense_point_reads_j_singular_values_off_its_r():
         Point(P, *P.ravel(P.params), "matrix_free").singular_values()
 
 
+def _projections_near_rank_loss(X, width, seed):
+    """(P, v, the dense P_T v, the matrix-free P_T v, asserted finite) for a two-layer tanh net of `width`
+    (key `seed`) on inputs X (two of them close), targets sin(x_0), v standard normal (key `seed + 1`)."""
+    P = Problem(
+        TwoLayerNet(X.shape[1], width, key=jax.random.key(seed), activation="tanh"), X, jnp.sin(X[:, 0])
+    )
+    v = jax.random.normal(jax.random.key(seed + 1), (P.num_params,))
+    dense = tangent_projection(P, P.params, v, mode="dense")
+    free = tangent_projection(P, P.params, v, mode="matrix_free")
+    assert bool(jnp.all(jnp.isfinite(free)))
+    return P, v, dense, free
+
+
 @pytest.mark.parametrize("gap", [0.0, 1e-9, 1e-8, 1e-7, 1e-6, 1e-3])
 def test_each_mode_drops_the_directions_it_cannot_resolve_near_rank_loss(gap):
     """Two inputs `gap` apart: J has lost rank exactly (gap 0) or nearly so (sigma_min ~ gap). Where both
@@ -179,12 +192,7 @@ def test_each_mode_drops_the_directions_it_cannot_resolve_near_rank_loss(gap):
     the matrix-free mode (products with K, to ~ sqrt(eps)) differs from it only along J's smallest singular
     direction, which it drops; neither returns NaN (the matrix-free mode's conjugate gradients once did)."""
     X = data.gaussian(jax.random.key(0), 6, 3)
-    X = X.at[1].set(X[0] + gap)
-    P = Problem(TwoLayerNet(3, 5, key=jax.random.key(1), activation="tanh"), X, jnp.sin(X[:, 0]))
-    v = jax.random.normal(jax.random.key(2), (P.num_params,))
-    dense = tangent_projection(P, P.params, v, mode="dense")
-    free = tangent_projection(P, P.params, v, mode="matrix_free")
-    assert bool(jnp.all(jnp.isfinite(free)))
+    P, v, dense, free = _projections_near_rank_loss(X.at[1].set(X[0] + gap), 5, seed=1)
     scale = 1e-4 * float(jnp.linalg.norm(dense))
     if gap in (0.0, 1e-3):
         np.testing.assert_allclose(free, dense, rtol=0, atol=scale)
@@ -236,12 +244,7 @@ def test_the_matrix_free_projection_stays_finite_where_lineax_cg_broke_down(gap)
     breakdown and returned all NaN at 1e-7; `geometry.shifted_solve` converges. The projection differs from
     the dense mode's only along J's smallest singular direction (which the matrix-free mode drops)."""
     X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2)))
-    X = X.at[2].set(X[1] + gap)
-    P = Problem(TwoLayerNet(2, 3, key=jax.random.key(0), activation="tanh"), X, jnp.sin(X[:, 0]))
-    v = jax.random.normal(jax.random.key(1), (P.num_params,))
-    free = tangent_projection(P, P.params, v, mode="matrix_free")
-    dense = tangent_projection(P, P.params, v, mode="dense")
-    assert bool(jnp.all(jnp.isfinite(free)))
+    P, _, dense, free = _projections_near_rank_loss(X.at[2].set(X[1] + gap), 3, seed=0)
     lost = np.linalg.svd(np.asarray(P.jacobian(P.params)), full_matrices=False)[2][-1]
     off = free - dense
     np.testing.assert_allclose(off - np.dot(off, lost) * lost, 0, atol=1e-4 * float(jnp.linalg.norm(dense)))
