@@ -21,6 +21,7 @@ from flows import (
     trace_grad_hutchinson,
 )
 from models import Linear, Problem, QuadraticParam, TwoLayerNet, data
+from tests.helpers import float32
 
 
 def gatmiry(activation, seed=0, n=3, d=3, width=10):
@@ -193,7 +194,7 @@ def test_phi_runs_once_per_start():
 def test_a_flow_that_leaves_a_non_smooth_manifold_says_so():
     """The slow flow on a ReLU CNN (p = 39, 6 digit images) crosses kinks of its manifold and its residuals
     rise to 6.3e-7 by tau = 0.05 (it had reported SUCCESSFUL): OFF_MANIFOLD, raised with a message naming
-    the cause. The same CNN with tanh holds them at 1.3e-9 and succeeds."""
+    the cause. The same CNN with tanh holds them at 1.3e-9 and succeeds, in float32 too."""
     from flows import OFF_MANIFOLD, SUCCESSFUL
     from models import CNN
 
@@ -208,6 +209,10 @@ def test_a_flow_that_leaves_a_non_smooth_manifold_says_so():
     assert results["relu"][0] == OFF_MANIFOLD and results["relu"][1] > 3e-7, results
     with pytest.raises(eqx.EquinoxRuntimeError, match="left the zero-loss manifold.*C\\^2"):
         riemannian_flow(P, P.params, t1=0.05, num_saves=6, start="retract")
+    tanh = float32(Problem(CNN((1, 8, 8), (2,), outputs=1, key=jax.random.key(3), activation="tanh"), X, y))
+    with jax.enable_x64(False):  # float32, as users run it: the smooth flow is not flagged
+        flow = riemannian_flow(tanh, tanh.params, t1=0.05, num_saves=6, start="retract", throw=False)
+    assert int(flow.result) == SUCCESSFUL and float(flow.stats["max_residual"].max()) < 1e-5
 
 
 def test_flow_converges_to_a_sparse_optimum_where_J_loses_rank():
