@@ -142,7 +142,7 @@ def main(argv=None):
     per_small, per_large = small / (PATHS * STEPS), large / (ENSEMBLE * STEPS)
     scaling = [
         (f"ensemble of {PATHS} paths, per path-step", per_small),
-        (f"ensemble of {ENSEMBLE} paths in chunks of {PATHS}, per path-step", per_large),
+        (f"ensemble of {ENSEMBLE} paths in blocks of {PATHS}, per path-step", per_large),
     ]
     out += table(f"label-noise SDE ensembles (peak RSS {rss:.2f} GB)", scaling, scaling[0][0])
     print(f"cost per path-step, {ENSEMBLE} / {PATHS} paths = {per_large / per_small:.2f}x (target: flat)")
