@@ -279,11 +279,10 @@ def edge_of_stability(
     averaged parameters.
 
     Memory: GD's parameters at every step, steps x p numbers (on the host after the run), and
-    O(p num_eigs^2) for the central flow; cost: a gradient a GD step, ~(1.5 k^2 + 15 k + 2) gradients a
-    central-flow substep for k = num_eigs (3 k Hessian-vector products of ~2.5 gradients, k(k+1)/2 third
-    derivatives of ~3, two Heun stages of a gradient and k quadratic forms each; measured ~35 at k = 2 and
-    ~80 at k = 3 on a CNN), a Lanczos run (40 products) at each GD step that is a save or a multiple of
-    `sharpness_every` (once a step).
+    O(p num_eigs^2) for the central flow; cost: a gradient a GD step, 2k Hessian-vector products and
+    k(k+1)/2 third derivatives a central-flow substep for k = num_eigs (~10 gradients at k = 2 on a small
+    CNN, ~27 on a wider one: scripts/benchmarks/bench_edge.py), a Lanczos run (40 products) at each GD step
+    that is a save or a multiple of `sharpness_every` (once a step).
 
     **Arguments:** `problem`, `params0`, `eta`, `t1` (a whole number of steps), `num_saves`, the averaging
     `window`, `num_eigs`, `substeps`, `sharpness_every`, `part` (as in `sde_vs_sgd`: the three runs,

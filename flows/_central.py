@@ -17,13 +17,20 @@ makes the edge attract: an eigenvalue above 2 / eta is pushed back at rate A / h
 predicted as L + (1/2) <Sigma, H> = L + (1/2) sum_i X_ii lambda_i. Before the edge X = 0 and the flow is
 gradient flow.
 
-Each step of size h = eta / `substeps` in t: the top `num_eigs` eigenpairs of H (one block Rayleigh-Ritz step
-from the previous step's, ten at each save, a hundred from a cold start at the first), the third
-derivatives t_ij = grad_theta (u_i^T H u_j) (nested JVPs under one VJP), X from `sdcp`, then one step of a
-diffrax solver (default Heun) of d theta / dt = -grad [L + (1/2) <Sigma, H>] with Sigma = V V^T frozen over
-the step, so that before the edge the flow is gradient flow solved to the solver's order. Memory O(p k^2);
-cost per step: a few Hessian-vector products for the warm-started eigenpairs, k(k+1)/2 third-derivative
-products and the solver's stages, each a gradient of L + (1/2) sum_m v_m^T H v_m (k quadratic forms).
+Each step of size h = eta / `substeps` in t: the gradient and the top `num_eigs` = k eigenpairs of H (one
+block Rayleigh-Ritz step from the previous step's, ten at each save, a hundred from a cold start at the
+first; the gradient comes with the linearisation the Hessian-vector products share), the third derivatives
+t_ij = grad_theta (u_i^T H u_j) (nested JVPs under one VJP), X from `sdcp`, then an Euler step
+
+    theta <- theta - h [grad L + (1/2) sum_ij X_ij t_ij],
+
+assembled from those quantities: it is the step the look-ahead of `sdcp` assumes, as in the reference code.
+Any other diffrax solver (`solver=diffrax.Heun()`) steps d theta / dt = -grad [L + (1/2) <Sigma, H>] with
+Sigma = V V^T frozen over the step, each stage a gradient of L + (1/2) sum_m v_m^T H v_m (k more
+third-derivative products a stage); before the edge the flow is then gradient flow to the solver's order.
+Memory O(p k^2); cost a step (Euler): 2k Hessian-vector products and k(k+1)/2 third-derivative products,
+about 10 gradients at k = 2 on a small CNN (p = 468) and 27 on a wider one (p = 10,084), Heun about twice
+that (scripts/benchmarks/bench_edge.py).
 
 **RMSProp** (`rmsprop=RMSProp(decay, eps, initial_scale)`, the central flow of `optax.rmsprop(eta, ...)`:
 nu_{k+1} = decay nu_k + (1 - decay) g_k^2, theta_{k+1} = theta_k - eta g_k / sqrt(nu_{k+1} + eps)) is GD
@@ -164,6 +171,8 @@ class _Edge(eqx.Module):
     residual: Array  # (k,) ||S v_i - lambda_i v_i|| (S = H for GD)
     result: Array  # sdcp's code
     start: Array  # (p, k): the eigenvectors V of S (U for GD), where the next step's Rayleigh-Ritz starts
+    gradient: Array  # (p,): grad L
+    T: Array  # (k, k, p): t_ij = grad_theta (u_i^T H u_j)
 
 
 def central_flow(
@@ -195,8 +204,10 @@ def central_flow(
     - `ts`, `save_every`, `num_saves`, `save_params` (`flows.Saves`): saved on the step grid, as
       the SDEs are (the default `num_saves` points spread evenly over [0, t1], each rounded to the nearest
       step).
-    - `solver`: a diffrax solver for each step with Sigma frozen (default `diffrax.Heun()`, second order:
-      before the edge the flow is gradient flow to O(h^2)).
+    - `solver`: `diffrax.Euler()` (default: the step the look-ahead assumes, built from the derivatives
+      already taken, no further ones; before the edge gradient flow to O(h)) or another diffrax solver
+      for each step with Sigma frozen (`diffrax.Heun()`: before the edge gradient flow to O(h^2), at about
+      twice the cost a step).
     - `rmsprop`: an `RMSProp`, or None (GD); `metrics`, `throw` as for `gradient_flow`.
 
     Records `loss`, `predicted_loss` = L + (1/2) <Sigma, H> (GD's time-averaged loss), `eigenvalues` (the
@@ -232,7 +243,7 @@ def central_flow(
     if rmsprop is not None and not isinstance(rmsprop, RMSProp):
         raise ValueError(f"rmsprop must be a flows.RMSProp or None, got {type(rmsprop).__name__}")
     saves = Saves(ts, save_every, num_saves, save_params)
-    solve = Solve(solver or diffrax.Heun())  # fixed steps h: no tolerances
+    solve = Solve(solver or diffrax.Euler())  # fixed steps h: no tolerances
     h = eta / substeps
     index = saves.grid_index(t1, h, timescale.steps_for_time(t1, h, name="t1"))
     traj = _solve(
@@ -254,6 +265,7 @@ def central_flow(
 def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metrics, save_params, rmsprop):
     flat0, unravel = problem.ravel(params0)
     solver = solve.solver
+    euler = isinstance(solver, diffrax.Euler)
     dtype = flat0.dtype
     eta = jnp.asarray(eta, dtype)
     h = eta / substeps
@@ -275,14 +287,14 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
     def edge(w, nu, U0, iterations=1) -> _Edge:
         """GD (nu None): the top eigenpairs of H, and X. RMSProp: those of S = D^(1/2) H D^(1/2), and
         U = D^(1/2) V."""
-        g = jax.grad(loss)(w)
+        g, hvp = jax.linearize(jax.grad(loss), w)  # the gradient comes with the products' linearisation
         if nu is None:
-            lam, U, residual = _top_eigenpairs(lambda v: _hvp(loss, w, v), U0, iterations)
+            lam, U, residual = _top_eigenpairs(hvp, U0, iterations)
             V = U
         else:
             d = lax.rsqrt(nu + eps)
             root = jnp.sqrt(d)
-            lam, V, residual = _top_eigenpairs(lambda v: root * _hvp(loss, w, root * v), U0, iterations)
+            lam, V, residual = _top_eigenpairs(lambda v: root * hvp(root * v), U0, iterations)
             U = root[:, None] * V
         rows = jax.vmap(lambda u, v: jax.grad(quad)(w, u, v))(U.T[upper[0]], U.T[upper[1]])  # t_ij, i <= j
         T = jnp.zeros((k, k, p), dtype).at[upper].set(rows).at[upper[1], upper[0]].set(rows)
@@ -300,7 +312,7 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
                 + 0.5 * jnp.einsum("ijp,klp,p->ijkl", T, T, d)
             )
         X, result = sdcp(A, B)
-        return _Edge(lam, U, X, residual, result, V)
+        return _Edge(lam, U, X, residual, result, V, g, T)
 
     def field(t, w, args):
         V = args  # Sigma = V V^T, frozen over the step
@@ -318,6 +330,13 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
     def step(w, nu, e):
         mu, Q = jnp.linalg.eigh(e.X)
         V = e.U @ (Q * jnp.sqrt(jnp.maximum(mu, 0))[None, :])
+        if euler:  # the field at w from the edge quantities: (1/2) grad <Sigma, H> = (1/2) sum_ij X_ij t_ij
+            velocity = -(e.gradient + 0.5 * jnp.einsum("ij,ijp->p", e.X, e.T))
+            if nu is None:
+                return w + h * velocity, None
+            oscillation = (2 / eta) ** 2 * (nu + eps) * jnp.sum(V**2, axis=1)  # diag(H Sigma H), as below
+            nu_dot = (rate / eta) * (e.gradient**2 + oscillation - nu)
+            return w + h * lax.rsqrt(nu + eps) * velocity, nu + h * nu_dot
         zero = jnp.zeros((), dtype)
         if nu is None:
             state = solver.init(term, zero, h, w, V)
@@ -379,10 +398,6 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
     return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t", result=result)
 
 
-def _hvp(loss, w, v):
-    return jax.jvp(jax.grad(loss), (w,), (v,))[1]
-
-
 def _initial_vectors(p, k, dtype):
     """A fixed generic start for the eigensolver (the flow is deterministic)."""
     return jax.random.normal(jax.random.key(0), (p, k), jnp.float32).astype(dtype)
@@ -390,8 +405,9 @@ def _initial_vectors(p, k, dtype):
 
 def _top_eigenpairs(hvp, U0, iterations):
     """The top k = U0.shape[1] eigenpairs of H (descending) by `iterations` block Rayleigh-Ritz steps from
-    U0: each takes the top k Ritz pairs of H on span[U, H U] (2k Hessian-vector products, one QR of p x 2k;
-    k more for H U0).
+    span U0: each takes the top k Ritz pairs of H on span[U, H U] (one QR of p x 2k, k Hessian-vector
+    products: with Q R = [U, H U] and U orthonormal, the images of Q's first k columns are H U R_11^{-1}, and
+    the Ritz vectors' images are combinations of H Q); k more for H U0 at the start.
     From the previous step's vectors one step tracks them (H moves by O(h)); from a cold start it is a block
     Krylov iteration. Dense where p <= 2k."""
     p, k = U0.shape
@@ -402,12 +418,13 @@ def _top_eigenpairs(hvp, U0, iterations):
 
     def refine(_, pair):
         U, HU = pair
-        Q = jnp.linalg.qr(jnp.concatenate([U, HU], axis=1))[0]
-        HQ = H(Q)
+        Q, R = jnp.linalg.qr(jnp.concatenate([U, HU], axis=1))
+        HQ = jnp.concatenate([jax.scipy.linalg.solve_triangular(R[:k, :k], HU.T, trans=1).T, H(Q[:, k:])], 1)
         lam, V = jnp.linalg.eigh((Q.T @ HQ + HQ.T @ Q) / 2)
         V = V[:, ::-1][:, :k]
-        return Q @ V, HQ @ V  # H (Q V) = (H Q) V: no products for the Ritz vectors' images
+        return Q @ V, HQ @ V
 
-    U, HU = lax.fori_loop(0, iterations, refine, (U0, H(U0)))
+    U = jnp.linalg.qr(U0)[0]
+    U, HU = lax.fori_loop(0, iterations, refine, (U, H(U)))
     lam = jnp.einsum("pi,pi->i", U, HU)
     return lam, U, jnp.linalg.norm(HU - U * lam[None, :], axis=0)

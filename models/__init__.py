@@ -5,6 +5,7 @@ from . import data as data
 from .activations import cubic as cubic
 from .conv import CNN as CNN
 from .conv import ResNet as ResNet
+from .conv import unfold as unfold
 from .linear import Linear as Linear
 from .linear import QuadraticParam as QuadraticParam
 from .linear import RandomFeatures as RandomFeatures
@@ -20,6 +21,7 @@ __all__ = [
     "cubic",
     "CNN",
     "ResNet",
+    "unfold",
     "Linear",
     "QuadraticParam",
     "RandomFeatures",

@@ -6,51 +6,98 @@ batch, and every quantity here is a function of one example at a time (`models.P
 its residual branches tame by scaling them by 1 / sqrt(number of blocks) instead (SkipInit / Fixup in
 spirit, with a fixed scale).
 
-Convolutions are applied as im2col matrix products (`conv`): the weights are `eqx.nn.Conv2d`'s, the numbers
-its own to rounding. XLA's CPU convolutions run 7-20x slower inside a loop body than outside
-(jax-ml/jax#12868), and every flow, chunked loss and Lanczos iteration is a loop (README: the CNN
-benchmark).
+Both are built from `equinox.nn.Conv2d`, as a user's own network is. On the CPU `models.Problem` applies
+every `equinox.nn.Conv` layer of any model as an im2col matrix product (`unfold`, `conv`), the numbers the
+layer's own to rounding: XLA's CPU convolutions run 7-45x slower inside a loop body than outside
+(jax-ml/jax#12868), and every flow, chunked loss and Lanczos iteration is a loop (docs/benchmarks.md).
 """
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .activations import resolve
 
-__all__ = ["conv", "CNN", "ResNet"]
+__all__ = ["conv", "unfold", "CNN", "ResNet"]
 
 
-def conv(layer: eqx.nn.Conv2d, x: Float[Array, "c h w"]) -> Float[Array, "o h2 w2"]:
-    """`layer(x)` (its stride and padding; no dilation or groups) as W (o, c kh kw) @ patches
-    (c kh kw, h2 w2), the patches gathered by kh kw strided slices of the padded image (im2col, in the
-    weight's (c, kh, kw) order). Memory kh kw times the input's; cost that of the convolution.
+def conv(layer: eqx.nn.Conv, x: Float[Array, "c ..."]) -> Float[Array, "o ..."]:
+    """`layer(x)` for an `equinox.nn.Conv` of any number of spatial dimensions (`Conv1d/2d/3d`), its stride,
+    padding (numbers or "SAME" / "SAME_LOWER" / "VALID", any `padding_mode`), dilation and groups, as
+    matrix products: y = sum_a W_a (g, o/g, c/g) @ x_a (g, c/g, P) over the K = prod(kernel) offsets a of the
+    kernel, x_a the padded input's strided slice at offset a and P the output's positions. Memory that of
+    the input and the output; cost that of the convolution. (Stacking the K slices into one im2col matrix
+    for a single product moves K times the input through memory: 1.1-1.4x slower on this CPU.)
 
-    **Arguments:** an `equinox.nn.Conv2d` `layer` and one image `x` (c, h, w).
+    **Arguments:** an `equinox.nn.Conv` `layer` and one input `x` (c, *spatial).
 
-    **Returns:** the layer's output (o, h2, w2), bias included."""
+    **Returns:** the layer's output (o, *spatial2), bias included."""
     w = layer.weight
-    o, c, kh, kw = w.shape
-    sh, sw = layer.stride
-    pad = layer.padding
-    if isinstance(pad, str):  # "SAME", "SAME_LOWER", "VALID": the pads XLA's convolution would use
-        pad = lax.padtype_to_pads(x.shape[1:], (kh, kw), (sh, sw), pad)
+    o, cg, *kernel = w.shape
+    g = layer.groups
+    if layer.padding_mode != "ZEROS":
+        x = layer._nonzero_pad(x)  # Equinox's own padding for the other modes, then none
+        pad = [(0, 0)] * len(kernel)
+    elif isinstance(layer.padding, str):
+        reach = [d * (k - 1) + 1 for k, d in zip(kernel, layer.dilation)]
+        pad = lax.padtype_to_pads(x.shape[1:], reach, layer.stride, layer.padding)
+    else:
+        pad = layer.padding
     x = jnp.pad(x, ((0, 0), *pad))
-    h2, w2 = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-    patches = jnp.stack(
-        [
-            x[:, i : i + (h2 - 1) * sh + 1 : sh, j : j + (w2 - 1) * sw + 1 : sw]
-            for i in range(kh)
-            for j in range(kw)
-        ],
-        axis=1,
-    )  # (c, kh kw, h2, w2)
-    out = (w.reshape(o, -1) @ patches.reshape(c * kh * kw, h2 * w2)).reshape(o, h2, w2)
-    return out if layer.bias is None else out + layer.bias
+    out = [
+        (n - d * (k - 1) - 1) // s + 1
+        for n, k, d, s in zip(x.shape[1:], kernel, layer.dilation, layer.stride)
+    ]
+    w = w.reshape(g, o // g, cg, math.prod(kernel))
+    y = jnp.zeros((g, o // g, math.prod(out)), jnp.result_type(w, x))
+    for a, at in enumerate(itertools.product(*map(range, kernel))):
+        window = tuple(
+            slice(i * d, i * d + (m - 1) * s + 1, s)
+            for i, d, m, s in zip(at, layer.dilation, out, layer.stride)
+        )
+        y = y + jnp.einsum("goc,gcp->gop", w[..., a], x[(slice(None), *window)].reshape(g, cg, -1))
+    y = y.reshape(o, *out)
+    return y if layer.bias is None else y + layer.bias
+
+
+_CONVS = (eqx.nn.Conv, eqx.nn.Conv1d, eqx.nn.Conv2d, eqx.nn.Conv3d)
+
+
+class _Unfolded(eqx.Module):
+    """An `equinox.nn.Conv` applied by `conv`; its fields (weight, stride, ...) read through."""
+
+    layer: eqx.nn.Conv
+
+    def __call__(self, x, *, key=None):
+        return conv(self.layer, x)
+
+    def __getattr__(self, name):
+        if name == "layer":  # not yet set (while the module is built)
+            raise AttributeError(name)
+        return getattr(self.layer, name)
+
+
+def unfold(model: PyTree) -> PyTree:
+    """`model` with each `equinox.nn.Conv` / `Conv1d` / `Conv2d` / `Conv3d` in it (not a subclass, whose call
+    may differ) applied by `conv`, as matrix products: the same numbers to rounding, and on the CPU at the
+    rate of a matrix product inside loops too, where XLA's own convolution is 7-20x slower
+    (jax-ml/jax#12868). `models.Problem` applies it to every model on the CPU; on a GPU XLA's convolutions
+    (cuDNN) are kept. Parameters and their gradients are the model's own.
+
+    **Arguments:** any pytree `model`.
+
+    **Returns:** the same pytree, its convolutions wrapped."""
+
+    def is_conv(m):
+        return type(m) in _CONVS
+
+    return jax.tree.map(lambda m: _Unfolded(m) if is_conv(m) else m, model, is_leaf=is_conv)
 
 
 def _pool(x: Float[Array, "c h w"]) -> Float[Array, "c h/2 w/2"]:
@@ -100,7 +147,7 @@ class CNN(eqx.Module):
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
         for layer, pool in zip(self.convs, self.pools):
-            x = self.activation(conv(layer, x))
+            x = self.activation(layer(x))
             if pool:
                 x = _pool(x)
         return self.head(x.reshape(-1))
@@ -118,7 +165,7 @@ class _Block(eqx.Module):
         self.second = eqx.nn.Conv2d(width, width, 3, padding="SAME", key=k2)
 
     def __call__(self, x, activation, alpha):
-        return x + alpha * conv(self.second, activation(conv(self.first, activation(x))))
+        return x + alpha * self.second(activation(self.first(activation(x))))
 
 
 class ResNet(eqx.Module):
@@ -160,10 +207,10 @@ class ResNet(eqx.Module):
         self.activation = resolve(activation)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
-        x = conv(self.stem, x)
+        x = self.stem(x)
         for s, stage in enumerate(self.stages):
             if s > 0:
-                x = conv(self.transitions[s - 1], _pool(x) if min(x.shape[1:]) >= 2 else x)
+                x = self.transitions[s - 1](_pool(x) if min(x.shape[1:]) >= 2 else x)
             for block in stage:
                 x = block(x, self.activation, self.alpha)
         return self.head(jnp.mean(self.activation(x), axis=(1, 2)))

@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 from . import checks
+from .conv import unfold
 
 __all__ = ["Loss", "Problem", "chunked", "check_start"]
 
@@ -146,6 +147,13 @@ class Problem(eqx.Module):
         """The full model at `params`."""
         return eqx.combine(params, self.static)
 
+    def network(self, params: PyTree) -> eqx.Module:
+        """The model at `params` as every forward pass here applies it: on the CPU its `equinox.nn.Conv`
+        layers as matrix products (`models.unfold`: the same numbers, at a matrix product's rate inside
+        loops); elsewhere the model itself."""
+        model = self.model(params)
+        return unfold(model) if jax.default_backend() == "cpu" else model
+
     def params_of(self, model: eqx.Module) -> PyTree:
         """The trainable part of another instance of the same model (e.g. a fresh initialisation)."""
         params, _ = eqx.partition(model, jax.tree.map(lambda x: x is not None, self.params, is_leaf=_none))
@@ -169,7 +177,7 @@ class Problem(eqx.Module):
     def outputs(self, params: PyTree, X=None) -> Array:
         """f(x_i) for the rows of X (default the problem's inputs), `chunk` at a time when set."""
         X = self.X if X is None else X
-        f = self.model(params)
+        f = self.network(params)
         if self.chunk is None or self.chunk >= X.shape[0]:
             return jax.vmap(f)(X)
         return lax.map(f, X, batch_size=self.chunk)
@@ -209,7 +217,7 @@ class Problem(eqx.Module):
         if self.chunk is None or self.chunk >= b:
             return jnp.mean(self.example_losses(params, X, y))
         (Xc, yc), wc = chunked((X, y), self.chunk, X.dtype)
-        f = self.model(params)
+        f = self.network(params)
 
         @jax.checkpoint
         def part(xs, ys, ws):
@@ -245,7 +253,7 @@ class Problem(eqx.Module):
 
         def g(xy):
             x, y = xy
-            return jax.grad(lambda v: self.losses_of_outputs(self.model(unravel(v))(x)[None], y[None])[0])(
+            return jax.grad(lambda v: self.losses_of_outputs(self.network(unravel(v))(x)[None], y[None])[0])(
                 flat
             )
 
@@ -256,7 +264,7 @@ class Problem(eqx.Module):
         `ravel`): reverse mode over the k outputs, forward mode over the p parameters when k > p. The one
         place J's rows are built (`jacobian`, `gauss_newton_trace`, the manifold's geometry, which also
         differentiates them in `flat`)."""
-        f = lambda w: jnp.reshape(self.model(unravel(w))(x), (-1,))  # noqa: E731
+        f = lambda w: jnp.reshape(self.network(unravel(w))(x), (-1,))  # noqa: E731
         k = jax.eval_shape(f, flat).shape[0]
         return (jax.jacrev if k <= flat.shape[0] else jax.jacfwd)(f)(flat)
 

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import resolve
-from .conv import conv
 
 __all__ = ["ViT"]
 
@@ -81,7 +80,7 @@ class ViT(eqx.Module):
         self.activation = resolve(activation)
 
     def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, " *k"]:
-        z = conv(self.embed, x)  # (dim, h / patch, w / patch), as a matrix product (models.conv says why)
+        z = self.embed(x)  # (dim, h / patch, w / patch); a matrix product under models.Problem on the CPU
         z = z.reshape(z.shape[0], -1).T + self.positions  # (tokens, dim)
         for layer in self.layers:
             z = layer(z, self.activation)

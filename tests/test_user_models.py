@@ -117,7 +117,7 @@ def test_every_flow_runs_on_a_users_model(name):
     loss_cf = float(runs["central_flow"].stats["loss"][-1])
     assert (
         abs(loss_cf - loss_gf) < 0.1 * drop
-    )  # below the edge the central flow is gradient flow (Heun, h = eta)
+    )  # below the edge the central flow is gradient flow (Euler, h = eta)
 
 
 @pytest.mark.parametrize("name", ["conv2d", pytest.param("vit", marks=SLOW)])

@@ -138,21 +138,24 @@ def test_central_flow_matches_the_closed_form_edge_orbit_and_gd_time_average():
     assert float(run.stats["loss"][2000:].mean()) > 1.5 * float(P.loss(flow.final))  # not gradient flow's
 
 
-def test_central_flow_is_gradient_flow_before_the_edge():
-    """Below the edge X = 0 and each step is a Heun step of gradient flow: against diffrax's adaptive solve at
-    1e-10, the error falls like h^2 (h = eta / substeps)."""
+@pytest.mark.parametrize("solver, order, bound", [(None, 1, 4e-3), (diffrax.Heun(), 2, 2e-5)])
+def test_central_flow_is_gradient_flow_before_the_edge(solver, order, bound):
+    """Below the edge X = 0 and each step is a step of gradient flow (Euler by default, Heun when asked):
+    against diffrax's adaptive solve at 1e-10, the error falls like h^order (h = eta / substeps)."""
     P = two_layer()
     eta = 0.05  # eta lambda_max stays far below 2 on this net
     gf = gradient_flow(P, P.params, t1=1.0, ts=jnp.array([0.0, 1.0]), rtol=1e-10, atol=1e-12)
     errors = []
     for substeps in (2, 4):
-        flow = central_flow(P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps)
+        flow = central_flow(
+            P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps, solver=solver
+        )
         assert float(jnp.max(flow.stats["eigenvalues"])) * eta < 1
         assert np.all(np.asarray(flow.stats["sigma_trace"]) == 0)
         np.testing.assert_array_equal(flow.stats["predicted_loss"], flow.stats["loss"])
         errors.append(float(jnp.linalg.norm(P.ravel(flow.final)[0] - P.ravel(gf.final)[0])))
-    assert 1.7 < np.log2(errors[0] / errors[1]) < 2.3, errors
-    assert errors[-1] < 2e-5 * float(jnp.linalg.norm(P.ravel(gf.final)[0]))  # 8e-6 at h = 0.0125
+    assert order - 0.3 < np.log2(errors[0] / errors[1]) < order + 0.3, errors
+    assert errors[-1] < bound * float(jnp.linalg.norm(P.ravel(gf.final)[0])), errors  # 2.5e-3, 3.4e-6
 
 
 def test_central_flow_vmaps_over_step_sizes_and_starts():
@@ -237,11 +240,12 @@ def test_rmsprop_central_flow_in_float32_holds_the_same_edge():
     assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(a2, rel=1e-3)
 
 
-def test_rmsprop_central_flow_is_the_preconditioned_gradient_flow_before_the_edge():
-    """Below the edge X = 0: each step is a Heun step of d theta/dt = -g / sqrt(nu + eps),
-    d nu/dt = r (g^2 - nu) with r = c / eta, c = (1 - decay) / decay, written here and solved by diffrax at
-    1e-10: the error falls like h^2. optax.rmsprop converges to the same flow at first order as eta -> 0 with
-    r fixed (decay = 1 / (1 + r eta))."""
+@pytest.mark.parametrize("solver, order, bound", [(None, 1, 4e-2), (diffrax.Heun(), 2, 1e-3)])
+def test_rmsprop_central_flow_is_the_preconditioned_gradient_flow_before_the_edge(solver, order, bound):
+    """Below the edge X = 0: each step is a step (Euler by default, Heun when asked) of
+    d theta/dt = -g / sqrt(nu + eps), d nu/dt = r (g^2 - nu) with r = c / eta, c = (1 - decay) / decay,
+    written here and solved by diffrax at 1e-10: the error falls like h^order. optax.rmsprop converges to
+    the same flow at first order as eta -> 0 with r fixed (decay = 1 / (1 + r eta))."""
     P = two_layer()
     rate, eps, scale = 2.0, 1e-3, 0.1
     flat0, unravel = P.ravel(P.params)
@@ -266,14 +270,15 @@ def test_rmsprop_central_flow_is_the_preconditioned_gradient_flow_before_the_edg
     errors = []
     for substeps in (2, 4):
         flow = central_flow(
-            P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps, rmsprop=rms
-        )
+            P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps, rmsprop=rms,
+            solver=solver,
+        )  # fmt: skip
         assert float(jnp.max(flow.stats["eigenvalues"])) * eta < 1
         assert np.all(np.asarray(flow.stats["sigma_trace"]) == 0)
         got = jnp.concatenate([P.ravel(flow.final)[0], flow.stats["nu"][-1]])
         errors.append(float(jnp.linalg.norm(got - reference)))
-    assert 1.7 < np.log2(errors[0] / errors[1]) < 2.3, errors
-    assert errors[-1] < 1e-3 * float(jnp.linalg.norm(reference))  # 5.7e-4 at h = 0.0125
+    assert order - 0.3 < np.log2(errors[0] / errors[1]) < order + 0.3, errors
+    assert errors[-1] < bound * float(jnp.linalg.norm(reference)), errors  # h = 0.0125
     gaps = []
     for eta in (0.02, 0.01):
         optimizer = functools.partial(optax.rmsprop, decay=1 / (1 + rate * eta), eps=eps, initial_scale=scale)
@@ -310,25 +315,29 @@ def digits_cnn(n, channels, loss="square", flip=0.0):
 
 @pytest.mark.slow  # 20 s each, mostly compilation; make test checks the same on a two-layer net above
 @pytest.mark.parametrize("loss", ["square", "cross_entropy"])
-def test_central_flow_on_a_cnn_is_gradient_flow_before_the_edge(loss):
+@pytest.mark.parametrize("solver, order", [(None, 1), (diffrax.Heun(), 2)])
+def test_central_flow_on_a_cnn_is_gradient_flow_before_the_edge(loss, solver, order):
     """A CNN (convolutions, pooling, a dense head) below the edge: against diffrax's adaptive gradient flow
-    at 1e-10, the error falls like h^2."""
+    at 1e-10, the error falls like h^order (Euler by default, Heun when asked)."""
     P = digits_cnn(16, (2,), loss)
     gf = gradient_flow(P, P.params, t1=0.5, ts=jnp.array([0.0, 0.5]), rtol=1e-10, atol=1e-12)
     errors = []
     for substeps in (1, 2):
-        flow = central_flow(P, P.params, eta=0.05, t1=0.5, num_eigs=1, num_saves=2, substeps=substeps)
+        flow = central_flow(
+            P, P.params, eta=0.05, t1=0.5, num_eigs=1, num_saves=2, substeps=substeps, solver=solver
+        )
         assert float(jnp.max(flow.stats["eigenvalues"])) * 0.05 < 1
         errors.append(float(jnp.linalg.norm(P.ravel(flow.final)[0] - P.ravel(gf.final)[0])))
-    assert 1.7 < np.log2(errors[0] / errors[1]) < 2.3, errors
+    assert order - 0.3 < np.log2(errors[0] / errors[1]) < order + 0.3, errors
 
 
 @pytest.mark.slow  # 400 GD steps and 1,600 central-flow steps on a CNN in float64, then float32: 5 minutes
 def test_central_flow_on_a_cnn_predicts_gd_time_averaged_loss_at_the_edge():
     """A digits CNN (p = 468, n = 128, square loss, 20% of the labels moved) at eta = 0.7 to t = 280: GD's
     sharpness reaches 2 / eta and hovers; from the edge's opening on the central flow predicts GD's loss
-    averaged over 40 steps to 2.6% on average (gradient flow: 6.2%), and ends 4x closer to GD's averaged
-    parameters (0.43 against 1.86); in float32 the central flow follows float64."""
+    averaged over 40 steps to within 4% on average (1.0% in float32 to t = 294, gradient flow 5.5%), closer
+    than gradient flow, and ends at least 2x closer to GD's averaged parameters; in float32 the central flow
+    follows float64."""
     P = digits_cnn(128, (4, 8), flip=0.2)
     eta = 0.7
     r = compare.edge_of_stability(P, P.params, eta=eta, t1=280.0, num_saves=40, window=40, num_eigs=2)

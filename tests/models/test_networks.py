@@ -7,6 +7,7 @@ import pickle
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -52,13 +53,88 @@ def test_cnn_forward_and_parameter_count():
     assert Problem(net, X, jnp.zeros((X.shape[0], 3))).num_params == count
 
 
-@pytest.mark.parametrize(("size", "padding", "stride"), [(3, "SAME", 1), (1, 0, 1), (3, 1, 2), (4, 0, 4)])
-def test_the_matrix_product_convolution_is_equinox_s(size, padding, stride):
+CONV_CASES = {
+    "1d stride pad": (1, dict(kernel_size=5, stride=2, padding=1)),
+    "1d dilated groups": (1, dict(kernel_size=3, padding="SAME", dilation=2, groups=2)),
+    "2d odd kernel, uneven pads": (2, dict(kernel_size=(3, 2), stride=(2, 1), padding=((1, 0), (2, 1)))),
+    "2d grouped SAME_LOWER": (2, dict(kernel_size=3, padding="SAME_LOWER", stride=2, groups=2)),
+    "2d reflect, no bias": (2, dict(kernel_size=3, padding=1, padding_mode="REFLECT", use_bias=False)),
+    "2d VALID dilated": (2, dict(kernel_size=3, padding="VALID", dilation=(1, 2))),
+    "2d 1 x 1": (2, dict(kernel_size=1)),
+    "3d circular": (3, dict(kernel_size=2, stride=(1, 2, 1), padding=1, padding_mode="CIRCULAR")),
+}
+
+
+FLOAT32_FAST = ("1d dilated groups", "2d grouped SAME_LOWER", "2d 1 x 1")  # the rest under slow: 2-4 s each
+
+
+@pytest.mark.parametrize(
+    "case, dtype",
+    [(case, jnp.float64) for case in CONV_CASES]
+    + [
+        pytest.param(case, jnp.float32, marks=() if case in FLOAT32_FAST else pytest.mark.slow)
+        for case in CONV_CASES
+    ],
+)
+def test_the_matrix_product_convolution_is_equinox_s(case, dtype):
+    """models.conv.conv against the layer's own call (XLA's convolution) on odd shapes, strides, paddings,
+    dilations, groups and padding modes, 1-3 spatial dimensions: the outputs of a batch under jit and vmap,
+    their gradient in the weights and the input, and a Hessian-vector product of a loss through them."""
     from models.conv import conv as product
 
-    layer = eqx.nn.Conv2d(3, 5, size, padding=padding, stride=stride, key=jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (3, 8, 7))
-    np.testing.assert_allclose(product(layer, x), layer(x), rtol=1e-12, atol=1e-13)
+    nd, kw = CONV_CASES[case]
+    layer = eqx.nn.Conv(nd, 4, 6, **kw, dtype=dtype, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 4, *(9, 7, 5)[:nd]), dtype)
+    eps = 1e-12 if dtype == jnp.float64 else 1e-5
+
+    def close(a, b):  # relative to the largest entry: float32 rounds sums of many products
+        a, b = (jax.flatten_util.ravel_pytree(eqx.filter(t, eqx.is_array))[0] for t in (a, b))
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=eps, atol=eps * float(jnp.max(jnp.abs(b))))
+
+    def loss(apply, layer, x):
+        return jnp.sum(jnp.tanh(jax.vmap(lambda xi: apply(layer, xi))(x)) ** 2)
+
+    ours, theirs = functools.partial(loss, product), functools.partial(loss, lambda m, xi: m(xi))
+    close(jax.jit(jax.vmap(lambda xi: product(layer, xi)))(x), jax.vmap(layer)(x))
+    close(eqx.filter_jit(eqx.filter_grad(ours))(layer, x), eqx.filter_grad(theirs)(layer, x))
+    close(jax.grad(ours, 1)(layer, x), jax.grad(theirs, 1)(layer, x))
+    v = jax.tree.map(jnp.ones_like, eqx.filter(layer, eqx.is_array))
+
+    def hvp(f):
+        return jax.jvp(lambda m: eqx.filter_grad(lambda m: f(m, x))(m), (layer,), (v,))[1]
+
+    close(eqx.filter_jit(hvp)(ours), hvp(theirs))
+
+
+def test_problem_applies_a_users_convolutions_as_matrix_products_on_the_cpu():
+    """Problem's forward passes run every equinox.nn.Conv of a user's model as matrix products (no XLA
+    convolution left in the traced loss, the same loss to rounding); a subclass of Conv with its own call,
+    and a ConvTranspose, are left to XLA's convolution (their calls may differ from Conv's)."""
+
+    class Net(eqx.Module):
+        layers: list
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = jnp.tanh(layer(x))
+            return jnp.mean(x)
+
+    class Mine(eqx.nn.Conv2d):
+        def __call__(self, x, *, key=None):
+            return 2 * super().__call__(x)
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    X = jax.random.normal(jax.random.key(1), (5, 2, 6, 6))
+    plain = Net([eqx.nn.Conv2d(2, 3, 3, key=keys[0]), eqx.nn.Conv2d(3, 2, 3, padding=1, key=keys[1])])
+    P = Problem(plain, X, jnp.zeros(5), chunk=2)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(P.loss)(P.params))
+    expect = jnp.mean(0.5 * jax.vmap(plain)(X) ** 2)
+    np.testing.assert_allclose(P.loss(P.params), expect, rtol=1e-12)
+    for kept in (Mine(2, 2, 3, padding=1, key=keys[2]), eqx.nn.ConvTranspose2d(2, 2, 3, key=keys[2])):
+        Q = Problem(Net([kept]), X, jnp.zeros(5))
+        assert "conv_general_dilated" in str(jax.make_jaxpr(Q.loss)(Q.params))
+        np.testing.assert_allclose(Q.loss(Q.params), jnp.mean(0.5 * jax.vmap(Net([kept]))(X) ** 2))
 
 
 def test_resnet_forward_and_parameter_count():
