@@ -60,6 +60,10 @@ __all__ = [
 ]
 
 _CHUNK = 128  # Hessian-vector products evaluated together when sweeping a basis
+# Probes evaluated together by the stochastic estimators (Hutchinson, ||H||_F, SLQ): 4 at a time took 0.28 s
+# a probe on a CNN (p = 113,738, n = 256), one at a time 0.30 s, 20 at once 0.35 s, and memory grows with
+# the number at once (all 50 of a Hutchinson estimate on a ResNet asked for 55 GB).
+_PROBES_AT_ONCE = 4
 
 
 def _checked(fn):
@@ -310,7 +314,7 @@ def spectral_density(
 def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> SpectralDensity:
     """Stochastic Lanczos quadrature of the symmetric operator `matvec` on R^p from the rows of `probes`
     (any nonzero vectors; Rademacher for an unbiased estimate of mu): `num_steps` (<= p) Lanczos steps from
-    each, full reorthogonalisation (matfree's `tridiag_sym`), vmapped over the probes. Memory s m p.
+    each, full reorthogonalisation (matfree's `tridiag_sym`), a few probes at a time. Memory s m p.
 
     **Arguments:** `matvec` (p,) -> (p,), `probes` (s, p), `num_steps` m (<= p).
 
@@ -326,7 +330,7 @@ def lanczos_quadrature(matvec, probes: Float[Array, "s p"], num_steps: int) -> S
         theta, S = jnp.linalg.eigh(tridiagonal(matvec, z).J_small)
         return theta, S[0] ** 2
 
-    nodes, weights = jax.vmap(one)(probes)
+    nodes, weights = lax.map(one, probes, batch_size=_PROBES_AT_ONCE)
     return SpectralDensity(nodes, weights)
 
 
@@ -356,7 +360,7 @@ def frobenius_norm_hutchinson(
     **Raises:** `ValueError` for fewer than two samples."""
     z = _rademacher(key, _ravel(problem, params)[0], num_samples)
     H = operator(problem, params)
-    q = jax.vmap(lambda v: jnp.sum(H.mv(v) ** 2))(z)
+    q = lax.map(lambda v: jnp.sum(H.mv(v) ** 2), z, batch_size=_PROBES_AT_ONCE)
     f = jnp.sqrt(q.mean())
     return f, q.std(ddof=1) / jnp.sqrt(num_samples) / (2 * f)
 
@@ -503,8 +507,8 @@ def _rademacher(key, flat, num_samples, *, minimum: int = 2):
 
 
 def _quadratic_forms(matvec, z):
-    """z_j^T A z_j for each row z_j of `z`."""
-    return jax.vmap(lambda v: v @ matvec(v))(z)
+    """z_j^T A z_j for each row z_j of `z`, `_PROBES_AT_ONCE` rows at a time."""
+    return lax.map(lambda v: v @ matvec(v), z, batch_size=_PROBES_AT_ONCE)
 
 
 def _hutchinson(matvec, key, flat, num_samples):
