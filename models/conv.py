@@ -7,8 +7,8 @@ its residual branches tame by scaling them by 1 / sqrt(number of blocks) instead
 spirit, with a fixed scale).
 
 Both are built from `equinox.nn.Conv2d`, as a user's own network is. On the CPU `models.Problem` applies
-every `equinox.nn.Conv` layer of any model as an im2col matrix product (`unfold`, `conv`), the numbers the
-layer's own to rounding: XLA's CPU convolutions run 7-45x slower inside a loop body than outside
+every `equinox.nn.Conv` layer of any model as matrix products (`unfold`, `conv`), the numbers the layer's
+own to rounding: XLA's CPU convolutions run up to 45x slower inside a loop body than outside
 (jax-ml/jax#12868), and every flow, chunked loss and Lanczos iteration is a loop (docs/benchmarks.md).
 """
 
@@ -86,9 +86,10 @@ class _Unfolded(eqx.Module):
 def unfold(model: PyTree) -> PyTree:
     """`model` with each `equinox.nn.Conv` / `Conv1d` / `Conv2d` / `Conv3d` in it (not a subclass, whose call
     may differ) applied by `conv`, as matrix products: the same numbers to rounding, and on the CPU at the
-    rate of a matrix product inside loops too, where XLA's own convolution is 7-20x slower
-    (jax-ml/jax#12868). `models.Problem` applies it to every model on the CPU; on a GPU XLA's convolutions
-    (cuDNN) are kept. Parameters and their gradients are the model's own.
+    rate of a matrix product inside loops too, where XLA's own convolution is up to 45x slower
+    (jax-ml/jax#12868; outside a loop it can be faster, 1.7x on a thin ResNet: docs/benchmarks.md).
+    `models.Problem` applies it to every model on the CPU; on a GPU XLA's convolutions (cuDNN) are kept.
+    Parameters and their gradients are the model's own.
 
     **Arguments:** any pytree `model`.
 
