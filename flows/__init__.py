@@ -25,6 +25,7 @@ from ._discrete import gd as gd
 from ._discrete import label_noise_sgd as label_noise_sgd
 from ._discrete import sgd as sgd
 from ._discrete import svag as svag
+from ._edge import edge_flow as edge_flow
 from ._gradient import gradient_flow as gradient_flow
 from ._integrate import Saves as Saves
 from ._integrate import Solve as Solve
@@ -65,6 +66,7 @@ __all__ = [
     "label_noise_sgd",
     "sgd",
     "svag",
+    "edge_flow",
     "gradient_flow",
     "Saves",
     "Solve",

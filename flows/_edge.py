@@ -1,0 +1,140 @@
+"""Edge Flow: GD at the edge of stability as a centre, an oscillation direction and an oscillation magnitude
+(after Marion 2026, "Edge Flow", arXiv 2606.18080; the equations here are derived below, not copied).
+
+GD with step eta near the edge oscillates with period two along the top eigenvector u of H. Write its
+iterates as theta_k = c_k + (-1)^k rho_k u_k: a centre c, a unit direction u and a magnitude rho >= 0. One
+GD step from c +- rho u moves the centre by -eta times the mean of the two gradients, and along u the
+deviation from the centre changes sign and is multiplied by |1 - eta lambda| (lambda = u^T H u). In
+gradient-flow time t = eta k that is
+
+    dc / dt   = -(1/2) [grad L(c + rho u) + grad L(c - rho u)],   the gradient of the symmetrised loss,
+    d rho / dt = rho log|eta lambda - 1| / eta,                   growth above eta lambda = 2, decay below,
+    du / dt   = H u - (u^T H u) u,                                Rayleigh-quotient ascent,
+
+with H and lambda at the centre; the direction's rate is GD's own power iteration near the edge
+(d/d lambda of log|eta lambda - 1| / eta is 1 at eta lambda = 2). The symmetrised loss is
+L(c) + (1/2) rho^2 u^T H u + O(rho^4): its gradient is the central flow's drift with Sigma = rho^2 u u^T,
+and the feedback that holds eta lambda at 2 comes out of the coupled equations, with no complementarity
+problem. GD's time-averaged loss is predicted as (1/2) [L(c + rho u) + L(c - rho u)].
+
+The magnitude starts at rho_0 = (eta / 2) |u^T grad L(theta_0)|, half the step GD takes along u, and is
+kept above eps rho_0 (eps the dtype's): below the edge it decays, and from there it grows again when the
+edge is reached, as GD's own oscillation does (the smaller it has become, the later: the flow overshoots
+the edge first, as GD does).
+
+Each step of h = eta / `substeps` (default 4; the centre's Euler step must be stable along u, where
+h lambda = 2 h / eta at the edge): the gradient and H u at the centre (one linearisation), the two
+gradients at c +- rho u (one call on both), then an Euler step of c, an exact exponential step of rho with
+lambda frozen and a normalised Euler step of u: two gradients and one Hessian-vector product a step, ~4
+gradients, against the central flow's 2k Hessian-vector products and k(k+1)/2 third derivatives. Memory
+O(p).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import PyTree
+
+from models import Problem, checks
+from models.problem import check_start
+
+from . import timescale
+from ._central import _initial_vectors, _top_eigenpairs
+from ._integrate import Saves
+from ._trajectory import SUCCESSFUL, Trajectory, compiled, default_metrics, diverged_where, evaluate, finish
+
+__all__ = ["edge_flow"]
+
+_COLD = 100  # Rayleigh-Ritz steps for the starting direction
+
+
+def edge_flow(
+    problem: Problem,
+    params0: PyTree,
+    *,
+    eta,
+    t1,
+    substeps: int = 4,
+    ts=None,
+    save_every=None,
+    num_saves: int = 101,
+    save_params: bool = True,
+    metrics=None,
+    throw: bool = True,
+) -> Trajectory:
+    """Edge Flow of GD with step `eta` from `params0` (module docstring), in gradient-flow time t = eta k, to
+    `t1`: the centre c, the direction u (the top eigenvector of H at the start, by Rayleigh-Ritz) and the
+    magnitude rho (from rho_0).
+
+    **Arguments:** `eta > 0`; `t1`, a whole number of steps eta / substeps; `substeps` steps a GD step;
+    `ts`, `save_every`, `num_saves`, `save_params` (`flows.Saves`, on the step grid); `metrics` (evaluated
+    at the centre), `throw` as for `gradient_flow`.
+
+    Records `loss` (at the centre), `predicted_loss` = (1/2) [L(c + rho u) + L(c - rho u)] (GD's
+    time-averaged loss), `sharpness` = u^T H u at the centre, `rho`, and any `metrics`; `params` are the
+    centre's.
+
+    **Returns:** a `Trajectory` with `clock="t"`; `DIVERGED` when a loss becomes non-finite.
+
+    **Raises:** `ValueError` naming a bad argument (`t1` or a save time off the step grid); with
+    `throw=True`, `equinox.EquinoxRuntimeError` for a diverged run."""
+    params0 = check_start(problem, params0)
+    eta = checks.positive("eta", eta)
+    t1 = checks.positive("t1", t1)
+    substeps = checks.positive_int("substeps", substeps)
+    saves = Saves(ts, save_every, num_saves, save_params)
+    h = eta / substeps
+    index = saves.grid_index(t1, h, timescale.steps_for_time(t1, h, name="t1"))
+    traj = _solve(problem, params0, eta, index, substeps, default_metrics(metrics), saves.params)
+    return finish("edge_flow", traj, throw)
+
+
+@compiled
+def _solve(problem, params0, eta, index, substeps, metrics, save_params):
+    flat0, unravel = problem.ravel(params0)
+    dtype = flat0.dtype
+    eta = jnp.asarray(eta, dtype)
+    h = eta / substeps
+
+    def loss(w):
+        return problem.loss(unravel(w))
+
+    def half_step(g, u):
+        return 0.5 * eta * jnp.abs(u @ g)
+
+    def step(state):
+        c, u, rho = state
+        g, hvp = jax.linearize(jax.grad(loss), c)
+        Hu = hvp(u)
+        lam = u @ Hu
+        plus, minus = jax.vmap(jax.grad(loss))(jnp.stack([c + rho * u, c - rho * u]))
+        growth = jnp.abs(eta * lam - 1) ** (h / eta)  # exp(h log|eta lambda - 1| / eta)
+        u = u + h * (Hu - lam * u)
+        return c - 0.5 * h * (plus + minus), u / jnp.linalg.norm(u), jnp.maximum(rho * growth, rho_min)
+
+    def record(c, u, rho):
+        params = unravel(c)
+        stats = evaluate(problem, params, metrics)
+        hvp = jax.linearize(jax.grad(loss), c)[1]
+        stats |= {
+            "predicted_loss": 0.5 * (loss(c + rho * u) + loss(c - rho * u)),
+            "sharpness": u @ hvp(u),
+            "rho": rho,
+        }
+        return (params if save_params else None), stats
+
+    g0, hvp0 = jax.linearize(jax.grad(loss), flat0)
+    _, U, _ = _top_eigenpairs(hvp0, _initial_vectors(flat0.size, 1, dtype), _COLD)
+    u0 = U[:, 0]
+    rho0 = half_step(g0, u0)
+    rho_min = jnp.finfo(dtype).eps * rho0
+    state0 = (flat0, u0, rho0)
+
+    def segment(carry, target):
+        state, j = carry
+        state = lax.fori_loop(j, target, lambda _, s: step(s), state)
+        return (state, target), record(*state)
+
+    _, (params, stats) = lax.scan(segment, (state0, jnp.zeros((), index.dtype)), index)
+    result = diverged_where(jnp.asarray(SUCCESSFUL), stats["loss"])
+    return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t", result=result)
