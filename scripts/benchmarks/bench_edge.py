@@ -17,9 +17,9 @@ the k x k complementarity problem is added.
 - RMSProp (`optax.rmsprop`, eta = 0.01, decay 0.99, eps 1e-8, nu_0 the mean squared first gradient) and
   its central flow (`rmsprop=flows.RMSProp(...)`, the same settings).
 
-Printed: seconds per unit of t, the ratio to the optimizer's own step (GD's or RMSProp's), and gradients
-per central-flow substep. Target (issue 46):
-<= 20 gradients a substep at k = 2.
+Printed: seconds per unit of t, the ratio to the optimizer's own step (GD's or RMSProp's), and each flow's
+gradients a substep and a GD step. Targets (issue 46): the central flow <= 20 gradients a substep at k = 2,
+Edge Flow <= 5 a GD step.
 """
 
 import argparse
