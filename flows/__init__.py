@@ -17,6 +17,8 @@ from . import timescale as timescale
 from ._brownian import BrownianGrid as BrownianGrid
 from ._brownian import step_keys as step_keys
 from ._central import PAST_EDGE as PAST_EDGE
+from ._central import Adam as Adam
+from ._central import Momentum as Momentum
 from ._central import RMSProp as RMSProp
 from ._central import central_flow as central_flow
 from ._central import sdcp as sdcp
@@ -58,6 +60,8 @@ __all__ = [
     "BrownianGrid",
     "step_keys",
     "PAST_EDGE",
+    "Adam",
+    "Momentum",
     "RMSProp",
     "central_flow",
     "sdcp",

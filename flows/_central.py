@@ -32,7 +32,7 @@ Memory O(p k^2); cost a step (Euler): 2k Hessian-vector products and k(k+1)/2 th
 about 10 gradients at k = 2 on a small CNN (p = 468) and 27 on a wider one (p = 10,084), Heun about twice
 that (scripts/benchmarks/bench_edge.py).
 
-**RMSProp** (`rmsprop=RMSProp(decay, eps, initial_scale)`, the central flow of `optax.rmsprop(eta, ...)`:
+**RMSProp** (`optimizer=RMSProp(decay, eps, initial_scale)`, the central flow of `optax.rmsprop(eta, ...)`:
 nu_{k+1} = decay nu_k + (1 - decay) g_k^2, theta_{k+1} = theta_k - eta g_k / sqrt(nu_{k+1} + eps)) is GD
 preconditioned by D = diag(d), d = 1 / sqrt(nu + eps). Its edge is on the preconditioned Hessian
 S = D^{1/2} H D^{1/2} (eta lambda_max(S) = 2), Sigma = U X U^T with U = D^{1/2} V (V: S's top eigenvectors),
@@ -47,6 +47,31 @@ its X-dependence H U is taken at the edge, (2 / eta) D^{-1} U: exact for the dir
 only ones with X != 0, and it keeps the complementarity operator symmetric and positive semidefinite. With
 u_i fixed over a step, dA_ij/dt = (1 / eta) sum_m u_im u_jm d_m dnu_m/dt - t_ij . d theta / dt, affine in X
 as for GD. Before the edge it is the preconditioned gradient flow of (theta, nu).
+
+**Heavy-ball momentum and Adam** (`optimizer=Momentum(beta)`: `optax.sgd(eta, momentum=beta)`;
+`optimizer=Adam(b1, b2, eps)`: `optax.adam`). Derived here as the RMSProp flow was (new: no published
+central flow covers them). Write the first moment as the average m of the gradients (optax's trace times
+1 - beta for heavy ball, Adam's m as it is) and b = beta or b1. In t = eta k the stable flow is
+
+    d theta / dt = -s D m,   dm / dt = ((1 - b) / eta) (G - m),   d nu / dt = ((1 - b2) / eta) (g^2 + o - nu),
+
+with s = 1 / (1 - beta) (heavy ball) or Adam's bias correction 1 / (1 - b1^(k+1)), D = I (heavy ball) or
+diag(1 / (sqrt(nuhat) + eps)), nuhat = nu / (1 - b2^(k+1)), and at the edge G = grad L + (1/2) grad <Sigma, H>
+(the averaged gradient at the oscillation's centre, as for GD) and o = diag(H Sigma H) (the squared
+gradient's oscillation, as for RMSProp). Its edge: linearised with D frozen, along an eigenvector of
+S = D^{1/2} H D^{1/2} with eigenvalue lambda the two-step recursion m_{k+1} = b m_k + (1 - b) lambda y_k,
+y_{k+1} = y_k - eta s m_{k+1} has a period-2 solution exactly when eta s (1 - b) lambda = 2 (1 + b): the edge
+2 (1 + beta) / eta for heavy ball and 2 (1 + b1) / (eta (1 - b1)) for Adam (38 / eta at b1 = 0.9, Cohen et
+al. 2022; taken with m's bias correction settled, s = 1). On the edge's period-2 orbit heavy ball's iterates
+are those of GD with step eta / (1 + beta). Each step of size h is a semi-implicit Euler step: the moments
+first (m += ((1 - b) h / eta) (G - m), nu likewise), then theta -= h s D m with the new ones; at h = eta
+and X = 0 it is the optimizer itself, step for step. X comes from the look-ahead of that step, as for GD: the
+sharpness at the next point changes by -t_ij . (theta_+ - theta), where theta_+ - theta = -h s D m_+ and
+m_+ is affine in X through G, and (Adam) by edge u_i^T diag(delta sqrt(nuhat)) u_j as D moves (H U =
+edge D^{-1} U at the edge, as for RMSProp), where nu two steps ahead is affine in X through o, and
+sqrt(nuhat) is linearised about the present nu (so an orbit is a fixed point of the flow exactly). S is
+measured with the preconditioner of the last step (at t = 0, of the first). Cost a step: that of GD's flow
+(2k Hessian-vector products, k(k+1)/2 third-derivative rows); memory O(p k^2).
 """
 
 import diffrax
@@ -74,7 +99,7 @@ from ._trajectory import (
     finish,
 )
 
-__all__ = ["PAST_EDGE", "RMSProp", "sdcp", "central_flow"]
+__all__ = ["PAST_EDGE", "Adam", "Momentum", "RMSProp", "sdcp", "central_flow"]
 
 _COLD, _REFRESH = 100, 10  # Rayleigh-Ritz steps for the eigenpairs at the start and at each save
 PAST_EDGE = 0.01  # eta lambda > 2 (1 + this): past the edge, not held at it (held ones sit within O(h))
@@ -154,12 +179,33 @@ class RMSProp(eqx.Module):
     """RMSProp as `optax.rmsprop(eta, decay=decay, eps=eps, initial_scale=initial_scale)` runs it (eps inside
     the square root, no momentum, no centring, no bias correction): nu_0 = initial_scale,
     nu_{k+1} = decay nu_k + (1 - decay) g_k^2, theta_{k+1} = theta_k - eta g_k / sqrt(nu_{k+1} + eps).
-    `central_flow(..., rmsprop=RMSProp(...))` is its central flow (module docstring). Checked when built:
+    `central_flow(..., optimizer=RMSProp(...))` is its central flow (module docstring). Checked when built:
     0 < decay < 1, eps > 0, initial_scale >= 0."""
 
     decay: Array = eqx.field(converter=lambda v: checks.unit_interval("decay", v))
     eps: Array = eqx.field(converter=lambda v: checks.positive("eps", v))
     initial_scale: Array = eqx.field(converter=lambda v: checks.non_negative("initial_scale", v), default=0.0)
+
+
+class Momentum(eqx.Module):
+    """Heavy-ball momentum as `optax.sgd(eta, momentum=beta)` runs it: m_0 = 0, m_{k+1} = g_k + beta m_k,
+    theta_{k+1} = theta_k - eta m_{k+1}. `central_flow(..., optimizer=Momentum(beta))` is its central flow
+    (module docstring): its edge is at eta lambda_max(H) = 2 (1 + beta). Checked when built: 0 < beta < 1."""
+
+    beta: Array = eqx.field(converter=lambda v: checks.unit_interval("beta", v))
+
+
+class Adam(eqx.Module):
+    """Adam as `optax.adam(eta, b1, b2, eps)` runs it (eps outside the square root, bias-corrected moments):
+    m_0 = nu_0 = 0, m_{k+1} = b1 m_k + (1 - b1) g_k, nu_{k+1} = b2 nu_k + (1 - b2) g_k^2,
+    theta_{k+1} = theta_k - eta mhat / (sqrt(nuhat) + eps) with mhat = m_{k+1} / (1 - b1^{k+1}) and
+    nuhat = nu_{k+1} / (1 - b2^{k+1}). `central_flow(..., optimizer=Adam(...))` is its central flow (module
+    docstring): its edge is at eta lambda_max(P^{-1} H) = 2 (1 + b1) / (1 - b1) (38 at b1 = 0.9; Cohen et al.
+    2022), P = diag(sqrt(nuhat) + eps). Checked when built: 0 < b1, b2 < 1, eps > 0."""
+
+    b1: Array = eqx.field(converter=lambda v: checks.unit_interval("b1", v), default=0.9)
+    b2: Array = eqx.field(converter=lambda v: checks.unit_interval("b2", v), default=0.999)
+    eps: Array = eqx.field(converter=lambda v: checks.positive("eps", v), default=1e-8)
 
 
 class _Edge(eqx.Module):
@@ -183,7 +229,7 @@ def central_flow(
     t1,
     num_eigs: int = 3,
     substeps: int = 4,
-    rmsprop: RMSProp | None = None,
+    optimizer: "RMSProp | Momentum | Adam | None" = None,
     ts=None,
     save_every=None,
     num_saves: int = 101,
@@ -193,7 +239,7 @@ def central_flow(
     throw: bool = True,
 ) -> Trajectory:
     """The central flow of GD with step `eta` from `params0`, in gradient-flow time t = eta k, to `t1`
-    (of RMSProp with `rmsprop`: module docstring).
+    (of RMSProp, heavy-ball momentum or Adam with `optimizer`: module docstring).
 
     **Arguments:**
 
@@ -208,19 +254,23 @@ def central_flow(
       already taken, no further ones; before the edge gradient flow to O(h)) or another diffrax solver
       for each step with Sigma frozen (`diffrax.Heun()`: before the edge gradient flow to O(h^2), at about
       twice the cost a step).
-    - `rmsprop`: an `RMSProp`, or None (GD); `metrics`, `throw` as for `gradient_flow`.
+    - `optimizer`: None (GD), an `RMSProp`, a `Momentum` (heavy ball) or an `Adam`: the flow of that
+      optax optimizer at step `eta` (module docstring); `metrics`, `throw` as for `gradient_flow`. The
+      flows of momentum and Adam take their own semi-implicit Euler step (`solver` None or Euler).
 
     Records `loss`, `predicted_loss` = L + (1/2) <Sigma, H> (GD's time-averaged loss), `eigenvalues` (the
     top num_eigs of H, descending, shape (T, num_eigs)), `eigen_residual` (||H u_i - lambda_i u_i|| of
     those eigenpairs, (T, num_eigs): the eigenpairs are tracked, not solved to a tolerance, and H has an
     eigenvalue within the residual of each), `edge_count` (the rank of X: eigenvalues held at the edge),
     `edge_saturated` (edge_count == num_eigs: more eigenvalues may have reached the edge untracked; raise
-    num_eigs), `past_edge` (how many tracked eigenvalues have eta lambda > 2 (1 + `PAST_EDGE`): at t = 0, a
-    start already past the edge, which GD leaves by a transient the flow does not describe), `sigma_trace`
-    = tr Sigma (GD's mean squared oscillation), and any `metrics`. With `rmsprop` (an `RMSProp`):
-    `eigenvalues` and `eigen_residual` are the preconditioned Hessian's D^{1/2} H D^{1/2}, the edge is at
-    eta lambda = 2 on it, and `nu` (T, p) records RMSProp's second-moment estimate (flattened as
-    `problem.ravel`).
+    num_eigs), `threshold` (the edge: 2 / eta for GD and RMSProp, 2 (1 + beta) / eta for momentum,
+    2 (1 + b1) / (eta (1 - b1)) for Adam), `past_edge` (how many tracked eigenvalues exceed the threshold by
+    more than a fraction `PAST_EDGE`: at t = 0, a start already past the edge, which the optimizer leaves by
+    a transient the flow does not describe), `sigma_trace` = tr Sigma (the mean squared oscillation), and any
+    `metrics`. With an `RMSProp` or an `Adam`: `eigenvalues` and `eigen_residual` are the preconditioned
+    Hessian's D^{1/2} H D^{1/2}, the edge is on it, and `nu` (T, p) records the second-moment estimate
+    (flattened as `problem.ravel`); with a `Momentum` or an `Adam`, `momentum` (T, p) the averaged gradient m
+    (optax's trace times 1 - beta for momentum; Adam's m).
 
     eta may be traced (`jax.vmap` over step sizes); t1 and the save times must then lie on every eta's step
     grid. The result (`flows/_trajectory.py`): `DIVERGED` when the loss becomes non-finite; `UNBOUNDED` when
@@ -230,8 +280,8 @@ def central_flow(
     **Returns:** a `Trajectory` with `clock="t"`.
 
     **Raises:** `ValueError` naming a bad argument (`t1` or a save time off the step grid, `num_eigs` above
-    p, an `rmsprop` that is not an `RMSProp`); with `throw=True`, `equinox.EquinoxRuntimeError` for each
-    failed result above.
+    p, an `optimizer` of another type, a `solver` other than Euler for momentum or Adam); with
+    `throw=True`, `equinox.EquinoxRuntimeError` for each failed result above.
     """
     params0 = check_start(problem, params0)
     eta = checks.positive("eta", eta)
@@ -240,8 +290,16 @@ def central_flow(
     num_eigs = checks.positive_int("num_eigs", num_eigs)
     if num_eigs > problem.num_params:
         raise ValueError(f"num_eigs = {num_eigs} exceeds the number of parameters, {problem.num_params}")
-    if rmsprop is not None and not isinstance(rmsprop, RMSProp):
-        raise ValueError(f"rmsprop must be a flows.RMSProp or None, got {type(rmsprop).__name__}")
+    if optimizer is not None and not isinstance(optimizer, (RMSProp, Momentum, Adam)):
+        raise ValueError(
+            f"optimizer must be a flows.RMSProp, flows.Momentum, flows.Adam or None (GD), got "
+            f"{type(optimizer).__name__}"
+        )
+    if isinstance(optimizer, (Momentum, Adam)) and not isinstance(solver, (diffrax.Euler, type(None))):
+        raise ValueError(
+            f"solver: the central flows of momentum and Adam take their own semi-implicit Euler step (the "
+            f"optimizer itself at substeps = 1), got {type(solver).__name__}"
+        )
     saves = Saves(ts, save_every, num_saves, save_params)
     solve = Solve(solver or diffrax.Euler())  # fixed steps h: no tolerances
     h = eta / substeps
@@ -256,13 +314,13 @@ def central_flow(
         solve,
         default_metrics(metrics),
         saves.params,
-        rmsprop,
+        optimizer,
     )
     return finish("central_flow", traj, throw)
 
 
 @compiled
-def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metrics, save_params, rmsprop):
+def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metrics, save_params, optimizer):
     flat0, unravel = problem.ravel(params0)
     solver = solve.solver
     euler = isinstance(solver, diffrax.Euler)
@@ -270,6 +328,7 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
     eta = jnp.asarray(eta, dtype)
     h = eta / substeps
     p = flat0.size
+    rmsprop = optimizer if isinstance(optimizer, RMSProp) else None
     if rmsprop is not None:
         rate = jnp.asarray((1 - rmsprop.decay) / rmsprop.decay, dtype)  # c
         eps = jnp.asarray(rmsprop.eps, dtype)
@@ -284,7 +343,18 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
     k = num_eigs
     upper = jnp.triu_indices(k)
 
-    def edge(w, nu, U0, iterations=1) -> _Edge:
+    def third_derivatives(w, U):
+        """t_ij = grad_theta (u_i^T H u_j), (k, k, p)."""
+        rows = jax.vmap(lambda u, v: jax.grad(quad)(w, u, v))(U.T[upper[0]], U.T[upper[1]])  # i <= j
+        return jnp.zeros((k, k, p), dtype).at[upper].set(rows).at[upper[1], upper[0]].set(rows)
+
+    def preconditioned_eigenpairs(hvp, d, U0, iterations):
+        """The top eigenpairs (lambda, V) of S = D^(1/2) H D^(1/2), U = D^(1/2) V, the residuals."""
+        root = jnp.sqrt(d)
+        lam, V, residual = _top_eigenpairs(lambda v: root * hvp(root * v), U0, iterations)
+        return lam, V, root[:, None] * V, residual
+
+    def gd_edge(w, nu, U0, iterations, j) -> _Edge:
         """GD (nu None): the top eigenpairs of H, and X. RMSProp: those of S = D^(1/2) H D^(1/2), and
         U = D^(1/2) V."""
         g, hvp = jax.linearize(jax.grad(loss), w)  # the gradient comes with the products' linearisation
@@ -293,11 +363,8 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
             V = U
         else:
             d = lax.rsqrt(nu + eps)
-            root = jnp.sqrt(d)
-            lam, V, residual = _top_eigenpairs(lambda v: root * hvp(root * v), U0, iterations)
-            U = root[:, None] * V
-        rows = jax.vmap(lambda u, v: jax.grad(quad)(w, u, v))(U.T[upper[0]], U.T[upper[1]])  # t_ij, i <= j
-        T = jnp.zeros((k, k, p), dtype).at[upper].set(rows).at[upper[1], upper[0]].set(rows)
+            lam, V, U, residual = preconditioned_eigenpairs(hvp, d, U0, iterations)
+        T = third_derivatives(w, U)
         if nu is None:
             A = jnp.diag(2 / eta - lam) + h * jnp.einsum("ijp,p->ij", T, g)
             B = (h / 2) * jnp.einsum("ijp,klp->ijkl", T, T)
@@ -327,9 +394,13 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
 
     term = diffrax.ODETerm(field if rmsprop is None else rmsprop_field)
 
-    def step(w, nu, e):
+    def root_sigma(e):
+        """V with Sigma = V V^T."""
         mu, Q = jnp.linalg.eigh(e.X)
-        V = e.U @ (Q * jnp.sqrt(jnp.maximum(mu, 0))[None, :])
+        return e.U @ (Q * jnp.sqrt(jnp.maximum(mu, 0))[None, :])
+
+    def gd_step(w, nu, e, j):
+        V = root_sigma(e)
         if euler:  # the field at w from the edge quantities: (1/2) grad <Sigma, H> = (1/2) sum_ij X_ij t_ij
             velocity = -(e.gradient + 0.5 * jnp.einsum("ij,ijp->p", e.X, e.T))
             if nu is None:
@@ -346,7 +417,90 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
         state = solver.init(term, zero, h, (w, nu), args)
         return solver.step(term, zero, h, (w, nu), args, state, made_jump=True)[0]
 
-    def record(w, nu, e):
+    def gd_threshold(j):
+        return 2 / eta
+
+    if isinstance(optimizer, (Momentum, Adam)):
+        adam = isinstance(optimizer, Adam)
+        b1 = jnp.asarray(optimizer.b1 if adam else optimizer.beta, dtype)
+        fast = (1 - b1) / substeps  # m's share a substep: m <- m + fast (G - m)
+        if adam:
+            b2 = jnp.asarray(optimizer.b2, dtype)
+            slow = (1 - b2) / substeps  # nu's
+            eps = jnp.asarray(optimizer.eps, dtype)
+
+        def gain(j):
+            """s: the step moves theta by -h s D m at t = j h (1 / (1 - beta); Adam's bias correction)."""
+            return 1 / (1 - b1 ** (jnp.asarray(j + 1, dtype) / substeps)) if adam else 1 / (1 - b1)
+
+        def threshold(j):
+            """The edge: 2 (1 + beta) / eta (momentum), 2 (1 + b1) / (eta (1 - b1)) (Adam, once m's bias
+            correction has settled: the first ~1 / (1 - b1) steps, longer ones, are a transient held at no
+            edge)."""
+            return 2 * (1 + b1) / (eta * (1 if adam else gain(j)) * (1 - b1))
+
+        def correction(j):
+            """nu's bias correction 1 / (1 - b2^(k + 1)) of the step from t = j h."""
+            return 1 / (1 - b2 ** (jnp.asarray(j + 1, dtype) / substeps))
+
+        def measured(state, g, j):
+            """nuhat of the preconditioner D the edge is measured with: the last step's (at t = 0, the first
+            step's at X = 0, nu_0 = 0 having none)."""
+            nu = state[1]
+            first = correction(0) * (nu + slow * (g**2 - nu))
+            return jnp.where(j == 0, first, correction(jnp.maximum(j - 1, 0)) * nu)
+
+        def edge(w, state, U0, iterations, j) -> _Edge:
+            """The top eigenpairs of H (momentum) or of S = D^(1/2) H D^(1/2) (Adam, `measured`), and X from
+            a look-ahead of one step (module docstring)."""
+            m, nu = state
+            g, hvp = jax.linearize(jax.grad(loss), w)
+            m_ahead = m + fast * (g - m)  # at X = 0
+            s, edge_at = gain(j), threshold(j)
+            if adam:
+                q = jnp.sqrt(measured(state, g, j))
+                d = 1 / (q + eps)
+                lam, V, U, residual = preconditioned_eigenpairs(hvp, d, U0, iterations)
+            else:
+                d = jnp.ones((), dtype)
+                lam, U, residual = _top_eigenpairs(hvp, U0, iterations)
+                V = U
+            T = third_derivatives(w, U)
+            A = jnp.diag(threshold(j + 1) - lam) + h * s * jnp.einsum("ijp,p->ij", T, d * m_ahead)
+            B = (h * s * fast / 2) * jnp.einsum("ijp,klp,p->ijkl", T, T, d * jnp.ones(p, dtype))
+            if adam:
+                # The next step's sqrt(nuhat), linearised about the present nu: its nu is
+                # nu00 + slow (2 - slow) o(X) (two moves of nu with the oscillation o(X) = diag(H Sigma H)
+                # = edge_at^2 D^-2 diag(U X U^T) held), and each unit of sqrt(nuhat) lowers S's sharpness
+                # along u by edge_at u^2.
+                UU = jnp.einsum("pi,pj->pij", U, U)
+                nu0 = nu + slow * (g**2 - nu)
+                nu00 = nu0 + slow * (g**2 - nu0)
+                ref = jnp.sqrt(correction(j + 1) * nu)
+                slope = correction(j + 1) / (2 * jnp.maximum(ref, eps))
+                A = A + edge_at * jnp.einsum("pij,p->ij", UU, ref - q + slope * (nu00 - nu))
+                weight = edge_at**3 * slow * (2 - slow) * slope / d**2
+                B = B + jnp.einsum("pij,pkl,p->ijkl", UU, UU, weight)
+            X, result = sdcp(A, B)
+            return _Edge(lam, U, X, residual, result, V, g, T)
+
+        def step(w, state, e, j):
+            """The semi-implicit Euler step: the moments first, then theta with the new ones (substeps = 1:
+            the optimizer itself)."""
+            m, nu = state
+            m = m + fast * (e.gradient + 0.5 * jnp.einsum("ij,ijp->p", e.X, e.T) - m)
+            if not adam:
+                return w - h * gain(j) * m, (m, None)
+            # diag(H Sigma H), H U = edge_at D^-1 U at the edge (D as measured)
+            d = 1 / (jnp.sqrt(measured(state, e.gradient, j)) + eps)
+            oscillation = (threshold(j) / d) ** 2 * jnp.sum(root_sigma(e) ** 2, axis=1)
+            nu = nu + slow * (e.gradient**2 + oscillation - nu)
+            return w - h * gain(j) * m / (jnp.sqrt(correction(j) * nu) + eps), (m, nu)
+
+    else:
+        edge, step, threshold = gd_edge, gd_step, gd_threshold
+
+    def record(w, state, e, j):
         params = unravel(w)
         stats = evaluate(problem, params, metrics)
         x_eigs = jnp.linalg.eigvalsh(e.X)
@@ -355,13 +509,16 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
             "predicted_loss": stats["loss"] + 0.5 * jnp.sum(jnp.diag(e.X) * e.eigenvalues),
             "eigenvalues": e.eigenvalues,
             "eigen_residual": e.residual,
+            "threshold": threshold(j) * jnp.ones((), dtype),
             "edge_count": edge_count,
             "edge_saturated": edge_count == k,
-            "past_edge": jnp.sum(eta * e.eigenvalues > 2 * (1 + PAST_EDGE)),
-            "sigma_trace": jnp.trace(e.X) if nu is None else jnp.sum((e.U @ e.X) * e.U),
+            "past_edge": jnp.sum(e.eigenvalues > threshold(j) * (1 + PAST_EDGE)),
+            "sigma_trace": jnp.sum((e.U @ e.X) * e.U),
         }
-        if nu is not None:
-            stats["nu"] = nu
+        if isinstance(optimizer, (RMSProp, Adam)):
+            stats["nu"] = state if rmsprop is not None else state[1]
+        if isinstance(optimizer, (Momentum, Adam)):
+            stats["momentum"] = state[0]
         return (params if save_params else None), stats
 
     # One loop, each quantity traced once: at a save index the point is recorded (eigenpairs refreshed by
@@ -369,30 +526,35 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
     # quantities (computed once a point), unless the next save is at the same index or none is left.
     saves = index.shape[0]
     U0 = _initial_vectors(p, k, dtype)
-    nu0 = None if rmsprop is None else jnp.full(p, rmsprop.initial_scale, dtype)
+    if isinstance(optimizer, RMSProp):
+        state0 = jnp.full(p, optimizer.initial_scale, dtype)
+    elif isinstance(optimizer, (Momentum, Adam)):
+        state0 = (jnp.zeros(p, dtype), jnp.zeros(p, dtype) if isinstance(optimizer, Adam) else None)
+    else:
+        state0 = None
+    zero = jnp.zeros((), jnp.int32)
     out = jax.tree.map(
         lambda x: jnp.zeros((saves, *x.shape), x.dtype),
-        jax.eval_shape(lambda: record(flat0, nu0, edge(flat0, nu0, U0))),
+        jax.eval_shape(lambda: record(flat0, state0, edge(flat0, state0, U0, 1, zero), zero)),
     )
 
-    def body(state):
-        w, nu, U, j, s, out, result = state
+    def body(carry):
+        w, state, U, j, s, out, result = carry
         at_save = (s < saves) & (index[jnp.minimum(s, saves - 1)] == j)
         iterations = jnp.where(j + s == 0, _COLD, jnp.where(at_save, _REFRESH, 1))
-        e = edge(w, nu, U, iterations)
+        e = edge(w, state, U, iterations, j)
         result = jnp.where(result == SUCCESSFUL, e.result, result)  # the first failure of sdcp
 
         def save(out):
-            return jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, nu, e))
+            return jax.tree.map(lambda buf, x: buf.at[s].set(x), out, record(w, state, e, j))
 
         out = lax.cond(at_save, save, lambda out: out, out)
         s = s + at_save.astype(s.dtype)
         more = (s < saves) & (index[jnp.minimum(s, saves - 1)] != j)
-        w, nu, j = lax.cond(more, lambda: (*step(w, nu, e), j + 1), lambda: (w, nu, j))
-        return w, nu, e.start, j, s, out, result
+        w, state, j = lax.cond(more, lambda: (*step(w, state, e, j), j + 1), lambda: (w, state, j))
+        return w, state, e.start, j, s, out, result
 
-    zero = jnp.zeros((), jnp.int32)
-    init = (flat0, nu0, U0, zero, zero, out, jnp.asarray(SUCCESSFUL))
+    init = (flat0, state0, U0, zero, zero, out, jnp.asarray(SUCCESSFUL))
     *_, (params, stats), result = lax.while_loop(lambda c: c[4] < saves, body, init)
     result = diverged_where(result, stats["loss"])
     return Trajectory(ts=index.astype(dtype) * h, params=params, stats=stats, clock="t", result=result)

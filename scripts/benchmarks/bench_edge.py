@@ -15,9 +15,11 @@ the k x k complementarity problem is added.
   gradients a stage);
 - Edge Flow (`flows.edge_flow`, 4 substeps a GD step);
 - RMSProp (`optax.rmsprop`, eta = 0.01, decay 0.99, eps 1e-8, nu_0 the mean squared first gradient) and
-  its central flow (`rmsprop=flows.RMSProp(...)`, the same settings).
+  its central flow (`optimizer=flows.RMSProp(...)`, the same settings);
+- heavy ball (`optax.sgd`, eta = 0.5, momentum 0.9) and its central flow (`optimizer=flows.Momentum(0.9)`);
+- Adam (`optax.adam`, eta = 0.01, b1 0.9, b2 0.999) and its central flow (`optimizer=flows.Adam()`).
 
-Printed: seconds per unit of t, the ratio to the optimizer's own step (GD's or RMSProp's), and each flow's
+Printed: seconds per unit of t, the ratio to the optimizer's own step (GD's, RMSProp's, ...), and each flow's
 gradients a substep and a GD step. Targets (issue 46): the central flow <= 20 gradients a substep at k = 2,
 Edge Flow <= 5 a GD step.
 """
@@ -37,6 +39,9 @@ from models import CNN, Problem, data
 ETA, ETA_RMSPROP, STEPS, SUBSTEPS, EIGS = 0.5, 0.01, 10, 4, 2
 GD_ROWS = ("GD", "central flow (Euler)", "central flow (Heun)", "Edge Flow")
 RMSPROP_ROWS = ("RMSProp", "central flow of RMSProp (Euler)")
+MOMENTUM_ROWS = ("momentum", "central flow of momentum")
+ADAM_ROWS = ("Adam", "central flow of Adam")
+BASES = (("GD", GD_ROWS), ("RMSProp", RMSPROP_ROWS), ("momentum", MOMENTUM_ROWS), ("Adam", ADAM_ROWS))
 SIZES = {"quick (n=128, (4, 8))": (128, (4, 8)), "wide (n=512, (32, 32))": (512, (32, 32))}
 
 
@@ -76,7 +81,14 @@ def runs(P):
         "Edge Flow": (lambda p, s: edge(p, s).stats, ETA),
         "RMSProp": (lambda p, s: gd(p, ETA_RMSPROP, optimizer, s).stats, ETA_RMSPROP),
         "central flow of RMSProp (Euler)": (
-            lambda p, s: cf(p, ETA_RMSPROP, s, rmsprop=rms).stats,
+            lambda p, s: cf(p, ETA_RMSPROP, s, optimizer=rms).stats,
+            ETA_RMSPROP,
+        ),
+        "momentum": (lambda p, s: gd(p, ETA, functools.partial(optax.sgd, momentum=0.9), s).stats, ETA),
+        "central flow of momentum": (lambda p, s: cf(p, ETA, s, optimizer=flows.Momentum(0.9)).stats, ETA),
+        "Adam": (lambda p, s: gd(p, ETA_RMSPROP, optax.adam, s).stats, ETA_RMSPROP),
+        "central flow of Adam": (
+            lambda p, s: cf(p, ETA_RMSPROP, s, optimizer=flows.Adam()).stats,
             ETA_RMSPROP,
         ),
     }
@@ -102,10 +114,10 @@ def main(argv=None):
             extra = {name: t[name, 2 * STEPS] - t[name, STEPS] for name, steps in calls if steps == STEPS}
             per_t = {name: extra[name] / (calls[name, STEPS][1] * STEPS) for name in extra}
             gradient = t["gradient", 1]
-            for base, names in (("GD", GD_ROWS), ("RMSProp", RMSPROP_ROWS)):
+            for base, names in BASES:
                 title = f"edge flows per unit of t, tanh CNN {size}, p={P.num_params}, k={EIGS}, float32"
                 out += table(title, [(name, per_t[name]) for name in names], base)
-            for name in (*GD_ROWS[1:], *RMSPROP_ROWS[1:]):  # the flows' substeps
+            for name in (name for _, names in BASES for name in names[1:]):  # the flows' substeps
                 substep = extra[name] / (STEPS * SUBSTEPS) / gradient
                 target = "Edge Flow: <= 5 a GD step" if name == "Edge Flow" else "central flow: <= 20"
                 per_step = SUBSTEPS * substep

@@ -204,7 +204,7 @@ def test_rmsprop_central_flow_matches_the_closed_form_edge_orbit_and_rmsprop_tim
     y_star, a2, nu_x = rmsprop_edge(eta, Y, decay, eps)
     P = edge_toy(Y)
     flow = central_flow(
-        P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41, rmsprop=flows.RMSProp(decay, eps)
+        P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41, optimizer=flows.RMSProp(decay, eps)
     )
     predicted = 0.5 * (y_star - Y) ** 2 + 0.5 * (1 + y_star) * a2
     assert float(flow.final.w[1]) == pytest.approx(y_star, rel=1e-8)
@@ -232,7 +232,7 @@ def test_rmsprop_central_flow_in_float32_holds_the_same_edge():
     with jax.enable_x64(False):
         P = float32(edge_toy(Y))
         flow = central_flow(
-            P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41, rmsprop=flows.RMSProp(decay, eps)
+            P, P.params, eta=eta, t1=200.0, num_eigs=1, num_saves=41, optimizer=flows.RMSProp(decay, eps)
         )
         assert flow.final.w.dtype == jnp.float32 and flow.stats["nu"].dtype == jnp.float32
     assert float(flow.final.w[1]) == pytest.approx(y_star, rel=1e-5)
@@ -270,7 +270,7 @@ def test_rmsprop_central_flow_is_the_preconditioned_gradient_flow_before_the_edg
     errors = []
     for substeps in (2, 4):
         flow = central_flow(
-            P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps, rmsprop=rms,
+            P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps, optimizer=rms,
             solver=solver,
         )  # fmt: skip
         assert float(jnp.max(flow.stats["eigenvalues"])) * eta < 1
@@ -294,8 +294,191 @@ def test_rmsprop_arguments_are_checked():
     with pytest.raises(ValueError, match="eps must be > 0"):
         flows.RMSProp(0.9, 0.0)
     # ValueError from the flow; under the tests' runtime type checker, its error naming the argument first
-    with pytest.raises(Exception, match="rmsprop"):
-        central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, rmsprop=optax.rmsprop(0.5))
+    with pytest.raises(Exception, match="optimizer"):
+        central_flow(P, P.params, eta=0.5, t1=1.0, num_eigs=1, optimizer=optax.rmsprop(0.5))
+
+
+MOMENTUM_AND_ADAM = [
+    (flows.Momentum(0.9), functools.partial(optax.sgd, momentum=0.9)),
+    (flows.Adam(0.9, 0.99, 1e-8), functools.partial(optax.adam, b1=0.9, b2=0.99, eps=1e-8)),
+]
+
+
+@pytest.mark.parametrize("optimizer, reference", MOMENTUM_AND_ADAM, ids=["momentum", "adam"])
+def test_momentum_and_adam_central_flows_at_one_substep_are_the_optimizers_before_the_edge(
+    optimizer, reference
+):
+    """With substeps = 1 and no eigenvalue at the edge, each step of the flow is one step of the optax
+    optimizer (the moments first, then theta with the new ones; Adam's bias corrections): the same
+    iterates."""
+    P = two_layer()
+    eta, steps = 0.05, 20
+    flow = central_flow(
+        P, P.params, eta=eta, t1=eta * steps, num_eigs=2, num_saves=steps + 1, substeps=1, optimizer=optimizer
+    )
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int32 and float
+        run = gd(P, P.params, steps=steps, eta=eta, save_every=1, optimizer=reference)
+    assert np.all(np.asarray(flow.stats["edge_count"]) == 0)
+    assert float(jnp.max(flow.stats["eigenvalues"][:, 0] / flow.stats["threshold"])) < 0.5
+    np.testing.assert_allclose(flow.stats["loss"], run.stats["loss"], rtol=1e-12)
+    np.testing.assert_allclose(P.ravel(flow.final)[0], P.ravel(run.final)[0], rtol=1e-12, atol=1e-14)
+
+
+def test_momentum_central_flow_is_its_stable_flow_before_the_edge():
+    """Below the edge X = 0 and each step is a semi-implicit Euler step of d theta/dt = -m / (1 - beta),
+    dm/dt = ((1 - beta) / eta) (g - m) (m: optax's trace times 1 - beta), written here and solved by diffrax
+    at 1e-10: the error falls like h; and the iterates the flow records as `momentum` are m."""
+    P = two_layer()
+    eta, beta = 0.05, 0.9
+    flat0, unravel = P.ravel(P.params)
+
+    def field(t, y, args):
+        w, m = y
+        g = P.ravel(P.grad(unravel(w)))[0]
+        return -m / (1 - beta), ((1 - beta) / eta) * (g - m)
+
+    solved = diffrax.diffeqsolve(
+        diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 1.0, 0.01, (flat0, jnp.zeros_like(flat0)),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+    ).ys  # fmt: skip
+    reference = jnp.concatenate([solved[0][-1], solved[1][-1]])
+    errors = []
+    for substeps in (2, 4):
+        flow = central_flow(
+            P, P.params, eta=eta, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps,
+            optimizer=flows.Momentum(beta),
+        )  # fmt: skip
+        assert np.all(np.asarray(flow.stats["sigma_trace"]) == 0)
+        got = jnp.concatenate([P.ravel(flow.final)[0], flow.stats["momentum"][-1]])
+        errors.append(float(jnp.linalg.norm(got - reference)))
+    assert 0.7 < np.log2(errors[0] / errors[1]) < 1.3, errors
+    assert errors[-1] < 0.05 * float(jnp.linalg.norm(reference)), errors
+
+
+def test_adam_central_flow_converges_at_first_order_before_the_edge():
+    """Adam's flow before the edge (its bias corrections make the ODE singular at t = 0, so no solver is
+    asked): the gaps between the flows at h, h / 2 and h / 4 halve, as a first-order scheme's do."""
+    P = two_layer()
+    optimizer = flows.Adam(0.9, 0.99, 1e-8)
+    finals = []
+    for substeps in (2, 4, 8):
+        flow = central_flow(
+            P, P.params, eta=0.05, t1=1.0, num_eigs=2, num_saves=2, substeps=substeps, optimizer=optimizer
+        )
+        assert np.all(np.asarray(flow.stats["edge_count"]) == 0)
+        finals.append(
+            jnp.concatenate([P.ravel(flow.final)[0], flow.stats["nu"][-1], flow.stats["momentum"][-1]])
+        )
+    gaps = [float(jnp.linalg.norm(a - b)) for a, b in zip(finals, finals[1:])]
+    assert 0.7 < np.log2(gaps[0] / gaps[1]) < 1.3, gaps
+
+
+def momentum_edge(Y, beta, gap):
+    """Heavy ball's edge orbit on the toy: x = +-a, y = y* is a 2-cycle of m_{k+1} = g_k + beta m_k,
+    theta_{k+1} = theta_k - eta m_{k+1} when GD's is with step eta / (1 + beta) (the oscillating part of m is
+    g's over 1 + beta): 1 + y* = 2 (1 + beta) / eta, a^2 = 2 (Y - y*). Returns (eta, y*, a^2) for
+    y* = Y - gap."""
+    y_star = Y - gap
+    return 2 * (1 + beta) / (1 + y_star), y_star, 2 * gap
+
+
+@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
+def test_momentum_central_flow_matches_the_closed_form_edge_orbit_and_momentum_time_average(x64):
+    """The heavy-ball flow lands on the toy's heavy-ball orbit (`momentum_edge`): y*, Sigma = a^2, the
+    sharpness at 2 (1 + beta) / eta, m = 0, and optax.sgd(momentum=beta)'s own time-averaged loss; plain GD's
+    flow at the same eta holds another edge."""
+    Y, beta = 4.0, 0.5
+    eta, y_star, a2 = momentum_edge(Y, beta, 0.2)
+    predicted = 0.5 * (y_star - Y) ** 2 + 0.5 * (1 + y_star) * a2
+    P = edge_toy(Y, x0=0.05)
+    rel = 1e-8 if x64 else 1e-5
+    with jax.enable_x64(x64):
+        Q = P if x64 else float32(P)
+        flow = central_flow(
+            Q, Q.params, eta=eta, t1=eta * 400, num_eigs=1, num_saves=41, optimizer=flows.Momentum(beta)
+        )
+        assert flow.final.w.dtype == (jnp.float64 if x64 else jnp.float32)
+    assert float(flow.final.w[1]) == pytest.approx(y_star, rel=rel)
+    assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(a2, rel=rel)
+    assert float(flow.stats["predicted_loss"][-1]) == pytest.approx(predicted, rel=rel)
+    assert float(flow.stats["eigenvalues"][-1, 0]) == pytest.approx(2 * (1 + beta) / eta, rel=rel)
+    assert float(flow.stats["threshold"][-1]) == pytest.approx(2 * (1 + beta) / eta, rel=1e-6)
+    assert float(jnp.max(jnp.abs(flow.stats["momentum"][-1]))) < 1e-4
+    assert int(flow.stats["edge_count"][-1]) == 1 and int(flow.stats["edge_count"][0]) == 0
+    if not x64:
+        return
+    run = gd(
+        P, P.params, steps=4000, eta=eta, save_every=1, optimizer=functools.partial(optax.sgd, momentum=beta)
+    )
+    assert float(run.stats["loss"][2000:].mean()) == pytest.approx(predicted, rel=1e-6)
+    plain = central_flow(P, P.params, eta=eta, t1=eta * 400, num_eigs=1, num_saves=41)
+    assert abs(float(plain.final.w[1]) - y_star) > 0.5
+
+
+def adam_edge(Y, b1, eps, gap):
+    """Adam's edge orbit on the toy (bias corrections settled): x = +-a, y = y* = Y - gap, nu_x = s^2 a^2
+    (s = 1 + y*), nu_y = 0, and the preconditioned sharpness s / (s a + eps) at 2 (1 + b1) / (eta (1 - b1)).
+    Returns (eta, y*, a^2, nu_x)."""
+    s, a2 = Y + 1 - gap, 2 * gap
+    return 2 * (1 + b1) / (1 - b1) * (s * np.sqrt(a2) + eps) / s, s - 1, a2, s**2 * a2
+
+
+@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
+def test_adam_central_flow_matches_the_closed_form_edge_orbit_and_adam_time_average(x64):
+    """Adam's flow lands on the toy's Adam orbit (`adam_edge`), nu_x included, and predicts optax.adam's
+    time-averaged loss."""
+    Y, b1, b2, eps = 4.0, 0.5, 0.9, 1.0
+    eta, y_star, a2, nu_x = adam_edge(Y, b1, eps, 0.2)
+    predicted = 0.5 * (y_star - Y) ** 2 + 0.5 * (1 + y_star) * a2
+    P = edge_toy(Y, x0=0.05)
+    rel = 1e-8 if x64 else 1e-4
+    with jax.enable_x64(x64):
+        Q = P if x64 else float32(P)
+        flow = central_flow(
+            Q, Q.params, eta=eta, t1=eta * 400, num_eigs=1, num_saves=41, optimizer=flows.Adam(b1, b2, eps)
+        )
+        assert flow.stats["nu"].dtype == (jnp.float64 if x64 else jnp.float32)
+    assert float(flow.final.w[1]) == pytest.approx(y_star, rel=rel)
+    assert float(flow.stats["nu"][-1, 0]) == pytest.approx(nu_x, rel=rel)
+    assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(a2, rel=rel)
+    assert float(flow.stats["predicted_loss"][-1]) == pytest.approx(predicted, rel=rel)
+    assert float(flow.stats["eigenvalues"][-1, 0]) == pytest.approx(
+        float(flow.stats["threshold"][-1]), rel=rel
+    )
+    assert int(flow.stats["edge_count"][-1]) == 1
+    if not x64:
+        return
+    adam = functools.partial(optax.adam, b1=b1, b2=b2, eps=eps)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int32 and float
+        run = gd(P, P.params, steps=4000, eta=eta, save_every=1, optimizer=adam)
+    assert float(run.stats["loss"][2000:].mean()) == pytest.approx(predicted, rel=1e-6)
+
+
+def test_momentum_and_adam_central_flows_vmap_over_step_sizes():
+    P = edge_toy()
+    etas = jnp.array([0.5, 0.25])
+    for optimizer in (flows.Momentum(0.5), flows.Adam(0.5, 0.9, 1.0)):
+        both = jax.vmap(
+            lambda eta: central_flow(
+                P, P.params, eta=eta, t1=4.0, num_eigs=1, num_saves=5, optimizer=optimizer
+            )
+        )(etas)
+        one = central_flow(P, P.params, eta=0.25, t1=4.0, num_eigs=1, num_saves=5, optimizer=optimizer)
+        np.testing.assert_allclose(both.params.w[1, -1], one.final.w, rtol=1e-10)
+
+
+def test_momentum_and_adam_arguments_are_checked():
+    P = edge_toy()
+    with pytest.raises(ValueError, match=r"beta must be in \(0, 1\)"):
+        flows.Momentum(1.0)
+    with pytest.raises(ValueError, match=r"b1 must be in \(0, 1\)"):
+        flows.Adam(b1=0.0)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        flows.Adam(eps=-1.0)
+    with pytest.raises(ValueError, match="solver"):
+        central_flow(
+            P, P.params, eta=0.5, t1=1.0, num_eigs=1, optimizer=flows.Momentum(0.9), solver=diffrax.Heun()
+        )
 
 
 def digits_cnn(n, channels, loss="square", flip=0.0):
@@ -371,7 +554,7 @@ def test_rmsprop_central_flow_on_a_cnn_predicts_rmsprop_time_averaged_loss_at_th
     target = np.asarray(statistics.time_average(run, 40).stats["loss"])[ks]
     ts = jnp.asarray(ks * eta)
     rms = flows.RMSProp(decay, eps, scale)
-    cf = central_flow(P, P.params, eta=eta, t1=eta * steps, ts=ts, num_eigs=3, rmsprop=rms)
+    cf = central_flow(P, P.params, eta=eta, t1=eta * steps, ts=ts, num_eigs=3, optimizer=rms)
     edge = (np.asarray(cf.stats["edge_count"]) > 0) & np.isfinite(target)
     assert edge.sum() >= 8 and float(eta * cf.stats["eigenvalues"][0, 0]) < 1.5  # the edge is reached
     cf_error = np.abs(np.asarray(cf.stats["predicted_loss"])[edge] / target[edge] - 1)
@@ -393,8 +576,67 @@ def test_rmsprop_central_flow_on_a_cnn_predicts_rmsprop_time_averaged_loss_at_th
     with jax.enable_x64(False):
         P32 = float32(P)
         low = central_flow(P32, P32.params, eta=eta, t1=eta * steps, ts=jnp.asarray(ts, jnp.float32),
-                           num_eigs=3, rmsprop=flows.RMSProp(decay, eps, scale))  # fmt: skip
+                           num_eigs=3, optimizer=flows.RMSProp(decay, eps, scale))  # fmt: skip
     gap = np.abs(
         np.asarray(low.stats["predicted_loss"], np.float64) / np.asarray(cf.stats["predicted_loss"]) - 1
     )
     assert gap[edge].max() < 1e-2, gap
+
+
+def stable_flow_losses(P, optimizer, eta, steps, ks, substeps=4):
+    """The flow of momentum or Adam without Sigma (X = 0: the optimizer's stable flow), by the same
+    semi-implicit step as the central flow's, written out here: the loss at steps `ks`."""
+    flat0, unravel = P.ravel(P.params)
+    adam = isinstance(optimizer, flows.Adam)
+    b1 = optimizer.b1 if adam else optimizer.beta
+
+    def body(state, j):
+        w, m, nu = state
+        g = jax.grad(lambda v: P.loss(unravel(v)))(w)
+        m = m + (1 - b1) / substeps * (g - m)
+        if adam:
+            nu = nu + (1 - optimizer.b2) / substeps * (g**2 - nu)
+            nuhat = nu / (1 - optimizer.b2 ** ((j + 1) / substeps))
+            w = w - eta / substeps / (1 - b1 ** ((j + 1) / substeps)) * m / (jnp.sqrt(nuhat) + optimizer.eps)
+        else:
+            w = w - eta / substeps / (1 - b1) * m
+        return (w, m, nu), w
+
+    zero = jnp.zeros_like(flat0)
+    _, ws = jax.lax.scan(body, (flat0, zero, zero), jnp.arange(steps * substeps, dtype=flat0.dtype))
+    ws = jnp.concatenate([flat0[None], ws])[np.asarray(ks) * substeps]
+    return np.asarray(jax.vmap(lambda w: P.loss(unravel(w)))(ws))
+
+
+@pytest.mark.slow  # 400 optimizer steps and 1,600 central-flow steps with 3 eigenpairs on a CNN: ~3 min each
+@pytest.mark.parametrize(
+    "optimizer, reference, eta, bound",
+    [
+        (flows.Momentum(0.3), functools.partial(optax.sgd, momentum=0.3), 0.6, 0.07),
+        (flows.Adam(0.5, 0.99, 1e-8), functools.partial(optax.adam, b1=0.5, b2=0.99, eps=1e-8), 0.01, 0.07),
+    ],
+    ids=["momentum", "adam"],
+)
+def test_momentum_and_adam_central_flows_on_a_cnn_predict_the_time_averaged_loss_at_the_edge(
+    optimizer, reference, eta, bound
+):
+    """Heavy ball (beta = 0.3, eta = 0.6: edge 4.3) and Adam (b1 = 0.5, b2 = 0.99, eta = 0.01: edge 600 on
+    the preconditioned Hessian) on the digits CNN: the central flow reaches the edge and holds it; from the
+    edge's opening on its predicted loss is within `bound` on average of the optimizer's loss averaged over
+    40 steps (measured 5.1% and 5.7%: the discrete runs' catapults, spikes the flow smooths, make most of
+    it), closer than the stable flow (8.0% and 61%)."""
+    P = digits_cnn(128, (4, 8), flip=0.2)
+    steps = 400
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int32 and float
+        run = gd(P, P.params, steps=steps, eta=eta, save_every=1, optimizer=reference)
+    ks = np.arange(0, steps + 1, steps // 20)
+    target = np.asarray(statistics.time_average(run, 40).stats["loss"])[ks]
+    cf = central_flow(
+        P, P.params, eta=eta, t1=eta * steps, ts=jnp.asarray(ks * eta), num_eigs=3, optimizer=optimizer
+    )
+    edge = (np.asarray(cf.stats["edge_count"]) > 0) & np.isfinite(target)
+    assert edge.sum() >= 8
+    assert np.allclose(cf.stats["eigenvalues"][edge, 0] / cf.stats["threshold"][edge], 1, atol=0.01)
+    cf_error = np.abs(np.asarray(cf.stats["predicted_loss"])[edge] / target[edge] - 1)
+    sf_error = np.abs(stable_flow_losses(P, optimizer, eta, steps, ks)[edge] / target[edge] - 1)
+    assert cf_error.mean() < bound and sf_error.mean() > 1.4 * cf_error.mean(), (cf_error, sf_error)
