@@ -16,6 +16,7 @@ activations + p)):
     trace_xtrace          2s HVPs, error ~ the tail of the spectrum beyond the s largest / s (XTrace)
     spectral_density      s probes x m Lanczos steps: s m HVPs, memory s m p
     lambda_max            40 HVPs; top_eigenvalues(k) max(4k, 60) HVPs
+    batch_sharpness       num_batches x 40 HVPs on B examples each: E_B lambda_max(H_B)
 Dense matrices (`dense`, `gauss_newton`, `spectrum`) are for small p only.
 
 Every function of `(problem, params, ...)` here is compiled (`equinox.filter_jit`): eager calls with the same
@@ -56,6 +57,7 @@ __all__ = [
     "frobenius_norm_hutchinson",
     "top_eigenvalues",
     "lambda_max",
+    "batch_sharpness",
     "lanczos",
 ]
 
@@ -410,6 +412,47 @@ def lambda_max(problem: Problem, params: PyTree) -> Float[Array, ""]:
 
     **Raises:** as `lanczos`."""
     return top_eigenvalues(problem, params, 1, key=jax.random.key(0), num_iter=min(40, problem.num_params))[0]
+
+
+@_checked
+def batch_sharpness(
+    problem: Problem,
+    params: PyTree,
+    batch_size: int,
+    *,
+    key: PRNGKeyArray,
+    num_batches: int = 16,
+    replace: bool = True,
+    num_iter: int = 40,
+) -> Float[Array, ""]:
+    """The batch sharpness E_B[lambda_max(H_B)]: the mean, over `num_batches` minibatches of B = `batch_size`
+    examples drawn as `flows.sgd` draws them (`replace`), of the top eigenvalue of the minibatch loss's
+    Hessian H_B = hess (1/B) sum_{i in B} l_i, each by `num_iter` Lanczos steps. Where SGD runs at the edge
+    of stability it is this, not the full batch's lambda_max(H), that it holds near 2 / eta (Andreyev &
+    Beneventano 2024); B = n without replacement gives lambda_max(H). Cost num_batches x num_iter
+    Hessian-vector products on B examples, the batches one at a time; memory num_iter p.
+
+    **Arguments:** `problem`, `params`, `batch_size` (1..n), the batches' `key`, `num_batches`, `replace`,
+    `num_iter` (Lanczos steps a batch, at most p).
+
+    **Returns:** the mean, a scalar.
+
+    **Raises:** `ValueError` for a `batch_size` outside 1..n or a bad `num_batches`; as `lanczos`."""
+    from flows._brownian import batch_indices  # the draw flows.sgd makes (flows imports nothing from here)
+
+    batch_size = checks.batch_size(batch_size, problem.n)
+    num_batches = checks.positive_int("num_batches", num_batches)
+    flat, unravel = _ravel(problem, params)
+    num_iter = min(checks.positive_int("num_iter", num_iter), flat.shape[0])
+
+    def top(key):
+        batch_key, start_key = jax.random.split(key)
+        idx = batch_indices(batch_key, problem.n, batch_size, replace)
+        X, y = problem.X[idx], problem.y[idx]
+        _, hvp = jax.linearize(jax.grad(lambda v: problem.loss(unravel(v), X, y)), flat)
+        return lanczos(hvp, flat.shape[0], 1, key=start_key, num_iter=num_iter, dtype=flat.dtype)[0]
+
+    return jnp.mean(lax.map(top, jax.random.split(key, num_batches)))
 
 
 def lanczos(

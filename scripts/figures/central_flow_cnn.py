@@ -21,12 +21,10 @@ Estimators: as `central_flow.py`: losses and distances exact, lambda_max(H) by 4
 (`hessian.lambda_max`, at every GD step), single deterministic runs.
 """
 
-import jax
 import numpy as np
-from common import Figure, images, main
+from common import Figure, main, tanh_cnn
 
 from analysis import compare, plots
-from models import CNN, Problem, data
 
 LOSSES = ("square", "cross_entropy")
 PRESETS = {
@@ -41,22 +39,11 @@ PRESETS = {
 }  # fmt: skip
 
 
-def problem(cfg, loss):
-    """The first n images of 4 classes, `flip` of the labels moved to the next class, and a tanh CNN with one
-    output per class (the same initialisation for both losses)."""
-    X, y = images(cfg["data"], cfg["n"], folder=cfg["cifar10"])
-    y = data.flip_labels(jax.random.key(3), y, cfg["flip"], num_classes=4)
-    if loss == "square":
-        y = jax.nn.one_hot(y, 4, dtype=X.dtype)
-    model = CNN(X.shape[1:], cfg["channels"], outputs=4, activation="tanh", key=jax.random.key(1))
-    return Problem(model, X, y, loss=loss)
-
-
 def compute(cfg, progress, part):
     """Stored in parts (`common.main`): each (loss, eta)."""
     out = {}
     for loss in LOSSES:
-        P = problem(cfg, loss)
+        P = tanh_cnn(cfg, loss)  # the same initialisation for both losses
         out[loss] = {"p": np.asarray(P.num_params), "n": np.asarray(P.n)}
         for eta in cfg["etas"][loss]:
             out[loss][str(eta)] = part(

@@ -165,6 +165,20 @@ def images(source: str, n: int, *, classes: int = 4, folder=None):
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sharpflow" / "jax"
 
 
+def tanh_cnn(cfg: Mapping, loss: str):
+    """The edge-of-stability figures' problem: the first n images of 4 classes (`images`, from cfg's `data`,
+    `n`, `cifar10`), a fraction `flip` of the labels moved to the next class (a fixed draw), and a tanh CNN
+    (`models.CNN`, cfg's `channels`) with one output per class; one-hot targets for square loss."""
+    from models import CNN, Problem, data
+
+    X, y = images(cfg["data"], cfg["n"], folder=cfg["cifar10"])
+    y = data.flip_labels(jax.random.key(3), y, cfg["flip"], num_classes=4)
+    if loss == "square":
+        y = jax.nn.one_hot(y, 4, dtype=X.dtype)
+    model = CNN(X.shape[1:], cfg["channels"], outputs=4, activation="tanh", key=jax.random.key(1))
+    return Problem(model, X, y, loss=loss)
+
+
 def compilation_cache(folder: Path) -> None:
     """JAX's persistent compilation cache in `folder`: a second run of a script (or a resumed one) reads its
     compiled programs back instead of compiling them again. Every compilation of a second or more is kept.

@@ -236,3 +236,26 @@ def test_eager_calls_with_the_same_shapes_compile_once():
     finally:
         logging.getLogger("jax").removeHandler(handler)
     assert not [m for m in messages if "Compiling" in m], messages
+
+
+def test_batch_sharpness_is_the_mean_top_eigenvalue_of_the_minibatch_hessians():
+    """Against jax.hessian of each minibatch's loss, the batches drawn as flows.sgd draws them; B = n without
+    replacement is lambda_max(H); smaller batches are sharper on average (Jensen: E lambda_max(H_B) >=
+    lambda_max(E H_B))."""
+    from flows._brownian import batch_indices
+
+    P = two_layer(n=7, d=3, width=6)
+    flat, unravel = P.ravel(P.params)
+    key = jax.random.key(5)
+    got = hessian.batch_sharpness(P, P.params, 3, key=key, num_batches=4)
+    tops = []
+    for k in jax.random.split(key, 4):
+        idx = batch_indices(jax.random.split(k)[0], P.n, 3, True)
+        H = jax.hessian(lambda v: P.loss(unravel(v), P.X[idx], P.y[idx]))(flat)
+        tops.append(np.linalg.eigvalsh(np.asarray(H))[-1])
+    np.testing.assert_allclose(got, np.mean(tops), rtol=1e-6)
+    full = hessian.batch_sharpness(P, P.params, P.n, key=key, num_batches=2, replace=False)
+    np.testing.assert_allclose(full, np.linalg.eigvalsh(_dense(P))[-1], rtol=1e-6)
+    assert float(got) > float(full)
+    with pytest.raises(ValueError, match="batch_size"):
+        hessian.batch_sharpness(P, P.params, P.n + 1, key=key)

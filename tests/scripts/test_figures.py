@@ -24,8 +24,12 @@ from run_figures import SCRIPTS  # noqa: E402
 # is compare.edge_of_stability and svag_cnn (36 s) compare.svag_vs_sde, which tests/analysis/test_compare.py
 # runs; gd_vs_gradient_flow (18 s) and early_alignment (9 s) are gd, gradient_flow and analysis.features,
 # tested in tests/flows and tests/analysis. make test draws slow_flow_vs_label_noise: the figure pipeline end
-# to end (label-noise SGD, Phi, the slow flow, stored parts)
+# to end (label-noise SGD, Phi, the slow flow, stored parts). edge_flows_cnn (32 s: gd, central_flow with
+# each optimizer, edge_flow) and sgd_edge_cnn (38 s: sgd, sgd_sde, central_flow, hessian.batch_sharpness) are
+# tested in tests/flows and tests/analysis
 SLOW = {
+    "edge_flows_cnn",
+    "sgd_edge_cnn",
     "gd_vs_gradient_flow",
     "early_alignment",
     "slow_flow_real_net",
