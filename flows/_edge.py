@@ -28,7 +28,9 @@ gradients at c +- rho u (one call on both), then an Euler step of c, an exact ex
 lambda frozen and a normalised Euler step of u: two gradients and one Hessian-vector product a step (2.0
 gradients' time measured on a small CNN, scripts/benchmarks/bench_edge.py), against the central flow's 2k
 Hessian-vector products and k(k+1)/2 third derivatives. Cost O(n p) a step, memory O(p) (plus the
-activations of n examples).
+activations of n examples). Fewer substeps trade accuracy for cost: on the digits CNN at eta = 0.7 (square
+loss, float32) the predicted loss is 2.7%, 2.3%, 4.2% and 5.2% from GD's 40-step average over the edge
+stretch at 4, 3, 2 and 1 substeps (gradient flow 5.5%), at about 7.5, 5.6, 3.8 and 1.9 gradients a GD step.
 """
 
 import jax
