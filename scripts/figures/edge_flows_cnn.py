@@ -57,12 +57,15 @@ def setups(cfg):
 
 
 def timed(fn):
+    """(fn(), its wall time in seconds, compilation included)."""
     start = time.perf_counter()
     out = jax.block_until_ready(fn())
     return out, time.perf_counter() - start
 
 
 def run_one(P, cfg, name):
+    """One column: the optimizer (every step kept), its central flow and, for GD, gradient flow and Edge Flow,
+    read at the saves."""
     eta, optax_optimizer, cf_optimizer = setups(cfg)[name]
     steps = cfg["steps"]
     ks = np.arange(0, steps + 1, steps // cfg["saves"])
