@@ -9,16 +9,7 @@ if not hasattr(_flows, "Trajectory"):  # a user's flows.py (or flows/) earlier o
         "imports it): rename that file or folder, or run from another directory"
     )
 
-from . import compare as compare
-from . import ensembles as ensembles
-from . import features as features
-from . import hessian as hessian
-from . import metrics as metrics
-from . import plots as plots
-from . import riemannian as riemannian
-from . import stability as stability
-from . import statistics as statistics
-from . import store as store
+import importlib as _importlib
 
 __all__ = [
     "compare",
@@ -32,3 +23,15 @@ __all__ = [
     "statistics",
     "store",
 ]
+
+
+def __getattr__(name: str):
+    """Each submodule on first use (`analysis.hessian`, `from analysis import plots`): importing `analysis`
+    does not load matplotlib and scipy.stats (0.6 s) for a user who needs only the Hessian metrics."""
+    if name in __all__:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])
