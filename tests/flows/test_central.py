@@ -373,6 +373,16 @@ def test_adam_central_flow_converges_at_first_order_before_the_edge():
     assert 0.7 < np.log2(gaps[0] / gaps[1]) < 1.3, gaps
 
 
+def toy_flow(P, eta, optimizer, x64):
+    """The central flow of `optimizer` on the toy to t = 400 eta, in float64 or in float32 (checked)."""
+    with jax.enable_x64(x64):
+        Q = P if x64 else float32(P)
+        flow = central_flow(Q, Q.params, eta=eta, t1=eta * 400, num_eigs=1, num_saves=41, optimizer=optimizer)
+    dtype = jnp.float64 if x64 else jnp.float32
+    assert flow.final.w.dtype == dtype and flow.stats["momentum"].dtype == dtype
+    return flow
+
+
 def momentum_edge(Y, beta, gap):
     """Heavy ball's edge orbit on the toy: x = +-a, y = y* is a 2-cycle of m_{k+1} = g_k + beta m_k,
     theta_{k+1} = theta_k - eta m_{k+1} when GD's is with step eta / (1 + beta) (the oscillating part of m is
@@ -392,12 +402,7 @@ def test_momentum_central_flow_matches_the_closed_form_edge_orbit_and_momentum_t
     predicted = 0.5 * (y_star - Y) ** 2 + 0.5 * (1 + y_star) * a2
     P = edge_toy(Y, x0=0.05)
     rel = 1e-8 if x64 else 1e-5
-    with jax.enable_x64(x64):
-        Q = P if x64 else float32(P)
-        flow = central_flow(
-            Q, Q.params, eta=eta, t1=eta * 400, num_eigs=1, num_saves=41, optimizer=flows.Momentum(beta)
-        )
-        assert flow.final.w.dtype == (jnp.float64 if x64 else jnp.float32)
+    flow = toy_flow(P, eta, flows.Momentum(beta), x64)
     assert float(flow.final.w[1]) == pytest.approx(y_star, rel=rel)
     assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(a2, rel=rel)
     assert float(flow.stats["predicted_loss"][-1]) == pytest.approx(predicted, rel=rel)
@@ -432,12 +437,7 @@ def test_adam_central_flow_matches_the_closed_form_edge_orbit_and_adam_time_aver
     predicted = 0.5 * (y_star - Y) ** 2 + 0.5 * (1 + y_star) * a2
     P = edge_toy(Y, x0=0.05)
     rel = 1e-8 if x64 else 1e-4
-    with jax.enable_x64(x64):
-        Q = P if x64 else float32(P)
-        flow = central_flow(
-            Q, Q.params, eta=eta, t1=eta * 400, num_eigs=1, num_saves=41, optimizer=flows.Adam(b1, b2, eps)
-        )
-        assert flow.stats["nu"].dtype == (jnp.float64 if x64 else jnp.float32)
+    flow = toy_flow(P, eta, flows.Adam(b1, b2, eps), x64)
     assert float(flow.final.w[1]) == pytest.approx(y_star, rel=rel)
     assert float(flow.stats["nu"][-1, 0]) == pytest.approx(nu_x, rel=rel)
     assert float(flow.stats["sigma_trace"][-1]) == pytest.approx(a2, rel=rel)
