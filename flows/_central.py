@@ -439,10 +439,9 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
             return 1 / (1 - b1 ** (jnp.asarray(j + 1, dtype) / substeps)) if adam else 1 / (1 - b1)
 
         def threshold(j):
-            """The edge: 2 (1 + beta) / eta (momentum), 2 (1 + b1) / (eta (1 - b1)) (Adam, once m's bias
-            correction has settled: the first ~1 / (1 - b1) steps, longer ones, are a transient held at no
-            edge)."""
-            return 2 * (1 + b1) / (eta * (1 if adam else gain(j)) * (1 - b1))
+            """The edge: 2 (1 + beta) / eta (momentum); 2 (1 + b1) / (eta (1 - b1)) (Adam, taken with m's
+            bias correction settled: its first ~1 / (1 - b1) steps are a transient held at no edge)."""
+            return 2 * (1 + b1) / (eta * (1 - b1)) if adam else 2 * (1 + b1) / eta
 
         def correction(j):
             """nu's bias correction 1 / (1 - b2^(k + 1)) of the step from t = j h."""
@@ -471,7 +470,7 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
                 lam, U, residual = _top_eigenpairs(hvp, U0, iterations)
                 V = U
             T = third_derivatives(w, U)
-            A = jnp.diag(threshold(j + 1) - lam) + h * s * jnp.einsum("ijp,p->ij", T, d * m_ahead)
+            A = jnp.diag(edge_at - lam) + h * s * jnp.einsum("ijp,p->ij", T, d * m_ahead)
             B = (h * s * fast / 2) * jnp.einsum("ijp,klp,p->ijkl", T, T, d * jnp.ones(p, dtype))
             if adam:
                 # The next step's sqrt(nuhat), linearised about the present nu: its nu is
