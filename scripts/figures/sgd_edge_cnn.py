@@ -42,6 +42,7 @@ PRESETS = {
 
 
 def times(cfg):
+    """The saved steps k and their times t = eta k."""
     ks = np.arange(0, cfg["steps"] + 1, cfg["steps"] // cfg["saves"])
     return ks, ks * cfg["eta"]
 
@@ -79,7 +80,7 @@ def one_batch_size(P, cfg, B):
 
 def compute(cfg, progress, part):
     P = tanh_cnn(cfg, "square")
-    ks, ts = times(cfg)
+    _, ts = times(cfg)
     out = {
         str(B): part(f"B{B}", lambda B=B: one_batch_size(P, cfg, B)) for B in cfg["batch_sizes"] if B <= P.n
     }
