@@ -466,12 +466,12 @@ def _solve(problem, params0, eta, index, num_eigs, substeps, solve: Solve, metri
                 d = 1 / (q + eps)
                 lam, V, U, residual = preconditioned_eigenpairs(hvp, d, U0, iterations)
             else:
-                d = jnp.ones((), dtype)
+                d = jnp.ones(p, dtype)
                 lam, U, residual = _top_eigenpairs(hvp, U0, iterations)
                 V = U
             T = third_derivatives(w, U)
             A = jnp.diag(edge_at - lam) + h * s * jnp.einsum("ijp,p->ij", T, d * m_ahead)
-            B = (h * s * fast / 2) * jnp.einsum("ijp,klp,p->ijkl", T, T, d * jnp.ones(p, dtype))
+            B = (h * s * fast / 2) * jnp.einsum("ijp,klp,p->ijkl", T, T, d)
             if adam:
                 # The next step's sqrt(nuhat), linearised about the present nu: its nu is
                 # nu00 + slow (2 - slow) o(X) (two moves of nu with the oscillation o(X) = diag(H Sigma H)

@@ -20,9 +20,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from bench_common import median_times, table
+from bench_torch import data, nets
 
 import models.problem
-from models import CNN, Problem, ResNet
+from models import Problem
 
 
 class UserCNN(eqx.Module):
@@ -61,17 +62,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     n = 256
     with jax.enable_x64(False):
-        X = jax.random.normal(jax.random.key(0), (n, 3, 32, 32))
-        y = jax.random.randint(jax.random.key(1), (n,), 0, 10)
-        cnn = CNN((3, 32, 32), (32, 64, 128), outputs=10, activation="tanh", key=jax.random.key(2))
-        nets = {
+        X, y = data(n)
+        library = nets()
+        cnn = library["CNN (32, 64, 128)"]
+        networks = {
             "user Conv2d CNN (32, 64, 128)": UserCNN(cnn.convs, cnn.head),
-            "ResNet ((16, 32) x 2)": ResNet(
-                3, (16, 32), 2, outputs=10, activation="tanh", key=jax.random.key(2)
-            ),
+            "ResNet ((16, 32) x 2)": library["ResNet ((16, 32) x 2)"],
         }
         out = []
-        for name, net in nets.items():
+        for name, net in networks.items():
             calls = {}
             for chunk in (None, 128):
                 P = Problem(net, X, y, loss="cross_entropy", chunk=chunk)
