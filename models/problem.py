@@ -22,7 +22,7 @@ rematerialised on the backward pass (`jax.checkpoint`), so activation memory is 
 instead of O(n x activations), at the cost of one more forward pass for a gradient. The numbers are the
 unchunked ones to rounding. On a CPU it is also faster for convolutional networks, whose working set then
 fits the caches: **`chunk=64` is the recommendation there** (at n = 512, CIFAR-shaped inputs, against
-`chunk=None`: the gradient 0.73x and the HVP 0.80x the time on `models.CNN` (32, 64, 128), 0.70x and 0.58x
+`chunk=None`: the gradient 0.76x and the HVP 0.79x the time on `models.CNN` (32, 64, 128), 0.66x and 0.61x
 on `models.ResNet` (16, 32); 32 to 128 are within 5% of it; scripts/benchmarks/bench_chunk.py). On a GPU
 leave it None unless memory runs out.
 """
