@@ -36,6 +36,7 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from matfree import decomp, stochtrace
 
+from flows._brownian import batch_indices  # the minibatch draw of flows.sgd
 from models import Problem, checks
 
 __all__ = [
@@ -429,8 +430,8 @@ def batch_sharpness(
     examples drawn as `flows.sgd` draws them (`replace`), of the top eigenvalue of the minibatch loss's
     Hessian H_B = hess (1/B) sum_{i in B} l_i, each by `num_iter` Lanczos steps. Where SGD runs at the edge
     of stability it is this, not the full batch's lambda_max(H), that it holds near 2 / eta (Andreyev &
-    Beneventano 2024); B = n without replacement gives lambda_max(H). Cost num_batches x num_iter
-    Hessian-vector products on B examples, the batches one at a time; memory num_iter p.
+    Beneventano 2024); B = n is the full batch (docs/conventions.md), lambda_max(H). Cost num_batches x
+    num_iter Hessian-vector products on B examples, the batches one at a time; memory num_iter p.
 
     **Arguments:** `problem`, `params`, `batch_size` (1..n), the batches' `key`, `num_batches`, `replace`,
     `num_iter` (Lanczos steps a batch, at most p).
@@ -438,8 +439,6 @@ def batch_sharpness(
     **Returns:** the mean, a scalar.
 
     **Raises:** `ValueError` for a `batch_size` outside 1..n or a bad `num_batches`; as `lanczos`."""
-    from flows._brownian import batch_indices  # the draw flows.sgd makes (flows imports nothing from here)
-
     batch_size = checks.batch_size(batch_size, problem.n)
     num_batches = checks.positive_int("num_batches", num_batches)
     flat, unravel = _ravel(problem, params)
@@ -447,8 +446,10 @@ def batch_sharpness(
 
     def top(key):
         batch_key, start_key = jax.random.split(key)
-        idx = batch_indices(batch_key, problem.n, batch_size, replace)
-        X, y = problem.X[idx], problem.y[idx]
+        X, y = problem.X, problem.y
+        if batch_size < problem.n:  # B = n is the full batch, whatever `replace` says, as in flows.sgd
+            idx = batch_indices(batch_key, problem.n, batch_size, replace)
+            X, y = X[idx], y[idx]
         _, hvp = jax.linearize(jax.grad(lambda v: problem.loss(unravel(v), X, y)), flat)
         return lanczos(hvp, flat.shape[0], 1, key=start_key, num_iter=num_iter, dtype=flat.dtype)[0]
 

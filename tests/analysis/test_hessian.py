@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from analysis import hessian
-from tests.helpers import two_layer
+from tests.helpers import float32, two_layer
 
 
 @pytest.fixture(params=["tanh", "cubic"])
@@ -239,9 +239,9 @@ def test_eager_calls_with_the_same_shapes_compile_once():
 
 
 def test_batch_sharpness_is_the_mean_top_eigenvalue_of_the_minibatch_hessians():
-    """Against jax.hessian of each minibatch's loss, the batches drawn as flows.sgd draws them; B = n without
-    replacement is lambda_max(H); smaller batches are sharper on average (Jensen: E lambda_max(H_B) >=
-    lambda_max(E H_B))."""
+    """Against jax.hessian of each minibatch's loss, the batches drawn as flows.sgd draws them; B = n is the
+    full batch, lambda_max(H), with replacement or without (as in flows.sgd); smaller batches are sharper on
+    average (Jensen: E lambda_max(H_B) >= lambda_max(E H_B))."""
     from flows._brownian import batch_indices
 
     P = two_layer(n=7, d=3, width=6)
@@ -254,8 +254,13 @@ def test_batch_sharpness_is_the_mean_top_eigenvalue_of_the_minibatch_hessians():
         H = jax.hessian(lambda v: P.loss(unravel(v), P.X[idx], P.y[idx]))(flat)
         tops.append(np.linalg.eigvalsh(np.asarray(H))[-1])
     np.testing.assert_allclose(got, np.mean(tops), rtol=1e-6)
-    full = hessian.batch_sharpness(P, P.params, P.n, key=key, num_batches=2, replace=False)
-    np.testing.assert_allclose(full, np.linalg.eigvalsh(_dense(P))[-1], rtol=1e-6)
+    for replace in (True, False):
+        full = hessian.batch_sharpness(P, P.params, P.n, key=key, num_batches=2, replace=replace)
+        np.testing.assert_allclose(full, np.linalg.eigvalsh(_dense(P))[-1], rtol=1e-6)
     assert float(got) > float(full)
+    with jax.enable_x64(False):  # float32, as users run it: the same batches, the same mean to rounding
+        low = hessian.batch_sharpness(float32(P), float32(P).params, 3, key=key, num_batches=4)
+        assert low.dtype == jnp.float32
+    np.testing.assert_allclose(low, got, rtol=1e-4)
     with pytest.raises(ValueError, match="batch_size"):
         hessian.batch_sharpness(P, P.params, P.n + 1, key=key)
