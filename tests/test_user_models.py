@@ -19,6 +19,7 @@ import pytest
 from analysis import compare, ensembles, hessian
 from flows import (
     central_flow,
+    edge_flow,
     gd,
     gradient_flow,
     label_noise_sde,
@@ -89,9 +90,9 @@ def test_the_hessian_functions_agree_with_the_dense_hessian(name):
     "name", ["conv2d", pytest.param("resnet1d", marks=SLOW), pytest.param("vit", marks=SLOW)]
 )
 def test_every_flow_runs_on_a_users_model(name):
-    """GD, SGD, SVAG, gradient flow, the minibatch SDE, the central flow (and, on square loss, label-noise
-    SGD and its SDE), default settings, a few steps each: finite, and GD and the central flow against
-    gradient flow to O(eta)."""
+    """GD, SGD, SVAG, gradient flow, the minibatch SDE, the central flow, Edge Flow (and, on square loss,
+    label-noise SGD and its SDE), default settings, a few steps each: finite, and GD, the central flow and
+    Edge Flow against gradient flow to O(eta)."""
     P = PROBLEMS[name]
     key = jax.random.key(3)
     eta, steps = 0.02, 10
@@ -103,6 +104,7 @@ def test_every_flow_runs_on_a_users_model(name):
         "gradient_flow": gradient_flow(P, P.params, t1=t1, num_saves=3),
         "sgd_sde": sgd_sde(P, P.params, t1=t1, eta=eta, batch_size=4, key=key, num_saves=3),
         "central_flow": central_flow(P, P.params, eta=eta, t1=t1, num_saves=3, num_eigs=1, substeps=1),
+        "edge_flow": edge_flow(P, P.params, eta=eta, t1=t1, num_saves=3),
     }
     if P.loss_name == "square":
         runs["label_noise_sgd"] = label_noise_sgd(P, P.params, steps=steps, eta=eta, sigma=0.1, key=key)
@@ -114,10 +116,8 @@ def test_every_flow_runs_on_a_users_model(name):
     loss_gd, loss_gf = float(runs["gd"].stats["loss"][-1]), float(runs["gradient_flow"].stats["loss"][-1])
     drop = float(runs["gd"].stats["loss"][0]) - loss_gf
     assert drop > 0 and abs(loss_gd - loss_gf) < 0.1 * drop  # GD is gradient flow to O(eta)
-    loss_cf = float(runs["central_flow"].stats["loss"][-1])
-    assert (
-        abs(loss_cf - loss_gf) < 0.1 * drop
-    )  # below the edge the central flow is gradient flow (Euler, h = eta)
+    for flow in ("central_flow", "edge_flow"):  # below the edge both are gradient flow to O(eta)
+        assert abs(float(runs[flow].stats["loss"][-1]) - loss_gf) < 0.1 * drop, flow
 
 
 @pytest.mark.parametrize("name", ["conv2d", pytest.param("vit", marks=SLOW)])
