@@ -146,7 +146,7 @@ def _solve(problem, params0, eta, index, substeps, metrics, save_params):
         stats |= {
             "predicted_loss": 0.5 * (loss(c + rho * u) + loss(c - rho * u)),
             "sharpness": lam,
-            "residual": jnp.linalg.norm(Hu - lam * u) / jnp.abs(lam),
+            "residual": jnp.linalg.norm(Hu - lam * u) / jnp.maximum(jnp.abs(lam), jnp.finfo(dtype).tiny),
             "rho": rho,
         }
         return (params if save_params else None), stats

@@ -173,3 +173,14 @@ def test_edge_flow_on_a_cnn_predicts_gd_time_averaged_loss_at_the_edge():
             amplitude.append(float(jnp.linalg.norm(V.T @ (flat[k + 1] - flat[k]))) / 2)
     rho = np.asarray(flow.stats["rho"])[use & (ks < steps)]
     assert 0.8 < rho.mean() / np.mean(amplitude) < 1.5, (rho.mean(), np.mean(amplitude))  # 0.90 measured
+
+
+def test_edge_flow_at_a_zero_hessian_reports_numbers_not_nans():
+    """Where H = 0 (a linear model on zero inputs: the loss is constant), lambda = 0 and rho_0 = 0: every
+    recorded quantity is finite, the residual 0 (u is an eigenvector of the zero matrix), the centre still."""
+    P = Problem(Quadratic(jnp.array([0.3, -1.0])), jnp.zeros((3, 2)), jnp.ones(3))
+    flow = edge_flow(P, P.params, eta=0.5, t1=2.0, num_saves=3)
+    for name, values in flow.stats.items():
+        assert np.all(np.isfinite(np.asarray(values))), name
+    np.testing.assert_array_equal(flow.stats["residual"], 0.0)
+    np.testing.assert_array_equal(flow.final.w, P.params.w)
