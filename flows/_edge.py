@@ -118,11 +118,15 @@ def _solve(problem, params0, eta, index, substeps, metrics, save_params):
 
     grad = jax.grad(loss)
 
+    def rayleigh(c, u):
+        """H u at c and lambda = u^T H u."""
+        Hu = jax.linearize(grad, c)[1](u)
+        return Hu, u @ Hu
+
     def field(c, u, rho):
         """The right-hand sides at (c, u, rho): -(1/2) [g(c + rho u) + g(c - rho u)], H u - lambda u and
-        d log rho / dt = log|eta lambda - 1| / eta; and lambda = u^T H u."""
-        Hu = jax.linearize(grad, c)[1](u)
-        lam = u @ Hu
+        d log rho / dt = log|eta lambda - 1| / eta; and lambda."""
+        Hu, lam = rayleigh(c, u)
         plus, minus = jax.vmap(grad)(jnp.stack([c + rho * u, c - rho * u]))
         return -0.5 * (plus + minus), Hu - lam * u, jnp.log(jnp.abs(eta * lam - 1)) / eta, lam
 
@@ -141,8 +145,7 @@ def _solve(problem, params0, eta, index, substeps, metrics, save_params):
     def record(c, u, rho):
         params = unravel(c)
         stats = evaluate(problem, params, metrics)
-        Hu = jax.linearize(grad, c)[1](u)
-        lam = u @ Hu
+        Hu, lam = rayleigh(c, u)
         stats |= {
             "predicted_loss": 0.5 * (loss(c + rho * u) + loss(c - rho * u)),
             "sharpness": lam,

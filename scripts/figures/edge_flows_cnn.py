@@ -76,8 +76,7 @@ def run_one(P, cfg, name):
     out = {"t": np.asarray(ts), "eta": np.asarray(eta), "loss": np.asarray(run.stats["loss"])}
     out["mean_loss"] = np.asarray(statistics.time_average(run, cfg["window"]).stats["loss"])[ks]
     if name != "Adam":  # Adam's edge is on the preconditioned Hessian, whose nu the run does not keep
-        saved = jax.tree.map(lambda x: x[ks], run.params)
-        lam = [hessian.lambda_max(P, jax.tree.map(lambda x, i=i: x[i], saved)) for i in range(len(ks))]
+        lam = [hessian.lambda_max(P, run.at(int(k))) for k in ks]
         out["lambda"] = np.asarray([float(v) for v in lam])
     seconds = {"optimizer": run_s}
     cf, seconds["central flow"] = timed(

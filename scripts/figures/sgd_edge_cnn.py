@@ -57,7 +57,7 @@ def one_batch_size(P, cfg, B):
         key = jax.random.key(seed)
         run = flows.sgd(P, P.params, steps=steps, eta=eta, batch_size=B, key=key, save_every=every)
         out["loss"].append(np.asarray(run.stats["loss"]))
-        saved = [jax.tree.map(lambda x, i=i: x[i], run.params) for i in range(len(ks))]
+        saved = [run.at(i) for i in range(len(ks))]
         out["sharpness"].append([float(hessian.lambda_max(P, p)) for p in saved])
         out["batch_sharpness"].append(
             [

@@ -168,7 +168,7 @@ def test_edge_flow_on_a_cnn_predicts_gd_time_averaged_loss_at_the_edge():
         flat = jax.vmap(lambda p: P.ravel(p)[0])(run.params)
         amplitude = []
         for k in ks[use & (ks < steps)]:
-            params = jax.tree.map(lambda x, k=k: x[k], run.params)
+            params = run.at(int(k))
             _, V = hessian.top_eigenvalues(P, params, 2, key=jax.random.key(0), return_vectors=True)
             amplitude.append(float(jnp.linalg.norm(V.T @ (flat[k + 1] - flat[k]))) / 2)
     rho = np.asarray(flow.stats["rho"])[use & (ks < steps)]
