@@ -61,8 +61,8 @@ def test_the_default_ensemble_runs_a_users_convolutions_with_a_trace_metric():
     "name", ["conv2d", pytest.param("resnet1d", marks=SLOW), pytest.param("vit", marks=SLOW)]
 )
 def test_the_hessian_functions_agree_with_the_dense_hessian(name):
-    """Lanczos, the exact trace, the Frobenius norm and the stochastic estimators against the dense H of
-    each user model (p = 133 to 745)."""
+    """Lanczos, the batch sharpness at B = n, the exact trace, the Frobenius norm and the stochastic
+    estimators against the dense H of each user model (p = 133 to 745)."""
     P = PROBLEMS[name]
     H = hessian.dense(P, P.params)
     eigs = np.linalg.eigvalsh(np.asarray(H))[::-1]
@@ -70,6 +70,9 @@ def test_the_hessian_functions_agree_with_the_dense_hessian(name):
     top = hessian.top_eigenvalues(P, P.params, 2, key=key)
     np.testing.assert_allclose(top, eigs[:2], rtol=1e-6)
     np.testing.assert_allclose(hessian.lambda_max(P, P.params), eigs[0], rtol=1e-6)
+    # B = n is the full batch: the batch sharpness is lambda_max(H)
+    full = hessian.batch_sharpness(P, P.params, P.n, key=key, num_batches=2)
+    np.testing.assert_allclose(full, eigs[0], rtol=1e-6)
     np.testing.assert_allclose(hessian.trace(P, P.params), np.trace(H), rtol=1e-10)
     np.testing.assert_allclose(hessian.frobenius_norm(P, P.params), np.linalg.norm(H), rtol=1e-10)
     for estimate, se in (
